@@ -1,0 +1,33 @@
+//! Compiles the protos with protox (pure Rust: nothing to install) and generates the tonic
+//! services. The encoded descriptor set is kept for gRPC reflection.
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "exportd/v1/types.proto",
+    "exportd/v1/connection_service.proto",
+    "exportd/v1/export_service.proto",
+    "exportd/v1/catalog_service.proto",
+    // Served by reflection so that clients can decode `google.rpc` error details.
+    "google/rpc/error_details.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out_dir.join("exportd_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+
+    tonic_prost_build::configure()
+        // google.rpc types come from tonic-types, so error details and `ExportRun.error`
+        // share one definition.
+        .extern_path(".google.rpc", "::tonic_types::pb")
+        // Connection carries write-only secrets: its Debug is written by hand to redact them.
+        .skip_debug(["exportd.v1.Connection"])
+        .compile_fds(descriptors)?;
+    Ok(())
+}

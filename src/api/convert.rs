@@ -1,0 +1,303 @@
+//! proto ⇄ domain conversions shared by the services.
+
+use prost_types::Timestamp;
+
+use crate::domain::connection::Connection;
+use crate::domain::connection_type::{
+    Category, ConnectionTypeSpec, ExportKind, KeySpec, SegmentType, SyncMode,
+};
+use crate::domain::environment::{Environment, EnvironmentKind};
+use crate::domain::schedule::{CronSchedule, Frequency, Recurrence, Schedule, Trigger};
+use crate::domain::time::Micros;
+use crate::domain::{etag, names};
+use crate::error::{Error, Result};
+use crate::pb;
+
+pub fn timestamp(micros: Micros) -> Timestamp {
+    Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+pub fn opt_timestamp(micros: Option<Micros>) -> Option<Timestamp> {
+    micros.map(timestamp)
+}
+
+pub fn category(c: Category) -> pb::ConnectionCategory {
+    match c {
+        Category::Storage => pb::ConnectionCategory::Storage,
+        Category::Database => pb::ConnectionCategory::Database,
+        Category::Advertising => pb::ConnectionCategory::Advertising,
+        Category::EmailMarketing => pb::ConnectionCategory::EmailMarketing,
+        Category::Webhook => pb::ConnectionCategory::Webhook,
+    }
+}
+
+pub fn export_kind(k: ExportKind) -> pb::ExportKind {
+    match k {
+        ExportKind::DataOut => pb::ExportKind::DataOut,
+        ExportKind::Segment => pb::ExportKind::Segment,
+    }
+}
+
+pub fn segment_type(t: SegmentType) -> pb::SegmentType {
+    match t {
+        SegmentType::Profile => pb::SegmentType::Profile,
+        SegmentType::Account => pb::SegmentType::Account,
+        SegmentType::Contact => pb::SegmentType::Contact,
+    }
+}
+
+pub fn sync_mode(m: SyncMode) -> pb::SyncMode {
+    match m {
+        SyncMode::Full => pb::SyncMode::Full,
+        SyncMode::Incremental => pb::SyncMode::Incremental,
+        SyncMode::Mirror => pb::SyncMode::Mirror,
+    }
+}
+
+fn config_fields(keys: &[KeySpec]) -> Vec<pb::ConfigField> {
+    keys.iter()
+        .map(|k| pb::ConfigField {
+            key: k.key.to_string(),
+            description: k.description.to_string(),
+            required: k.required,
+        })
+        .collect()
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn connection_type(spec: &ConnectionTypeSpec) -> pb::ConnectionType {
+    pb::ConnectionType {
+        name: names::connection_type_name(spec.id),
+        id: spec.id.to_string(),
+        display_name: spec.display_name.to_string(),
+        category: category(spec.category) as i32,
+        export_kinds: spec
+            .export_kinds
+            .iter()
+            .map(|k| export_kind(*k) as i32)
+            .collect(),
+        segment_types: spec
+            .segment_types
+            .iter()
+            .map(|t| segment_type(*t) as i32)
+            .collect(),
+        sync_modes: spec
+            .sync_modes
+            .iter()
+            .map(|m| sync_mode(*m) as i32)
+            .collect(),
+        required_fields: strings(spec.required_fields),
+        identifier_fields: strings(spec.identifier_fields),
+        profile_limit: spec.profile_limit,
+        minimum_segment_size: spec.minimum_segment_size,
+        config_fields: config_fields(spec.config),
+        secret_fields: config_fields(spec.secrets),
+        target_options: spec
+            .target_options
+            .iter()
+            .map(|o| pb::TargetOption {
+                value: o.value.to_string(),
+                description: o.description.to_string(),
+                identifier_fields: strings(o.identifier_fields),
+                segment_types: o
+                    .segment_types
+                    .iter()
+                    .map(|t| segment_type(*t) as i32)
+                    .collect(),
+            })
+            .collect(),
+        settings_fields: config_fields(spec.settings),
+        one_of_secrets: strings(spec.one_of_secrets),
+    }
+}
+
+/// A connection as clients see it: never its secrets, only which keys are set.
+pub fn connection(connection: &Connection, spec: Option<&ConnectionTypeSpec>) -> pb::Connection {
+    pb::Connection {
+        name: connection.name.to_string(),
+        display_name: connection.display_name.clone(),
+        description: connection.description.clone(),
+        r#type: connection.type_id.clone(),
+        config: connection.config.clone().into_iter().collect(),
+        secrets: Default::default(),
+        secret_keys: connection.secret_keys.clone(),
+        contributors_can_use: connection.contributors_can_use,
+        profile_limit: connection.profile_limit,
+        create_time: Some(timestamp(connection.create_time)),
+        update_time: Some(timestamp(connection.update_time)),
+        creator: connection.creator.clone(),
+        etag: etag::etag(connection.create_time, connection.revision),
+        effective_profile_limit: spec
+            .map(|s| connection.effective_profile_limit(s))
+            .unwrap_or(connection.profile_limit),
+    }
+}
+
+pub fn environment_kind(kind: EnvironmentKind) -> pb::EnvironmentKind {
+    match kind {
+        EnvironmentKind::IndividualCustomers => pb::EnvironmentKind::IndividualCustomers,
+        EnvironmentKind::BusinessAccounts => pb::EnvironmentKind::BusinessAccounts,
+    }
+}
+
+pub fn environment(env: &Environment, your_role: &str) -> pb::Environment {
+    pb::Environment {
+        name: names::EnvironmentName::new(&env.id).to_string(),
+        display_name: env.display_name.clone(),
+        kind: environment_kind(env.kind) as i32,
+        system_refresh_schedule: Some(match &env.system_refresh_schedule {
+            Some(schedule) => schedule_to_pb(schedule, env.next_system_refresh_at),
+            None => pb::Schedule {
+                enabled: false,
+                trigger: None,
+                next_run_time: None,
+            },
+        }),
+        create_time: Some(timestamp(env.create_time)),
+        your_role: your_role.to_string(),
+    }
+}
+
+fn weekday_to_pb(day: chrono::Weekday) -> pb::google::r#type::DayOfWeek {
+    use pb::google::r#type::DayOfWeek as D;
+    match day {
+        chrono::Weekday::Mon => D::Monday,
+        chrono::Weekday::Tue => D::Tuesday,
+        chrono::Weekday::Wed => D::Wednesday,
+        chrono::Weekday::Thu => D::Thursday,
+        chrono::Weekday::Fri => D::Friday,
+        chrono::Weekday::Sat => D::Saturday,
+        chrono::Weekday::Sun => D::Sunday,
+    }
+}
+
+fn weekday_from_pb(field: &str, value: i32) -> Result<chrono::Weekday> {
+    use pb::google::r#type::DayOfWeek as D;
+    Ok(match D::try_from(value) {
+        Ok(D::Monday) => chrono::Weekday::Mon,
+        Ok(D::Tuesday) => chrono::Weekday::Tue,
+        Ok(D::Wednesday) => chrono::Weekday::Wed,
+        Ok(D::Thursday) => chrono::Weekday::Thu,
+        Ok(D::Friday) => chrono::Weekday::Fri,
+        Ok(D::Saturday) => chrono::Weekday::Sat,
+        Ok(D::Sunday) => chrono::Weekday::Sun,
+        _ => {
+            return Err(Error::invalid(
+                field,
+                format!("{value} is not a day of the week (MONDAY … SUNDAY)"),
+            ));
+        }
+    })
+}
+
+pub fn schedule_to_pb(schedule: &Schedule, next_run: Option<Micros>) -> pb::Schedule {
+    use pb::schedule::Trigger as T;
+    let trigger = match &schedule.trigger {
+        Trigger::SystemRefresh => T::SystemRefresh(pb::SystemRefreshTrigger {}),
+        Trigger::Recurrence(r) => T::Recurrence(pb::Recurrence {
+            frequency: match r.frequency {
+                Some(Frequency::Hourly) => pb::Frequency::Hourly,
+                Some(Frequency::Daily) => pb::Frequency::Daily,
+                Some(Frequency::Weekly) => pb::Frequency::Weekly,
+                Some(Frequency::Monthly) => pb::Frequency::Monthly,
+                None => pb::Frequency::Unspecified,
+            } as i32,
+            interval: r.interval,
+            time_of_day: r.time_of_day.clone(),
+            days_of_week: r
+                .days_of_week
+                .iter()
+                .map(|d| weekday_to_pb(*d) as i32)
+                .collect(),
+            day_of_month: r.day_of_month,
+            time_zone: r.time_zone.clone(),
+        }),
+        Trigger::Cron(c) => T::Cron(pb::CronSchedule {
+            expression: c.expression.clone(),
+            time_zone: c.time_zone.clone(),
+        }),
+    };
+    pb::Schedule {
+        enabled: schedule.enabled,
+        trigger: Some(trigger),
+        next_run_time: if schedule.enabled {
+            opt_timestamp(next_run)
+        } else {
+            None
+        },
+    }
+}
+
+/// Reads a schedule; `field` is its request path. A schedule without a trigger gets
+/// `default_trigger` (None = the trigger is required). Validation errors name their fields.
+pub fn schedule_from_pb(
+    field: &str,
+    schedule: &pb::Schedule,
+    default_trigger: Option<Trigger>,
+) -> Result<Schedule> {
+    use pb::schedule::Trigger as T;
+    let trigger = match &schedule.trigger {
+        None => default_trigger.ok_or_else(|| {
+            Error::invalid(
+                format!("{field}.trigger"),
+                "a trigger is required: `recurrence` or `cron`",
+            )
+        })?,
+        Some(T::SystemRefresh(_)) => Trigger::SystemRefresh,
+        Some(T::Recurrence(r)) => {
+            let frequency = match pb::Frequency::try_from(r.frequency) {
+                Ok(pb::Frequency::Hourly) => Some(Frequency::Hourly),
+                Ok(pb::Frequency::Daily) => Some(Frequency::Daily),
+                Ok(pb::Frequency::Weekly) => Some(Frequency::Weekly),
+                Ok(pb::Frequency::Monthly) => Some(Frequency::Monthly),
+                Ok(pb::Frequency::Unspecified) => None,
+                Err(_) => {
+                    return Err(Error::invalid(
+                        format!("{field}.recurrence.frequency"),
+                        format!("unknown frequency {}", r.frequency),
+                    ));
+                }
+            };
+            let days = r
+                .days_of_week
+                .iter()
+                .map(|d| weekday_from_pb(&format!("{field}.recurrence.days_of_week"), *d))
+                .collect::<Result<Vec<_>>>()?;
+            Trigger::Recurrence(Recurrence {
+                frequency,
+                interval: r.interval,
+                time_of_day: r.time_of_day.clone(),
+                days_of_week: days,
+                day_of_month: r.day_of_month,
+                time_zone: r.time_zone.clone(),
+            })
+        }
+        Some(T::Cron(c)) => Trigger::Cron(CronSchedule {
+            expression: c.expression.clone(),
+            time_zone: c.time_zone.clone(),
+        }),
+    };
+    let schedule = Schedule {
+        enabled: schedule.enabled,
+        trigger,
+    };
+    let violations = schedule.validate();
+    if !violations.is_empty() {
+        return Err(Error::invalid_fields(
+            violations
+                .into_iter()
+                .map(|v| crate::error::FieldViolation {
+                    field: format!("{field}.{}", v.field),
+                    description: v.description,
+                })
+                .collect(),
+        ));
+    }
+    Ok(schedule)
+}

@@ -1,0 +1,327 @@
+//! What a connection type is: its category, what it accepts, and the keys it needs. The
+//! catalogue itself (one entry per target) lives in `connectors::registry`; the rules that use
+//! it (config validation, eligibility, limits) live here, as pure functions.
+
+use std::collections::BTreeMap;
+
+use crate::error::FieldViolation;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Category {
+    Storage,
+    Database,
+    Advertising,
+    EmailMarketing,
+    Webhook,
+}
+
+impl Category {
+    /// Targets that address people (audiences), as opposed to writing records as they are.
+    pub fn addresses_people(self) -> bool {
+        matches!(self, Category::Advertising | Category::EmailMarketing)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExportKind {
+    DataOut,
+    Segment,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SegmentType {
+    Profile,
+    Account,
+    Contact,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SyncMode {
+    Full,
+    Incremental,
+    Mirror,
+}
+
+/// What values a configuration, secret or setting key accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    Text,
+    /// A whole number within the bounds.
+    Integer {
+        min: i64,
+        max: i64,
+    },
+    /// `true` or `false`.
+    Bool,
+    /// A URL with one of the schemes.
+    Url(&'static [&'static str]),
+    /// One of the listed values.
+    OneOf(&'static [&'static str]),
+    /// Exactly one character.
+    Char,
+    /// A relative path without `..` segments.
+    RelativePath,
+    /// An absolute folder path.
+    AbsolutePath,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpec {
+    pub key: &'static str,
+    pub description: &'static str,
+    pub required: bool,
+    pub kind: ValueKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TargetOptionSpec {
+    pub value: &'static str,
+    pub description: &'static str,
+    pub identifier_fields: &'static [&'static str],
+    pub segment_types: &'static [SegmentType],
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionTypeSpec {
+    pub id: &'static str,
+    pub display_name: &'static str,
+    pub category: Category,
+    pub export_kinds: &'static [ExportKind],
+    /// Every segment type the type accepts with some target option.
+    pub segment_types: &'static [SegmentType],
+    pub sync_modes: &'static [SyncMode],
+    pub required_fields: &'static [&'static str],
+    pub identifier_fields: &'static [&'static str],
+    /// Default maximum profiles per segment; 0 = none.
+    pub profile_limit: i64,
+    pub minimum_segment_size: i64,
+    pub config: &'static [KeySpec],
+    pub secrets: &'static [KeySpec],
+    /// Secret keys of which exactly one must be set.
+    pub one_of_secrets: &'static [&'static str],
+    pub settings: &'static [KeySpec],
+    pub target_options: &'static [TargetOptionSpec],
+}
+
+impl ConnectionTypeSpec {
+    pub fn config_key(&self, key: &str) -> Option<&KeySpec> {
+        self.config.iter().find(|k| k.key == key)
+    }
+
+    pub fn secret_key(&self, key: &str) -> Option<&KeySpec> {
+        self.secrets.iter().find(|k| k.key == key)
+    }
+}
+
+/// Checks one value against its kind; the description says what is expected.
+pub fn check_value(spec: &KeySpec, value: &str) -> Result<(), String> {
+    match spec.kind {
+        ValueKind::Text => {
+            if value.trim().is_empty() {
+                return Err("must not be empty".into());
+            }
+        }
+        ValueKind::Integer { min, max } => match value.trim().parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => {}
+            _ => return Err(format!("must be a whole number from {min} to {max}")),
+        },
+        ValueKind::Bool => {
+            if value != "true" && value != "false" {
+                return Err("must be `true` or `false`".into());
+            }
+        }
+        ValueKind::Url(schemes) => {
+            let ok = schemes.iter().any(|scheme| {
+                value
+                    .strip_prefix(scheme)
+                    .and_then(|rest| rest.strip_prefix("://"))
+                    .is_some_and(|rest| {
+                        !rest.is_empty()
+                            && !rest.starts_with('/')
+                            && !rest.contains(char::is_whitespace)
+                    })
+            });
+            if !ok {
+                let list: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+                return Err(format!("must be a URL starting with {}", list.join(" or ")));
+            }
+        }
+        ValueKind::OneOf(values) => {
+            if !values.contains(&value) {
+                return Err(format!("must be one of: {}", values.join(", ")));
+            }
+        }
+        ValueKind::Char => {
+            if value.chars().count() != 1 || value == "\n" || value == "\r" || value == "\"" {
+                return Err("must be exactly one character (not a quote or line break)".into());
+            }
+        }
+        ValueKind::RelativePath => {
+            if value.starts_with('/')
+                || value.split(['/', '\\']).any(|part| part == "..")
+                || value.contains('\0')
+            {
+                return Err("must be a relative path without `..`".into());
+            }
+        }
+        ValueKind::AbsolutePath => {
+            if !value.starts_with('/')
+                || value.split('/').any(|part| part == "..")
+                || value.contains('\0')
+            {
+                return Err("must be an absolute folder path without `..`".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates a whole key/value map against specs: unknown keys, missing required keys and bad
+/// values, each as its own violation on `<field_prefix>.<key>`.
+pub fn check_map(
+    field_prefix: &str,
+    specs: &[KeySpec],
+    values: &BTreeMap<String, String>,
+) -> Vec<FieldViolation> {
+    let mut violations = Vec::new();
+    for (key, value) in values {
+        match specs.iter().find(|s| s.key == key) {
+            None => {
+                let known: Vec<&str> = specs.iter().map(|s| s.key).collect();
+                let description = if known.is_empty() {
+                    format!("unknown key '{key}': this connection type takes none")
+                } else {
+                    format!("unknown key '{key}'; known keys: {}", known.join(", "))
+                };
+                violations.push(FieldViolation {
+                    field: format!("{field_prefix}.{key}"),
+                    description,
+                });
+            }
+            Some(spec) => {
+                if let Err(description) = check_value(spec, value) {
+                    violations.push(FieldViolation {
+                        field: format!("{field_prefix}.{key}"),
+                        description,
+                    });
+                }
+            }
+        }
+    }
+    for spec in specs
+        .iter()
+        .filter(|s| s.required && !values.contains_key(s.key))
+    {
+        violations.push(FieldViolation {
+            field: format!("{field_prefix}.{}", spec.key),
+            description: format!("'{}' is required ({})", spec.key, spec.description),
+        });
+    }
+    violations
+}
+
+/// Exactly one of `one_of` must be present in `values` (e.g. `password` or `private_key`).
+pub fn check_one_of(
+    field_prefix: &str,
+    one_of: &[&str],
+    values: &BTreeMap<String, String>,
+) -> Vec<FieldViolation> {
+    if one_of.is_empty() {
+        return Vec::new();
+    }
+    let present: Vec<&&str> = one_of.iter().filter(|k| values.contains_key(**k)).collect();
+    match present.len() {
+        1 => Vec::new(),
+        0 => vec![FieldViolation {
+            field: format!("{field_prefix}.{}", one_of[0]),
+            description: format!("one of {} is required", one_of.join(" or ")),
+        }],
+        _ => vec![FieldViolation {
+            field: format!("{field_prefix}.{}", present[1]),
+            description: format!("set only one of {}", one_of.join(" or ")),
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPECS: &[KeySpec] = &[
+        KeySpec {
+            key: "bucket",
+            description: "bucket name",
+            required: true,
+            kind: ValueKind::Text,
+        },
+        KeySpec {
+            key: "port",
+            description: "port",
+            required: false,
+            kind: ValueKind::Integer { min: 1, max: 65535 },
+        },
+        KeySpec {
+            key: "endpoint",
+            description: "endpoint",
+            required: false,
+            kind: ValueKind::Url(&["http", "https"]),
+        },
+    ];
+
+    #[test]
+    fn maps_report_every_problem_with_its_field() {
+        let values = BTreeMap::from([
+            ("port".to_string(), "99999".to_string()),
+            ("endpoint".to_string(), "ftp://x".to_string()),
+            ("bukket".to_string(), "x".to_string()),
+        ]);
+        let mut fields: Vec<String> = check_map("connection.config", SPECS, &values)
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            vec![
+                "connection.config.bucket",
+                "connection.config.bukket",
+                "connection.config.endpoint",
+                "connection.config.port"
+            ]
+        );
+    }
+
+    #[test]
+    fn one_of_requires_exactly_one() {
+        let one_of = &["password", "private_key"];
+        assert_eq!(check_one_of("s", one_of, &BTreeMap::new()).len(), 1);
+        let both = BTreeMap::from([
+            ("password".to_string(), "a".to_string()),
+            ("private_key".to_string(), "b".to_string()),
+        ]);
+        assert_eq!(check_one_of("s", one_of, &both)[0].field, "s.private_key");
+        let one = BTreeMap::from([("password".to_string(), "a".to_string())]);
+        assert!(check_one_of("s", one_of, &one).is_empty());
+    }
+
+    #[test]
+    fn values_are_checked_by_kind() {
+        let path = KeySpec {
+            key: "folder",
+            description: "",
+            required: false,
+            kind: ValueKind::RelativePath,
+        };
+        assert!(check_value(&path, "a/b").is_ok());
+        assert!(check_value(&path, "../etc").is_err());
+        assert!(check_value(&path, "/abs").is_err());
+        let delimiter = KeySpec {
+            key: "delimiter",
+            description: "",
+            required: false,
+            kind: ValueKind::Char,
+        };
+        assert!(check_value(&delimiter, ";").is_ok());
+        assert!(check_value(&delimiter, ";;").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! Pure rules: resource names, validation, eligibility, limits, schedules, list queries.
+//! Nothing here does I/O.
+pub mod connection;
+pub mod connection_type;
+pub mod environment;
+pub mod etag;
+pub mod list_query;
+pub mod names;
+pub mod paging;
+pub mod rule;
+pub mod schedule;
+pub mod time;

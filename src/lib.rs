@@ -1,0 +1,14 @@
+//! exportd: the exports control plane of a customer data platform.
+//!
+//! Layout (ARCHITECTURE.md): `api` (gRPC services) → `engine` (runs) → `connectors`
+//! (targets), all on `domain` (pure rules) and `store` (the only SQL). `auth` holds the JWT
+//! verification and the one permission table.
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod connectors;
+pub mod domain;
+pub mod error;
+pub mod pb;
+pub mod server;
+pub mod store;

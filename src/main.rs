@@ -1,0 +1,356 @@
+//! The `exportd` command line: serve, migrate, mint tokens, manage environments, run exports.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use exportd::auth::Role;
+use exportd::auth::jwt::sign_hs256;
+use exportd::config::{Flags, LogFormat, Settings};
+use exportd::domain::environment::EnvironmentKind;
+use exportd::domain::names::is_valid_id;
+use exportd::domain::schedule::{CronSchedule, Schedule, Trigger};
+use exportd::domain::time::{from_datetime, now_micros, to_datetime};
+use exportd::store::{Sealer, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "exportd",
+    version,
+    about = "Exports control plane of a customer data platform"
+)]
+struct Cli {
+    /// Data folder (SQLite database, dev secrets, local exports).
+    #[arg(long, global = true, env = "EXPORTD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "EXPORTD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC service.
+    Serve {
+        /// Development mode: SQLite and files under the data dir, generated secrets, a `demo`
+        /// environment and a printed admin token.
+        #[arg(long)]
+        dev: bool,
+        /// Listen address (default 127.0.0.1:50051).
+        #[arg(long, env = "EXPORTD_LISTEN")]
+        listen: Option<String>,
+    },
+    /// Apply database migrations.
+    Migrate,
+    /// Print a JWT signed with the configured (or dev) HS256 secret; the token is the last line.
+    Token {
+        /// ENV=ROLE, repeatable; ROLE is admin, contributor or viewer; ENV `*` means all.
+        #[arg(long = "env", required = true, value_name = "ENV=ROLE")]
+        envs: Vec<String>,
+        /// The token's subject.
+        #[arg(long, default_value = "exportd-cli")]
+        sub: String,
+        /// Lifetime, e.g. 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Manage environments (operator only).
+    #[command(subcommand)]
+    Environment(EnvironmentCommand),
+}
+
+#[derive(Subcommand)]
+enum EnvironmentCommand {
+    /// Create an environment.
+    Create {
+        id: String,
+        /// b2c (INDIVIDUAL_CUSTOMERS) or b2b (BUSINESS_ACCOUNTS).
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// List environments.
+    List,
+    /// Change an environment's display name or system refresh schedule.
+    Update(UpdateEnvironment),
+}
+
+#[derive(Args)]
+struct UpdateEnvironment {
+    id: String,
+    #[arg(long)]
+    display_name: Option<String>,
+    /// Five-field cron expression for the system refresh.
+    #[arg(long, requires = "time_zone", conflicts_with = "no_system_refresh")]
+    system_refresh_cron: Option<String>,
+    /// IANA time zone of the cron expression.
+    #[arg(long)]
+    time_zone: Option<String>,
+    /// Switch the system refresh schedule off.
+    #[arg(long)]
+    no_system_refresh: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("exportd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("exportd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let mut flags = Flags {
+        config: cli.config.clone(),
+        data_dir: cli.data_dir.clone(),
+        ..Flags::default()
+    };
+    if let Command::Serve { dev, listen } = &cli.command {
+        flags.dev = *dev;
+        flags.listen = listen.clone();
+    }
+    let settings = Settings::load(&flags)?;
+    init_logging(&settings);
+    match cli.command {
+        Command::Serve { .. } => serve(settings).await,
+        Command::Migrate => {
+            let store = open_store(&settings).await?;
+            store.close().await;
+            println!(
+                "migrations applied to {}",
+                exportd::config::redact_url(&settings.database_url)
+            );
+            Ok(())
+        }
+        Command::Token { envs, sub, ttl } => {
+            let secret = settings.jwt.hs256_secret.clone().ok_or(
+                "no HS256 secret: set jwt_hs256_secret or point --data-dir at a dev data dir",
+            )?;
+            let mut roles = BTreeMap::new();
+            for entry in &envs {
+                let (env, role) = entry
+                    .split_once('=')
+                    .ok_or_else(|| format!("--env '{entry}': expected ENV=ROLE"))?;
+                if env != "*" && !is_valid_id(env) {
+                    return Err(format!("--env '{entry}': '{env}' is not an environment id"));
+                }
+                let role = Role::parse(role).ok_or_else(|| {
+                    format!("--env '{entry}': role must be admin, contributor or viewer")
+                })?;
+                roles.insert(env.to_string(), role);
+            }
+            let ttl = parse_duration(&ttl)?;
+            let token = sign_hs256(&secret, &sub, &roles, ttl).map_err(|e| e.message)?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Environment(command) => environment(settings, command).await,
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| {
+            EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"))
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match settings.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Opens the database for an operator command; secrets are not needed, so a missing sealing
+/// key is fine here.
+async fn open_store(settings: &Settings) -> Result<Store, String> {
+    let sealer = Sealer::new(
+        settings.sealing_keys.clone(),
+        settings.sealing_key_id.clone(),
+    )?;
+    let store = Store::open(&settings.database_url, sealer).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+async fn serve(settings: Settings) -> Result<(), String> {
+    let dev = settings.dev;
+    let secret = settings.jwt.hs256_secret.clone();
+    let state = exportd::server::open_state(settings).await?;
+    if dev {
+        if state
+            .store
+            .get_environment("demo")
+            .await
+            .map_err(|e| e.message)?
+            .is_none()
+        {
+            state
+                .store
+                .create_environment("demo", "Demo", EnvironmentKind::IndividualCustomers)
+                .await
+                .map_err(|e| e.message)?;
+        }
+    }
+    let server = exportd::server::start(state).await?;
+    tracing::info!(addr = %server.addr, "exportd is serving");
+    if dev && let Some(secret) = secret {
+        let roles = BTreeMap::from([("demo".to_string(), Role::Admin)]);
+        let token = sign_hs256(&secret, "dev-admin", &roles, Duration::from_secs(24 * 3600))
+            .map_err(|e| e.message)?;
+        println!("exportd (dev) listening on {}", server.addr);
+        println!("environment: demo (INDIVIDUAL_CUSTOMERS); admin token for it, valid 24h:");
+        println!("export EXPORTD_TOKEN={token}");
+    }
+    let stopper = server.stopper();
+    tokio::spawn(async move {
+        exportd::server::termination_signal().await;
+        let _ = stopper.send(true);
+    });
+    server.wait().await?;
+    tracing::info!("exportd stopped");
+    Ok(())
+}
+
+async fn environment(settings: Settings, command: EnvironmentCommand) -> Result<(), String> {
+    let store = open_store(&settings).await?;
+    let result = match command {
+        EnvironmentCommand::Create {
+            id,
+            kind,
+            display_name,
+        } => {
+            if !is_valid_id(&id) {
+                return Err(format!(
+                    "'{id}' is not a valid id: use [a-z][a-z0-9-]{{0,62}}"
+                ));
+            }
+            let kind = EnvironmentKind::from_cli(&kind)
+                .ok_or_else(|| format!("--kind '{kind}': use b2c or b2b"))?;
+            let display_name = display_name.unwrap_or_else(|| id.clone());
+            let env = store
+                .create_environment(&id, &display_name, kind)
+                .await
+                .map_err(|e| e.message)?;
+            println!("created environments/{} ({})", env.id, env.kind.as_str());
+            Ok(())
+        }
+        EnvironmentCommand::List => {
+            let (items, _) = store
+                .list_environments(None, 0, u64::MAX >> 1)
+                .await
+                .map_err(|e| e.message)?;
+            println!(
+                "{:<24} {:<22} {:<30} SYSTEM REFRESH",
+                "ID", "KIND", "DISPLAY NAME"
+            );
+            for env in items {
+                let schedule = match &env.system_refresh_schedule {
+                    Some(Schedule {
+                        enabled: true,
+                        trigger: Trigger::Cron(c),
+                    }) => format!("cron '{}' {}", c.expression, c.time_zone),
+                    Some(Schedule { enabled: true, .. }) => "recurrence".to_string(),
+                    _ => "off".to_string(),
+                };
+                println!(
+                    "{:<24} {:<22} {:<30} {}",
+                    env.id,
+                    env.kind.as_str(),
+                    env.display_name,
+                    schedule
+                );
+            }
+            Ok(())
+        }
+        EnvironmentCommand::Update(update) => {
+            let mut env = store
+                .get_environment(&update.id)
+                .await
+                .map_err(|e| e.message)?
+                .ok_or_else(|| format!("environment '{}' not found", update.id))?;
+            if let Some(name) = update.display_name {
+                env.display_name = name;
+            }
+            if update.no_system_refresh {
+                env.system_refresh_schedule = None;
+            }
+            if let Some(expression) = update.system_refresh_cron {
+                let schedule = Schedule {
+                    enabled: true,
+                    trigger: Trigger::Cron(CronSchedule {
+                        expression,
+                        time_zone: update.time_zone.unwrap_or_default(),
+                    }),
+                };
+                let problems = schedule.validate();
+                if !problems.is_empty() {
+                    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                    return Err(text.join("; "));
+                }
+                env.system_refresh_schedule = Some(schedule);
+            }
+            env.next_system_refresh_at = env
+                .system_refresh_schedule
+                .as_ref()
+                .and_then(|s| s.next_run_time(to_datetime(now_micros())))
+                .map(from_datetime);
+            let env = store
+                .update_environment(&env)
+                .await
+                .map_err(|e| e.message)?;
+            match env.next_system_refresh_at {
+                Some(next) => println!(
+                    "updated environments/{}; next system refresh at {}",
+                    env.id,
+                    to_datetime(next).to_rfc3339()
+                ),
+                None => println!("updated environments/{}; system refresh off", env.id),
+            }
+            Ok(())
+        }
+    };
+    store.close().await;
+    result
+}
+
+/// `15m`, `1h`, `30s`, `7d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("--ttl '{text}': use a number with s, m, h or d (e.g. 15m)");
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(bad()),
+    };
+    if seconds == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(seconds))
+}

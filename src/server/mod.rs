@@ -1,0 +1,178 @@
+//! Builds and runs the tonic server: edge and auth layers, the three services, health,
+//! reflection (v1 and v1alpha, so that both grpcurl and buf curl work), message size limits,
+//! and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::catalog::CatalogApi;
+use crate::api::connections::ConnectionApi;
+use crate::api::exports::ExportApi;
+use crate::api::{AppState, State};
+use crate::auth::jwt::Verifier;
+use crate::auth::layer::AuthLayer;
+use crate::config::Settings;
+use crate::pb;
+use crate::pb::catalog_service_server::CatalogServiceServer;
+use crate::pb::connection_service_server::ConnectionServiceServer;
+use crate::pb::export_service_server::ExportServiceServer;
+use crate::store::{Sealer, Store};
+
+pub mod edge;
+
+/// A server that is running; dropping it does not stop it, [`RunningServer::shutdown`] does.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: State,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight RPCs finish (within the grace period) and waits.
+    pub async fn shutdown(self) -> Result<(), String> {
+        let _ = self.stop.send(true);
+        self.task.await.map_err(|e| e.to_string())?
+    }
+
+    /// Waits until the server ends (after a shutdown signal).
+    pub async fn wait(self) -> Result<(), String> {
+        self.task.await.map_err(|e| e.to_string())?
+    }
+
+    /// A handle that asks the server to stop.
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Opens the store (migrating it) and builds the shared state.
+pub async fn open_state(settings: Settings) -> Result<State, String> {
+    settings.check_can_serve()?;
+    let sealer = Sealer::new(
+        settings.sealing_keys.clone(),
+        settings.sealing_key_id.clone(),
+    )?;
+    let store = Store::open(&settings.database_url, sealer).await?;
+    store.migrate().await?;
+    Ok(Arc::new(AppState {
+        store: Arc::new(store),
+        settings: Arc::new(settings),
+    }))
+}
+
+/// Binds the listen address and serves until [`RunningServer::shutdown`].
+pub async fn start(state: State) -> Result<RunningServer, String> {
+    let listener = TcpListener::bind(state.settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", state.settings.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let verifier = Arc::new(Verifier::from_settings(&state.settings.jwt)?);
+    let limit = state.settings.max_message_bytes;
+    let grace = Duration::from_secs(state.settings.shutdown_grace_seconds);
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ConnectionServiceServer<ConnectionApi>>()
+        .await;
+    health.set_serving::<ExportServiceServer<ExportApi>>().await;
+    health
+        .set_serving::<CatalogServiceServer<CatalogApi>>()
+        .await;
+
+    let connections = ConnectionServiceServer::new(ConnectionApi::new(state.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let exports = ExportServiceServer::new(ExportApi::new(state.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let catalog = CatalogServiceServer::new(CatalogApi::new(state.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+    let layers = tower::ServiceBuilder::new()
+        .layer(edge::EdgeLayer)
+        .layer(AuthLayer::new(verifier))
+        .into_inner();
+    let router = tonic::transport::Server::builder()
+        .layer(layers)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(connections)
+        .add_service(exports)
+        .add_service(catalog);
+
+    let (stop, mut stopped) = watch::channel(false);
+    let incoming = TcpListenerStream::new(listener);
+    let task = tokio::spawn(async move {
+        let signal = {
+            let mut stopped = stopped.clone();
+            let health = health.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+                tracing::info!("shutting down: no new connections; finishing in-flight RPCs");
+                health
+                    .set_not_serving::<ConnectionServiceServer<ConnectionApi>>()
+                    .await;
+                health
+                    .set_not_serving::<ExportServiceServer<ExportApi>>()
+                    .await;
+                health
+                    .set_not_serving::<CatalogServiceServer<CatalogApi>>()
+                    .await;
+            }
+        };
+        let serve = router.serve_with_incoming_shutdown(incoming, signal);
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => result.map_err(|e| format!("server error: {e}")),
+            _ = async {
+                let _ = stopped.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace_seconds = grace.as_secs(), "in-flight RPCs did not finish within the grace period; closing");
+                Ok(())
+            }
+        }
+    });
+    Ok(RunningServer {
+        addr,
+        state,
+        stop,
+        task,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,53 @@
+//! Numbered migrations, one file each (sea-orm names a migration after its file).
+use sea_orm_migration::prelude::*;
+
+mod m0001_environments_connections;
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_environments_connections::Migration)]
+    }
+}
+
+/// Column shorthands shared by every migration, so that types are the same everywhere:
+/// ids and short strings are `string`, JSON documents are `text`, and times are microseconds
+/// since the Unix epoch in a `big_integer` (portable, sortable, no time-zone surprises).
+pub(crate) mod cols {
+    use sea_orm_migration::prelude::*;
+
+    pub fn id(name: &'static str) -> ColumnDef {
+        ColumnDef::new(Alias::new(name))
+            .string()
+            .not_null()
+            .to_owned()
+    }
+    pub fn text(name: &'static str) -> ColumnDef {
+        ColumnDef::new(Alias::new(name))
+            .text()
+            .not_null()
+            .to_owned()
+    }
+    pub fn text_null(name: &'static str) -> ColumnDef {
+        ColumnDef::new(Alias::new(name)).text().null().to_owned()
+    }
+    pub fn int(name: &'static str) -> ColumnDef {
+        ColumnDef::new(Alias::new(name))
+            .big_integer()
+            .not_null()
+            .to_owned()
+    }
+    pub fn int_null(name: &'static str) -> ColumnDef {
+        ColumnDef::new(Alias::new(name))
+            .big_integer()
+            .null()
+            .to_owned()
+    }
+    pub fn boolean(name: &'static str) -> ColumnDef {
+        ColumnDef::new(Alias::new(name))
+            .boolean()
+            .not_null()
+            .to_owned()
+    }
+}

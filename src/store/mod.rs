@@ -1,0 +1,119 @@
+//! Persistence: sea-orm models, migrations and repositories. The only code that speaks SQL.
+//!
+//! SQLite (the embedded default) gets one writer connection and a small pool of readers: WAL
+//! lets readers run beside the single writer, and one writer means our own transactions never
+//! fail with SQLITE_BUSY. PostgreSQL uses one pool for both.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
+use sea_orm_migration::MigratorTrait;
+
+pub mod connections;
+pub mod entities;
+pub mod environments;
+pub mod list;
+pub mod migration;
+pub mod request_ids;
+pub mod secrets;
+
+pub use secrets::Sealer;
+
+pub struct Store {
+    writer: DatabaseConnection,
+    reader: DatabaseConnection,
+    pub sealer: Sealer,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`). Does not migrate.
+    pub async fn open(url: &str, sealer: Sealer) -> Result<Store, String> {
+        let shown = crate::config::redact_url(url);
+        if let Some(path) = sqlite_path(url)
+            && let Some(parent) = std::path::Path::new(&path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        let is_sqlite = url.starts_with("sqlite:");
+        let writer = connect(url, if is_sqlite { 1 } else { 16 })
+            .await
+            .map_err(|e| format!("cannot open database {shown}: {e}"))?;
+        let reader = if is_sqlite {
+            connect(url, 4)
+                .await
+                .map_err(|e| format!("cannot open database {shown}: {e}"))?
+        } else {
+            writer.clone()
+        };
+        Ok(Store {
+            writer,
+            reader,
+            sealer,
+        })
+    }
+
+    pub async fn migrate(&self) -> Result<(), String> {
+        migration::Migrator::up(&self.writer, None)
+            .await
+            .map_err(|e| format!("database migration failed: {e}"))
+    }
+
+    /// The connection for writes and for reads that must see them (one writer on SQLite).
+    pub fn writer(&self) -> &DatabaseConnection {
+        &self.writer
+    }
+
+    /// The connection for plain reads.
+    pub fn reader(&self) -> &DatabaseConnection {
+        &self.reader
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.writer.get_database_backend()
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.backend() == DbBackend::Postgres
+    }
+
+    pub async fn close(self) {
+        let _ = self.reader.close().await;
+        let _ = self.writer.close().await;
+    }
+}
+
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| path.to_string())
+}
+
+async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, sea_orm::DbErr> {
+    let mut options = ConnectOptions::new(url.to_string());
+    options
+        .max_connections(max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true)
+                .create_if_missing(true)
+        });
+    Database::connect(options).await
+}
+
+/// True when a database error is a unique-constraint violation (a concurrent insert won).
+pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
+    matches!(
+        err.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}

@@ -1,0 +1,71 @@
+//! Idempotency keys of create and run requests (AIP-155): the same `request_id` returns the
+//! first result; reusing it for a different request is an error.
+
+use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
+use sha2::{Digest, Sha256};
+
+use super::entities::request_id::{ActiveModel, Entity};
+use crate::domain::time::now_micros;
+use crate::error::{Error, Result};
+
+/// A request id as it arrives: empty = none.
+pub fn check_format(request_id: &str) -> Result<()> {
+    if request_id.len() > 128
+        || request_id
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(Error::invalid(
+            "request_id",
+            "at most 128 printable characters without spaces (a UUID is best)",
+        ));
+    }
+    Ok(())
+}
+
+/// A digest of the request body, to tell a retry from a different request with the same id.
+pub fn request_hash(encoded_request: &[u8]) -> String {
+    hex::encode(Sha256::digest(encoded_request))
+}
+
+/// What a request id already produced, if anything.
+pub async fn lookup(
+    db: &impl ConnectionTrait,
+    env: &str,
+    method: &str,
+    request_id: &str,
+    hash: &str,
+) -> Result<Option<String>> {
+    let found = Entity::find_by_id((env.to_string(), method.to_string(), request_id.to_string()))
+        .one(db)
+        .await?;
+    match found {
+        None => Ok(None),
+        Some(row) if row.request_hash == hash => Ok(Some(row.resource_name)),
+        Some(_) => Err(Error::invalid(
+            "request_id",
+            format!("request id '{request_id}' was already used for a different {method} request"),
+        )),
+    }
+}
+
+/// Records what a request id produced; call inside the transaction that creates the resource.
+pub async fn record(
+    db: &impl ConnectionTrait,
+    env: &str,
+    method: &str,
+    request_id: &str,
+    hash: &str,
+    resource_name: &str,
+) -> Result<()> {
+    let row = ActiveModel {
+        env: Set(env.to_string()),
+        method: Set(method.to_string()),
+        request_id: Set(request_id.to_string()),
+        request_hash: Set(hash.to_string()),
+        resource_name: Set(resource_name.to_string()),
+        create_time: Set(now_micros()),
+    };
+    Entity::insert(row).exec(db).await?;
+    Ok(())
+}
