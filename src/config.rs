@@ -67,10 +67,7 @@ impl std::fmt::Debug for Settings {
             .field("jwt.jwks_file", &self.jwt.jwks_file)
             .field("jwt.issuer", &self.jwt.issuer)
             .field("jwt.audience", &self.jwt.audience)
-            .field(
-                "sealing_key_ids",
-                &self.sealing_keys.keys().collect::<Vec<_>>(),
-            )
+            .field("sealing_key_ids", &self.sealing_keys.keys().collect::<Vec<_>>())
             .field("sealing_key_id", &self.sealing_key_id)
             .field("workers", &self.workers)
             .finish_non_exhaustive()
@@ -83,12 +80,7 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &url[at..]),
                 None => url.to_string(),
             }
         }
@@ -285,8 +277,8 @@ impl Layer {
     }
 
     pub fn from_file(path: &Path) -> Result<Layer, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
     }
 }
@@ -316,10 +308,7 @@ impl Settings {
         Self::load_with_env(flags, &|name| std::env::var(name).ok())
     }
 
-    pub fn load_with_env(
-        flags: &Flags,
-        vars: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Settings, String> {
+    pub fn load_with_env(flags: &Flags, vars: &dyn Fn(&str) -> Option<String>) -> Result<Settings, String> {
         let mut layer = Layer::default();
         let config_path = flags
             .config
@@ -339,21 +328,14 @@ impl Settings {
     }
 
     fn resolve(layer: Layer, dev: bool) -> Result<Settings, String> {
-        let data_dir = layer
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from("./exportd-data"));
-        let listen_text = layer
-            .listen
-            .unwrap_or_else(|| "127.0.0.1:50051".to_string());
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            format!("listen: '{listen_text}' is not an address like 127.0.0.1:50051")
-        })?;
-        let database_url = layer.database_url.unwrap_or_else(|| {
-            format!(
-                "sqlite://{}?mode=rwc",
-                data_dir.join("exportd.db").display()
-            )
-        });
+        let data_dir = layer.data_dir.unwrap_or_else(|| PathBuf::from("./exportd-data"));
+        let listen_text = layer.listen.unwrap_or_else(|| "127.0.0.1:50051".to_string());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| format!("listen: '{listen_text}' is not an address like 127.0.0.1:50051"))?;
+        let database_url = layer
+            .database_url
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("exportd.db").display()));
 
         if dev {
             ensure_dev_secrets(&data_dir)?;
@@ -396,11 +378,10 @@ impl Settings {
         let sealing_key_id = match layer.sealing_key_id {
             Some(kid) if sealing_keys.contains_key(&kid) => kid,
             Some(kid) => return Err(format!("sealing_key_id '{kid}' is not among sealing_keys")),
-            None if !configured_keys.is_empty()
-                && sealing_keys.len() > 1
-                && configured_keys.len() > 1 =>
-            {
-                return Err("several sealing_keys are configured: set sealing_key_id to the one that seals new secrets".into());
+            None if !configured_keys.is_empty() && sealing_keys.len() > 1 && configured_keys.len() > 1 => {
+                return Err(
+                    "several sealing_keys are configured: set sealing_key_id to the one that seals new secrets".into(),
+                );
             }
             None => match configured_keys.first() {
                 Some(entry) => parse_sealing_key(entry)?.0,
@@ -408,11 +389,9 @@ impl Settings {
             },
         };
 
-        let workers = layer.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        });
+        let workers = layer
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
         if workers == 0 {
             return Err("workers must be at least 1".into());
         }
@@ -422,9 +401,7 @@ impl Settings {
         }
         Ok(Settings {
             listen,
-            exports_root: layer
-                .exports_root
-                .unwrap_or_else(|| data_dir.join("exports")),
+            exports_root: layer.exports_root.unwrap_or_else(|| data_dir.join("exports")),
             data_dir,
             database_url,
             dev,
@@ -444,11 +421,11 @@ impl Settings {
 
     /// The serving checks that other commands do not need.
     pub fn check_can_serve(&self) -> Result<(), String> {
-        if self.jwt.hs256_secret.is_none()
-            && self.jwt.public_key_files.is_empty()
-            && self.jwt.jwks_file.is_none()
-        {
-            return Err("no JWT verification key: set jwt_hs256_secret, jwt_public_key_files or jwt_jwks_file (or use --dev)".into());
+        if self.jwt.hs256_secret.is_none() && self.jwt.public_key_files.is_empty() && self.jwt.jwks_file.is_none() {
+            return Err(
+                "no JWT verification key: set jwt_hs256_secret, jwt_public_key_files or jwt_jwks_file (or use --dev)"
+                    .into(),
+            );
         }
         self.check_can_seal()
     }
@@ -469,14 +446,8 @@ fn parse_sealing_key(entry: &str) -> Result<(String, [u8; 32]), String> {
     let (kid, encoded) = entry
         .split_once(':')
         .ok_or_else(|| "sealing_keys entries look like `kid:base64key`".to_string())?;
-    if kid.is_empty()
-        || !kid
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(format!(
-            "sealing key id '{kid}' must be letters, digits, '-' or '_'"
-        ));
+    if kid.is_empty() || !kid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(format!("sealing key id '{kid}' must be letters, digits, '-' or '_'"));
     }
     let bytes = BASE64
         .decode(encoded.trim())
@@ -501,8 +472,7 @@ fn read_dev_secrets(data_dir: &Path) -> Result<Option<DevSecrets>, String> {
 /// Generates the dev HS256 secret and sealing key once, readable by the owner only.
 fn ensure_dev_secrets(data_dir: &Path) -> Result<(), String> {
     use rand::RngCore;
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let path = data_dir.join(DEV_SECRETS_FILE);
     if path.exists() {
         return Ok(());
@@ -516,8 +486,7 @@ fn ensure_dev_secrets(data_dir: &Path) -> Result<(), String> {
         sealing_key: format!("dev1:{}", BASE64.encode(key)),
     };
     let text = toml::to_string(&secrets).map_err(|e| e.to_string())?;
-    write_private_file(&path, text.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    write_private_file(&path, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Creates a file with mode 0600 from the start, so the secret is never readable by others.
@@ -540,10 +509,7 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |name| map.get(name).cloned()
     }
 
@@ -561,10 +527,7 @@ mod tests {
             data_dir: Some(dir.path().into()),
             ..Flags::default()
         };
-        let vars = env_of(&[
-            ("EXPORTD_WORKERS", "5"),
-            ("EXPORTD_LISTEN", "127.0.0.1:7001"),
-        ]);
+        let vars = env_of(&[("EXPORTD_WORKERS", "5"), ("EXPORTD_LISTEN", "127.0.0.1:7001")]);
         let settings = Settings::load_with_env(&flags, &vars).unwrap();
         assert_eq!(settings.workers, 5);
         assert_eq!(settings.listen.port(), 7001);
@@ -574,13 +537,7 @@ mod tests {
             listen: Some("127.0.0.1:7002".into()),
             ..flags
         };
-        assert_eq!(
-            Settings::load_with_env(&flags, &vars)
-                .unwrap()
-                .listen
-                .port(),
-            7002
-        );
+        assert_eq!(Settings::load_with_env(&flags, &vars).unwrap().listen.port(), 7002);
     }
 
     #[test]
@@ -601,8 +558,7 @@ mod tests {
             data_dir: Some(dir.path().into()),
             ..Flags::default()
         };
-        let err =
-            Settings::load_with_env(&flags, &env_of(&[("EXPORTD_WORKERS", "many")])).unwrap_err();
+        let err = Settings::load_with_env(&flags, &env_of(&[("EXPORTD_WORKERS", "many")])).unwrap_err();
         assert!(err.contains("EXPORTD_WORKERS"), "{err}");
     }
 
@@ -632,10 +588,7 @@ mod tests {
         let second = Settings::load_with_env(&later, &env_of(&[])).unwrap();
         assert_eq!(first.jwt.hs256_secret, second.jwt.hs256_secret);
         assert_eq!(first.sealing_keys, second.sealing_keys);
-        assert!(
-            !format!("{second:?}")
-                .contains(&String::from_utf8(second.jwt.hs256_secret.clone().unwrap()).unwrap())
-        );
+        assert!(!format!("{second:?}").contains(&String::from_utf8(second.jwt.hs256_secret.clone().unwrap()).unwrap()));
     }
 
     #[test]

@@ -86,16 +86,13 @@ impl Error {
             [] => "invalid request".to_string(),
             [one] => format!("invalid {}: {}", one.field, one.description),
             many => {
-                let parts: Vec<String> = many
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.description))
-                    .collect();
+                let parts: Vec<String> = many.iter().map(|v| format!("{}: {}", v.field, v.description)).collect();
                 format!("invalid request: {}", parts.join("; "))
             }
         };
         let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
-        let mut err = Error::new(ErrorCode::InvalidArgument, "INVALID_ARGUMENT", message)
-            .with_meta("fields", fields.join(","));
+        let mut err =
+            Error::new(ErrorCode::InvalidArgument, "INVALID_ARGUMENT", message).with_meta("fields", fields.join(","));
         err.field_violations = violations;
         err
     }
@@ -139,12 +136,7 @@ impl Error {
         Error::new(ErrorCode::FailedPrecondition, reason, message)
     }
 
-    pub fn with_precondition(
-        mut self,
-        kind: &str,
-        subject: impl Into<String>,
-        description: impl Into<String>,
-    ) -> Self {
+    pub fn with_precondition(mut self, kind: &str, subject: impl Into<String>, description: impl Into<String>) -> Self {
         self.precondition_violations.push(PreconditionViolation {
             kind: kind.to_string(),
             subject: subject.into(),

@@ -99,10 +99,7 @@ struct UpdateEnvironment {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("exportd: cannot start the runtime: {e}");
@@ -142,9 +139,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Token { envs, sub, ttl } => {
-            let secret = settings.jwt.hs256_secret.clone().ok_or(
-                "no HS256 secret: set jwt_hs256_secret or point --data-dir at a dev data dir",
-            )?;
+            let secret = settings
+                .jwt
+                .hs256_secret
+                .clone()
+                .ok_or("no HS256 secret: set jwt_hs256_secret or point --data-dir at a dev data dir")?;
             let mut roles = BTreeMap::new();
             for entry in &envs {
                 let (env, role) = entry
@@ -153,9 +152,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                 if env != "*" && !is_valid_id(env) {
                     return Err(format!("--env '{entry}': '{env}' is not an environment id"));
                 }
-                let role = Role::parse(role).ok_or_else(|| {
-                    format!("--env '{entry}': role must be admin, contributor or viewer")
-                })?;
+                let role = Role::parse(role)
+                    .ok_or_else(|| format!("--env '{entry}': role must be admin, contributor or viewer"))?;
                 roles.insert(env.to_string(), role);
             }
             let ttl = parse_duration(&ttl)?;
@@ -172,12 +170,12 @@ fn init_logging(settings: &Settings) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| {
-            EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"))
-        });
+        .unwrap_or_else(|| EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info")));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match settings.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -187,10 +185,7 @@ fn init_logging(settings: &Settings) {
 /// Opens the database for an operator command; secrets are not needed, so a missing sealing
 /// key is fine here.
 async fn open_store(settings: &Settings) -> Result<Store, String> {
-    let sealer = Sealer::new(
-        settings.sealing_keys.clone(),
-        settings.sealing_key_id.clone(),
-    )?;
+    let sealer = Sealer::new(settings.sealing_keys.clone(), settings.sealing_key_id.clone())?;
     let store = Store::open(&settings.database_url, sealer).await?;
     store.migrate().await?;
     Ok(store)
@@ -217,17 +212,17 @@ async fn serve(settings: Settings) -> Result<(), String> {
     }
     let server = exportd::server::start(state).await?;
     tracing::info!(addr = %server.addr, "exportd is serving");
+    println!("exportd listening on {}", server.addr);
     if dev && let Some(secret) = secret {
         let roles = BTreeMap::from([("demo".to_string(), Role::Admin)]);
-        let token = sign_hs256(&secret, "dev-admin", &roles, Duration::from_secs(24 * 3600))
-            .map_err(|e| e.message)?;
-        println!("exportd (dev) listening on {}", server.addr);
-        println!("environment: demo (INDIVIDUAL_CUSTOMERS); admin token for it, valid 24h:");
+        let token = sign_hs256(&secret, "dev-admin", &roles, Duration::from_secs(24 * 3600)).map_err(|e| e.message)?;
+        println!("dev mode: environment `demo` (INDIVIDUAL_CUSTOMERS); an admin token for it, valid 24h:");
         println!("export EXPORTD_TOKEN={token}");
     }
     let stopper = server.stopper();
     tokio::spawn(async move {
         exportd::server::termination_signal().await;
+        tracing::info!("shutdown requested: no new connections; finishing in-flight RPCs");
         let _ = stopper.send(true);
     });
     server.wait().await?;
@@ -238,18 +233,11 @@ async fn serve(settings: Settings) -> Result<(), String> {
 async fn environment(settings: Settings, command: EnvironmentCommand) -> Result<(), String> {
     let store = open_store(&settings).await?;
     let result = match command {
-        EnvironmentCommand::Create {
-            id,
-            kind,
-            display_name,
-        } => {
+        EnvironmentCommand::Create { id, kind, display_name } => {
             if !is_valid_id(&id) {
-                return Err(format!(
-                    "'{id}' is not a valid id: use [a-z][a-z0-9-]{{0,62}}"
-                ));
+                return Err(format!("'{id}' is not a valid id: use [a-z][a-z0-9-]{{0,62}}"));
             }
-            let kind = EnvironmentKind::from_cli(&kind)
-                .ok_or_else(|| format!("--kind '{kind}': use b2c or b2b"))?;
+            let kind = EnvironmentKind::from_cli(&kind).ok_or_else(|| format!("--kind '{kind}': use b2c or b2b"))?;
             let display_name = display_name.unwrap_or_else(|| id.clone());
             let env = store
                 .create_environment(&id, &display_name, kind)
@@ -263,10 +251,7 @@ async fn environment(settings: Settings, command: EnvironmentCommand) -> Result<
                 .list_environments(None, 0, u64::MAX >> 1)
                 .await
                 .map_err(|e| e.message)?;
-            println!(
-                "{:<24} {:<22} {:<30} SYSTEM REFRESH",
-                "ID", "KIND", "DISPLAY NAME"
-            );
+            println!("{:<24} {:<22} {:<30} SYSTEM REFRESH", "ID", "KIND", "DISPLAY NAME");
             for env in items {
                 let schedule = match &env.system_refresh_schedule {
                     Some(Schedule {
@@ -318,10 +303,7 @@ async fn environment(settings: Settings, command: EnvironmentCommand) -> Result<
                 .as_ref()
                 .and_then(|s| s.next_run_time(to_datetime(now_micros())))
                 .map(from_datetime);
-            let env = store
-                .update_environment(&env)
-                .await
-                .map_err(|e| e.message)?;
+            let env = store.update_environment(&env).await.map_err(|e| e.message)?;
             match env.next_system_refresh_at {
                 Some(next) => println!(
                     "updated environments/{}; next system refresh at {}",

@@ -16,8 +16,7 @@ pub mod google {
 pub use exportd::v1::*;
 
 /// Encoded descriptor set of every served proto, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/exportd_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/exportd_descriptor.bin"));
 
 /// Secrets are write-only: Debug shows which keys were given, never their values.
 impl std::fmt::Debug for Connection {

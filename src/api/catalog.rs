@@ -29,12 +29,7 @@ impl CatalogApi {
         request: pb::GetEnvironmentRequest,
     ) -> Result<pb::Environment> {
         let name = EnvironmentName::parse("name", &request.name)?;
-        let role = policy::authorize(
-            &principal,
-            &name.env,
-            Action::GetEnvironment,
-            Facts::default(),
-        )?;
+        let role = policy::authorize(&principal, &name.env, Action::GetEnvironment, Facts::default())?;
         let env = self
             .state
             .store
@@ -51,8 +46,7 @@ impl CatalogApi {
     ) -> Result<pb::ListEnvironmentsResponse> {
         let fingerprint = paging::fingerprint(&["environments"]);
         let page = paging::parse(request.page_size, &request.page_token, &fingerprint)?;
-        let ids: Option<Vec<String>> =
-            (!principal.has_wildcard()).then(|| principal.roles.keys().cloned().collect());
+        let ids: Option<Vec<String>> = (!principal.has_wildcard()).then(|| principal.roles.keys().cloned().collect());
         let (items, total) = self
             .state
             .store
@@ -63,10 +57,7 @@ impl CatalogApi {
             environments: items
                 .iter()
                 .map(|env| {
-                    let role = principal
-                        .role_in(&env.id)
-                        .map(|r| r.as_str())
-                        .unwrap_or_default();
+                    let role = principal.role_in(&env.id).map(|r| r.as_str()).unwrap_or_default();
                     convert::environment(env, role)
                 })
                 .collect(),
@@ -80,12 +71,7 @@ impl CatalogApi {
     ) -> Result<pb::Environment> {
         let input = required("environment", &request.environment)?;
         let name = EnvironmentName::parse("environment.name", &input.name)?;
-        let role = policy::authorize(
-            &principal,
-            &name.env,
-            Action::UpdateEnvironment,
-            Facts::default(),
-        )?;
+        let role = policy::authorize(&principal, &name.env, Action::UpdateEnvironment, Facts::default())?;
         let paths = mask::paths(
             &request.update_mask,
             &["display_name", "system_refresh_schedule"],
@@ -110,10 +96,9 @@ impl CatalogApi {
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
-                    if let Some(v) = crate::domain::connection::check_display_name(
-                        "environment.display_name",
-                        &input.display_name,
-                    ) {
+                    if let Some(v) =
+                        crate::domain::connection::check_display_name("environment.display_name", &input.display_name)
+                    {
                         return Err(Error::invalid_fields(vec![v]));
                     }
                     env.display_name = input.display_name.trim().to_string();
@@ -122,11 +107,7 @@ impl CatalogApi {
                     let field = "environment.system_refresh_schedule";
                     env.system_refresh_schedule = match &input.system_refresh_schedule {
                         None => None,
-                        Some(pb_schedule)
-                            if !pb_schedule.enabled && pb_schedule.trigger.is_none() =>
-                        {
-                            None
-                        }
+                        Some(pb_schedule) if !pb_schedule.enabled && pb_schedule.trigger.is_none() => None,
                         Some(pb_schedule) => {
                             let schedule = convert::schedule_from_pb(field, pb_schedule, None)?;
                             if schedule.trigger == Trigger::SystemRefresh {
@@ -163,17 +144,11 @@ type Reply<T> = std::result::Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl CatalogService for CatalogApi {
-    async fn get_environment(
-        &self,
-        request: Request<pb::GetEnvironmentRequest>,
-    ) -> Reply<pb::Environment> {
+    async fn get_environment(&self, request: Request<pb::GetEnvironmentRequest>) -> Reply<pb::Environment> {
         let principal = principal(&request)?;
         respond(self.get_environment_(principal, request.into_inner())).await
     }
-    async fn update_environment(
-        &self,
-        request: Request<pb::UpdateEnvironmentRequest>,
-    ) -> Reply<pb::Environment> {
+    async fn update_environment(&self, request: Request<pb::UpdateEnvironmentRequest>) -> Reply<pb::Environment> {
         let principal = principal(&request)?;
         respond(self.update_environment_(principal, request.into_inner())).await
     }
@@ -190,22 +165,13 @@ impl CatalogService for CatalogApi {
     async fn get_entity(&self, _: Request<pb::GetEntityRequest>) -> Reply<pb::Entity> {
         Err(not_yet("GetEntity"))
     }
-    async fn list_entities(
-        &self,
-        _: Request<pb::ListEntitiesRequest>,
-    ) -> Reply<pb::ListEntitiesResponse> {
+    async fn list_entities(&self, _: Request<pb::ListEntitiesRequest>) -> Reply<pb::ListEntitiesResponse> {
         Err(not_yet("ListEntities"))
     }
-    async fn delete_entity(
-        &self,
-        _: Request<pb::DeleteEntityRequest>,
-    ) -> Reply<pb::DeleteEntityResponse> {
+    async fn delete_entity(&self, _: Request<pb::DeleteEntityRequest>) -> Reply<pb::DeleteEntityResponse> {
         Err(not_yet("DeleteEntity"))
     }
-    async fn write_records(
-        &self,
-        _: Request<Streaming<pb::WriteRecordsRequest>>,
-    ) -> Reply<pb::WriteRecordsResponse> {
+    async fn write_records(&self, _: Request<Streaming<pb::WriteRecordsRequest>>) -> Reply<pb::WriteRecordsResponse> {
         Err(not_yet("WriteRecords"))
     }
     async fn create_segment(&self, _: Request<pb::CreateSegmentRequest>) -> Reply<pb::Segment> {
@@ -214,25 +180,16 @@ impl CatalogService for CatalogApi {
     async fn get_segment(&self, _: Request<pb::GetSegmentRequest>) -> Reply<pb::Segment> {
         Err(not_yet("GetSegment"))
     }
-    async fn list_segments(
-        &self,
-        _: Request<pb::ListSegmentsRequest>,
-    ) -> Reply<pb::ListSegmentsResponse> {
+    async fn list_segments(&self, _: Request<pb::ListSegmentsRequest>) -> Reply<pb::ListSegmentsResponse> {
         Err(not_yet("ListSegments"))
     }
     async fn update_segment(&self, _: Request<pb::UpdateSegmentRequest>) -> Reply<pb::Segment> {
         Err(not_yet("UpdateSegment"))
     }
-    async fn delete_segment(
-        &self,
-        _: Request<pb::DeleteSegmentRequest>,
-    ) -> Reply<pb::DeleteSegmentResponse> {
+    async fn delete_segment(&self, _: Request<pb::DeleteSegmentRequest>) -> Reply<pb::DeleteSegmentResponse> {
         Err(not_yet("DeleteSegment"))
     }
-    async fn set_segment_members(
-        &self,
-        _: Request<Streaming<pb::SetSegmentMembersRequest>>,
-    ) -> Reply<pb::Segment> {
+    async fn set_segment_members(&self, _: Request<Streaming<pb::SetSegmentMembersRequest>>) -> Reply<pb::Segment> {
         Err(not_yet("SetSegmentMembers"))
     }
     async fn list_eligible_segments(
@@ -244,22 +201,13 @@ impl CatalogService for CatalogApi {
     async fn start_refresh(&self, _: Request<pb::StartRefreshRequest>) -> Reply<pb::RefreshState> {
         Err(not_yet("StartRefresh"))
     }
-    async fn complete_refresh(
-        &self,
-        _: Request<pb::CompleteRefreshRequest>,
-    ) -> Reply<pb::RefreshState> {
+    async fn complete_refresh(&self, _: Request<pb::CompleteRefreshRequest>) -> Reply<pb::RefreshState> {
         Err(not_yet("CompleteRefresh"))
     }
-    async fn run_system_refresh(
-        &self,
-        _: Request<pb::RunSystemRefreshRequest>,
-    ) -> Reply<pb::SystemRefresh> {
+    async fn run_system_refresh(&self, _: Request<pb::RunSystemRefreshRequest>) -> Reply<pb::SystemRefresh> {
         Err(not_yet("RunSystemRefresh"))
     }
-    async fn get_system_refresh(
-        &self,
-        _: Request<pb::GetSystemRefreshRequest>,
-    ) -> Reply<pb::SystemRefresh> {
+    async fn get_system_refresh(&self, _: Request<pb::GetSystemRefreshRequest>) -> Reply<pb::SystemRefresh> {
         Err(not_yet("GetSystemRefresh"))
     }
 }

@@ -89,18 +89,9 @@ impl ConnectionApi {
         }
     }
 
-    async fn create(
-        &self,
-        principal: Principal,
-        request: pb::CreateConnectionRequest,
-    ) -> Result<pb::Connection> {
+    async fn create(&self, principal: Principal, request: pb::CreateConnectionRequest) -> Result<pb::Connection> {
         let parent = EnvironmentName::parse("parent", &request.parent)?;
-        policy::authorize(
-            &principal,
-            &parent.env,
-            Action::CreateConnection,
-            Facts::default(),
-        )?;
+        policy::authorize(&principal, &parent.env, Action::CreateConnection, Facts::default())?;
         self.existing_environment(&parent).await?;
         request_ids::check_format(&request.request_id)?;
         let input = required("connection", &request.connection)?;
@@ -145,31 +136,15 @@ impl ConnectionApi {
             request_id: &request.request_id,
             hash: &hash,
         });
-        let created = self
-            .state
-            .store
-            .create_connection(&draft, &secrets, key)
-            .await?;
+        let created = self.state.store.create_connection(&draft, &secrets, key).await?;
         tracing::info!(connection = %created.name, r#type = %created.type_id, "connection created");
-        Ok(convert::connection(
-            &created,
-            registry::find(&created.type_id),
-        ))
+        Ok(convert::connection(&created, registry::find(&created.type_id)))
     }
 
-    async fn get(
-        &self,
-        principal: Principal,
-        request: pb::GetConnectionRequest,
-    ) -> Result<pb::Connection> {
+    async fn get(&self, principal: Principal, request: pb::GetConnectionRequest) -> Result<pb::Connection> {
         let name = ConnectionName::parse("name", &request.name)?;
-        let (connection, _) = self
-            .authorized(&principal, &name, Action::GetConnection)
-            .await?;
-        Ok(convert::connection(
-            &connection,
-            registry::find(&connection.type_id),
-        ))
+        let (connection, _) = self.authorized(&principal, &name, Action::GetConnection).await?;
+        Ok(convert::connection(&connection, registry::find(&connection.type_id)))
     }
 
     async fn list(
@@ -178,18 +153,12 @@ impl ConnectionApi {
         request: pb::ListConnectionsRequest,
     ) -> Result<pb::ListConnectionsResponse> {
         let parent = EnvironmentName::parse("parent", &request.parent)?;
-        let role = policy::authorize(
-            &principal,
-            &parent.env,
-            Action::ListConnections,
-            Facts::default(),
-        )?;
-        let filter = parse_filter(&request.filter, FILTER_FIELDS, &[])
-            .map_err(|e| Error::invalid("filter", e.to_string()))?;
+        let role = policy::authorize(&principal, &parent.env, Action::ListConnections, Facts::default())?;
+        let filter =
+            parse_filter(&request.filter, FILTER_FIELDS, &[]).map_err(|e| Error::invalid("filter", e.to_string()))?;
         let order = parse_order_by(&request.order_by, ORDER_KEYS, "display_name")
             .map_err(|e| Error::invalid("order_by", e.to_string()))?;
-        let fingerprint =
-            paging::fingerprint(&[&request.parent, &request.filter, &request.order_by]);
+        let fingerprint = paging::fingerprint(&[&request.parent, &request.filter, &request.order_by]);
         let page = paging::parse(request.page_size, &request.page_token, &fingerprint)?;
         self.existing_environment(&parent).await?;
         let query = ConnectionQuery {
@@ -210,38 +179,23 @@ impl ConnectionApi {
         })
     }
 
-    async fn update(
-        &self,
-        principal: Principal,
-        request: pb::UpdateConnectionRequest,
-    ) -> Result<pb::Connection> {
+    async fn update(&self, principal: Principal, request: pb::UpdateConnectionRequest) -> Result<pb::Connection> {
         let input = required("connection", &request.connection)?;
         let name = ConnectionName::parse("connection.name", &input.name)?;
-        let paths = mask::paths(&request.update_mask, UPDATABLE, MAP_FIELDS, || {
-            implied_paths(input)
-        })?;
-        let (mut connection, _) = self
-            .authorized(&principal, &name, Action::UpdateConnection)
-            .await?;
+        let paths = mask::paths(&request.update_mask, UPDATABLE, MAP_FIELDS, || implied_paths(input))?;
+        let (mut connection, _) = self.authorized(&principal, &name, Action::UpdateConnection).await?;
         let current_etag = etag::etag(connection.create_time, connection.revision);
         if !input.etag.is_empty() && input.etag != current_etag {
-            return Err(Error::etag_mismatch(
-                name.to_string(),
-                &input.etag,
-                &current_etag,
-            ));
+            return Err(Error::etag_mismatch(name.to_string(), &input.etag, &current_etag));
         }
-        let spec =
-            registry::find(&connection.type_id).ok_or_else(|| unknown_type(&connection.type_id))?;
+        let spec = registry::find(&connection.type_id).ok_or_else(|| unknown_type(&connection.type_id))?;
         let mut secrets: Option<BTreeMap<String, String>> = None;
         for path in &paths {
             match path.as_str() {
                 "display_name" => connection.display_name = input.display_name.trim().to_string(),
                 "description" => connection.description = input.description.clone(),
                 "config" => connection.config = input.config.clone().into_iter().collect(),
-                "contributors_can_use" => {
-                    connection.contributors_can_use = input.contributors_can_use
-                }
+                "contributors_can_use" => connection.contributors_can_use = input.contributors_can_use,
                 "profile_limit" => connection.profile_limit = input.profile_limit,
                 "secrets" => secrets = Some(input.secrets.clone().into_iter().collect()),
                 path => {
@@ -251,11 +205,7 @@ impl ConnectionApi {
                         if secrets.is_none() {
                             secrets = Some(self.state.store.connection_secrets(&name).await?);
                         }
-                        set_or_remove(
-                            secrets.as_mut().expect("just set"),
-                            key,
-                            input.secrets.get(key),
-                        );
+                        set_or_remove(secrets.as_mut().expect("just set"), key, input.secrets.get(key));
                     }
                 }
             }
@@ -295,16 +245,10 @@ impl ConnectionApi {
         request: pb::DeleteConnectionRequest,
     ) -> Result<pb::DeleteConnectionResponse> {
         let name = ConnectionName::parse("name", &request.name)?;
-        let (connection, _) = self
-            .authorized(&principal, &name, Action::DeleteConnection)
-            .await?;
+        let (connection, _) = self.authorized(&principal, &name, Action::DeleteConnection).await?;
         let current_etag = etag::etag(connection.create_time, connection.revision);
         if !request.etag.is_empty() && request.etag != current_etag {
-            return Err(Error::etag_mismatch(
-                name.to_string(),
-                &request.etag,
-                &current_etag,
-            ));
+            return Err(Error::etag_mismatch(name.to_string(), &request.etag, &current_etag));
         }
         let detached = self
             .state
@@ -324,18 +268,14 @@ impl ConnectionApi {
         request: pb::TestConnectionRequest,
     ) -> Result<pb::TestConnectionResponse> {
         let name = ConnectionName::parse("name", &request.name)?;
-        let (connection, _) = self
-            .authorized(&principal, &name, Action::TestConnection)
-            .await?;
+        let (connection, _) = self.authorized(&principal, &name, Action::TestConnection).await?;
         let secrets = self.state.store.connection_secrets(&name).await?;
         let target = Target {
             connection: &connection,
             secrets: &secrets,
             exports_root: &self.state.settings.exports_root,
         };
-        let report = connectors::connector_for(&connection.type_id)
-            .test(&target)
-            .await;
+        let report = connectors::connector_for(&connection.type_id).test(&target).await;
         Ok(pb::TestConnectionResponse {
             ok: report.ok(),
             message: report.summary(),

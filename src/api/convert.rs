@@ -3,9 +3,7 @@
 use prost_types::Timestamp;
 
 use crate::domain::connection::Connection;
-use crate::domain::connection_type::{
-    Category, ConnectionTypeSpec, ExportKind, KeySpec, SegmentType, SyncMode,
-};
+use crate::domain::connection_type::{Category, ConnectionTypeSpec, ExportKind, KeySpec, SegmentType, SyncMode};
 use crate::domain::environment::{Environment, EnvironmentKind};
 use crate::domain::schedule::{CronSchedule, Frequency, Recurrence, Schedule, Trigger};
 use crate::domain::time::Micros;
@@ -77,21 +75,9 @@ pub fn connection_type(spec: &ConnectionTypeSpec) -> pb::ConnectionType {
         id: spec.id.to_string(),
         display_name: spec.display_name.to_string(),
         category: category(spec.category) as i32,
-        export_kinds: spec
-            .export_kinds
-            .iter()
-            .map(|k| export_kind(*k) as i32)
-            .collect(),
-        segment_types: spec
-            .segment_types
-            .iter()
-            .map(|t| segment_type(*t) as i32)
-            .collect(),
-        sync_modes: spec
-            .sync_modes
-            .iter()
-            .map(|m| sync_mode(*m) as i32)
-            .collect(),
+        export_kinds: spec.export_kinds.iter().map(|k| export_kind(*k) as i32).collect(),
+        segment_types: spec.segment_types.iter().map(|t| segment_type(*t) as i32).collect(),
+        sync_modes: spec.sync_modes.iter().map(|m| sync_mode(*m) as i32).collect(),
         required_fields: strings(spec.required_fields),
         identifier_fields: strings(spec.identifier_fields),
         profile_limit: spec.profile_limit,
@@ -105,11 +91,7 @@ pub fn connection_type(spec: &ConnectionTypeSpec) -> pb::ConnectionType {
                 value: o.value.to_string(),
                 description: o.description.to_string(),
                 identifier_fields: strings(o.identifier_fields),
-                segment_types: o
-                    .segment_types
-                    .iter()
-                    .map(|t| segment_type(*t) as i32)
-                    .collect(),
+                segment_types: o.segment_types.iter().map(|t| segment_type(*t) as i32).collect(),
             })
             .collect(),
         settings_fields: config_fields(spec.settings),
@@ -210,11 +192,7 @@ pub fn schedule_to_pb(schedule: &Schedule, next_run: Option<Micros>) -> pb::Sche
             } as i32,
             interval: r.interval,
             time_of_day: r.time_of_day.clone(),
-            days_of_week: r
-                .days_of_week
-                .iter()
-                .map(|d| weekday_to_pb(*d) as i32)
-                .collect(),
+            days_of_week: r.days_of_week.iter().map(|d| weekday_to_pb(*d) as i32).collect(),
             day_of_month: r.day_of_month,
             time_zone: r.time_zone.clone(),
         }),
@@ -236,11 +214,7 @@ pub fn schedule_to_pb(schedule: &Schedule, next_run: Option<Micros>) -> pb::Sche
 
 /// Reads a schedule; `field` is its request path. A schedule without a trigger gets
 /// `default_trigger` (None = the trigger is required). Validation errors name their fields.
-pub fn schedule_from_pb(
-    field: &str,
-    schedule: &pb::Schedule,
-    default_trigger: Option<Trigger>,
-) -> Result<Schedule> {
+pub fn schedule_from_pb(field: &str, schedule: &pb::Schedule, default_trigger: Option<Trigger>) -> Result<Schedule> {
     use pb::schedule::Trigger as T;
     let trigger = match &schedule.trigger {
         None => default_trigger.ok_or_else(|| {

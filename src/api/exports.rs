@@ -36,37 +36,25 @@ impl ExportService for ExportApi {
     async fn get_export(&self, _: Request<pb::GetExportRequest>) -> Reply<pb::Export> {
         Err(not_yet("GetExport"))
     }
-    async fn list_exports(
-        &self,
-        _: Request<pb::ListExportsRequest>,
-    ) -> Reply<pb::ListExportsResponse> {
+    async fn list_exports(&self, _: Request<pb::ListExportsRequest>) -> Reply<pb::ListExportsResponse> {
         Err(not_yet("ListExports"))
     }
     async fn update_export(&self, _: Request<pb::UpdateExportRequest>) -> Reply<pb::Export> {
         Err(not_yet("UpdateExport"))
     }
-    async fn delete_export(
-        &self,
-        _: Request<pb::DeleteExportRequest>,
-    ) -> Reply<pb::DeleteExportResponse> {
+    async fn delete_export(&self, _: Request<pb::DeleteExportRequest>) -> Reply<pb::DeleteExportResponse> {
         Err(not_yet("DeleteExport"))
     }
     async fn duplicate_export(&self, _: Request<pb::DuplicateExportRequest>) -> Reply<pb::Export> {
         Err(not_yet("DuplicateExport"))
     }
-    async fn detach_connection(
-        &self,
-        _: Request<pb::DetachConnectionRequest>,
-    ) -> Reply<pb::Export> {
+    async fn detach_connection(&self, _: Request<pb::DetachConnectionRequest>) -> Reply<pb::Export> {
         Err(not_yet("DetachConnection"))
     }
     async fn run_export(&self, _: Request<pb::RunExportRequest>) -> Reply<pb::ExportRun> {
         Err(not_yet("RunExport"))
     }
-    async fn run_all_exports(
-        &self,
-        _: Request<pb::RunAllExportsRequest>,
-    ) -> Reply<pb::RunAllExportsResponse> {
+    async fn run_all_exports(&self, _: Request<pb::RunAllExportsRequest>) -> Reply<pb::RunAllExportsResponse> {
         Err(not_yet("RunAllExports"))
     }
     async fn update_export_schedules(
@@ -75,27 +63,17 @@ impl ExportService for ExportApi {
     ) -> Reply<pb::UpdateExportSchedulesResponse> {
         Err(not_yet("UpdateExportSchedules"))
     }
-    async fn list_export_runs(
-        &self,
-        _: Request<pb::ListExportRunsRequest>,
-    ) -> Reply<pb::ListExportRunsResponse> {
+    async fn list_export_runs(&self, _: Request<pb::ListExportRunsRequest>) -> Reply<pb::ListExportRunsResponse> {
         Err(not_yet("ListExportRuns"))
     }
     async fn get_export_run(&self, _: Request<pb::GetExportRunRequest>) -> Reply<pb::ExportRun> {
         Err(not_yet("GetExportRun"))
     }
-    type WatchExportRunStream =
-        futures::stream::BoxStream<'static, std::result::Result<pb::ExportRun, Status>>;
-    async fn watch_export_run(
-        &self,
-        _: Request<pb::WatchExportRunRequest>,
-    ) -> Reply<Self::WatchExportRunStream> {
+    type WatchExportRunStream = futures::stream::BoxStream<'static, std::result::Result<pb::ExportRun, Status>>;
+    async fn watch_export_run(&self, _: Request<pb::WatchExportRunRequest>) -> Reply<Self::WatchExportRunStream> {
         Err(not_yet("WatchExportRun"))
     }
-    async fn cancel_export_run(
-        &self,
-        _: Request<pb::CancelExportRunRequest>,
-    ) -> Reply<pb::ExportRun> {
+    async fn cancel_export_run(&self, _: Request<pb::CancelExportRunRequest>) -> Reply<pb::ExportRun> {
         Err(not_yet("CancelExportRun"))
     }
 }

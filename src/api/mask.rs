@@ -42,10 +42,7 @@ pub fn paths(
         if !ok {
             violations.push(crate::error::FieldViolation {
                 field: "update_mask".into(),
-                description: format!(
-                    "unknown or read-only path '{path}'; updatable: {}",
-                    allowed.join(", ")
-                ),
+                description: format!("unknown or read-only path '{path}'; updatable: {}", allowed.join(", ")),
             });
         }
     }
@@ -77,18 +74,9 @@ mod tests {
             paths(&mask(&["config.bucket"]), allowed, &["config"], Vec::new).unwrap(),
             vec!["config.bucket"]
         );
-        let err = paths(
-            &mask(&["name", "display_name"]),
-            allowed,
-            &["config"],
-            Vec::new,
-        )
-        .unwrap_err();
+        let err = paths(&mask(&["name", "display_name"]), allowed, &["config"], Vec::new).unwrap_err();
         assert!(err.message.contains("'name'"), "{}", err.message);
-        assert_eq!(
-            paths(&mask(&["*"]), allowed, &[], Vec::new).unwrap().len(),
-            2
-        );
+        assert_eq!(paths(&mask(&["*"]), allowed, &[], Vec::new).unwrap().len(), 2);
         assert!(paths(&None, allowed, &[], Vec::new).is_err());
         assert_eq!(
             paths(&None, allowed, &[], || vec!["display_name".into()]).unwrap(),

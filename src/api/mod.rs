@@ -27,26 +27,17 @@ pub type State = Arc<AppState>;
 
 /// The verified caller that the auth layer put on the request.
 pub fn principal<T>(request: &Request<T>) -> std::result::Result<Principal, Status> {
-    request
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| {
-            status::to_status(Error::unauthenticated(
-                "MISSING_TOKEN",
-                "this RPC needs `authorization: Bearer <JWT>` metadata",
-            ))
-        })
+    request.extensions().get::<Principal>().cloned().ok_or_else(|| {
+        status::to_status(Error::unauthenticated(
+            "MISSING_TOKEN",
+            "this RPC needs `authorization: Bearer <JWT>` metadata",
+        ))
+    })
 }
 
 /// Runs a handler body and converts its error, the one exit of every unary RPC.
-pub async fn respond<T>(
-    result: impl Future<Output = Result<T>>,
-) -> std::result::Result<tonic::Response<T>, Status> {
-    result
-        .await
-        .map(tonic::Response::new)
-        .map_err(status::to_status)
+pub async fn respond<T>(result: impl Future<Output = Result<T>>) -> std::result::Result<tonic::Response<T>, Status> {
+    result.await.map(tonic::Response::new).map_err(status::to_status)
 }
 
 /// A required sub-message of a request, or INVALID_ARGUMENT naming it.

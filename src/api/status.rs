@@ -54,11 +54,17 @@ pub fn ensure_error_info(status: Status) -> Status {
     if !status.details().is_empty() || status.code() == Code::Ok {
         return status;
     }
-    let reason = match status.code() {
-        Code::ResourceExhausted => "MESSAGE_TOO_LARGE",
-        Code::InvalidArgument | Code::Internal if status.message().contains("decode") => {
-            "MALFORMED_MESSAGE"
-        }
+    // tonic reports an oversize message as OUT_OF_RANGE; gRPC's convention is RESOURCE_EXHAUSTED.
+    let too_large = status.message().contains("too large");
+    let code = if too_large {
+        Code::ResourceExhausted
+    } else {
+        status.code()
+    };
+    let reason = match code {
+        _ if too_large => "MESSAGE_TOO_LARGE",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::InvalidArgument | Code::Internal if status.message().contains("decode") => "MALFORMED_MESSAGE",
         Code::Unimplemented => "UNKNOWN_METHOD",
         Code::Cancelled => "CANCELLED",
         Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
@@ -66,5 +72,5 @@ pub fn ensure_error_info(status: Status) -> Status {
         _ => "INTERNAL",
     };
     let details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
-    Status::with_error_details(status.code(), status.message().to_string(), details)
+    Status::with_error_details(code, status.message().to_string(), details)
 }

@@ -40,44 +40,32 @@ impl Verifier {
         let hs256 = match &settings.hs256_secret {
             Some(secret) => Some(KeyEntry {
                 algorithm: Algorithm::HS256,
-                key: DecodingKey::from_secret(secret)
-                    .map_err(|e| format!("jwt_hs256_secret: {e}"))?,
+                key: DecodingKey::from_secret(secret).map_err(|e| format!("jwt_hs256_secret: {e}"))?,
             }),
             None => None,
         };
         let mut by_kid = BTreeMap::new();
         for path in &settings.public_key_files {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let kid = path
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .ok_or_else(|| format!("{}: the file stem names the key id", path.display()))?
                 .to_string();
-            by_kid.insert(
-                kid,
-                key_from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?,
-            );
+            by_kid.insert(kid, key_from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?);
         }
         if let Some(path) = &settings.jwks_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let set: JwkSet =
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let set: JwkSet = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             for jwk in &set.keys {
                 let kid = jwk
                     .common
                     .key_id
                     .clone()
                     .ok_or_else(|| format!("{}: every key needs a `kid`", path.display()))?;
-                let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|e| format!("{}: key '{kid}': {e}", path.display()))?;
-                let algorithm = jwk_algorithm(jwk).ok_or_else(|| {
-                    format!(
-                        "{}: key '{kid}' is not an RS256, ES256 or EdDSA key",
-                        path.display()
-                    )
-                })?;
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("{}: key '{kid}': {e}", path.display()))?;
+                let algorithm = jwk_algorithm(jwk)
+                    .ok_or_else(|| format!("{}: key '{kid}' is not an RS256, ES256 or EdDSA key", path.display()))?;
                 by_kid.insert(kid, KeyEntry { algorithm, key });
             }
         }
@@ -93,9 +81,8 @@ impl Verifier {
     /// Verifies a compact JWT and returns the caller. Every failure is UNAUTHENTICATED with a
     /// reason that says what was wrong, but never echoes the token.
     pub fn verify(&self, token: &str) -> Result<Principal> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| {
-            Error::unauthenticated("INVALID_TOKEN", "the bearer token is not a well-formed JWT")
-        })?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Error::unauthenticated("INVALID_TOKEN", "the bearer token is not a well-formed JWT"))?;
         let entry = match header.alg {
             Algorithm::HS256 => self.hs256.as_ref(),
             _ => match &header.kid {
@@ -135,8 +122,7 @@ impl Verifier {
             }
             None => validation.validate_aud = false,
         }
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &entry.key, &validation).map_err(token_error)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &entry.key, &validation).map_err(token_error)?;
         let mut roles = BTreeMap::new();
         for (env, role) in data.claims.roles {
             let role = Role::parse(&role).ok_or_else(|| {
@@ -158,26 +144,17 @@ impl Verifier {
 fn token_error(err: jsonwebtoken::errors::Error) -> Error {
     let (reason, message) = match err.kind() {
         ErrorKind::ExpiredSignature => ("TOKEN_EXPIRED", "the token has expired".to_string()),
-        ErrorKind::ImmatureSignature => (
-            "TOKEN_NOT_YET_VALID",
-            "the token is not valid yet (nbf)".to_string(),
-        ),
+        ErrorKind::ImmatureSignature => ("TOKEN_NOT_YET_VALID", "the token is not valid yet (nbf)".to_string()),
         ErrorKind::InvalidSignature => (
             "INVALID_TOKEN_SIGNATURE",
             "the token's signature is not valid".to_string(),
         ),
-        ErrorKind::InvalidIssuer => (
-            "INVALID_TOKEN_ISSUER",
-            "the token's issuer is not accepted".to_string(),
-        ),
+        ErrorKind::InvalidIssuer => ("INVALID_TOKEN_ISSUER", "the token's issuer is not accepted".to_string()),
         ErrorKind::InvalidAudience => (
             "INVALID_TOKEN_AUDIENCE",
             "the token's audience is not accepted".to_string(),
         ),
-        ErrorKind::MissingRequiredClaim(claim) => (
-            "INVALID_TOKEN_CLAIMS",
-            format!("the token has no `{claim}` claim"),
-        ),
+        ErrorKind::MissingRequiredClaim(claim) => ("INVALID_TOKEN_CLAIMS", format!("the token has no `{claim}` claim")),
         ErrorKind::InvalidAlgorithm => (
             "UNKNOWN_SIGNING_KEY",
             "the token's algorithm is not accepted".to_string(),
@@ -243,8 +220,7 @@ pub fn sign_hs256(
         "exp": now + ttl.as_secs() as i64,
         "roles": roles.iter().map(|(env, role)| (env.clone(), role.as_str())).collect::<BTreeMap<_, _>>(),
     });
-    let key = jsonwebtoken::EncodingKey::from_secret(secret)
-        .map_err(|e| Error::internal(e.to_string()))?;
+    let key = jsonwebtoken::EncodingKey::from_secret(secret).map_err(|e| Error::internal(e.to_string()))?;
     jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
         .map_err(|e| Error::internal(format!("cannot sign token: {e}")))
 }

@@ -48,10 +48,7 @@ pub struct AuthService<S> {
 
 impl<S, ReqBody> Service<http::Request<ReqBody>> for AuthService<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     ReqBody: Send + 'static,
 {
@@ -84,22 +81,14 @@ where
 
 fn authenticate(verifier: &Verifier, headers: &http::HeaderMap) -> Result<super::Principal, Error> {
     let value = headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
-        Error::unauthenticated(
-            "MISSING_TOKEN",
-            "this RPC needs `authorization: Bearer <JWT>` metadata",
-        )
+        Error::unauthenticated("MISSING_TOKEN", "this RPC needs `authorization: Bearer <JWT>` metadata")
     })?;
-    let text = value.to_str().map_err(|_| {
-        Error::unauthenticated("INVALID_TOKEN", "the authorization metadata is not text")
-    })?;
+    let text = value
+        .to_str()
+        .map_err(|_| Error::unauthenticated("INVALID_TOKEN", "the authorization metadata is not text"))?;
     let token = text
         .strip_prefix("Bearer ")
         .or_else(|| text.strip_prefix("bearer "))
-        .ok_or_else(|| {
-            Error::unauthenticated(
-                "INVALID_TOKEN",
-                "the authorization metadata must be `Bearer <JWT>`",
-            )
-        })?;
+        .ok_or_else(|| Error::unauthenticated("INVALID_TOKEN", "the authorization metadata must be `Bearer <JWT>`"))?;
     verifier.verify(token.trim())
 }

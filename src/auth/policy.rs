@@ -271,10 +271,7 @@ mod tests {
                 }
             }
         }
-        let rows: Vec<String> = TABLE
-            .iter()
-            .map(|r| format!("{}/{}", r.service, r.method))
-            .collect();
+        let rows: Vec<String> = TABLE.iter().map(|r| format!("{}/{}", r.service, r.method)).collect();
         let unique: BTreeSet<String> = rows.iter().cloned().collect();
         assert_eq!(rows.len(), unique.len(), "duplicate rows");
         assert_eq!(unique, rpcs);
@@ -282,13 +279,7 @@ mod tests {
 
     #[test]
     fn no_role_in_the_environment_is_not_found() {
-        let err = authorize(
-            &principal("a", Role::Admin),
-            "b",
-            Action::GetExport,
-            Facts::default(),
-        )
-        .unwrap_err();
+        let err = authorize(&principal("a", Role::Admin), "b", Action::GetExport, Facts::default()).unwrap_err();
         assert_eq!(err.code, ErrorCode::NotFound);
     }
 
@@ -296,19 +287,12 @@ mod tests {
     fn wildcard_grants_every_environment_but_explicit_entries_win() {
         let p = Principal {
             subject: "u".into(),
-            roles: BTreeMap::from([
-                ("*".to_string(), Role::Admin),
-                ("x".to_string(), Role::Viewer),
-            ]),
+            roles: BTreeMap::from([("*".to_string(), Role::Admin), ("x".to_string(), Role::Viewer)]),
         };
         assert!(authorize(&p, "any", Action::CreateConnection, Facts::default()).is_ok());
         let err = authorize(&p, "x", Action::CreateConnection, Facts::default()).unwrap_err();
         assert_eq!(err.code, ErrorCode::PermissionDenied);
-        assert!(
-            err.message.contains("connections.create"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.contains("connections.create"), "{}", err.message);
     }
 
     #[test]
@@ -316,10 +300,7 @@ mod tests {
         let c = principal("e", Role::Contributor);
         assert!(authorize(&c, "e", Action::CreateExport, Facts::connection(true)).is_ok());
         let err = authorize(&c, "e", Action::CreateExport, Facts::connection(false)).unwrap_err();
-        assert!(
-            err.message
-                .contains("connection is not shared with contributors")
-        );
+        assert!(err.message.contains("connection is not shared with contributors"));
         assert!(authorize(&c, "e", Action::RunExport, Facts::export(true)).is_ok());
         assert!(authorize(&c, "e", Action::RunExport, Facts::export(false)).is_err());
         assert!(may_edit_export(Role::Admin, false));

@@ -15,10 +15,7 @@ impl Connector for LocalFiles {
         let mut checks = Vec::new();
         let shown = root.display().to_string();
         match tokio::fs::create_dir_all(&root).await {
-            Ok(()) => checks.push(Check::pass(
-                "folder_exists",
-                format!("folder {shown} exists"),
-            )),
+            Ok(()) => checks.push(Check::pass("folder_exists", format!("folder {shown} exists"))),
             Err(e) => {
                 checks.push(Check::fail(
                     "folder_exists",
@@ -39,10 +36,7 @@ impl Connector for LocalFiles {
                 "folder_writable",
                 format!("wrote and removed a probe file in {shown}"),
             )),
-            Err(e) => checks.push(Check::fail(
-                "folder_writable",
-                format!("cannot write in {shown}: {e}"),
-            )),
+            Err(e) => checks.push(Check::fail("folder_writable", format!("cannot write in {shown}: {e}"))),
         }
         TestReport { checks }
     }

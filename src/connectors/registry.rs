@@ -2,8 +2,7 @@
 //! the configuration, secret and setting keys it takes. Ids and keys are part of the API.
 
 use crate::domain::connection_type::{
-    Category, ConnectionTypeSpec, ExportKind, KeySpec, SegmentType, SyncMode, TargetOptionSpec,
-    ValueKind,
+    Category, ConnectionTypeSpec, ExportKind, KeySpec, SegmentType, SyncMode, TargetOptionSpec, ValueKind,
 };
 
 use ExportKind::*;
@@ -58,11 +57,7 @@ const STORAGE_SETTINGS: &[KeySpec] = &[
         "`none` (default) or `gzip`",
         ValueKind::OneOf(&["none", "gzip"]),
     ),
-    optional(
-        "delimiter",
-        "CSV field delimiter (default `,`)",
-        ValueKind::Char,
-    ),
+    optional("delimiter", "CSV field delimiter (default `,`)", ValueKind::Char),
     optional(
         "max_rows_per_file",
         "rows per partition file before a new one starts (default 1,000,000)",
@@ -80,11 +75,7 @@ const ADVERTISING_SETTINGS: &[KeySpec] = &[
         TEXT,
     ),
     optional("audience_id", "an existing audience to fill instead", TEXT),
-    optional(
-        "target",
-        "`CONTACT` (default)",
-        ValueKind::OneOf(&["CONTACT"]),
-    ),
+    optional("target", "`CONTACT` (default)", ValueKind::OneOf(&["CONTACT"])),
 ];
 
 const CONTACT_TARGET: TargetOptionSpec = TargetOptionSpec {
@@ -131,11 +122,7 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
             key("bucket", "bucket name", TEXT),
             key("region", "AWS region, e.g. eu-west-1", TEXT),
             optional("endpoint", "S3-compatible endpoint URL", HTTP_URL),
-            optional(
-                "prefix",
-                "key prefix for every object",
-                ValueKind::RelativePath,
-            ),
+            optional("prefix", "key prefix for every object", ValueKind::RelativePath),
         ],
         secrets: &[
             key("access_key_id", "access key id", TEXT),
@@ -164,11 +151,7 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
                 "blob endpoint URL (default https://<account>.blob.core.windows.net)",
                 HTTP_URL,
             ),
-            optional(
-                "prefix",
-                "path prefix for every blob",
-                ValueKind::RelativePath,
-            ),
+            optional("prefix", "path prefix for every blob", ValueKind::RelativePath),
             optional(
                 "hierarchical_namespace",
                 "`true` for ADLS Gen2 accounts",
@@ -239,11 +222,7 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
         )],
         one_of_secrets: &[],
         settings: &[
-            optional(
-                "table",
-                "table name (default: the entity or segment id)",
-                TEXT,
-            ),
+            optional("table", "table name (default: the entity or segment id)", TEXT),
             optional(
                 "mode",
                 "`replace` (default) or `upsert`",
@@ -268,10 +247,7 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
             optional(
                 "batch_size",
                 "records per POST (default 500)",
-                ValueKind::Integer {
-                    min: 1,
-                    max: 10_000,
-                },
+                ValueKind::Integer { min: 1, max: 10_000 },
             ),
         ],
         secrets: &[optional(
@@ -295,11 +271,7 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
         profile_limit: 1_000_000,
         minimum_segment_size: 0,
         config: &[
-            key(
-                "server_prefix",
-                "data center of the account, e.g. us21",
-                TEXT,
-            ),
+            key("server_prefix", "data center of the account, e.g. us21", TEXT),
             key("audience_id", "the audience (list) members go to", TEXT),
             BASE_URL,
         ],

@@ -48,21 +48,10 @@ pub fn validate(
     profile_limit: i64,
 ) -> Vec<FieldViolation> {
     let mut violations = Vec::new();
-    violations.extend(check_display_name(
-        &format!("{prefix}.display_name"),
-        display_name,
-    ));
+    violations.extend(check_display_name(&format!("{prefix}.display_name"), display_name));
     violations.extend(check_map(&format!("{prefix}.config"), spec.config, config));
-    violations.extend(check_map(
-        &format!("{prefix}.secrets"),
-        spec.secrets,
-        secrets,
-    ));
-    violations.extend(check_one_of(
-        &format!("{prefix}.secrets"),
-        spec.one_of_secrets,
-        secrets,
-    ));
+    violations.extend(check_map(&format!("{prefix}.secrets"), spec.secrets, secrets));
+    violations.extend(check_one_of(&format!("{prefix}.secrets"), spec.one_of_secrets, secrets));
     if profile_limit < 0 {
         violations.push(FieldViolation {
             field: format!("{prefix}.profile_limit"),

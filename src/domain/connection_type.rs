@@ -136,9 +136,7 @@ pub fn check_value(spec: &KeySpec, value: &str) -> Result<(), String> {
                     .strip_prefix(scheme)
                     .and_then(|rest| rest.strip_prefix("://"))
                     .is_some_and(|rest| {
-                        !rest.is_empty()
-                            && !rest.starts_with('/')
-                            && !rest.contains(char::is_whitespace)
+                        !rest.is_empty() && !rest.starts_with('/') && !rest.contains(char::is_whitespace)
                     })
             });
             if !ok {
@@ -157,18 +155,12 @@ pub fn check_value(spec: &KeySpec, value: &str) -> Result<(), String> {
             }
         }
         ValueKind::RelativePath => {
-            if value.starts_with('/')
-                || value.split(['/', '\\']).any(|part| part == "..")
-                || value.contains('\0')
-            {
+            if value.starts_with('/') || value.split(['/', '\\']).any(|part| part == "..") || value.contains('\0') {
                 return Err("must be a relative path without `..`".into());
             }
         }
         ValueKind::AbsolutePath => {
-            if !value.starts_with('/')
-                || value.split('/').any(|part| part == "..")
-                || value.contains('\0')
-            {
+            if !value.starts_with('/') || value.split('/').any(|part| part == "..") || value.contains('\0') {
                 return Err("must be an absolute folder path without `..`".into());
             }
         }
@@ -178,11 +170,7 @@ pub fn check_value(spec: &KeySpec, value: &str) -> Result<(), String> {
 
 /// Validates a whole key/value map against specs: unknown keys, missing required keys and bad
 /// values, each as its own violation on `<field_prefix>.<key>`.
-pub fn check_map(
-    field_prefix: &str,
-    specs: &[KeySpec],
-    values: &BTreeMap<String, String>,
-) -> Vec<FieldViolation> {
+pub fn check_map(field_prefix: &str, specs: &[KeySpec], values: &BTreeMap<String, String>) -> Vec<FieldViolation> {
     let mut violations = Vec::new();
     for (key, value) in values {
         match specs.iter().find(|s| s.key == key) {
@@ -208,10 +196,7 @@ pub fn check_map(
             }
         }
     }
-    for spec in specs
-        .iter()
-        .filter(|s| s.required && !values.contains_key(s.key))
-    {
+    for spec in specs.iter().filter(|s| s.required && !values.contains_key(s.key)) {
         violations.push(FieldViolation {
             field: format!("{field_prefix}.{}", spec.key),
             description: format!("'{}' is required ({})", spec.key, spec.description),
@@ -221,11 +206,7 @@ pub fn check_map(
 }
 
 /// Exactly one of `one_of` must be present in `values` (e.g. `password` or `private_key`).
-pub fn check_one_of(
-    field_prefix: &str,
-    one_of: &[&str],
-    values: &BTreeMap<String, String>,
-) -> Vec<FieldViolation> {
+pub fn check_one_of(field_prefix: &str, one_of: &[&str], values: &BTreeMap<String, String>) -> Vec<FieldViolation> {
     if one_of.is_empty() {
         return Vec::new();
     }

@@ -43,12 +43,7 @@ pub fn generate_id(prefix: &str) -> String {
     format!("{prefix}-{suffix}")
 }
 
-fn split_name<'a>(
-    field: &str,
-    name: &'a str,
-    collections: &[&str],
-    what: &str,
-) -> Result<Vec<&'a str>> {
+fn split_name<'a>(field: &str, name: &'a str, collections: &[&str], what: &str) -> Result<Vec<&'a str>> {
     let pattern = collections
         .iter()
         .map(|c| format!("{c}/{{id}}"))
@@ -61,10 +56,7 @@ fn split_name<'a>(
         )
     };
     if name.is_empty() {
-        return Err(Error::invalid(
-            field,
-            format!("a {what} name is required ({pattern})"),
-        ));
+        return Err(Error::invalid(field, format!("a {what} name is required ({pattern})")));
     }
     let parts: Vec<&str> = name.split('/').collect();
     if parts.len() != collections.len() * 2 {
@@ -89,9 +81,7 @@ fn check_ids(field: &str, name: &str, ids: &[&str], what: &str, wildcard_last: b
         if !is_valid_id(id) {
             return Err(Error::invalid(
                 field,
-                format!(
-                    "'{name}' is not a valid {what} name: '{id}' is not a valid id ([a-z][a-z0-9-]{{0,62}})"
-                ),
+                format!("'{name}' is not a valid {what} name: '{id}' is not a valid id ([a-z][a-z0-9-]{{0,62}})"),
             ));
         }
     }
@@ -192,12 +182,7 @@ pub struct RunName {
 
 impl RunName {
     pub fn parse(field: &str, name: &str) -> Result<Self> {
-        let ids = split_name(
-            field,
-            name,
-            &["environments", "exports", "runs"],
-            "export run",
-        )?;
+        let ids = split_name(field, name, &["environments", "exports", "runs"], "export run")?;
         check_ids(field, name, &ids, "export run", false)?;
         Ok(RunName {
             env: ids[0].to_string(),
@@ -213,11 +198,7 @@ impl RunName {
 
 impl fmt::Display for RunName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "environments/{}/exports/{}/runs/{}",
-            self.env, self.export, self.id
-        )
+        write!(f, "environments/{}/exports/{}/runs/{}", self.env, self.export, self.id)
     }
 }
 
@@ -278,10 +259,7 @@ mod tests {
         assert_eq!(name.id, "s3-main");
         assert_eq!(name.to_string(), "environments/demo/connections/s3-main");
         let run = RunName::parse("name", "environments/demo/exports/e1/runs/r1").unwrap();
-        assert_eq!(
-            run.export_name().to_string(),
-            "environments/demo/exports/e1"
-        );
+        assert_eq!(run.export_name().to_string(), "environments/demo/exports/e1");
     }
 
     #[test]

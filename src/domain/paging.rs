@@ -30,10 +30,7 @@ pub fn fingerprint(parts: &[&str]) -> String {
 pub fn parse(page_size: i32, page_token: &str, fingerprint: &str) -> Result<Page> {
     let limit = match page_size {
         n if n < 0 => {
-            return Err(Error::invalid(
-                "page_size",
-                format!("must not be negative (got {n})"),
-            ));
+            return Err(Error::invalid("page_size", format!("must not be negative (got {n})")));
         }
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),
@@ -77,24 +74,13 @@ mod tests {
     fn sizes_default_cap_and_reject_negatives() {
         assert_eq!(parse(0, "", "f").unwrap().limit, 50);
         assert_eq!(parse(5000, "", "f").unwrap().limit, 1000);
-        assert_eq!(
-            parse(-1, "", "f").unwrap_err().field_violations[0].field,
-            "page_size"
-        );
+        assert_eq!(parse(-1, "", "f").unwrap_err().field_violations[0].field, "page_size");
     }
 
     #[test]
     fn tokens_are_bound_to_their_parameters() {
         let fp = fingerprint(&["environments/a", "", "display_name"]);
-        let token = next_token(
-            Page {
-                offset: 0,
-                limit: 2,
-            },
-            2,
-            5,
-            &fp,
-        );
+        let token = next_token(Page { offset: 0, limit: 2 }, 2, 5, &fp);
         assert_eq!(parse(2, &token, &fp).unwrap().offset, 2);
         let other = fingerprint(&["environments/a", "type = \"s3\"", "display_name"]);
         assert_eq!(
@@ -102,17 +88,6 @@ mod tests {
             "page_token"
         );
         assert!(parse(2, "garbage!", &fp).is_err());
-        assert_eq!(
-            next_token(
-                Page {
-                    offset: 4,
-                    limit: 2
-                },
-                1,
-                5,
-                &fp
-            ),
-            ""
-        );
+        assert_eq!(next_token(Page { offset: 4, limit: 2 }, 1, 5, &fp), "");
     }
 }

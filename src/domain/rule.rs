@@ -31,8 +31,7 @@ use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{CallExpr, EntryExpr, Expr, IdedExpr, LiteralValue, SelectExpr, operators};
 use cel::common::types::{
-    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelTimestamp,
-    CelUInt,
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelTimestamp, CelUInt,
 };
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
@@ -75,10 +74,7 @@ pub struct FieldDef {
 
 impl FieldDef {
     pub fn new(name: impl Into<String>, ty: FieldType) -> Self {
-        FieldDef {
-            name: name.into(),
-            ty,
-        }
+        FieldDef { name: name.into(), ty }
     }
 }
 
@@ -94,11 +90,7 @@ pub struct RuleError {
 
 impl fmt::Display for RuleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "line {}, column {}: {}",
-            self.line, self.column, self.message
-        )
+        write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
     }
 }
 
@@ -210,9 +202,7 @@ pub fn compile(expression: &str, fields: &[FieldDef]) -> Result<CompiledRule, Ru
             .stack_size(COMPILE_STACK_BYTES)
             .spawn_scoped(scope, || compile_here(expression, fields))
         {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
             // Without a thread of its own, a rule of sensible depth still parses.
             Err(_) => compile_here(expression, fields),
         }
@@ -254,10 +244,7 @@ fn compile_here(expression: &str, fields: &[FieldDef]) -> Result<CompiledRule, R
         known_functions: HashMap::new(),
     };
     if depth(&expr) > MAX_DEPTH {
-        return Err(compiler.error_at(
-            &expr,
-            format!("the rule nests more than {MAX_DEPTH} levels deep"),
-        ));
+        return Err(compiler.error_at(&expr, format!("the rule nests more than {MAX_DEPTH} levels deep")));
     }
     let original = expr.clone();
     compiler.rewrite(&mut expr, &mut Vec::new())?;
@@ -291,8 +278,7 @@ impl CompiledRule {
             }
         };
         // The thread-local is gone only while the thread is exiting.
-        ENV.try_with(evaluate)
-            .unwrap_or_else(|_| evaluate(compile_env()))
+        ENV.try_with(evaluate).unwrap_or_else(|_| evaluate(compile_env()))
     }
 
     /// The top-level fields the rule reads, in order of first use, so that a
@@ -391,16 +377,12 @@ fn typed_value(value: &Json, ty: FieldType) -> CowVal<'_, '_> {
                 Err(_) => CowVal::owned(CelString::from(s.as_str())),
             },
         },
-        (FieldType::Double, Json::Number(n)) => {
-            CowVal::owned(CelDouble::from(n.as_f64().unwrap_or(f64::NAN)))
-        }
+        (FieldType::Double, Json::Number(n)) => CowVal::owned(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
         (FieldType::Double, Json::String(s)) => match s.trim().parse::<f64>() {
             Ok(f) => CowVal::owned(CelDouble::from(f)),
             Err(_) => CowVal::owned(CelString::from(s.as_str())),
         },
-        (FieldType::Bool, Json::String(s)) if s == "true" || s == "false" => {
-            CowVal::owned(CelBool::from(s == "true"))
-        }
+        (FieldType::Bool, Json::String(s)) if s == "true" || s == "false" => CowVal::owned(CelBool::from(s == "true")),
         (FieldType::Timestamp, Json::String(s)) => match parse_timestamp(s) {
             Some(ts) => CowVal::owned(CelTimestamp::from(ts)),
             None => CowVal::owned(CelString::from(s.as_str())),
@@ -442,9 +424,7 @@ fn json_value(value: &Json) -> Box<dyn Val + '_> {
             }
         }
         Json::String(s) => Box::new(CelString::from(s.as_str())),
-        Json::Array(items) => Box::new(CelList::from(
-            items.iter().map(json_value).collect::<Vec<_>>(),
-        )),
+        Json::Array(items) => Box::new(CelList::from(items.iter().map(json_value).collect::<Vec<_>>())),
         Json::Object(map) => Box::new(CelMap::from(
             map.iter()
                 .map(|(k, v)| (CelMapKey::from(k.as_str()), json_value(v)))
@@ -514,10 +494,7 @@ fn parse_error(source: &str, errors: cel::ParseErrors) -> RuleError {
     // Some errors, like the parser's recursion limit, carry no real position.
     let valid = line >= 1 && column >= 1 && usize::try_from(line).is_ok_and(|l| l <= lines);
     let (line, column) = if valid {
-        (
-            u32::try_from(line).unwrap_or(1),
-            u32::try_from(column).unwrap_or(1),
-        )
+        (u32::try_from(line).unwrap_or(1), u32::try_from(column).unwrap_or(1))
     } else {
         (1, 1)
     };
@@ -526,11 +503,7 @@ fn parse_error(source: &str, errors: cel::ParseErrors) -> RuleError {
     } else {
         first.msg
     };
-    RuleError {
-        message,
-        line,
-        column,
-    }
+    RuleError { message, line, column }
 }
 
 fn depth(expr: &IdedExpr) -> usize {
@@ -539,30 +512,11 @@ fn depth(expr: &IdedExpr) -> usize {
 
 fn children(expr: &IdedExpr) -> Vec<&IdedExpr> {
     match &expr.expr {
-        Expr::Call(call) => call
-            .target
-            .as_deref()
-            .into_iter()
-            .chain(&call.args)
-            .collect(),
-        Expr::Comprehension(c) => vec![
-            &c.iter_range,
-            &c.accu_init,
-            &c.loop_cond,
-            &c.loop_step,
-            &c.result,
-        ],
+        Expr::Call(call) => call.target.as_deref().into_iter().chain(&call.args).collect(),
+        Expr::Comprehension(c) => vec![&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result],
         Expr::List(list) => list.elements.iter().collect(),
-        Expr::Map(map) => map
-            .entries
-            .iter()
-            .flat_map(|e| entry_exprs(&e.expr))
-            .collect(),
-        Expr::Struct(s) => s
-            .entries
-            .iter()
-            .flat_map(|e| entry_exprs(&e.expr))
-            .collect(),
+        Expr::Map(map) => map.entries.iter().flat_map(|e| entry_exprs(&e.expr)).collect(),
+        Expr::Struct(s) => s.entries.iter().flat_map(|e| entry_exprs(&e.expr)).collect(),
         Expr::Select(select) => vec![&select.operand],
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
     }
@@ -577,12 +531,7 @@ fn entry_exprs(entry: &EntryExpr) -> Vec<&IdedExpr> {
 
 fn children_mut(expr: &mut IdedExpr) -> Vec<&mut IdedExpr> {
     match &mut expr.expr {
-        Expr::Call(call) => call
-            .target
-            .as_deref_mut()
-            .into_iter()
-            .chain(&mut call.args)
-            .collect(),
+        Expr::Call(call) => call.target.as_deref_mut().into_iter().chain(&mut call.args).collect(),
         Expr::Comprehension(c) => {
             let c = &mut **c;
             vec![
@@ -908,9 +857,7 @@ impl Compiler<'_> {
         let Some(ts) = parse_timestamp(text) else {
             return Err(self.error_at(
                 expr,
-                format!(
-                    "'{text}' is not a timestamp: write RFC 3339 (2026-01-01T00:00:00Z) or a date (2026-01-01)"
-                ),
+                format!("'{text}' is not a timestamp: write RFC 3339 (2026-01-01T00:00:00Z) or a date (2026-01-01)"),
             ));
         };
         expr.expr = self.constant(Box::new(CelTimestamp::from(ts)));
@@ -927,17 +874,13 @@ impl Compiler<'_> {
         other_type: Static,
         other_field: Option<&FieldDef>,
     ) -> Result<(), RuleError> {
-        let ordering =
-            op != operators::EQUALS && op != operators::NOT_EQUALS && op != operators::IN;
+        let ordering = op != operators::EQUALS && op != operators::NOT_EQUALS && op != operators::IN;
         let field_type = Static::of_field(def.ty);
         if other_type == Static::Null {
             if ordering {
                 return Err(self.error_at(
                     other,
-                    format!(
-                        "field '{}' can only be compared with null using == or !=",
-                        def.name
-                    ),
+                    format!("field '{}' can only be compared with null using == or !=", def.name),
                 ));
             }
             return Ok(());
@@ -1118,10 +1061,7 @@ impl Compiler<'_> {
             Expr::Struct(s) => {
                 return Err(self.error_at(
                     expr,
-                    format!(
-                        "message literals like '{}{{…}}' are not supported",
-                        s.type_name
-                    ),
+                    format!("message literals like '{}{{…}}' are not supported", s.type_name),
                 ));
             }
             _ => return Ok(false),
@@ -1160,11 +1100,7 @@ impl Compiler<'_> {
     /// the final replacement when the call is rewritten whole (a presence test,
     /// `type(x) == int`), else rewrites timestamp literals in place and leaves
     /// the operands to the caller.
-    fn rewrite_comparison(
-        &mut self,
-        c: &mut CallExpr,
-        bound: &[String],
-    ) -> Result<Option<Expr>, RuleError> {
+    fn rewrite_comparison(&mut self, c: &mut CallExpr, bound: &[String]) -> Result<Option<Expr>, RuleError> {
         let op = c.func_name.clone();
         if op == operators::EQUALS || op == operators::NOT_EQUALS {
             let (a, b) = (&c.args[0], &c.args[1]);
@@ -1216,11 +1152,7 @@ impl Compiler<'_> {
             {
                 return Err(self.error_at(
                     &c.args[1],
-                    format!(
-                        "'in' needs a list or a map; field '{}' is {}",
-                        def.name,
-                        ty.name()
-                    ),
+                    format!("'in' needs a list or a map; field '{}' is {}", def.name, ty.name()),
                 ));
             }
             if let Some((def, ty)) = self.field_type(&c.args[0], bound)
@@ -1269,9 +1201,7 @@ impl Compiler<'_> {
         };
         match &expr.expr {
             Expr::Literal(LiteralValue::Boolean(_)) => Ok(()),
-            Expr::Literal(literal) => {
-                not_a_condition(format!("{} literal", literal_static(literal).describe()))
-            }
+            Expr::Literal(literal) => not_a_condition(format!("{} literal", literal_static(literal).describe())),
             Expr::List(_) => not_a_condition("a list".into()),
             Expr::Map(_) => not_a_condition("a map".into()),
             Expr::Ident(name) => match self.field(name).map(|i| &self.fields[i]) {
@@ -1284,9 +1214,7 @@ impl Compiler<'_> {
                 operators::LOGICAL_AND | operators::LOGICAL_OR | operators::LOGICAL_NOT => {
                     c.args.iter().try_for_each(|a| self.check_condition(a))
                 }
-                operators::CONDITIONAL if c.args.len() == 3 => {
-                    c.args.iter().try_for_each(|a| self.check_condition(a))
-                }
+                operators::CONDITIONAL if c.args.len() == 3 => c.args.iter().try_for_each(|a| self.check_condition(a)),
                 name if is_arithmetic(name) => not_a_condition("arithmetic".into()),
                 _ => Ok(()),
             },
@@ -1338,9 +1266,7 @@ impl Compiler<'_> {
         match value {
             // A constant that always fails would make the rule fail on every
             // record, which is never what its author meant.
-            Err(error) => {
-                Err(self.error_at(expr, format!("this part of the rule always fails: {error}")))
-            }
+            Err(error) => Err(self.error_at(expr, format!("this part of the rule always fails: {error}"))),
             Ok(Ok(value)) => {
                 if let Ok(value) = Box::<dyn Val>::try_from(value) {
                     expr.expr = self.constant(value);
@@ -1470,19 +1396,13 @@ mod tests {
         let whole = record(json!({"lifetime_value": 500}));
         assert!(eval("lifetime_value == 500", &whole));
         assert!(eval("lifetime_value == 500.0", &whole));
-        assert!(eval(
-            "lifetime_value >= 500 && lifetime_value < 500.5",
-            &whole
-        ));
+        assert!(eval("lifetime_value >= 500 && lifetime_value < 500.5", &whole));
         // An INT64 written with decimals is still an int; a fraction is kept.
         assert!(eval("age == 30", &record(json!({"age": 30.0}))));
         assert!(eval("age > 30", &record(json!({"age": 30.5}))));
         // Warehouses export INT64 as strings.
         assert!(eval("age >= 18", &record(json!({"age": "42"}))));
-        assert!(eval(
-            "lifetime_value > 1.5",
-            &record(json!({"lifetime_value": "2.25"}))
-        ));
+        assert!(eval("lifetime_value > 1.5", &record(json!({"lifetime_value": "2.25"}))));
     }
 
     #[test]
@@ -1617,24 +1537,15 @@ mod tests {
         assert!(eval("props.plan != null", &present));
         assert!(!eval("props.plan != null", &null));
         // Comprehension variables keep CEL's own null.
-        assert!(eval(
-            "props.nested.exists(k, props.nested[k] == null)",
-            &present
-        ));
+        assert!(eval("props.nested.exists(k, props.nested[k] == null)", &present));
     }
 
     #[test]
     fn timestamps() {
         let r = full();
         assert!(eval("signed_up_at > timestamp('2026-01-01T00:00:00Z')", &r));
-        assert!(eval(
-            "signed_up_at < timestamp('2026-02-01T17:00:01+07:00')",
-            &r
-        ));
-        assert!(!eval(
-            "signed_up_at < timestamp('2026-02-01T17:00:00+07:00')",
-            &r
-        ));
+        assert!(eval("signed_up_at < timestamp('2026-02-01T17:00:01+07:00')", &r));
+        assert!(!eval("signed_up_at < timestamp('2026-02-01T17:00:00+07:00')", &r));
         // Strings compared with a TIMESTAMP field are timestamps.
         assert!(eval("signed_up_at > '2026-01-01T00:00:00Z'", &r));
         assert!(eval("signed_up_at >= '2026-02-01'", &r));
@@ -1659,10 +1570,7 @@ mod tests {
     fn dates() {
         let r = full();
         assert!(eval("birth_date < '2000-01-01'", &r));
-        assert!(eval(
-            "birth_date >= '1995-06-15' && birth_date <= '1995-06-15'",
-            &r
-        ));
+        assert!(eval("birth_date >= '1995-06-15' && birth_date <= '1995-06-15'", &r));
         assert!(eval("birth_date == '1995-06-15'", &r));
         assert!(eval("birth_date >= '1995-06'", &r));
         assert!(eval("birth_date.startsWith('1995')", &r));
@@ -1696,10 +1604,7 @@ mod tests {
         assert_eq!(e.message, "unknown field 'hello'");
         assert_eq!((e.line, e.column), (2, 25));
         let e = rejected("'é' == country && zz");
-        assert_eq!(
-            (e.line, e.column, e.message.as_str()),
-            (1, 19, "unknown field 'zz'")
-        );
+        assert_eq!((e.line, e.column, e.message.as_str()), (1, 19, "unknown field 'zz'"));
         assert_eq!(e.to_string(), "line 1, column 19: unknown field 'zz'");
         let e = rejected("has(profile.plan)");
         assert_eq!((e.line, e.column), (1, 5));
@@ -1759,44 +1664,20 @@ mod tests {
         assert_eq!((e.line, e.column), (1, 8));
         assert!(rejected("5 < country").message.contains("STRING"));
         assert!(rejected("age == 'thirty'").message.contains("INT64"));
-        assert!(
-            rejected("age > -1 && lifetime_value < true")
-                .message
-                .contains("DOUBLE")
-        );
+        assert!(rejected("age > -1 && lifetime_value < true").message.contains("DOUBLE"));
         assert!(rejected("country in ['ID', 5]").message.contains("STRING"));
-        assert!(
-            rejected("'vip' in country")
-                .message
-                .contains("'in' needs a list")
-        );
+        assert!(rejected("'vip' in country").message.contains("'in' needs a list"));
         assert!(rejected("signed_up_at > 5").message.contains("TIMESTAMP"));
-        assert!(
-            rejected("signed_up_at > 'soon'")
-                .message
-                .contains("not a timestamp")
-        );
+        assert!(rejected("signed_up_at > 'soon'").message.contains("not a timestamp"));
         assert!(
             rejected("birth_date > timestamp('2026-01-01T00:00:00Z')")
                 .message
                 .contains("DATE")
         );
-        assert!(
-            rejected("birth_date > '2026-1-5'")
-                .message
-                .contains("YYYY-MM-DD")
-        );
-        assert!(
-            rejected("country == age")
-                .message
-                .contains("INT64 field 'age'")
-        );
+        assert!(rejected("birth_date > '2026-1-5'").message.contains("YYYY-MM-DD"));
+        assert!(rejected("country == age").message.contains("INT64 field 'age'"));
         assert!(rejected("age > null").message.contains("== or !="));
-        assert!(
-            rejected("country.name == 'x'")
-                .message
-                .contains("no members")
-        );
+        assert!(rejected("country.name == 'x'").message.contains("no members"));
         let e = rejected("country.matchesRegex('x')");
         assert_eq!(e.message, "unknown function 'matchesRegex'");
         assert_eq!((e.line, e.column), (1, 9));
@@ -1842,10 +1723,7 @@ mod tests {
             assert_eq!((e.line, e.column), (1, column), "{rule}: {e}");
         }
         // A JSON field may hold a bool.
-        assert!(eval(
-            "props.active",
-            &record(json!({"props": {"active": true}}))
-        ));
+        assert!(eval("props.active", &record(json!({"props": {"active": true}}))));
         assert!(!eval("props.plan", &full()));
     }
 
@@ -1885,11 +1763,7 @@ mod tests {
         assert_eq!(e.message, "unknown function 'frobnicate'");
         // Type names are names only next to type().
         assert_eq!(rejected("age == int").message, "unknown field 'int'");
-        assert!(
-            rejected("Foo{a: 1} == age")
-                .message
-                .contains("not supported")
-        );
+        assert!(rejected("Foo{a: 1} == age").message.contains("not supported"));
     }
 
     #[test]
@@ -1931,11 +1805,7 @@ mod tests {
     fn deepest_accepted_rules_evaluate_on_a_small_stack() {
         // `a + … + a > 1` with n terms is n + 1 levels deep.
         let sum = |n: usize| format!("{} > 1", vec!["age"; n].join(" + "));
-        assert!(
-            rejected(&sum(MAX_DEPTH))
-                .message
-                .contains("nests more than")
-        );
+        assert!(rejected(&sum(MAX_DEPTH)).message.contains("nests more than"));
         // Comprehensions nested as deep as allowed, each iterating.
         let mut nested = "t == 'b'".to_string();
         while compile(&format!("tags.exists(t, {nested})"), &schema()).is_ok() {

@@ -23,8 +23,7 @@
 use std::fmt;
 
 use chrono::{
-    DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta,
-    TimeZone, Utc, Weekday,
+    DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Utc, Weekday,
 };
 use chrono_tz::Tz;
 use croner::Cron;
@@ -215,10 +214,7 @@ impl Recurrence {
         let mut violations = Vec::new();
 
         if self.frequency.is_none() {
-            violations.push(FieldViolation::new(
-                "recurrence.frequency",
-                "frequency is required",
-            ));
+            violations.push(FieldViolation::new("recurrence.frequency", "frequency is required"));
         }
 
         let interval = match self.interval {
@@ -352,8 +348,7 @@ fn parse_time_of_day(text: &str) -> Result<(u32, u32), String> {
     }
     // Byte-wise so that non-ASCII input can never hit a char-boundary panic.
     let b = text.as_bytes();
-    let well_formed =
-        b.len() == 5 && b[2] == b':' && [b[0], b[1], b[3], b[4]].iter().all(u8::is_ascii_digit);
+    let well_formed = b.len() == 5 && b[2] == b':' && [b[0], b[1], b[3], b[4]].iter().all(u8::is_ascii_digit);
     if !well_formed {
         return Err(format!(
             "time_of_day must be \"HH:MM\" (24-hour, two digits each), got {text:?}"
@@ -448,8 +443,7 @@ impl RecurrencePlan {
                 earliest_after(self.tz, after, DstPolicy::Elapsed, candidates)
             }
             Kind::Daily => {
-                let first =
-                    first_day.checked_add_days_i64(ceil_offset(day_number(first_day), n))?;
+                let first = first_day.checked_add_days_i64(ceil_offset(day_number(first_day), n))?;
                 let candidates = days_from(first, n).map(move |d| d.and_time(time));
                 earliest_after(self.tz, after, DstPolicy::WallClock, candidates)
             }
@@ -468,10 +462,9 @@ impl RecurrencePlan {
             Kind::Monthly(day_of_month) => {
                 let month = month_number(first_day);
                 let first_month = month + ceil_offset(month, n);
-                let candidates =
-                    std::iter::successors(Some(first_month), move |m| m.checked_add(n))
-                        .map_while(move |m| month_day(m, day_of_month))
-                        .map(move |d| d.and_time(time));
+                let candidates = std::iter::successors(Some(first_month), move |m| m.checked_add(n))
+                    .map_while(move |m| month_day(m, day_of_month))
+                    .map(move |d| d.and_time(time));
                 earliest_after(self.tz, after, DstPolicy::WallClock, candidates)
             }
         }
@@ -532,9 +525,7 @@ fn search_start(tz: Tz, after: DateTime<Utc>) -> Option<NaiveDateTime> {
         .checked_add_signed(TimeDelta::seconds(OFFSET_BRACKET_SECS))
         .map_or(now, |t| offset_secs(tz, t));
     let rewind = (now - later).max(0);
-    after
-        .naive_utc()
-        .checked_add_signed(TimeDelta::seconds(now - rewind))
+    after.naive_utc().checked_add_signed(TimeDelta::seconds(now - rewind))
 }
 
 /// The earliest instant strictly after `after` among the instants of the
@@ -557,9 +548,7 @@ fn earliest_after(
         }
         if let Some(b) = best {
             let max_offset = offset_secs(tz, after).max(offset_secs(tz, b));
-            let lower_bound = local
-                .and_utc()
-                .checked_sub_signed(TimeDelta::seconds(max_offset));
+            let lower_bound = local.and_utc().checked_sub_signed(TimeDelta::seconds(max_offset));
             if lower_bound.is_some_and(|lb| lb >= b) {
                 break;
             }
@@ -579,10 +568,7 @@ fn resolve(tz: Tz, local: NaiveDateTime, policy: DstPolicy) -> [Option<DateTime<
         LocalResult::Single(t) => [Some(t.with_timezone(&Utc)), None],
         LocalResult::Ambiguous(earlier, later) => match policy {
             DstPolicy::WallClock => [Some(earlier.with_timezone(&Utc)), None],
-            DstPolicy::Elapsed => [
-                Some(earlier.with_timezone(&Utc)),
-                Some(later.with_timezone(&Utc)),
-            ],
+            DstPolicy::Elapsed => [Some(earlier.with_timezone(&Utc)), Some(later.with_timezone(&Utc))],
         },
         LocalResult::None => match policy {
             DstPolicy::WallClock => [first_instant_after_gap(tz, local), None],
@@ -614,17 +600,12 @@ fn first_instant_after_gap(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>
 }
 
 fn offset_secs(tz: Tz, t: DateTime<Utc>) -> i64 {
-    i64::from(
-        tz.offset_from_utc_datetime(&t.naive_utc())
-            .fix()
-            .local_minus_utc(),
-    )
+    i64::from(tz.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc())
 }
 
 /// Like `naive_local`, but without its panic at the ends of chrono's range.
 fn local_at(tz: Tz, t: DateTime<Utc>) -> Option<NaiveDateTime> {
-    t.naive_utc()
-        .checked_add_signed(TimeDelta::seconds(offset_secs(tz, t)))
+    t.naive_utc().checked_add_signed(TimeDelta::seconds(offset_secs(tz, t)))
 }
 
 /// Zone conversions subtract offsets from local readings; keeping a margin from
@@ -712,10 +693,7 @@ mod tests {
     }
 
     fn schedule(trigger: Trigger) -> Schedule {
-        Schedule {
-            enabled: true,
-            trigger,
-        }
+        Schedule { enabled: true, trigger }
     }
 
     fn rec(r: Recurrence) -> Schedule {
@@ -773,11 +751,7 @@ mod tests {
         assert!(s.validate().is_empty());
         assert_eq!(
             runs(&s, "2026-01-10T12:00:00Z", 3),
-            utcs(&[
-                "2026-01-11T09:15:00Z",
-                "2026-01-12T09:15:00Z",
-                "2026-01-13T09:15:00Z"
-            ])
+            utcs(&["2026-01-11T09:15:00Z", "2026-01-12T09:15:00Z", "2026-01-13T09:15:00Z"])
         );
         // Same day when the time has not passed yet.
         assert_eq!(
@@ -819,11 +793,7 @@ mod tests {
         });
         assert_eq!(
             runs(&s, "2025-12-31T00:00:00Z", 3),
-            utcs(&[
-                "2026-01-01T08:00:00Z",
-                "2026-01-04T08:00:00Z",
-                "2026-01-07T08:00:00Z"
-            ])
+            utcs(&["2026-01-01T08:00:00Z", "2026-01-04T08:00:00Z", "2026-01-07T08:00:00Z"])
         );
         // Anchoring is by local date: in Tokyo (UTC+9) the 2026-01-04 run at
         // 08:00 local is 2026-01-03T23:00Z.
@@ -890,15 +860,9 @@ mod tests {
     fn hourly_counts_elapsed_hours_across_dst() {
         let s = rec(recurrence(Frequency::Hourly, "00:00", "Europe/Paris"));
         // Local 2026-10-25 lasts 25 hours: 00:00 CEST (22:00Z) to 00:00 CET (23:00Z).
-        assert_eq!(
-            count_runs(&s, "2026-10-24T22:00:00Z", "2026-10-25T23:00:00Z"),
-            25
-        );
+        assert_eq!(count_runs(&s, "2026-10-24T22:00:00Z", "2026-10-25T23:00:00Z"), 25);
         // Local 2026-03-29 lasts 23 hours: 00:00 CET (23:00Z) to 00:00 CEST (22:00Z).
-        assert_eq!(
-            count_runs(&s, "2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z"),
-            23
-        );
+        assert_eq!(count_runs(&s, "2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z"), 23);
         // The repeated 02:00 runs twice; the missing 02:00 is skipped.
         assert_eq!(
             runs(&s, "2026-10-24T23:30:00Z", 3),
@@ -939,11 +903,7 @@ mod tests {
         });
         assert_eq!(
             runs(&s, "2026-01-01T19:00:00Z", 3),
-            utcs(&[
-                "2026-01-01T21:15:00Z",
-                "2026-01-02T00:15:00Z",
-                "2026-01-02T03:15:00Z"
-            ])
+            utcs(&["2026-01-01T21:15:00Z", "2026-01-02T00:15:00Z", "2026-01-02T03:15:00Z"])
         );
         // In Paris on spring-forward day the 03:15 slot exists (CEST) but the
         // hours are still local hours divisible by 3.
@@ -1094,15 +1054,9 @@ mod tests {
     fn cron_wildcard_hour_counts_elapsed_time() {
         let s = cron("0 * * * *", "America/New_York");
         // Local 2026-11-01 lasts 25 hours: 04:00Z to 05:00Z next day.
-        assert_eq!(
-            count_runs(&s, "2026-11-01T04:00:00Z", "2026-11-02T05:00:00Z"),
-            25
-        );
+        assert_eq!(count_runs(&s, "2026-11-01T04:00:00Z", "2026-11-02T05:00:00Z"), 25);
         // Local 2026-03-08 lasts 23 hours: 05:00Z to 04:00Z next day.
-        assert_eq!(
-            count_runs(&s, "2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z"),
-            23
-        );
+        assert_eq!(count_runs(&s, "2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z"), 23);
     }
 
     #[test]
@@ -1128,32 +1082,16 @@ mod tests {
             // Last day of February 2027.
             ("0 12 L * *", "2027-02-01T00:00:00Z", "2027-02-28T12:00:00Z"),
             // Second Friday of March 2026 (Fridays: 6th, 13th).
-            (
-                "0 9 * * 5#2",
-                "2026-03-01T00:00:00Z",
-                "2026-03-13T09:00:00Z",
-            ),
+            ("0 9 * * 5#2", "2026-03-01T00:00:00Z", "2026-03-13T09:00:00Z"),
             // 7 and SUN both mean Sunday; 2026-03-06 is a Friday.
             ("0 0 * * 7", "2026-03-06T00:00:00Z", "2026-03-08T00:00:00Z"),
-            (
-                "0 0 ? * sun",
-                "2026-03-06T00:00:00Z",
-                "2026-03-08T00:00:00Z",
-            ),
+            ("0 0 ? * sun", "2026-03-06T00:00:00Z", "2026-03-08T00:00:00Z"),
             // Month names; 2026-03-02 is a Monday.
-            (
-                "30 8 * mar mon",
-                "2026-02-27T00:00:00Z",
-                "2026-03-02T08:30:00Z",
-            ),
+            ("30 8 * mar mon", "2026-02-27T00:00:00Z", "2026-03-02T08:30:00Z"),
         ] {
             let s = cron(expression, "UTC");
             assert!(s.validate().is_empty(), "{expression}");
-            assert_eq!(
-                s.next_run_time(utc(after)),
-                Some(utc(expected)),
-                "{expression}"
-            );
+            assert_eq!(s.next_run_time(utc(after)), Some(utc(expected)), "{expression}");
         }
     }
 
@@ -1184,10 +1122,7 @@ mod tests {
         let refresh = schedule(Trigger::SystemRefresh);
         assert!(refresh.validate().is_empty());
         assert_eq!(refresh.next_run_time(utc("2026-01-01T00:00:00Z")), None);
-        assert_eq!(
-            Trigger::SystemRefresh.next_after(utc("2026-01-01T00:00:00Z")),
-            None
-        );
+        assert_eq!(Trigger::SystemRefresh.next_after(utc("2026-01-01T00:00:00Z")), None);
     }
 
     #[test]
@@ -1256,10 +1191,7 @@ mod tests {
         let s = rec(Recurrence::default());
         assert_eq!(
             s.validate(),
-            vec![FieldViolation::new(
-                "recurrence.frequency",
-                "frequency is required"
-            )]
+            vec![FieldViolation::new("recurrence.frequency", "frequency is required")]
         );
     }
 
@@ -1280,8 +1212,7 @@ mod tests {
     #[test]
     fn time_of_day_violations() {
         for bad in [
-            "9:15", "09:5", "0915", "09-15", "24:00", "23:60", "ab:cd", " 09:15", "09:15:00",
-            "０9:15", "é9:15",
+            "9:15", "09:5", "0915", "09-15", "24:00", "23:60", "ab:cd", " 09:15", "09:15:00", "０9:15", "é9:15",
         ] {
             let s = rec(recurrence(Frequency::Daily, bad, ""));
             assert_eq!(fields(&s), vec!["recurrence.time_of_day"], "{bad:?}");
@@ -1374,10 +1305,7 @@ mod tests {
         let c = cron("bad", "Nowhere");
         assert_eq!(fields(&c), vec!["cron.expression", "cron.time_zone"]);
         // A disabled schedule is validated all the same.
-        let disabled = Schedule {
-            enabled: false,
-            ..c
-        };
+        let disabled = Schedule { enabled: false, ..c };
         assert_eq!(disabled.validate().len(), 2);
     }
 

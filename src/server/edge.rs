@@ -2,27 +2,80 @@
 //! tracing span around the call, one log line per RPC with its outcome, and an `ErrorInfo` on
 //! error statuses that tonic itself produced (decode errors, oversize messages).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+/// Counts the RPCs being handled, so that shutdown can wait for exactly those (and not for
+/// idle client connections, which may stay open indefinitely).
 #[derive(Clone, Default)]
-pub struct EdgeLayer;
+pub struct InFlight {
+    count: Arc<AtomicUsize>,
+    idle: Arc<tokio::sync::Notify>,
+}
+
+impl InFlight {
+    fn enter(&self) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard { owner: self.clone() }
+    }
+
+    pub fn current(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when no RPC is being handled, or after `grace`; says which.
+    pub async fn wait_idle(&self, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.idle.notified();
+            if self.current() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.current() == 0;
+            }
+        }
+    }
+}
+
+struct InFlightGuard {
+    owner: InFlight,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.owner.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.owner.idle.notify_waiters();
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct EdgeLayer {
+    pub in_flight: InFlight,
+}
 
 impl<S> Layer<S> for EdgeLayer {
     type Service = EdgeService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        EdgeService { inner }
+        EdgeService {
+            inner,
+            in_flight: self.in_flight.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct EdgeService<S> {
     inner: S,
+    in_flight: InFlight,
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -32,10 +85,7 @@ fn request_id_of(headers: &http::HeaderMap) -> String {
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
         .map(str::to_string)
         .unwrap_or_else(|| crate::domain::names::generate_id("req"))
@@ -64,8 +114,10 @@ where
             self.inner.call(request)
         };
         let quiet = method.starts_with("/grpc.health.") || method.starts_with("/grpc.reflection.");
+        let guard = self.in_flight.enter();
         Box::pin(
             async move {
+                let _guard = guard;
                 let started = Instant::now();
                 let mut response = future.await?;
                 let status = tonic::Status::from_header_map(response.headers());

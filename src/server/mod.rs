@@ -54,10 +54,7 @@ impl RunningServer {
 /// Opens the store (migrating it) and builds the shared state.
 pub async fn open_state(settings: Settings) -> Result<State, String> {
     settings.check_can_serve()?;
-    let sealer = Sealer::new(
-        settings.sealing_keys.clone(),
-        settings.sealing_key_id.clone(),
-    )?;
+    let sealer = Sealer::new(settings.sealing_keys.clone(), settings.sealing_key_id.clone())?;
     let store = Store::open(&settings.database_url, sealer).await?;
     store.migrate().await?;
     Ok(Arc::new(AppState {
@@ -87,13 +84,9 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
         .build_v1alpha()
         .map_err(|e| format!("reflection: {e}"))?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ConnectionServiceServer<ConnectionApi>>()
-        .await;
+    health.set_serving::<ConnectionServiceServer<ConnectionApi>>().await;
     health.set_serving::<ExportServiceServer<ExportApi>>().await;
-    health
-        .set_serving::<CatalogServiceServer<CatalogApi>>()
-        .await;
+    health.set_serving::<CatalogServiceServer<CatalogApi>>().await;
 
     let connections = ConnectionServiceServer::new(ConnectionApi::new(state.clone()))
         .max_decoding_message_size(limit)
@@ -105,8 +98,10 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 
+    let edge = edge::EdgeLayer::default();
+    let in_flight = edge.in_flight.clone();
     let layers = tower::ServiceBuilder::new()
-        .layer(edge::EdgeLayer)
+        .layer(edge)
         .layer(AuthLayer::new(verifier))
         .into_inner();
     let router = tonic::transport::Server::builder()
@@ -127,26 +122,24 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
             async move {
                 let _ = stopped.wait_for(|s| *s).await;
                 tracing::info!("shutting down: no new connections; finishing in-flight RPCs");
-                health
-                    .set_not_serving::<ConnectionServiceServer<ConnectionApi>>()
-                    .await;
-                health
-                    .set_not_serving::<ExportServiceServer<ExportApi>>()
-                    .await;
-                health
-                    .set_not_serving::<CatalogServiceServer<CatalogApi>>()
-                    .await;
+                health.set_not_serving::<ConnectionServiceServer<ConnectionApi>>().await;
+                health.set_not_serving::<ExportServiceServer<ExportApi>>().await;
+                health.set_not_serving::<CatalogServiceServer<CatalogApi>>().await;
             }
         };
         let serve = router.serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(serve);
         tokio::select! {
             result = &mut serve => result.map_err(|e| format!("server error: {e}")),
-            _ = async {
+            // Idle connections do not hold shutdown up: once no RPC is in flight (or the
+            // grace period is over) the server stops and its connections close.
+            finished = async {
                 let _ = stopped.wait_for(|s| *s).await;
-                tokio::time::sleep(grace).await;
+                in_flight.wait_idle(grace).await
             } => {
-                tracing::warn!(grace_seconds = grace.as_secs(), "in-flight RPCs did not finish within the grace period; closing");
+                if !finished {
+                    tracing::warn!(grace_seconds = grace.as_secs(), "in-flight RPCs did not finish within the grace period; closing");
+                }
                 Ok(())
             }
         }
@@ -164,8 +157,8 @@ pub async fn termination_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

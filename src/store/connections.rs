@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
-    QueryFilter, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
 };
 
 use super::entities::connection::{ActiveModel, Column, Entity, Model};
@@ -37,13 +37,11 @@ pub struct ConnectionQuery<'a> {
 }
 
 fn to_domain(model: Model) -> Result<Connection> {
-    let corrupt =
-        |what: &str| Error::internal(format!("connection '{}' has corrupt {what}", model.id));
+    let corrupt = |what: &str| Error::internal(format!("connection '{}' has corrupt {what}", model.id));
     Ok(Connection {
         name: ConnectionName::new(&model.env, &model.id),
         config: serde_json::from_str(&model.config).map_err(|_| corrupt("config"))?,
-        secret_keys: serde_json::from_str(&model.secret_keys)
-            .map_err(|_| corrupt("secret keys"))?,
+        secret_keys: serde_json::from_str(&model.secret_keys).map_err(|_| corrupt("secret keys"))?,
         display_name: model.display_name,
         description: model.description,
         type_id: model.type_id,
@@ -61,11 +59,7 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 }
 
 impl Store {
-    fn seal_for(
-        &self,
-        name: &ConnectionName,
-        secrets: &BTreeMap<String, String>,
-    ) -> Result<Option<Sealed>> {
+    fn seal_for(&self, name: &ConnectionName, secrets: &BTreeMap<String, String>) -> Result<Option<Sealed>> {
         if secrets.is_empty() {
             return Ok(None);
         }
@@ -115,8 +109,7 @@ impl Store {
                 }
             })?;
             if let Some(key) = &request {
-                request_ids::record(&txn, &env, key.method, key.request_id, key.hash, &name)
-                    .await?;
+                request_ids::record(&txn, &env, key.method, key.request_id, key.hash, &name).await?;
             }
         }
         txn.commit().await?;
@@ -134,26 +127,18 @@ impl Store {
     }
 
     /// Opens the secrets of a connection, for the connector that needs them.
-    pub async fn connection_secrets(
-        &self,
-        name: &ConnectionName,
-    ) -> Result<BTreeMap<String, String>> {
+    pub async fn connection_secrets(&self, name: &ConnectionName) -> Result<BTreeMap<String, String>> {
         let model = Entity::find_by_id((name.env.clone(), name.id.clone()))
             .one(self.reader())
             .await?
             .ok_or_else(|| Error::not_found("connection", name.to_string()))?;
         match (model.sealed_secrets, model.secret_key_id) {
-            (Some(blob), Some(key_id)) => self
-                .sealer
-                .open(&name.to_string(), &Sealed { key_id, blob }),
+            (Some(blob), Some(key_id)) => self.sealer.open(&name.to_string(), &Sealed { key_id, blob }),
             _ => Ok(BTreeMap::new()),
         }
     }
 
-    pub async fn list_connections(
-        &self,
-        query: &ConnectionQuery<'_>,
-    ) -> Result<(Vec<Connection>, u64)> {
+    pub async fn list_connections(&self, query: &ConnectionQuery<'_>) -> Result<(Vec<Connection>, u64)> {
         let mut condition = Condition::all().add(Column::Env.eq(query.env));
         if query.shared_only {
             condition = condition.add(Column::ContributorsCanUse.eq(true));
@@ -163,21 +148,13 @@ impl Store {
         }
         let select = Entity::find().filter(condition);
         let total = select.clone().count(self.reader()).await?;
-        let select = apply_order(
-            select,
-            query.order,
-            &sort_column,
-            vec![Expr::col(Column::Id)],
-        );
+        let select = apply_order(select, query.order, &sort_column, vec![Expr::col(Column::Id)]);
         let models = select
             .offset(query.page.offset)
             .limit(query.page.limit)
             .all(self.reader())
             .await?;
-        Ok((
-            models.into_iter().map(to_domain).collect::<Result<_>>()?,
-            total,
-        ))
+        Ok((models.into_iter().map(to_domain).collect::<Result<_>>()?, total))
     }
 
     /// Writes a changed connection if its revision is still `connection.revision`; `secrets`
@@ -248,10 +225,7 @@ impl Store {
     }
 }
 
-pub(crate) async fn get_connection_on(
-    db: &impl ConnectionTrait,
-    name: &ConnectionName,
-) -> Result<Option<Connection>> {
+pub(crate) async fn get_connection_on(db: &impl ConnectionTrait, name: &ConnectionName) -> Result<Option<Connection>> {
     Entity::find_by_id((name.env.clone(), name.id.clone()))
         .one(db)
         .await?
@@ -264,15 +238,9 @@ fn filter_leaf(field: &str, op: CompareOp, value: &Value) -> Expr {
         ("display_name", Value::String(text)) if op == CompareOp::Has => {
             contains_ci(Expr::col(Column::DisplayName), text)
         }
-        ("display_name", Value::String(text)) => {
-            compare(Expr::col(Column::DisplayName), op, text.clone())
-        }
-        ("type", Value::String(text) | Value::Word(text)) => {
-            compare(Expr::col(Column::TypeId), op, text.clone())
-        }
-        ("contributors_can_use", Value::Bool(b)) => {
-            compare(Expr::col(Column::ContributorsCanUse), op, *b)
-        }
+        ("display_name", Value::String(text)) => compare(Expr::col(Column::DisplayName), op, text.clone()),
+        ("type", Value::String(text) | Value::Word(text)) => compare(Expr::col(Column::TypeId), op, text.clone()),
+        ("contributors_can_use", Value::Bool(b)) => compare(Expr::col(Column::ContributorsCanUse), op, *b),
         // The parser admits only the fields and kinds above.
         _ => Expr::val(false).eq(true),
     }

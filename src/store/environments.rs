@@ -1,8 +1,7 @@
 //! Environments: created by the operator, read by everyone with a role in them.
 
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::Store;
@@ -13,13 +12,13 @@ use crate::domain::time::now_micros;
 use crate::error::{Error, Result};
 
 fn to_domain(model: Model) -> Result<Environment> {
-    let kind = EnvironmentKind::parse(&model.kind).ok_or_else(|| {
-        Error::internal(format!("environment '{}' has an unknown kind", model.id))
-    })?;
+    let kind = EnvironmentKind::parse(&model.kind)
+        .ok_or_else(|| Error::internal(format!("environment '{}' has an unknown kind", model.id)))?;
     let system_refresh_schedule = match &model.system_refresh_schedule {
-        Some(json) => Some(serde_json::from_str::<Schedule>(json).map_err(|_| {
-            Error::internal(format!("environment '{}' has a corrupt schedule", model.id))
-        })?),
+        Some(json) => Some(
+            serde_json::from_str::<Schedule>(json)
+                .map_err(|_| Error::internal(format!("environment '{}' has a corrupt schedule", model.id)))?,
+        ),
         None => None,
     };
     Ok(Environment {
@@ -41,12 +40,7 @@ fn schedule_json(schedule: &Option<Schedule>) -> Option<String> {
 }
 
 impl Store {
-    pub async fn create_environment(
-        &self,
-        id: &str,
-        display_name: &str,
-        kind: EnvironmentKind,
-    ) -> Result<Environment> {
+    pub async fn create_environment(&self, id: &str, display_name: &str, kind: EnvironmentKind) -> Result<Environment> {
         let now = now_micros();
         let model = ActiveModel {
             id: Set(id.to_string()),
@@ -61,10 +55,7 @@ impl Store {
         match Entity::insert(model).exec(self.writer()).await {
             Ok(_) => {}
             Err(e) if super::is_unique_violation(&e) => {
-                return Err(Error::already_exists(
-                    "environment",
-                    format!("environments/{id}"),
-                ));
+                return Err(Error::already_exists("environment", format!("environments/{id}")));
             }
             Err(e) => return Err(e.into()),
         }
@@ -99,10 +90,7 @@ impl Store {
             .limit(limit)
             .all(self.reader())
             .await?;
-        let items = models
-            .into_iter()
-            .map(to_domain)
-            .collect::<Result<Vec<_>>>()?;
+        let items = models.into_iter().map(to_domain).collect::<Result<Vec<_>>>()?;
         Ok((items, total))
     }
 
@@ -118,8 +106,8 @@ impl Store {
             ..Default::default()
         };
         model.update(self.writer()).await?;
-        self.get_environment(&environment.id).await?.ok_or_else(|| {
-            Error::not_found("environment", format!("environments/{}", environment.id))
-        })
+        self.get_environment(&environment.id)
+            .await?
+            .ok_or_else(|| Error::not_found("environment", format!("environments/{}", environment.id)))
     }
 }

@@ -9,12 +9,8 @@ use crate::domain::list_query::{CompareOp, Filter, OrderKey, Value};
 /// Builds the condition of a filter; `leaf` turns one comparison into an expression.
 pub fn to_condition(filter: &Filter, leaf: &dyn Fn(&str, CompareOp, &Value) -> Expr) -> Condition {
     match filter {
-        Filter::And(a, b) => Condition::all()
-            .add(to_condition(a, leaf))
-            .add(to_condition(b, leaf)),
-        Filter::Or(a, b) => Condition::any()
-            .add(to_condition(a, leaf))
-            .add(to_condition(b, leaf)),
+        Filter::And(a, b) => Condition::all().add(to_condition(a, leaf)).add(to_condition(b, leaf)),
+        Filter::Or(a, b) => Condition::any().add(to_condition(a, leaf)).add(to_condition(b, leaf)),
         Filter::Not(inner) => to_condition(inner, leaf).not(),
         Filter::Compare { field, op, value } => Condition::all().add(leaf(field, *op, value)),
     }

@@ -33,8 +33,7 @@ impl Store {
             && let Some(parent) = std::path::Path::new(&path).parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
         let is_sqlite = url.starts_with("sqlite:");
         let writer = connect(url, if is_sqlite { 1 } else { 16 })
@@ -47,11 +46,7 @@ impl Store {
         } else {
             writer.clone()
         };
-        Ok(Store {
-            writer,
-            reader,
-            sealer,
-        })
+        Ok(Store { writer, reader, sealer })
     }
 
     pub async fn migrate(&self) -> Result<(), String> {
@@ -85,9 +80,7 @@ impl Store {
 }
 
 fn sqlite_path(url: &str) -> Option<String> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or_default();
     (!path.is_empty() && path != ":memory:").then(|| path.to_string())
 }
@@ -112,8 +105,5 @@ async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, 
 
 /// True when a database error is a unique-constraint violation (a concurrent insert won).
 pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
-    matches!(
-        err.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }

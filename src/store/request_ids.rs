@@ -10,11 +10,7 @@ use crate::error::{Error, Result};
 
 /// A request id as it arrives: empty = none.
 pub fn check_format(request_id: &str) -> Result<()> {
-    if request_id.len() > 128
-        || request_id
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace())
-    {
+    if request_id.len() > 128 || request_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(Error::invalid(
             "request_id",
             "at most 128 printable characters without spaces (a UUID is best)",

@@ -35,14 +35,9 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    pub fn new(
-        keys: BTreeMap<String, [u8; 32]>,
-        active: String,
-    ) -> std::result::Result<Sealer, String> {
+    pub fn new(keys: BTreeMap<String, [u8; 32]>, active: String) -> std::result::Result<Sealer, String> {
         if !keys.is_empty() && !keys.contains_key(&active) {
-            return Err(format!(
-                "the active sealing key '{active}' is not configured"
-            ));
+            return Err(format!("the active sealing key '{active}' is not configured"));
         }
         Ok(Sealer { keys, active })
     }
@@ -50,9 +45,10 @@ impl Sealer {
     /// Seals a map of secrets for the resource `owner`.
     pub fn seal(&self, owner: &str, secrets: &BTreeMap<String, String>) -> Result<Sealed> {
         let plaintext = serde_json::to_vec(secrets).map_err(|e| Error::internal(e.to_string()))?;
-        let key = self.keys.get(&self.active).ok_or_else(|| {
-            Error::precondition("SEALING_KEY_MISSING", "no secret-sealing key is configured")
-        })?;
+        let key = self
+            .keys
+            .get(&self.active)
+            .ok_or_else(|| Error::precondition("SEALING_KEY_MISSING", "no secret-sealing key is configured"))?;
         let cipher = ChaCha20Poly1305::new(Key::from_slice(key));
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
@@ -102,8 +98,7 @@ impl Sealer {
                 },
             )
             .map_err(|_| Error::internal("sealed secrets cannot be opened"))?;
-        serde_json::from_slice(&plaintext)
-            .map_err(|_| Error::internal("sealed secrets are corrupt"))
+        serde_json::from_slice(&plaintext).map_err(|_| Error::internal("sealed secrets are corrupt"))
     }
 }
 
@@ -119,16 +114,12 @@ mod tests {
     #[test]
     fn round_trip_and_no_plaintext_in_the_blob() {
         let secrets = BTreeMap::from([("api_key".to_string(), "very-secret-value".to_string())]);
-        let sealed = sealer("k1")
-            .seal("environments/a/connections/c", &secrets)
-            .unwrap();
+        let sealed = sealer("k1").seal("environments/a/connections/c", &secrets).unwrap();
         assert!(!sealed.blob.contains("very-secret-value"));
         let raw = BASE64.decode(&sealed.blob).unwrap();
         assert!(!raw.windows(17).any(|w| w == b"very-secret-value"));
         assert_eq!(
-            sealer("k1")
-                .open("environments/a/connections/c", &sealed)
-                .unwrap(),
+            sealer("k1").open("environments/a/connections/c", &sealed).unwrap(),
             secrets
         );
     }

@@ -18,36 +18,21 @@ pub(crate) mod cols {
     use sea_orm_migration::prelude::*;
 
     pub fn id(name: &'static str) -> ColumnDef {
-        ColumnDef::new(Alias::new(name))
-            .string()
-            .not_null()
-            .to_owned()
+        ColumnDef::new(Alias::new(name)).string().not_null().to_owned()
     }
     pub fn text(name: &'static str) -> ColumnDef {
-        ColumnDef::new(Alias::new(name))
-            .text()
-            .not_null()
-            .to_owned()
+        ColumnDef::new(Alias::new(name)).text().not_null().to_owned()
     }
     pub fn text_null(name: &'static str) -> ColumnDef {
         ColumnDef::new(Alias::new(name)).text().null().to_owned()
     }
     pub fn int(name: &'static str) -> ColumnDef {
-        ColumnDef::new(Alias::new(name))
-            .big_integer()
-            .not_null()
-            .to_owned()
+        ColumnDef::new(Alias::new(name)).big_integer().not_null().to_owned()
     }
     pub fn int_null(name: &'static str) -> ColumnDef {
-        ColumnDef::new(Alias::new(name))
-            .big_integer()
-            .null()
-            .to_owned()
+        ColumnDef::new(Alias::new(name)).big_integer().null().to_owned()
     }
     pub fn boolean(name: &'static str) -> ColumnDef {
-        ColumnDef::new(Alias::new(name))
-            .boolean()
-            .not_null()
-            .to_owned()
+        ColumnDef::new(Alias::new(name)).boolean().not_null().to_owned()
     }
 }

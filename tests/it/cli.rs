@@ -1,0 +1,240 @@
+//! The command line as an operator uses it, against the same database as a running server.
+
+use exportd::pb;
+use tonic::Code;
+
+use crate::common::*;
+use crate::process::{ServeProcess, run};
+
+async fn client(addr: &str, token: &str) -> Connections {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    pb::connection_service_client::ConnectionServiceClient::new(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        Bearer(Some(token.to_string())),
+    ))
+}
+
+#[tokio::test]
+async fn dev_server_tokens_and_environments_work_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(dir.path()).await;
+    let envs = [("EXPORTD_DATABASE_URL", database_url.as_str())];
+    let data_dir = dir.path().to_str().unwrap();
+    let server = ServeProcess::start(dir.path(), &["--dev"], &envs);
+    let dev_token = server.token.clone().expect("dev mode prints an admin token");
+
+    // The printed token is an admin of `demo`.
+    let mut demo = client(&server.addr, &dev_token).await;
+    demo.create_connection(local_files("demo", "files", "Files", false))
+        .await
+        .unwrap();
+
+    // `environment create` works while the server runs, and `token` mints usable tokens.
+    let (code, out, err) = run(
+        &[
+            "environment",
+            "create",
+            "shop",
+            "--kind",
+            "b2b",
+            "--display-name",
+            "Shop",
+            "--data-dir",
+            data_dir,
+        ],
+        &envs,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("environments/shop"), "{out}");
+    let (code, _, err) = run(
+        &["environment", "create", "shop", "--kind", "b2b", "--data-dir", data_dir],
+        &envs,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("already exists"), "{err}");
+    let (code, out, err) = run(
+        &[
+            "token",
+            "--env",
+            "shop=contributor",
+            "--env",
+            "demo=viewer",
+            "--sub",
+            "bob",
+            "--ttl",
+            "15m",
+            "--data-dir",
+            data_dir,
+        ],
+        &envs,
+    );
+    assert_eq!(code, 0, "{err}");
+    let token = out.lines().last().unwrap().to_string();
+    let mut bob = client(&server.addr, &token).await;
+    let status = bob
+        .create_connection(local_files("shop", "x", "X", false))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let listed = bob
+        .list_connections(pb::ListConnectionsRequest {
+            parent: "environments/shop".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total_size, 0);
+
+    let (code, out, _) = run(&["environment", "list", "--data-dir", data_dir], &envs);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("demo") && out.contains("shop") && out.contains("BUSINESS_ACCOUNTS"),
+        "{out}"
+    );
+    let (code, out, err) = run(
+        &[
+            "environment",
+            "update",
+            "shop",
+            "--system-refresh-cron",
+            "0 3 * * *",
+            "--time-zone",
+            "Asia/Jakarta",
+            "--data-dir",
+            data_dir,
+        ],
+        &envs,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("next system refresh at"), "{out}");
+    let (code, _, err) = run(
+        &[
+            "environment",
+            "update",
+            "shop",
+            "--system-refresh-cron",
+            "0 3 * *",
+            "--time-zone",
+            "Asia/Jakarta",
+            "--data-dir",
+            data_dir,
+        ],
+        &envs,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("cron.expression"), "{err}");
+
+    // Bad arguments are refused with a reason.
+    let (code, _, err) = run(&["token", "--env", "shop=owner", "--data-dir", data_dir], &envs);
+    assert_ne!(code, 0);
+    assert!(err.contains("role must be"), "{err}");
+
+    // SIGTERM stops the server cleanly.
+    server.signal("TERM");
+    assert_eq!(server.wait(), Some(0));
+}
+
+#[tokio::test]
+async fn secrets_never_reach_responses_logs_or_the_database() {
+    const SECRET: &str = "Zq9-very-secret-password-7Xw";
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(dir.path()).await;
+    let envs = [
+        ("EXPORTD_DATABASE_URL", database_url.as_str()),
+        ("EXPORTD_LOG_FILTER", "debug"),
+        ("EXPORTD_LOG_FORMAT", "json"),
+    ];
+    let server = ServeProcess::start(dir.path(), &["--dev"], &envs);
+    let mut admin = client(&server.addr, server.token.as_ref().unwrap()).await;
+    let request = pb::CreateConnectionRequest {
+        parent: "environments/demo".into(),
+        connection_id: "box".into(),
+        connection: Some(pb::Connection {
+            display_name: "SFTP box".into(),
+            r#type: "sftp".into(),
+            config: [
+                ("host".to_string(), "127.0.0.1".to_string()),
+                ("username".to_string(), "u".to_string()),
+                ("host_key".to_string(), "ssh-ed25519 AAAA".to_string()),
+            ]
+            .into(),
+            secrets: [("password".to_string(), SECRET.to_string())].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = admin.create_connection(request.clone()).await.unwrap().into_inner();
+    let mut responses = format!("{created:?}");
+    // Errors that echo the request must not echo the secret either.
+    let mut bad = request.clone();
+    bad.connection.as_mut().unwrap().config.remove("host");
+    responses.push_str(&format!("{:?}", admin.create_connection(bad).await.unwrap_err()));
+    let got = admin
+        .get_connection(pb::GetConnectionRequest {
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    responses.push_str(&format!("{got:?}"));
+    let tested = admin
+        .test_connection(pb::TestConnectionRequest {
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    responses.push_str(&format!("{tested:?}"));
+    let updated = admin
+        .update_connection(pb::UpdateConnectionRequest {
+            connection: Some(pb::Connection {
+                name: created.name.clone(),
+                secrets: [("password".to_string(), format!("{SECRET}-2"))].into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["secrets".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    responses.push_str(&format!("{updated:?}"));
+    assert!(!responses.contains(SECRET), "a response carried the secret");
+    assert_eq!(got.secret_keys, vec!["password"]);
+
+    server.signal("TERM");
+    let logs = server.logs();
+    assert!(logs.contains("connection created"), "logs were captured: {logs}");
+    assert!(!logs.contains(SECRET), "the logs carried the secret");
+
+    // The database holds only sealed bytes.
+    if database_url.starts_with("sqlite") {
+        for file in ["exportd.db", "exportd.db-wal"] {
+            let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
+            assert!(
+                !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                "{file} holds the secret"
+            );
+        }
+    } else {
+        use sea_orm::{ConnectionTrait, Database, Statement};
+        let db = Database::connect(&database_url).await.unwrap();
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT * FROM connections".to_string(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        let dump = format!("{rows:?}");
+        assert!(!dump.contains(SECRET), "the connections table holds the secret");
+        db.close().await.unwrap();
+    }
+}

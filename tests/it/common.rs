@@ -1,0 +1,249 @@
+#![allow(dead_code)]
+//! The test harness: a real exportd server on 127.0.0.1:0 with its own database (SQLite in a
+//! temp dir, or a fresh PostgreSQL database when EXPORTD_TEST_DATABASE=postgres), spoken to
+//! through the generated gRPC clients.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use exportd::api::State;
+use exportd::auth::Role;
+use exportd::config::{Flags, Settings};
+use exportd::domain::environment::EnvironmentKind;
+use exportd::pb;
+use exportd::server::RunningServer;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const HS_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+pub const SEALING_KEY: [u8; 32] = [7u8; 32];
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+pub type Connections = pb::connection_service_client::ConnectionServiceClient<Authed>;
+pub type Exports = pb::export_service_client::ExportServiceClient<Authed>;
+pub type Catalog = pb::catalog_service_client::CatalogServiceClient<Authed>;
+
+/// Which database the suite runs on.
+pub fn backend() -> String {
+    std::env::var("EXPORTD_TEST_DATABASE").unwrap_or_else(|_| "sqlite".to_string())
+}
+
+static DATABASES: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh PostgreSQL database for one test server.
+async fn fresh_postgres_database() -> String {
+    use sea_orm::{ConnectionTrait, Database};
+    let admin = std::env::var("EXPORTD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!(
+        "exportd_test_{}_{}",
+        std::process::id(),
+        DATABASES.fetch_add(1, Ordering::SeqCst)
+    );
+    let db = Database::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required: {e}"));
+    db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
+        .await
+        .unwrap();
+    db.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+    db.close().await.unwrap();
+    let (base, _) = admin.rsplit_once('/').expect("admin URL ends with a database");
+    format!("{base}/{name}")
+}
+
+/// A new, empty database of the suite's backend (SQLite files live in `dir`).
+pub async fn fresh_database_url(dir: &std::path::Path) -> String {
+    match backend().as_str() {
+        "postgres" => fresh_postgres_database().await,
+        "sqlite" => format!("sqlite://{}?mode=rwc", dir.join("exportd.db").display()),
+        other => panic!("EXPORTD_TEST_DATABASE={other}: use sqlite or postgres"),
+    }
+}
+
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub addr: std::net::SocketAddr,
+    pub state: State,
+    pub data_dir: tempfile::TempDir,
+    pub database_url: String,
+}
+
+/// Extra settings for one test, as EXPORTD_* variables.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub vars: BTreeMap<String, String>,
+}
+
+impl Options {
+    pub fn var(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.vars.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+pub fn settings_for(data_dir: &std::path::Path, database_url: &str, options: &Options) -> Settings {
+    let mut vars = BTreeMap::from([
+        ("EXPORTD_DATABASE_URL".to_string(), database_url.to_string()),
+        ("EXPORTD_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        ("EXPORTD_JWT_HS256_SECRET".to_string(), HS_SECRET.to_string()),
+        (
+            "EXPORTD_SEALING_KEYS".to_string(),
+            format!(
+                "test1:{}",
+                base64::engine::general_purpose::STANDARD.encode(SEALING_KEY)
+            ),
+        ),
+        ("EXPORTD_SHUTDOWN_GRACE_SECONDS".to_string(), "5".to_string()),
+    ]);
+    vars.extend(options.vars.clone());
+    let flags = Flags {
+        data_dir: Some(data_dir.to_path_buf()),
+        ..Flags::default()
+    };
+    Settings::load_with_env(&flags, &|name| vars.get(name).cloned()).expect("test settings")
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
+        let database_url = fresh_database_url(data_dir.path()).await;
+        let settings = settings_for(data_dir.path(), &database_url, &options);
+        let state = exportd::server::open_state(settings).await.expect("server state");
+        state
+            .store
+            .create_environment("acme", "Acme", EnvironmentKind::IndividualCustomers)
+            .await
+            .unwrap();
+        state
+            .store
+            .create_environment("globex", "Globex", EnvironmentKind::BusinessAccounts)
+            .await
+            .unwrap();
+        let server = exportd::server::start(state.clone()).await.expect("server starts");
+        TestServer {
+            addr: server.addr,
+            server: Some(server),
+            state,
+            data_dir,
+            database_url,
+        }
+    }
+
+    pub fn token(&self, roles: &[(&str, Role)]) -> String {
+        let roles: BTreeMap<String, Role> = roles.iter().map(|(e, r)| (e.to_string(), *r)).collect();
+        exportd::auth::jwt::sign_hs256(HS_SECRET.as_bytes(), "tester", &roles, Duration::from_secs(600)).unwrap()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to test server")
+    }
+
+    async fn authed(&self, token: Option<String>) -> Authed {
+        InterceptedService::new(self.channel().await, Bearer(token))
+    }
+
+    pub async fn connections_with(&self, token: Option<String>) -> Connections {
+        pb::connection_service_client::ConnectionServiceClient::new(self.authed(token).await)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn connections(&self, env: &str, role: Role) -> Connections {
+        self.connections_with(Some(self.token(&[(env, role)]))).await
+    }
+
+    pub async fn exports(&self, env: &str, role: Role) -> Exports {
+        pb::export_service_client::ExportServiceClient::new(self.authed(Some(self.token(&[(env, role)]))).await)
+    }
+
+    pub async fn catalog(&self, env: &str, role: Role) -> Catalog {
+        pb::catalog_service_client::CatalogServiceClient::new(self.authed(Some(self.token(&[(env, role)]))).await)
+    }
+
+    pub async fn catalog_with(&self, token: Option<String>) -> Catalog {
+        pb::catalog_service_client::CatalogServiceClient::new(self.authed(token).await)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// The `google.rpc.ErrorInfo` reason of a status (every error must carry one).
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"));
+    assert_eq!(info.domain, "exportd.v1");
+    info.reason.clone()
+}
+
+/// The fields named by the status's BadRequest.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts a call failed with `code` and an ErrorInfo; returns the status.
+pub fn expect_code<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    code: tonic::Code,
+) -> tonic::Status {
+    match result {
+        Ok(response) => panic!("expected {code:?}, got {:?}", response.into_inner()),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{status:?}");
+            reason(&status);
+            status
+        }
+    }
+}
+
+/// A local-files connection request in `env`.
+pub fn local_files(env: &str, id: &str, display_name: &str, shared: bool) -> pb::CreateConnectionRequest {
+    pb::CreateConnectionRequest {
+        parent: format!("environments/{env}"),
+        connection_id: id.to_string(),
+        connection: Some(pb::Connection {
+            display_name: display_name.to_string(),
+            r#type: "local-files".into(),
+            contributors_can_use: shared,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

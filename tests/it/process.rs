@@ -1,0 +1,112 @@
+//! The real `exportd` binary as a user runs it: `serve`, `token`, `environment`, signals.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_exportd");
+
+/// A running `exportd serve` child process. Its stderr (the logs) is collected in a file.
+pub struct ServeProcess {
+    pub child: Child,
+    pub addr: String,
+    pub token: Option<String>,
+    pub log_path: std::path::PathBuf,
+}
+
+impl ServeProcess {
+    /// Starts `exportd serve <args>` with `envs` and waits for its "listening on" line.
+    pub fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
+        let log_path = data_dir.join(format!("serve-{}.log", std::process::id()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(EXE);
+        command
+            .arg("serve")
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .env_remove("RUST_LOG");
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn exportd");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addr = None;
+        let mut token = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(rest) = line.strip_prefix("exportd listening on ") {
+                addr = Some(rest.trim().to_string());
+                if !args.contains(&"--dev") {
+                    break;
+                }
+            }
+            if let Some(rest) = line.strip_prefix("export EXPORTD_TOKEN=") {
+                token = Some(rest.trim().to_string());
+                break;
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let addr = addr.unwrap_or_else(|| {
+            panic!(
+                "exportd did not start; log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            )
+        });
+        ServeProcess {
+            child,
+            addr,
+            token,
+            log_path,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait(mut self) -> Option<i32> {
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs an `exportd` command to completion: (exit code, stdout, stderr).
+pub fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(EXE);
+    command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut out = String::new();
+    let mut err = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    (code, out, err)
+}

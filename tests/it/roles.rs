@@ -1,0 +1,233 @@
+//! The role × RPC table, walked from the policy table itself: every row of a service under test
+//! is called as every role, on shared and unshared resources, and the outcome must be what the
+//! row says. A new RPC gets a row (a unit test checks rows against the protos) and a new
+//! `Action` does not compile here until it is given a call.
+
+use exportd::auth::Role;
+use exportd::auth::policy::{self, Action, Rule, TABLE};
+use exportd::pb;
+use tonic::Code;
+
+use crate::common::*;
+
+/// The outcome the table promises.
+fn expected(action: Action, role: Role, shared: Option<bool>) -> Code {
+    if let Some(shared) = shared
+        && !policy::can_see_connection(role, shared)
+    {
+        return Code::NotFound;
+    }
+    match policy::row(action).rule_for(role) {
+        Rule::Allow => Code::Ok,
+        Rule::Deny => Code::PermissionDenied,
+        Rule::IfConnectionShared => {
+            if shared == Some(true) {
+                Code::Ok
+            } else {
+                Code::PermissionDenied
+            }
+        }
+        Rule::IfExportEditable => unreachable!("no connection RPC is export-scoped"),
+    }
+}
+
+fn code<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match result {
+        Ok(_) => Code::Ok,
+        Err(status) => {
+            reason(&status);
+            status.code()
+        }
+    }
+}
+
+/// Calls the RPC of `action` as `role`; `target` is a connection prepared for it. Returns None
+/// for RPCs of services this walk does not cover yet.
+async fn call(t: &TestServer, action: Action, role: Role, target: &str, n: usize) -> Option<Code> {
+    let mut client = t.connections("acme", role).await;
+    let name = target.to_string();
+    Some(match action {
+        Action::ListConnectionTypes => code(client.list_connection_types(pb::ListConnectionTypesRequest {}).await),
+        Action::CreateConnection => code(
+            client
+                .create_connection(local_files("acme", &format!("new-{n}"), "New", false))
+                .await,
+        ),
+        Action::GetConnection => code(client.get_connection(pb::GetConnectionRequest { name }).await),
+        Action::ListConnections => code(
+            client
+                .list_connections(pb::ListConnectionsRequest {
+                    parent: "environments/acme".into(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        Action::UpdateConnection => code(
+            client
+                .update_connection(pb::UpdateConnectionRequest {
+                    connection: Some(pb::Connection {
+                        name,
+                        display_name: "Renamed".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["display_name".into()],
+                    }),
+                })
+                .await,
+        ),
+        Action::DeleteConnection => code(
+            client
+                .delete_connection(pb::DeleteConnectionRequest {
+                    name,
+                    ..Default::default()
+                })
+                .await,
+        ),
+        Action::TestConnection => code(client.test_connection(pb::TestConnectionRequest { name }).await),
+        Action::CreateExport
+        | Action::GetExport
+        | Action::ListExports
+        | Action::UpdateExport
+        | Action::DeleteExport
+        | Action::DuplicateExport
+        | Action::DetachConnection
+        | Action::RunExport
+        | Action::RunAllExports
+        | Action::UpdateExportSchedules
+        | Action::ListExportRuns
+        | Action::GetExportRun
+        | Action::WatchExportRun
+        | Action::CancelExportRun
+        | Action::GetEnvironment
+        | Action::UpdateEnvironment
+        | Action::ListEnvironments
+        | Action::CreateEntity
+        | Action::GetEntity
+        | Action::ListEntities
+        | Action::DeleteEntity
+        | Action::WriteRecords
+        | Action::CreateSegment
+        | Action::GetSegment
+        | Action::ListSegments
+        | Action::UpdateSegment
+        | Action::DeleteSegment
+        | Action::SetSegmentMembers
+        | Action::ListEligibleSegments
+        | Action::StartRefresh
+        | Action::CompleteRefresh
+        | Action::RunSystemRefresh
+        | Action::GetSystemRefresh => return None,
+    })
+}
+
+/// Whether the action addresses one existing connection (so visibility applies).
+fn addresses_a_connection(action: Action) -> bool {
+    matches!(
+        action,
+        Action::GetConnection | Action::UpdateConnection | Action::DeleteConnection | Action::TestConnection
+    )
+}
+
+#[tokio::test]
+async fn connection_service_follows_the_policy_table() {
+    let t = TestServer::start().await;
+    let mut admin = t.connections("acme", Role::Admin).await;
+    let mut n = 0;
+    let mut walked = 0;
+    for row in TABLE.iter().filter(|r| r.service == "exportd.v1.ConnectionService") {
+        for role in Role::ALL {
+            let shares: &[Option<bool>] = if addresses_a_connection(row.action) {
+                &[Some(true), Some(false)]
+            } else {
+                &[None]
+            };
+            for shared in shares {
+                n += 1;
+                let id = format!("target-{n}");
+                admin
+                    .create_connection(local_files(
+                        "acme",
+                        &id,
+                        &format!("Target {n}"),
+                        shared.unwrap_or(false),
+                    ))
+                    .await
+                    .unwrap();
+                let target = format!("environments/acme/connections/{id}");
+                let got = call(&t, row.action, role, &target, n)
+                    .await
+                    .expect("connection RPCs are covered");
+                assert_eq!(
+                    got,
+                    expected(row.action, role, *shared),
+                    "{} as {role} (shared: {shared:?})",
+                    row.method
+                );
+                walked += 1;
+            }
+        }
+    }
+    assert_eq!(walked, 3 * (3 + 4 * 2));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn contributors_and_viewers_list_only_shared_connections() {
+    let t = TestServer::start().await;
+    let mut admin = t.connections("acme", Role::Admin).await;
+    admin
+        .create_connection(local_files("acme", "shared", "Shared", true))
+        .await
+        .unwrap();
+    admin
+        .create_connection(local_files("acme", "private", "Private", false))
+        .await
+        .unwrap();
+    for (role, expected) in [
+        (Role::Admin, vec!["Private", "Shared"]),
+        (Role::Contributor, vec!["Shared"]),
+        (Role::Viewer, vec!["Shared"]),
+    ] {
+        let mut client = t.connections("acme", role).await;
+        let list = client
+            .list_connections(pb::ListConnectionsRequest {
+                parent: "environments/acme".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            list.connections
+                .iter()
+                .map(|c| c.display_name.as_str())
+                .collect::<Vec<_>>(),
+            expected,
+            "{role}"
+        );
+        assert_eq!(list.total_size as usize, expected.len());
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn denials_name_the_missing_permission() {
+    let t = TestServer::start().await;
+    let mut admin = t.connections("acme", Role::Admin).await;
+    admin
+        .create_connection(local_files("acme", "shared", "Shared", true))
+        .await
+        .unwrap();
+    let mut viewer = t.connections("acme", Role::Viewer).await;
+    let status = viewer
+        .test_connection(pb::TestConnectionRequest {
+            name: "environments/acme/connections/shared".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(reason(&status), "PERMISSION_DENIED");
+    assert!(status.message().contains("connections.test"), "{}", status.message());
+    t.stop().await;
+}
