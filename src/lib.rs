@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod connectors;
 pub mod domain;
+pub mod engine;
 pub mod error;
 pub mod pb;
 pub mod server;

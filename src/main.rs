@@ -195,19 +195,23 @@ async fn serve(settings: Settings) -> Result<(), String> {
     let dev = settings.dev;
     let secret = settings.jwt.hs256_secret.clone();
     let state = exportd::server::open_state(settings).await?;
-    if dev {
-        if state
+    // `environment create` may race us from another process: "already exists" is fine.
+    if dev
+        && state
             .store
             .get_environment("demo")
             .await
             .map_err(|e| e.message)?
             .is_none()
+    {
+        match state
+            .store
+            .create_environment("demo", "Demo", EnvironmentKind::IndividualCustomers)
+            .await
         {
-            state
-                .store
-                .create_environment("demo", "Demo", EnvironmentKind::IndividualCustomers)
-                .await
-                .map_err(|e| e.message)?;
+            Ok(_) => {}
+            Err(e) if e.code == exportd::error::ErrorCode::AlreadyExists => {}
+            Err(e) => return Err(e.message),
         }
     }
     let server = exportd::server::start(state).await?;

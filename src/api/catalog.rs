@@ -1,18 +1,32 @@
 //! CatalogService: environments, entities and records, segments, refresh state.
 
+use std::collections::{BTreeMap, HashMap};
+
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{State, convert, mask, principal, required, respond};
 use crate::api::status::to_status;
 use crate::auth::Principal;
 use crate::auth::policy::{self, Action, Facts};
-use crate::domain::names::EnvironmentName;
+use crate::connectors::registry;
+use crate::domain::catalog::{
+    Entity, EntityField, FieldType, MAX_KEY_LEN, Segment, SegmentDefinition, field_type_str, validate_record,
+    validate_schema,
+};
+use crate::domain::connection::check_display_name;
+use crate::domain::connection_type::check_map;
+use crate::domain::eligibility::{Destination, SegmentFacts};
+use crate::domain::names::{
+    ConnectionName, EntityName, EnvironmentName, SegmentName, SystemRefreshName, id_or_generate,
+};
 use crate::domain::paging;
 use crate::domain::schedule::Trigger;
 use crate::domain::time::{from_datetime, now_micros, to_datetime};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, FieldViolation, Result};
 use crate::pb;
 use crate::pb::catalog_service_server::CatalogService;
+use crate::store::records::{BatchOutcome, RecordBatch};
+use crate::store::segments::Generation;
 
 pub struct CatalogApi {
     state: State,
@@ -133,11 +147,591 @@ impl CatalogApi {
     }
 }
 
-fn not_yet(method: &str) -> Status {
-    to_status(Error::unimplemented(
-        method,
-        format!("{method} is not implemented in this version of exportd yet"),
-    ))
+/// Largest number of upserts plus deletes in one WriteRecords message (one transaction).
+const MAX_RECORDS_PER_MESSAGE: usize = 50_000;
+/// Largest number of keys in one SetSegmentMembers message.
+const MAX_KEYS_PER_MESSAGE: usize = 100_000;
+
+/// An entity or a segment, the two things a refresh can be about.
+enum Refreshable {
+    Entity(EntityName),
+    Segment(SegmentName),
+}
+
+impl Refreshable {
+    fn parse(field: &str, name: &str) -> Result<Refreshable> {
+        if name.contains("/segments/") {
+            SegmentName::parse(field, name).map(Refreshable::Segment)
+        } else if name.contains("/entities/") {
+            EntityName::parse(field, name).map(Refreshable::Entity)
+        } else {
+            Err(Error::invalid(
+                field,
+                format!("'{name}' is neither an entity nor a segment name"),
+            ))
+        }
+    }
+
+    fn env(&self) -> &str {
+        match self {
+            Refreshable::Entity(n) => &n.env,
+            Refreshable::Segment(n) => &n.env,
+        }
+    }
+}
+
+fn refresh_state(name: String, refreshing: bool, last: Option<i64>) -> pb::RefreshState {
+    pb::RefreshState {
+        name,
+        refreshing,
+        last_refresh_time: convert::opt_timestamp(last),
+    }
+}
+
+impl CatalogApi {
+    async fn environment_or_not_found(&self, env: &str) -> Result<crate::domain::environment::Environment> {
+        self.state
+            .store
+            .get_environment(env)
+            .await?
+            .ok_or_else(|| Error::not_found("environment", format!("environments/{env}")))
+    }
+
+    async fn create_entity_(&self, principal: Principal, request: pb::CreateEntityRequest) -> Result<pb::Entity> {
+        let parent = EnvironmentName::parse("parent", &request.parent)?;
+        policy::authorize(&principal, &parent.env, Action::CreateEntity, Facts::default())?;
+        self.environment_or_not_found(&parent.env).await?;
+        let input = required("entity", &request.entity)?;
+        let id = id_or_generate("entity_id", &request.entity_id, "entity")?;
+        let mut violations = Vec::new();
+        if let Some(v) = check_display_name("entity.display_name", &input.display_name) {
+            violations.push(v);
+        }
+        let kind = convert::entity_kind_from_pb(input.kind);
+        if kind.is_none() {
+            violations.push(FieldViolation {
+                field: "entity.kind".into(),
+                description: "a kind is required: PROFILE, ACCOUNT, CONTACT or OTHER".into(),
+            });
+        }
+        let typed: Vec<(String, Option<FieldType>)> = input
+            .fields
+            .iter()
+            .map(|f| (f.name.clone(), convert::field_type_from_pb(f.r#type)))
+            .collect();
+        violations.extend(validate_schema("entity", &typed, &input.primary_key));
+        if !violations.is_empty() {
+            return Err(Error::invalid_fields(violations));
+        }
+        let now = now_micros();
+        let entity = Entity {
+            name: EntityName::new(&parent.env, &id),
+            display_name: input.display_name.trim().to_string(),
+            kind: kind.expect("checked"),
+            fields: input
+                .fields
+                .iter()
+                .map(|f| EntityField {
+                    name: f.name.clone(),
+                    type_name: field_type_str(convert::field_type_from_pb(f.r#type).expect("checked")).to_string(),
+                    description: f.description.clone(),
+                    mapping: f.mapping.clone(),
+                })
+                .collect(),
+            primary_key: input.primary_key.clone(),
+            record_count: 0,
+            change_seq: 0,
+            refreshing: false,
+            last_refresh_time: None,
+            create_time: now,
+            update_time: now,
+        };
+        let created = self.state.store.create_entity(&entity).await?;
+        tracing::info!(entity = %created.name, fields = created.fields.len(), "entity created");
+        Ok(convert::entity(&created))
+    }
+
+    async fn get_entity_(&self, principal: Principal, request: pb::GetEntityRequest) -> Result<pb::Entity> {
+        let name = EntityName::parse("name", &request.name)?;
+        policy::authorize(&principal, &name.env, Action::GetEntity, Facts::default())?;
+        Ok(convert::entity(&self.state.store.entity_or_not_found(&name).await?))
+    }
+
+    async fn list_entities_(
+        &self,
+        principal: Principal,
+        request: pb::ListEntitiesRequest,
+    ) -> Result<pb::ListEntitiesResponse> {
+        let parent = EnvironmentName::parse("parent", &request.parent)?;
+        policy::authorize(&principal, &parent.env, Action::ListEntities, Facts::default())?;
+        let fingerprint = paging::fingerprint(&[&request.parent]);
+        let page = paging::parse(request.page_size, &request.page_token, &fingerprint)?;
+        self.environment_or_not_found(&parent.env).await?;
+        let (items, total) = self
+            .state
+            .store
+            .list_entities(&parent.env, page.offset, page.limit)
+            .await?;
+        Ok(pb::ListEntitiesResponse {
+            next_page_token: paging::next_token(page, items.len(), total, &fingerprint),
+            entities: items.iter().map(convert::entity).collect(),
+        })
+    }
+
+    async fn delete_entity_(
+        &self,
+        principal: Principal,
+        request: pb::DeleteEntityRequest,
+    ) -> Result<pb::DeleteEntityResponse> {
+        let name = EntityName::parse("name", &request.name)?;
+        policy::authorize(&principal, &name.env, Action::DeleteEntity, Facts::default())?;
+        self.state.store.entity_or_not_found(&name).await?;
+        self.state.store.delete_entity(&name).await?;
+        tracing::info!(entity = %name, "entity deleted");
+        Ok(pb::DeleteEntityResponse { name: name.to_string() })
+    }
+
+    /// Validates and applies one WriteRecords message as one transaction.
+    async fn write_message(
+        &self,
+        principal: &Principal,
+        message: pb::WriteRecordsRequest,
+        entities: &mut HashMap<String, Entity>,
+    ) -> Result<BatchOutcome> {
+        let name = EntityName::parse("entity", &message.entity)?;
+        policy::authorize(principal, &name.env, Action::WriteRecords, Facts::default())?;
+        if message.upserts.len() + message.deletes.len() > MAX_RECORDS_PER_MESSAGE {
+            return Err(Error::invalid(
+                "upserts",
+                format!("at most {MAX_RECORDS_PER_MESSAGE} upserts and deletes per message; split the batch"),
+            ));
+        }
+        if !entities.contains_key(&message.entity) {
+            let entity = self.state.store.entity_or_not_found(&name).await?;
+            entities.insert(message.entity.clone(), entity);
+        }
+        let entity = &entities[&message.entity];
+        let mut upserts = Vec::with_capacity(message.upserts.len());
+        for (i, record) in message.upserts.into_iter().enumerate() {
+            let record = validate_record(entity, &format!("upserts[{i}]"), convert::struct_to_json(record))
+                .map_err(|v| Error::invalid_fields(vec![v]))?;
+            upserts.push(record);
+        }
+        for (i, key) in message.deletes.iter().enumerate() {
+            if key.is_empty() || key.len() > MAX_KEY_LEN {
+                return Err(Error::invalid(
+                    format!("deletes[{i}]"),
+                    format!("a key of 1 to {MAX_KEY_LEN} bytes"),
+                ));
+            }
+        }
+        if upserts.is_empty() && message.deletes.is_empty() {
+            return Ok(BatchOutcome {
+                change_seq: entity.change_seq,
+                ..BatchOutcome::default()
+            });
+        }
+        let outcome = self
+            .state
+            .store
+            .write_records(
+                &name,
+                RecordBatch {
+                    upserts,
+                    deletes: message.deletes,
+                },
+            )
+            .await?;
+        Ok(outcome)
+    }
+
+    async fn create_segment_(&self, principal: Principal, request: pb::CreateSegmentRequest) -> Result<pb::Segment> {
+        let parent = EnvironmentName::parse("parent", &request.parent)?;
+        policy::authorize(&principal, &parent.env, Action::CreateSegment, Facts::default())?;
+        self.environment_or_not_found(&parent.env).await?;
+        let input = required("segment", &request.segment)?;
+        let id = id_or_generate("segment_id", &request.segment_id, "segment")?;
+        if let Some(v) = check_display_name("segment.display_name", &input.display_name) {
+            return Err(Error::invalid_fields(vec![v]));
+        }
+        let entity_name = EntityName::parse("segment.entity", &input.entity)?;
+        if entity_name.env != parent.env {
+            return Err(Error::invalid(
+                "segment.entity",
+                "the entity must be in the segment's environment",
+            ));
+        }
+        let entity = self
+            .state
+            .store
+            .get_entity(&entity_name)
+            .await?
+            .ok_or_else(|| Error::invalid("segment.entity", format!("entity '{entity_name}' does not exist")))?;
+        let segment_type = entity.kind.segment_type().ok_or_else(|| {
+            Error::invalid(
+                "segment.entity",
+                format!(
+                    "entity '{}' is of kind OTHER; segments are built on PROFILE, ACCOUNT or CONTACT entities",
+                    entity.name
+                ),
+            )
+        })?;
+        let definition = definition_from_pb(&input.definition, &entity)?;
+        let now = now_micros();
+        let segment = Segment {
+            name: SegmentName::new(&parent.env, &id),
+            display_name: input.display_name.trim().to_string(),
+            entity: entity.name.clone(),
+            segment_type,
+            definition,
+            member_count: 0,
+            generation: 0,
+            refreshing: false,
+            last_refresh_time: None,
+            create_time: now,
+            update_time: now,
+            revision: 1,
+        };
+        let created = self.state.store.create_segment(&segment).await?;
+        // A rule segment has its members from the start.
+        let created = self.state.engine.recompute_segment(&created, false).await?;
+        tracing::info!(segment = %created.name, members = created.member_count, "segment created");
+        Ok(convert::segment(&created))
+    }
+
+    async fn get_segment_(&self, principal: Principal, request: pb::GetSegmentRequest) -> Result<pb::Segment> {
+        let name = SegmentName::parse("name", &request.name)?;
+        policy::authorize(&principal, &name.env, Action::GetSegment, Facts::default())?;
+        Ok(convert::segment(&self.state.store.segment_or_not_found(&name).await?))
+    }
+
+    async fn list_segments_(
+        &self,
+        principal: Principal,
+        request: pb::ListSegmentsRequest,
+    ) -> Result<pb::ListSegmentsResponse> {
+        let parent = EnvironmentName::parse("parent", &request.parent)?;
+        policy::authorize(&principal, &parent.env, Action::ListSegments, Facts::default())?;
+        let fingerprint = paging::fingerprint(&[&request.parent]);
+        let page = paging::parse(request.page_size, &request.page_token, &fingerprint)?;
+        self.environment_or_not_found(&parent.env).await?;
+        let (items, total) = self
+            .state
+            .store
+            .list_segments(&parent.env, page.offset, page.limit)
+            .await?;
+        Ok(pb::ListSegmentsResponse {
+            next_page_token: paging::next_token(page, items.len(), total, &fingerprint),
+            segments: items.iter().map(convert::segment).collect(),
+        })
+    }
+
+    async fn update_segment_(&self, principal: Principal, request: pb::UpdateSegmentRequest) -> Result<pb::Segment> {
+        let input = required("segment", &request.segment)?;
+        let name = SegmentName::parse("segment.name", &input.name)?;
+        policy::authorize(&principal, &name.env, Action::UpdateSegment, Facts::default())?;
+        let paths = mask::paths(&request.update_mask, &["display_name", "rule"], &[], || {
+            let mut implied = Vec::new();
+            if !input.display_name.is_empty() {
+                implied.push("display_name".to_string());
+            }
+            if matches!(input.definition, Some(pb::segment::Definition::Rule(_))) {
+                implied.push("rule".to_string());
+            }
+            implied
+        })?;
+        let mut segment = self.state.store.segment_or_not_found(&name).await?;
+        let mut rule_changed = false;
+        for path in &paths {
+            match path.as_str() {
+                "display_name" => {
+                    if let Some(v) = check_display_name("segment.display_name", &input.display_name) {
+                        return Err(Error::invalid_fields(vec![v]));
+                    }
+                    segment.display_name = input.display_name.trim().to_string();
+                }
+                "rule" => {
+                    if segment.definition == SegmentDefinition::Pushed {
+                        return Err(Error::precondition(
+                            "SEGMENT_IS_PUSHED",
+                            format!("segment '{name}' has pushed members; it has no rule to change"),
+                        ));
+                    }
+                    let entity = self.state.store.entity_or_not_found(&segment.entity).await?;
+                    let rule = match &input.definition {
+                        Some(pb::segment::Definition::Rule(rule)) => rule.clone(),
+                        _ => String::new(),
+                    };
+                    segment.definition = definition_from_pb(&Some(pb::segment::Definition::Rule(rule)), &entity)?;
+                    rule_changed = true;
+                }
+                _ => unreachable!("mask::paths admits only the listed paths"),
+            }
+        }
+        let updated = self.state.store.update_segment(&segment).await?;
+        let updated = if rule_changed {
+            self.state.engine.recompute_segment(&updated, false).await?
+        } else {
+            updated
+        };
+        Ok(convert::segment(&updated))
+    }
+
+    async fn delete_segment_(
+        &self,
+        principal: Principal,
+        request: pb::DeleteSegmentRequest,
+    ) -> Result<pb::DeleteSegmentResponse> {
+        let name = SegmentName::parse("name", &request.name)?;
+        policy::authorize(&principal, &name.env, Action::DeleteSegment, Facts::default())?;
+        self.state.store.segment_or_not_found(&name).await?;
+        self.state.store.delete_segment(&name).await?;
+        tracing::info!(segment = %name, "segment deleted");
+        Ok(pb::DeleteSegmentResponse { name: name.to_string() })
+    }
+
+    /// Reads the whole SetSegmentMembers stream into a new member generation; switches to it
+    /// only when every key was valid.
+    async fn set_members(
+        &self,
+        principal: Principal,
+        mut stream: Streaming<pb::SetSegmentMembersRequest>,
+    ) -> Result<pb::Segment> {
+        let mut target: Option<(Segment, Generation)> = None;
+        let mut index = 0usize;
+        let result: Result<()> = async {
+            while let Some(message) = stream.message().await.map_err(stream_error)? {
+                let name = SegmentName::parse("segment", &message.segment)?;
+                if target.is_none() {
+                    policy::authorize(&principal, &name.env, Action::SetSegmentMembers, Facts::default())?;
+                    let segment = self.state.store.segment_or_not_found(&name).await?;
+                    if let SegmentDefinition::Rule(_) = segment.definition {
+                        return Err(Error::precondition(
+                            "SEGMENT_HAS_RULE",
+                            format!("segment '{name}' is defined by a rule; its members are computed, not pushed"),
+                        ));
+                    }
+                    let generation = self.state.store.begin_members(&segment).await?;
+                    target = Some((segment, generation));
+                }
+                let (segment, generation) = target.as_ref().expect("set above");
+                if name != segment.name {
+                    return Err(Error::invalid(
+                        "segment",
+                        "every message of the stream must name the same segment",
+                    ));
+                }
+                if message.keys.len() > MAX_KEYS_PER_MESSAGE {
+                    return Err(Error::invalid(
+                        "keys",
+                        format!("at most {MAX_KEYS_PER_MESSAGE} keys per message"),
+                    ));
+                }
+                let live = self.state.store.live_keys(&segment.entity, &message.keys).await?;
+                let unknown: Vec<(usize, &String)> = message
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, k)| !live.contains(*k))
+                    .collect();
+                if !unknown.is_empty() {
+                    let mut violations: Vec<FieldViolation> = unknown
+                        .iter()
+                        .take(20)
+                        .map(|(i, key)| FieldViolation {
+                            field: format!("keys[{i}]"),
+                            description: format!("'{key}' is not a record of entity '{}'", segment.entity),
+                        })
+                        .collect();
+                    violations.truncate(20);
+                    return Err(Error::invalid_fields(violations)
+                        .with_meta("unknown_keys", unknown.len().to_string())
+                        .with_meta("message_index", index.to_string()));
+                }
+                self.state
+                    .store
+                    .add_members(&segment.name, *generation, &message.keys)
+                    .await?;
+                index += 1;
+            }
+            Ok(())
+        }
+        .await;
+        match (result, target) {
+            (Ok(()), Some((segment, generation))) => {
+                let updated = self
+                    .state
+                    .store
+                    .commit_members(&segment.name, generation, false)
+                    .await?;
+                tracing::info!(segment = %updated.name, members = updated.member_count, "segment members replaced");
+                Ok(convert::segment(&updated))
+            }
+            (Ok(()), None) => Err(Error::invalid(
+                "segment",
+                "the stream had no message naming the segment",
+            )),
+            (Err(e), target) => {
+                if let Some((segment, generation)) = target {
+                    self.state.store.drop_generation(&segment.name, generation).await?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn list_eligible_(
+        &self,
+        principal: Principal,
+        request: pb::ListEligibleSegmentsRequest,
+    ) -> Result<pb::ListEligibleSegmentsResponse> {
+        let name = ConnectionName::parse("connection", &request.connection)?;
+        let role = policy::role_in(&principal, &name.env)?;
+        let connection = self
+            .state
+            .store
+            .get_connection(&name)
+            .await?
+            .filter(|c| policy::can_see_connection(role, c.contributors_can_use))
+            .ok_or_else(|| Error::not_found("connection", name.to_string()))?;
+        policy::authorize(
+            &principal,
+            &name.env,
+            Action::ListEligibleSegments,
+            Facts::connection(connection.contributors_can_use),
+        )?;
+        let spec = registry::find(&connection.type_id).ok_or_else(|| Error::internal("unknown connection type"))?;
+        let settings: BTreeMap<String, String> = request.settings.clone().into_iter().collect();
+        let violations = check_map("settings", spec.settings, &settings);
+        if !violations.is_empty() {
+            return Err(Error::invalid_fields(violations));
+        }
+        let environment = self.environment_or_not_found(&name.env).await?;
+        let destination = Destination {
+            environment_kind: environment.kind,
+            spec,
+            target: settings.get("target").map(String::as_str),
+            profile_limit: connection.effective_profile_limit(spec),
+        };
+        let (segments, _) = self.state.store.list_segments(&name.env, 0, u64::MAX >> 1).await?;
+        Ok(pb::ListEligibleSegmentsResponse {
+            segments: segments
+                .iter()
+                .map(|s| {
+                    let facts = SegmentFacts {
+                        name: s.name.to_string(),
+                        display_name: s.display_name.clone(),
+                        segment_type: s.segment_type,
+                        member_count: s.member_count,
+                    };
+                    let assessment = destination.assess(&facts);
+                    pb::SegmentEligibility {
+                        segment: facts.name,
+                        display_name: facts.display_name,
+                        eligible: assessment.eligible,
+                        reason: assessment.reason,
+                        member_count: facts.member_count,
+                        over_limit: assessment.over_limit,
+                        under_minimum: assessment.under_minimum,
+                        r#type: convert::segment_type(s.segment_type) as i32,
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    async fn start_refresh_(&self, principal: Principal, request: pb::StartRefreshRequest) -> Result<pb::RefreshState> {
+        let target = Refreshable::parse("name", &request.name)?;
+        policy::authorize(&principal, target.env(), Action::StartRefresh, Facts::default())?;
+        Ok(match target {
+            Refreshable::Entity(name) => {
+                let e = self.state.store.set_entity_refreshing(&name, true).await?;
+                refresh_state(name.to_string(), e.refreshing, e.last_refresh_time)
+            }
+            Refreshable::Segment(name) => {
+                let s = self.state.store.set_segment_refreshing(&name, true).await?;
+                refresh_state(name.to_string(), s.refreshing, s.last_refresh_time)
+            }
+        })
+    }
+
+    async fn complete_refresh_(
+        &self,
+        principal: Principal,
+        request: pb::CompleteRefreshRequest,
+    ) -> Result<pb::RefreshState> {
+        let target = Refreshable::parse("name", &request.name)?;
+        policy::authorize(&principal, target.env(), Action::CompleteRefresh, Facts::default())?;
+        let state = match target {
+            Refreshable::Entity(name) => {
+                let e = self.state.store.set_entity_refreshing(&name, false).await?;
+                refresh_state(name.to_string(), e.refreshing, e.last_refresh_time)
+            }
+            Refreshable::Segment(name) => {
+                let segment = self.state.store.segment_or_not_found(&name).await?;
+                if !segment.refreshing {
+                    return Err(crate::store::entities::not_refreshing(&name.to_string()));
+                }
+                // A rule segment's refresh is its recomputation.
+                let s = self.state.engine.recompute_segment(&segment, true).await?;
+                refresh_state(name.to_string(), s.refreshing, s.last_refresh_time)
+            }
+        };
+        Ok(state)
+    }
+
+    async fn run_system_refresh_(
+        &self,
+        principal: Principal,
+        request: pb::RunSystemRefreshRequest,
+    ) -> Result<pb::SystemRefresh> {
+        let parent = EnvironmentName::parse("parent", &request.parent)?;
+        policy::authorize(&principal, &parent.env, Action::RunSystemRefresh, Facts::default())?;
+        self.environment_or_not_found(&parent.env).await?;
+        let refresh = self.state.engine.run_system_refresh(&parent).await?;
+        tracing::info!(refresh = %refresh.name, "system refresh started");
+        Ok(convert::system_refresh(&refresh))
+    }
+
+    async fn get_system_refresh_(
+        &self,
+        principal: Principal,
+        request: pb::GetSystemRefreshRequest,
+    ) -> Result<pb::SystemRefresh> {
+        let name = SystemRefreshName::parse("name", &request.name)?;
+        policy::authorize(&principal, &name.env, Action::GetSystemRefresh, Facts::default())?;
+        Ok(convert::system_refresh(
+            &self.state.store.system_refresh_or_not_found(&name).await?,
+        ))
+    }
+}
+
+/// Reads a segment definition; a rule must compile against the entity's schema.
+fn definition_from_pb(definition: &Option<pb::segment::Definition>, entity: &Entity) -> Result<SegmentDefinition> {
+    match definition {
+        None => Err(Error::invalid(
+            "segment.definition",
+            "a definition is required: `members` (pushed) or `rule` (CEL)",
+        )),
+        Some(pb::segment::Definition::Members(_)) => Ok(SegmentDefinition::Pushed),
+        Some(pb::segment::Definition::Rule(rule)) => {
+            crate::domain::rule::compile(rule, &entity.rule_fields()).map_err(|e| {
+                Error::invalid("segment.rule", e.to_string())
+                    .with_meta("line", e.line.to_string())
+                    .with_meta("column", e.column.to_string())
+            })?;
+            Ok(SegmentDefinition::Rule(rule.clone()))
+        }
+    }
+}
+
+/// A transport error while reading a client stream.
+fn stream_error(status: Status) -> Error {
+    Error::new(
+        ErrorCode::Cancelled,
+        "STREAM_ERROR",
+        format!("the request stream failed: {}", status.message()),
+    )
 }
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
@@ -159,55 +753,114 @@ impl CatalogService for CatalogApi {
         let principal = principal(&request)?;
         respond(self.list_environments_(principal, request.into_inner())).await
     }
-    async fn create_entity(&self, _: Request<pb::CreateEntityRequest>) -> Reply<pb::Entity> {
-        Err(not_yet("CreateEntity"))
+    async fn create_entity(&self, request: Request<pb::CreateEntityRequest>) -> Reply<pb::Entity> {
+        let principal = principal(&request)?;
+        respond(self.create_entity_(principal, request.into_inner())).await
     }
-    async fn get_entity(&self, _: Request<pb::GetEntityRequest>) -> Reply<pb::Entity> {
-        Err(not_yet("GetEntity"))
+    async fn get_entity(&self, request: Request<pb::GetEntityRequest>) -> Reply<pb::Entity> {
+        let principal = principal(&request)?;
+        respond(self.get_entity_(principal, request.into_inner())).await
     }
-    async fn list_entities(&self, _: Request<pb::ListEntitiesRequest>) -> Reply<pb::ListEntitiesResponse> {
-        Err(not_yet("ListEntities"))
+    async fn list_entities(&self, request: Request<pb::ListEntitiesRequest>) -> Reply<pb::ListEntitiesResponse> {
+        let principal = principal(&request)?;
+        respond(self.list_entities_(principal, request.into_inner())).await
     }
-    async fn delete_entity(&self, _: Request<pb::DeleteEntityRequest>) -> Reply<pb::DeleteEntityResponse> {
-        Err(not_yet("DeleteEntity"))
+    async fn delete_entity(&self, request: Request<pb::DeleteEntityRequest>) -> Reply<pb::DeleteEntityResponse> {
+        let principal = principal(&request)?;
+        respond(self.delete_entity_(principal, request.into_inner())).await
     }
-    async fn write_records(&self, _: Request<Streaming<pb::WriteRecordsRequest>>) -> Reply<pb::WriteRecordsResponse> {
-        Err(not_yet("WriteRecords"))
+
+    /// Each message is its own transaction; a bad one ends the stream with an error whose
+    /// details say how many earlier messages were committed.
+    async fn write_records(
+        &self,
+        request: Request<Streaming<pb::WriteRecordsRequest>>,
+    ) -> Reply<pb::WriteRecordsResponse> {
+        let principal = principal(&request)?;
+        let mut stream = request.into_inner();
+        let mut totals = pb::WriteRecordsResponse::default();
+        let mut entities = HashMap::new();
+        let mut committed = 0u64;
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    return Err(to_status(
+                        stream_error(status).with_meta("committed_messages", committed.to_string()),
+                    ));
+                }
+            };
+            match self.write_message(&principal, message, &mut entities).await {
+                Ok(outcome) => {
+                    totals.upserted += outcome.upserted;
+                    totals.deleted += outcome.deleted;
+                    totals.change_sequence = totals.change_sequence.max(outcome.change_seq);
+                    committed += 1;
+                }
+                Err(mut err) => {
+                    err.message = format!(
+                        "message {committed} of the stream was refused ({committed} earlier messages were committed): {}",
+                        err.message
+                    );
+                    let err = err
+                        .with_meta("committed_messages", committed.to_string())
+                        .with_meta("message_index", committed.to_string());
+                    return Err(to_status(err));
+                }
+            }
+        }
+        Ok(Response::new(totals))
     }
-    async fn create_segment(&self, _: Request<pb::CreateSegmentRequest>) -> Reply<pb::Segment> {
-        Err(not_yet("CreateSegment"))
+
+    async fn create_segment(&self, request: Request<pb::CreateSegmentRequest>) -> Reply<pb::Segment> {
+        let principal = principal(&request)?;
+        respond(self.create_segment_(principal, request.into_inner())).await
     }
-    async fn get_segment(&self, _: Request<pb::GetSegmentRequest>) -> Reply<pb::Segment> {
-        Err(not_yet("GetSegment"))
+    async fn get_segment(&self, request: Request<pb::GetSegmentRequest>) -> Reply<pb::Segment> {
+        let principal = principal(&request)?;
+        respond(self.get_segment_(principal, request.into_inner())).await
     }
-    async fn list_segments(&self, _: Request<pb::ListSegmentsRequest>) -> Reply<pb::ListSegmentsResponse> {
-        Err(not_yet("ListSegments"))
+    async fn list_segments(&self, request: Request<pb::ListSegmentsRequest>) -> Reply<pb::ListSegmentsResponse> {
+        let principal = principal(&request)?;
+        respond(self.list_segments_(principal, request.into_inner())).await
     }
-    async fn update_segment(&self, _: Request<pb::UpdateSegmentRequest>) -> Reply<pb::Segment> {
-        Err(not_yet("UpdateSegment"))
+    async fn update_segment(&self, request: Request<pb::UpdateSegmentRequest>) -> Reply<pb::Segment> {
+        let principal = principal(&request)?;
+        respond(self.update_segment_(principal, request.into_inner())).await
     }
-    async fn delete_segment(&self, _: Request<pb::DeleteSegmentRequest>) -> Reply<pb::DeleteSegmentResponse> {
-        Err(not_yet("DeleteSegment"))
+    async fn delete_segment(&self, request: Request<pb::DeleteSegmentRequest>) -> Reply<pb::DeleteSegmentResponse> {
+        let principal = principal(&request)?;
+        respond(self.delete_segment_(principal, request.into_inner())).await
     }
-    async fn set_segment_members(&self, _: Request<Streaming<pb::SetSegmentMembersRequest>>) -> Reply<pb::Segment> {
-        Err(not_yet("SetSegmentMembers"))
+    async fn set_segment_members(
+        &self,
+        request: Request<Streaming<pb::SetSegmentMembersRequest>>,
+    ) -> Reply<pb::Segment> {
+        let principal = principal(&request)?;
+        respond(self.set_members(principal, request.into_inner())).await
     }
     async fn list_eligible_segments(
         &self,
-        _: Request<pb::ListEligibleSegmentsRequest>,
+        request: Request<pb::ListEligibleSegmentsRequest>,
     ) -> Reply<pb::ListEligibleSegmentsResponse> {
-        Err(not_yet("ListEligibleSegments"))
+        let principal = principal(&request)?;
+        respond(self.list_eligible_(principal, request.into_inner())).await
     }
-    async fn start_refresh(&self, _: Request<pb::StartRefreshRequest>) -> Reply<pb::RefreshState> {
-        Err(not_yet("StartRefresh"))
+    async fn start_refresh(&self, request: Request<pb::StartRefreshRequest>) -> Reply<pb::RefreshState> {
+        let principal = principal(&request)?;
+        respond(self.start_refresh_(principal, request.into_inner())).await
     }
-    async fn complete_refresh(&self, _: Request<pb::CompleteRefreshRequest>) -> Reply<pb::RefreshState> {
-        Err(not_yet("CompleteRefresh"))
+    async fn complete_refresh(&self, request: Request<pb::CompleteRefreshRequest>) -> Reply<pb::RefreshState> {
+        let principal = principal(&request)?;
+        respond(self.complete_refresh_(principal, request.into_inner())).await
     }
-    async fn run_system_refresh(&self, _: Request<pb::RunSystemRefreshRequest>) -> Reply<pb::SystemRefresh> {
-        Err(not_yet("RunSystemRefresh"))
+    async fn run_system_refresh(&self, request: Request<pb::RunSystemRefreshRequest>) -> Reply<pb::SystemRefresh> {
+        let principal = principal(&request)?;
+        respond(self.run_system_refresh_(principal, request.into_inner())).await
     }
-    async fn get_system_refresh(&self, _: Request<pb::GetSystemRefreshRequest>) -> Reply<pb::SystemRefresh> {
-        Err(not_yet("GetSystemRefresh"))
+    async fn get_system_refresh(&self, request: Request<pb::GetSystemRefreshRequest>) -> Reply<pb::SystemRefresh> {
+        let principal = principal(&request)?;
+        respond(self.get_system_refresh_(principal, request.into_inner())).await
     }
 }

@@ -275,3 +275,138 @@ pub fn schedule_from_pb(field: &str, schedule: &pb::Schedule, default_trigger: O
     }
     Ok(schedule)
 }
+
+pub fn entity_kind_to_pb(kind: crate::domain::catalog::EntityKind) -> pb::EntityKind {
+    use crate::domain::catalog::EntityKind as K;
+    match kind {
+        K::Profile => pb::EntityKind::Profile,
+        K::Account => pb::EntityKind::Account,
+        K::Contact => pb::EntityKind::Contact,
+        K::Other => pb::EntityKind::Other,
+    }
+}
+
+pub fn entity_kind_from_pb(value: i32) -> Option<crate::domain::catalog::EntityKind> {
+    use crate::domain::catalog::EntityKind as K;
+    match pb::EntityKind::try_from(value) {
+        Ok(pb::EntityKind::Profile) => Some(K::Profile),
+        Ok(pb::EntityKind::Account) => Some(K::Account),
+        Ok(pb::EntityKind::Contact) => Some(K::Contact),
+        Ok(pb::EntityKind::Other) => Some(K::Other),
+        _ => None,
+    }
+}
+
+pub fn field_type_to_pb(t: crate::domain::catalog::FieldType) -> pb::FieldType {
+    use crate::domain::catalog::FieldType as F;
+    match t {
+        F::String => pb::FieldType::String,
+        F::Int64 => pb::FieldType::Int64,
+        F::Double => pb::FieldType::Double,
+        F::Bool => pb::FieldType::Bool,
+        F::Timestamp => pb::FieldType::Timestamp,
+        F::Date => pb::FieldType::Date,
+        F::Json => pb::FieldType::Json,
+    }
+}
+
+pub fn field_type_from_pb(value: i32) -> Option<crate::domain::catalog::FieldType> {
+    use crate::domain::catalog::FieldType as F;
+    match pb::FieldType::try_from(value) {
+        Ok(pb::FieldType::String) => Some(F::String),
+        Ok(pb::FieldType::Int64) => Some(F::Int64),
+        Ok(pb::FieldType::Double) => Some(F::Double),
+        Ok(pb::FieldType::Bool) => Some(F::Bool),
+        Ok(pb::FieldType::Timestamp) => Some(F::Timestamp),
+        Ok(pb::FieldType::Date) => Some(F::Date),
+        Ok(pb::FieldType::Json) => Some(F::Json),
+        _ => None,
+    }
+}
+
+pub fn entity(entity: &crate::domain::catalog::Entity) -> pb::Entity {
+    pb::Entity {
+        name: entity.name.to_string(),
+        display_name: entity.display_name.clone(),
+        kind: entity_kind_to_pb(entity.kind) as i32,
+        fields: entity
+            .fields
+            .iter()
+            .map(|f| pb::EntityField {
+                name: f.name.clone(),
+                r#type: field_type_to_pb(f.field_type()) as i32,
+                description: f.description.clone(),
+                mapping: f.mapping.clone(),
+            })
+            .collect(),
+        primary_key: entity.primary_key.clone(),
+        record_count: entity.record_count,
+        refreshing: entity.refreshing,
+        last_refresh_time: opt_timestamp(entity.last_refresh_time),
+        create_time: Some(timestamp(entity.create_time)),
+        change_sequence: entity.change_seq,
+    }
+}
+
+pub fn segment(segment: &crate::domain::catalog::Segment) -> pb::Segment {
+    use crate::domain::catalog::SegmentDefinition;
+    pb::Segment {
+        name: segment.name.to_string(),
+        display_name: segment.display_name.clone(),
+        entity: segment.entity.to_string(),
+        r#type: segment_type(segment.segment_type) as i32,
+        definition: Some(match &segment.definition {
+            SegmentDefinition::Pushed => pb::segment::Definition::Members(pb::PushedMembers {}),
+            SegmentDefinition::Rule(rule) => pb::segment::Definition::Rule(rule.clone()),
+        }),
+        member_count: segment.member_count,
+        refreshing: segment.refreshing,
+        last_refresh_time: opt_timestamp(segment.last_refresh_time),
+        create_time: Some(timestamp(segment.create_time)),
+    }
+}
+
+/// A protobuf Struct as a JSON object (numbers are doubles, as in JSON).
+pub fn struct_to_json(value: prost_types::Struct) -> serde_json::Map<String, serde_json::Value> {
+    value.fields.into_iter().map(|(k, v)| (k, value_to_json(v))).collect()
+}
+
+fn value_to_json(value: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => {
+            // Integral doubles become JSON integers, so that INT64 fields keep their exact form.
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                serde_json::Value::from(n as i64)
+            } else {
+                serde_json::Value::from(n)
+            }
+        }
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s),
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(b),
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(struct_to_json(s)),
+        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.into_iter().map(value_to_json).collect()),
+    }
+}
+
+pub fn system_refresh(refresh: &crate::store::system_refreshes::SystemRefresh) -> pb::SystemRefresh {
+    use crate::store::system_refreshes::SystemRefreshState as S;
+    pb::SystemRefresh {
+        name: refresh.name.to_string(),
+        state: match refresh.state {
+            S::Running => pb::SystemRefreshState::Running,
+            S::Succeeded => pb::SystemRefreshState::Succeeded,
+            S::Failed => pb::SystemRefreshState::Failed,
+        } as i32,
+        start_time: Some(timestamp(refresh.start_time)),
+        end_time: opt_timestamp(refresh.end_time),
+        error: refresh.error.as_ref().map(|message| tonic_types::pb::Status {
+            code: tonic::Code::Internal as i32,
+            message: message.clone(),
+            details: vec![],
+        }),
+        segments_refreshed: refresh.segments_refreshed as i32,
+        runs: refresh.runs.clone(),
+    }
+}

@@ -7,6 +7,7 @@ use tonic::{Request, Status};
 
 use crate::auth::Principal;
 use crate::config::Settings;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -21,6 +22,7 @@ pub mod status;
 pub struct AppState {
     pub store: Arc<Store>,
     pub settings: Arc<Settings>,
+    pub engine: Arc<Engine>,
 }
 
 pub type State = Arc<AppState>;

@@ -1,7 +1,9 @@
 //! Pure rules: resource names, validation, eligibility, limits, schedules, list queries.
 //! Nothing here does I/O.
+pub mod catalog;
 pub mod connection;
 pub mod connection_type;
+pub mod eligibility;
 pub mod environment;
 pub mod etag;
 pub mod list_query;

@@ -57,14 +57,19 @@ pub async fn open_state(settings: Settings) -> Result<State, String> {
     let sealer = Sealer::new(settings.sealing_keys.clone(), settings.sealing_key_id.clone())?;
     let store = Store::open(&settings.database_url, sealer).await?;
     store.migrate().await?;
+    let store = Arc::new(store);
+    let settings = Arc::new(settings);
+    let engine = crate::engine::Engine::new(store.clone(), settings.clone());
     Ok(Arc::new(AppState {
-        store: Arc::new(store),
-        settings: Arc::new(settings),
+        store,
+        settings,
+        engine,
     }))
 }
 
 /// Binds the listen address and serves until [`RunningServer::shutdown`].
 pub async fn start(state: State) -> Result<RunningServer, String> {
+    state.engine.start().await.map_err(|e| e.message)?;
     let listener = TcpListener::bind(state.settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", state.settings.listen))?;
@@ -114,6 +119,7 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
         .add_service(catalog);
 
     let (stop, mut stopped) = watch::channel(false);
+    let engine = state.engine.clone();
     let incoming = TcpListenerStream::new(listener);
     let task = tokio::spawn(async move {
         let signal = {
@@ -140,6 +146,7 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
                 if !finished {
                     tracing::warn!(grace_seconds = grace.as_secs(), "in-flight RPCs did not finish within the grace period; closing");
                 }
+                engine.stop();
                 Ok(())
             }
         }

@@ -8,8 +8,8 @@ use sea_orm::{
     TransactionTrait,
 };
 
-use super::entities::connection::{ActiveModel, Column, Entity, Model};
 use super::list::{SortColumn, apply_order, compare, contains_ci, to_condition};
+use super::models::connection::{ActiveModel, Column, Entity, Model};
 use super::secrets::Sealed;
 use super::{Store, request_ids};
 use crate::domain::connection::Connection;

@@ -5,7 +5,7 @@ use sea_orm::{
 };
 
 use super::Store;
-use super::entities::environment::{ActiveModel, Column, Entity, Model};
+use super::models::environment::{ActiveModel, Column, Entity, Model};
 use crate::domain::environment::{Environment, EnvironmentKind};
 use crate::domain::schedule::Schedule;
 use crate::domain::time::now_micros;

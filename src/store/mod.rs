@@ -14,8 +14,12 @@ pub mod entities;
 pub mod environments;
 pub mod list;
 pub mod migration;
+pub mod models;
+pub mod records;
 pub mod request_ids;
 pub mod secrets;
+pub mod segments;
+pub mod system_refreshes;
 
 pub use secrets::Sealer;
 
@@ -106,4 +110,19 @@ async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, 
 /// True when a database error is a unique-constraint violation (a concurrent insert won).
 pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// What an export reads, for "who uses this?" checks.
+pub enum ExportSource<'a> {
+    Entity(&'a str),
+    Segment(&'a str),
+}
+
+/// Names of the exports that read an entity or segment (none until exports exist).
+pub(crate) async fn exports_using(
+    _db: &impl sea_orm::ConnectionTrait,
+    _env: &str,
+    _source: ExportSource<'_>,
+) -> crate::error::Result<Vec<String>> {
+    Ok(Vec::new())
 }

@@ -4,7 +4,7 @@
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
 use sha2::{Digest, Sha256};
 
-use super::entities::request_id::{ActiveModel, Entity};
+use super::models::request_id::{ActiveModel, Entity};
 use crate::domain::time::now_micros;
 use crate::error::{Error, Result};
 

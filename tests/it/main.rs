@@ -2,8 +2,10 @@
 mod common;
 
 mod auth;
+mod catalog;
 mod cli;
 mod connections;
+mod eligibility;
 mod environments;
 mod process;
 mod roles;

@@ -2,12 +2,16 @@
 use sea_orm_migration::prelude::*;
 
 mod m0001_environments_connections;
+mod m0002_catalog;
 
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_environments_connections::Migration)]
+        vec![
+            Box::new(m0001_environments_connections::Migration),
+            Box::new(m0002_catalog::Migration),
+        ]
     }
 }
 

@@ -1,4 +1,9 @@
 //! sea-orm models, one file per table.
 pub mod connection;
+pub mod entity;
 pub mod environment;
+pub mod record;
 pub mod request_id;
+pub mod segment;
+pub mod segment_member;
+pub mod system_refresh;

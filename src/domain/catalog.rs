@@ -1,0 +1,427 @@
+//! The catalog that exports read: entities (schema + records) and segments. Schema and record
+//! validation live here as pure functions.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::connection_type::SegmentType;
+use super::names::{EntityName, SegmentName};
+use super::time::Micros;
+use crate::error::FieldViolation;
+
+/// Field types are shared with the rule language, so that rules type-check against schemas.
+pub use super::rule::FieldType;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntityKind {
+    Profile,
+    Account,
+    Contact,
+    Other,
+}
+
+impl EntityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Profile => "PROFILE",
+            EntityKind::Account => "ACCOUNT",
+            EntityKind::Contact => "CONTACT",
+            EntityKind::Other => "OTHER",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "PROFILE" => Some(EntityKind::Profile),
+            "ACCOUNT" => Some(EntityKind::Account),
+            "CONTACT" => Some(EntityKind::Contact),
+            "OTHER" => Some(EntityKind::Other),
+            _ => None,
+        }
+    }
+
+    /// The type of the segments built on an entity of this kind; OTHER entities carry none.
+    pub fn segment_type(self) -> Option<SegmentType> {
+        match self {
+            EntityKind::Profile => Some(SegmentType::Profile),
+            EntityKind::Account => Some(SegmentType::Account),
+            EntityKind::Contact => Some(SegmentType::Contact),
+            EntityKind::Other => None,
+        }
+    }
+}
+
+pub fn segment_type_str(t: SegmentType) -> &'static str {
+    match t {
+        SegmentType::Profile => "PROFILE",
+        SegmentType::Account => "ACCOUNT",
+        SegmentType::Contact => "CONTACT",
+    }
+}
+
+pub fn parse_segment_type(text: &str) -> Option<SegmentType> {
+    match text {
+        "PROFILE" => Some(SegmentType::Profile),
+        "ACCOUNT" => Some(SegmentType::Account),
+        "CONTACT" => Some(SegmentType::Contact),
+        _ => None,
+    }
+}
+
+pub fn field_type_str(t: FieldType) -> &'static str {
+    match t {
+        FieldType::String => "STRING",
+        FieldType::Int64 => "INT64",
+        FieldType::Double => "DOUBLE",
+        FieldType::Bool => "BOOL",
+        FieldType::Timestamp => "TIMESTAMP",
+        FieldType::Date => "DATE",
+        FieldType::Json => "JSON",
+    }
+}
+
+pub fn parse_field_type(text: &str) -> Option<FieldType> {
+    Some(match text {
+        "STRING" => FieldType::String,
+        "INT64" => FieldType::Int64,
+        "DOUBLE" => FieldType::Double,
+        "BOOL" => FieldType::Bool,
+        "TIMESTAMP" => FieldType::Timestamp,
+        "DATE" => FieldType::Date,
+        "JSON" => FieldType::Json,
+        _ => return None,
+    })
+}
+
+/// One field of a schema, as stored (JSON) and as the domain uses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityField {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub mapping: String,
+}
+
+impl EntityField {
+    pub fn field_type(&self) -> FieldType {
+        parse_field_type(&self.type_name).unwrap_or(FieldType::Json)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    pub name: EntityName,
+    pub display_name: String,
+    pub kind: EntityKind,
+    pub fields: Vec<EntityField>,
+    pub primary_key: String,
+    pub record_count: i64,
+    pub change_seq: i64,
+    pub refreshing: bool,
+    pub last_refresh_time: Option<Micros>,
+    pub create_time: Micros,
+    pub update_time: Micros,
+}
+
+impl Entity {
+    pub fn field(&self, name: &str) -> Option<&EntityField> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    pub fn rule_fields(&self) -> Vec<super::rule::FieldDef> {
+        self.fields
+            .iter()
+            .map(|f| super::rule::FieldDef::new(f.name.clone(), f.field_type()))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentDefinition {
+    /// Members arrive through SetSegmentMembers.
+    Pushed,
+    /// A CEL rule evaluated per record at creation and each refresh.
+    Rule(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub name: SegmentName,
+    pub display_name: String,
+    pub entity: EntityName,
+    pub segment_type: SegmentType,
+    pub definition: SegmentDefinition,
+    pub member_count: i64,
+    pub generation: i64,
+    pub refreshing: bool,
+    pub last_refresh_time: Option<Micros>,
+    pub create_time: Micros,
+    pub update_time: Micros,
+    pub revision: i64,
+}
+
+pub const MAX_FIELDS: usize = 1000;
+pub const MAX_KEY_LEN: usize = 512;
+
+fn valid_field_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && name.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks a schema: at least one field, valid unique names (case-insensitively, since files and
+/// tables downstream are often case-insensitive), every type set, and a primary key that names
+/// a STRING or INT64 field.
+pub fn validate_schema(prefix: &str, fields: &[(String, Option<FieldType>)], primary_key: &str) -> Vec<FieldViolation> {
+    let mut violations = Vec::new();
+    let mut push = |field: String, description: String| violations.push(FieldViolation { field, description });
+    if fields.is_empty() {
+        push(format!("{prefix}.fields"), "at least one field is required".into());
+    }
+    if fields.len() > MAX_FIELDS {
+        push(format!("{prefix}.fields"), format!("at most {MAX_FIELDS} fields"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, (name, ty)) in fields.iter().enumerate() {
+        if !valid_field_name(name) {
+            push(
+                format!("{prefix}.fields[{i}].name"),
+                format!("'{name}' is not a field name: use [A-Za-z][A-Za-z0-9_]{{0,127}}"),
+            );
+        } else if !seen.insert(name.to_ascii_lowercase()) {
+            push(
+                format!("{prefix}.fields[{i}].name"),
+                format!("'{name}' is defined twice"),
+            );
+        }
+        if ty.is_none() {
+            push(format!("{prefix}.fields[{i}].type"), "a field type is required".into());
+        }
+    }
+    match fields.iter().find(|(name, _)| name == primary_key) {
+        None if primary_key.is_empty() => push(
+            format!("{prefix}.primary_key"),
+            "a primary key field is required".into(),
+        ),
+        None => push(
+            format!("{prefix}.primary_key"),
+            format!("'{primary_key}' is not a field of the entity"),
+        ),
+        Some((_, Some(FieldType::String | FieldType::Int64))) | Some((_, None)) => {}
+        Some((_, Some(other))) => push(
+            format!("{prefix}.primary_key"),
+            format!(
+                "the primary key must be a STRING or INT64 field, not {}",
+                field_type_str(*other)
+            ),
+        ),
+    }
+    violations
+}
+
+/// A record that passed validation: its key and its normalised JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRecord {
+    pub key: String,
+    pub data: Map<String, Value>,
+}
+
+/// Validates one record against the schema. `path` names the record in errors (e.g.
+/// `upserts[3]`). Absent and null fields are fine; present ones must match their type; unknown
+/// fields are errors; the primary key is required. Numbers are normalised to the field's type.
+pub fn validate_record(entity: &Entity, path: &str, record: Map<String, Value>) -> Result<ValidRecord, FieldViolation> {
+    let bad = |field: &str, description: String| FieldViolation {
+        field: format!("{path}.{field}"),
+        description,
+    };
+    let mut data = Map::with_capacity(record.len());
+    let mut key = None;
+    for (name, value) in record {
+        let Some(field) = entity.field(&name) else {
+            return Err(bad(
+                &name,
+                format!(
+                    "unknown field '{name}' (not in the schema of entity '{}')",
+                    entity.name.id
+                ),
+            ));
+        };
+        let ty = field.field_type();
+        let value = if value.is_null() {
+            Value::Null
+        } else {
+            normalise(ty, value).map_err(|expected| bad(&name, format!("expected {expected}")))?
+        };
+        if name == entity.primary_key {
+            key = Some(match &value {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => String::new(),
+            });
+        }
+        data.insert(name, value);
+    }
+    let key = key.filter(|k| !k.is_empty()).ok_or_else(|| {
+        bad(
+            &entity.primary_key,
+            format!(
+                "the primary key '{}' is required (a string or a number)",
+                entity.primary_key
+            ),
+        )
+    })?;
+    if key.len() > MAX_KEY_LEN {
+        return Err(bad(
+            &entity.primary_key,
+            format!("keys are at most {MAX_KEY_LEN} bytes"),
+        ));
+    }
+    Ok(ValidRecord { key, data })
+}
+
+/// Converts a value to its field's type, or says what was expected.
+fn normalise(ty: FieldType, value: Value) -> Result<Value, &'static str> {
+    match ty {
+        FieldType::String => match value {
+            Value::String(_) => Ok(value),
+            // A numeric key of a STRING field is accepted as its decimal text.
+            Value::Number(n) => Ok(Value::String(n.to_string())),
+            _ => Err("a string"),
+        },
+        FieldType::Int64 => {
+            let parsed = match &value {
+                Value::Number(n) => n.as_i64().or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+                        .map(|f| f as i64)
+                }),
+                // Digits as text carry integers beyond what a double (and so a Struct) holds.
+                Value::String(s) => s.trim().parse::<i64>().ok(),
+                _ => None,
+            };
+            parsed.map(Value::from).ok_or("a whole number (INT64)")
+        }
+        FieldType::Double => match &value {
+            Value::Number(n) => n.as_f64().map(Value::from).ok_or("a number"),
+            _ => Err("a number"),
+        },
+        FieldType::Bool => match value {
+            Value::Bool(_) => Ok(value),
+            _ => Err("true or false"),
+        },
+        FieldType::Timestamp => match &value {
+            Value::String(s) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => Ok(value),
+            _ => Err("an RFC 3339 timestamp such as 2026-01-31T12:00:00Z"),
+        },
+        FieldType::Date => match &value {
+            Value::String(s) if chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() && s.len() == 10 => Ok(value),
+            _ => Err("a date YYYY-MM-DD"),
+        },
+        FieldType::Json => Ok(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn entity() -> Entity {
+        let field = |name: &str, ty: &str| EntityField {
+            name: name.into(),
+            type_name: ty.into(),
+            description: String::new(),
+            mapping: String::new(),
+        };
+        Entity {
+            name: EntityName::new("e", "customers"),
+            display_name: "Customers".into(),
+            kind: EntityKind::Profile,
+            fields: vec![
+                field("id", "INT64"),
+                field("email", "STRING"),
+                field("ltv", "DOUBLE"),
+                field("vip", "BOOL"),
+                field("seen", "TIMESTAMP"),
+                field("born", "DATE"),
+                field("props", "JSON"),
+            ],
+            primary_key: "id".into(),
+            record_count: 0,
+            change_seq: 0,
+            refreshing: false,
+            last_refresh_time: None,
+            create_time: 0,
+            update_time: 0,
+        }
+    }
+
+    fn record(value: Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn valid_records_are_normalised() {
+        let r = validate_record(
+            &entity(),
+            "upserts[0]",
+            record(json!({"id": 42.0, "ltv": 500, "email": null, "props": {"a": [1]}})),
+        )
+        .unwrap();
+        assert_eq!(r.key, "42");
+        assert_eq!(r.data["id"], json!(42));
+        assert_eq!(r.data["ltv"], json!(500.0));
+        let big = validate_record(&entity(), "u", record(json!({"id": "9007199254740993"}))).unwrap();
+        assert_eq!(big.key, "9007199254740993");
+    }
+
+    #[test]
+    fn invalid_records_name_the_field() {
+        let cases = [
+            (json!({"email": "a@b"}), "upserts[1].id"),
+            (json!({"id": 1.5}), "upserts[1].id"),
+            (json!({"id": 1, "ltv": "high"}), "upserts[1].ltv"),
+            (json!({"id": 1, "vip": "yes"}), "upserts[1].vip"),
+            (json!({"id": 1, "seen": "yesterday"}), "upserts[1].seen"),
+            (json!({"id": 1, "born": "2026-13-01"}), "upserts[1].born"),
+            (json!({"id": 1, "colour": "red"}), "upserts[1].colour"),
+        ];
+        for (value, field) in cases {
+            let err = validate_record(&entity(), "upserts[1]", record(value.clone())).unwrap_err();
+            assert_eq!(err.field, field, "{value}");
+        }
+    }
+
+    #[test]
+    fn schemas_are_checked() {
+        let ok = vec![
+            ("id".to_string(), Some(FieldType::String)),
+            ("n".to_string(), Some(FieldType::Double)),
+        ];
+        assert!(validate_schema("entity", &ok, "id").is_empty());
+        let bad = vec![
+            ("id".to_string(), Some(FieldType::Double)),
+            ("ID".to_string(), Some(FieldType::String)),
+            ("_x".to_string(), None),
+        ];
+        let fields: Vec<String> = validate_schema("entity", &bad, "id")
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                "entity.fields[1].name",
+                "entity.fields[2].name",
+                "entity.fields[2].type",
+                "entity.primary_key"
+            ]
+        );
+        assert_eq!(validate_schema("entity", &ok, "nope")[0].field, "entity.primary_key");
+    }
+}

@@ -1,0 +1,59 @@
+//! System refreshes: the environment's whole catalog, in dependency order (each entity, then
+//! the segments built on it), then the exports that run "with system refresh".
+
+use std::sync::Arc;
+
+use super::Engine;
+use crate::domain::names::{EnvironmentName, SystemRefreshName, generate_id};
+use crate::error::Result;
+use crate::store::system_refreshes::{SystemRefresh, SystemRefreshState};
+
+impl Engine {
+    /// Records a RUNNING system refresh and carries it out in the background.
+    pub async fn run_system_refresh(self: &Arc<Self>, env: &EnvironmentName) -> Result<SystemRefresh> {
+        let name = SystemRefreshName::new(&env.env, generate_id("refresh"));
+        let refresh = self.store.start_system_refresh(&name).await?;
+        self.spawn_system_refresh(name);
+        Ok(refresh)
+    }
+
+    pub(crate) fn spawn_system_refresh(self: &Arc<Self>, name: SystemRefreshName) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let outcome = engine.refresh_catalog(&name).await;
+            if engine.is_stopping() {
+                // Left RUNNING on purpose: the next start resumes it.
+                return;
+            }
+            let (state, error) = match outcome {
+                Ok(()) => (SystemRefreshState::Succeeded, None),
+                Err(e) => {
+                    tracing::warn!(refresh = %name, error = %e.message, "system refresh failed");
+                    (SystemRefreshState::Failed, Some(e.message))
+                }
+            };
+            if let Err(e) = engine.store.finish_system_refresh(&name, state, error, &[]).await {
+                tracing::error!(refresh = %name, error = %e.message, "cannot record the end of a system refresh");
+            }
+        });
+    }
+
+    async fn refresh_catalog(&self, name: &SystemRefreshName) -> Result<()> {
+        let (entities, _) = self.store.list_entities(&name.env, 0, u64::MAX >> 1).await?;
+        let mut refreshed = 0;
+        for entity in entities {
+            self.store.set_entity_refreshing(&entity.name, true).await?;
+            let segments = self.store.segments_of_entity(&entity.name).await?;
+            for segment in &segments {
+                self.store.set_segment_refreshing(&segment.name, true).await?;
+            }
+            for segment in &segments {
+                self.recompute_segment(segment, true).await?;
+                refreshed += 1;
+                self.store.system_refresh_progress(name, refreshed).await?;
+            }
+            self.store.set_entity_refreshing(&entity.name, false).await?;
+        }
+        Ok(())
+    }
+}

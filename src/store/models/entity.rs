@@ -1,0 +1,26 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "entities")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub env: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub display_name: String,
+    pub kind: String,
+    /// JSON array of fields.
+    pub fields: String,
+    pub primary_key: String,
+    pub record_count: i64,
+    pub change_seq: i64,
+    pub refreshing: bool,
+    pub last_refresh_time: Option<i64>,
+    pub create_time: i64,
+    pub update_time: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

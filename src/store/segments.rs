@@ -1,0 +1,379 @@
+//! Segments and their members.
+//!
+//! Members are stored by generation: a refresh or a SetSegmentMembers stream writes the next
+//! generation in small transactions, then one short transaction switches the segment to it
+//! and drops the old one. Readers always see a complete member list, and no long write
+//! transaction holds the database while millions of records are evaluated.
+
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, Order, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use super::Store;
+use super::models::segment::{ActiveModel, Column, Entity as Table, Model};
+use super::models::{record, segment_member};
+use super::records::StoredRecord;
+use crate::domain::catalog::{Segment, SegmentDefinition, parse_segment_type, segment_type_str};
+use crate::domain::names::{EntityName, SegmentName};
+use crate::domain::time::now_micros;
+use crate::error::{Error, Result};
+
+const INSERT_CHUNK: usize = 5000;
+
+fn to_domain(model: Model) -> Result<Segment> {
+    Ok(Segment {
+        name: SegmentName::new(&model.env, &model.id),
+        entity: EntityName::new(&model.env, &model.entity),
+        segment_type: parse_segment_type(&model.segment_type)
+            .ok_or_else(|| Error::internal(format!("segment '{}' is corrupt", model.id)))?,
+        definition: match model.rule {
+            Some(rule) => SegmentDefinition::Rule(rule),
+            None => SegmentDefinition::Pushed,
+        },
+        display_name: model.display_name,
+        member_count: model.member_count,
+        generation: model.generation,
+        refreshing: model.refreshing,
+        last_refresh_time: model.last_refresh_time,
+        create_time: model.create_time,
+        update_time: model.update_time,
+        revision: model.revision,
+    })
+}
+
+/// A generation of members being written; switched in by [`Store::commit_members`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation(pub i64);
+
+impl Store {
+    pub async fn create_segment(&self, segment: &Segment) -> Result<Segment> {
+        let now = now_micros();
+        let model = ActiveModel {
+            env: Set(segment.name.env.clone()),
+            id: Set(segment.name.id.clone()),
+            display_name: Set(segment.display_name.clone()),
+            entity: Set(segment.entity.id.clone()),
+            segment_type: Set(segment_type_str(segment.segment_type).to_string()),
+            rule: Set(match &segment.definition {
+                SegmentDefinition::Rule(rule) => Some(rule.clone()),
+                SegmentDefinition::Pushed => None,
+            }),
+            member_count: Set(0),
+            generation: Set(0),
+            refreshing: Set(false),
+            last_refresh_time: Set(None),
+            create_time: Set(now),
+            update_time: Set(now),
+            revision: Set(1),
+        };
+        Table::insert(model).exec(self.writer()).await.map_err(|e| {
+            if super::is_unique_violation(&e) {
+                Error::already_exists("segment", segment.name.to_string())
+            } else {
+                e.into()
+            }
+        })?;
+        self.segment_or_not_found(&segment.name).await
+    }
+
+    pub async fn get_segment(&self, name: &SegmentName) -> Result<Option<Segment>> {
+        get_segment_on(self.reader(), name).await
+    }
+
+    pub async fn segment_or_not_found(&self, name: &SegmentName) -> Result<Segment> {
+        get_segment_on(self.writer(), name)
+            .await?
+            .ok_or_else(|| Error::not_found("segment", name.to_string()))
+    }
+
+    pub async fn list_segments(&self, env: &str, offset: u64, limit: u64) -> Result<(Vec<Segment>, u64)> {
+        let query = Table::find().filter(Column::Env.eq(env));
+        let total = query.clone().count(self.reader()).await?;
+        let models = query
+            .order_by_asc(Column::Id)
+            .offset(offset)
+            .limit(limit)
+            .all(self.reader())
+            .await?;
+        Ok((models.into_iter().map(to_domain).collect::<Result<_>>()?, total))
+    }
+
+    /// Segments built on one entity.
+    pub async fn segments_of_entity(&self, entity: &EntityName) -> Result<Vec<Segment>> {
+        let models = Table::find()
+            .filter(Column::Env.eq(&entity.env))
+            .filter(Column::Entity.eq(&entity.id))
+            .order_by_asc(Column::Id)
+            .all(self.reader())
+            .await?;
+        models.into_iter().map(to_domain).collect()
+    }
+
+    /// Writes a segment's display name and definition if its revision is unchanged.
+    pub async fn update_segment(&self, segment: &Segment) -> Result<Segment> {
+        let result = Table::update_many()
+            .col_expr(Column::DisplayName, Expr::val(segment.display_name.clone()))
+            .col_expr(
+                Column::Rule,
+                Expr::val(match &segment.definition {
+                    SegmentDefinition::Rule(rule) => Some(rule.clone()),
+                    SegmentDefinition::Pushed => None,
+                }),
+            )
+            .col_expr(Column::UpdateTime, Expr::val(now_micros()))
+            .col_expr(Column::Revision, Expr::val(segment.revision + 1))
+            .filter(Column::Env.eq(&segment.name.env))
+            .filter(Column::Id.eq(&segment.name.id))
+            .filter(Column::Revision.eq(segment.revision))
+            .exec(self.writer())
+            .await?;
+        if result.rows_affected == 0 {
+            return Err(Error::precondition(
+                "CONCURRENT_CHANGE",
+                format!("segment '{}' changed while it was being updated; retry", segment.name),
+            ));
+        }
+        self.segment_or_not_found(&segment.name).await
+    }
+
+    /// Deletes a segment and its members, unless exports use it.
+    pub async fn delete_segment(&self, name: &SegmentName) -> Result<()> {
+        let txn = self.writer().begin().await?;
+        let users = super::exports_using(&txn, &name.env, super::ExportSource::Segment(&name.id)).await?;
+        if !users.is_empty() {
+            let mut err = Error::precondition(
+                "SEGMENT_IN_USE",
+                format!(
+                    "segment '{name}' is used by {}; change or delete them first",
+                    users.join(", ")
+                ),
+            )
+            .with_meta("name", name.to_string())
+            .with_meta("used_by", users.join(","));
+            for user in &users {
+                err = err.with_precondition("SEGMENT_IN_USE", user.clone(), format!("exports segment '{name}'"));
+            }
+            return Err(err);
+        }
+        segment_member::Entity::delete_many()
+            .filter(segment_member::Column::Env.eq(&name.env))
+            .filter(segment_member::Column::Segment.eq(&name.id))
+            .exec(&txn)
+            .await?;
+        let deleted = Table::delete_many()
+            .filter(Column::Env.eq(&name.env))
+            .filter(Column::Id.eq(&name.id))
+            .exec(&txn)
+            .await?;
+        if deleted.rows_affected == 0 {
+            return Err(Error::not_found("segment", name.to_string()));
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Starts a new member generation (clearing leftovers of an abandoned one).
+    pub async fn begin_members(&self, segment: &Segment) -> Result<Generation> {
+        let next = Generation(segment.generation + 1);
+        self.drop_generation(&segment.name, next).await?;
+        Ok(next)
+    }
+
+    /// Adds keys to a generation being written (duplicates are ignored).
+    pub async fn add_members(&self, name: &SegmentName, generation: Generation, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let txn = self.writer().begin().await?;
+        for chunk in keys.chunks(INSERT_CHUNK) {
+            let rows = chunk.iter().map(|key| segment_member::ActiveModel {
+                env: Set(name.env.clone()),
+                segment: Set(name.id.clone()),
+                generation: Set(generation.0),
+                key: Set(key.clone()),
+            });
+            segment_member::Entity::insert_many(rows)
+                .on_conflict(
+                    OnConflict::columns([
+                        segment_member::Column::Env,
+                        segment_member::Column::Segment,
+                        segment_member::Column::Generation,
+                        segment_member::Column::Key,
+                    ])
+                    .do_nothing()
+                    .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Switches a segment to a fully written generation and drops the previous one. With
+    /// `complete_refresh`, also ends the segment's refresh.
+    pub async fn commit_members(
+        &self,
+        name: &SegmentName,
+        generation: Generation,
+        complete_refresh: bool,
+    ) -> Result<Segment> {
+        let txn = self.writer().begin().await?;
+        let count = segment_member::Entity::find()
+            .filter(segment_member::Column::Env.eq(&name.env))
+            .filter(segment_member::Column::Segment.eq(&name.id))
+            .filter(segment_member::Column::Generation.eq(generation.0))
+            .count(&txn)
+            .await? as i64;
+        let now = now_micros();
+        let mut update = Table::update_many()
+            .col_expr(Column::Generation, Expr::val(generation.0))
+            .col_expr(Column::MemberCount, Expr::val(count))
+            .col_expr(Column::UpdateTime, Expr::val(now))
+            .filter(Column::Env.eq(&name.env))
+            .filter(Column::Id.eq(&name.id));
+        if complete_refresh {
+            update = update
+                .col_expr(Column::Refreshing, Expr::val(false))
+                .col_expr(Column::LastRefreshTime, Expr::val(now));
+        }
+        let result = update.exec(&txn).await?;
+        if result.rows_affected == 0 {
+            return Err(Error::not_found("segment", name.to_string()));
+        }
+        segment_member::Entity::delete_many()
+            .filter(segment_member::Column::Env.eq(&name.env))
+            .filter(segment_member::Column::Segment.eq(&name.id))
+            .filter(segment_member::Column::Generation.ne(generation.0))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        self.segment_or_not_found(name).await
+    }
+
+    /// Forgets a generation that will not be committed.
+    pub async fn drop_generation(&self, name: &SegmentName, generation: Generation) -> Result<()> {
+        segment_member::Entity::delete_many()
+            .filter(segment_member::Column::Env.eq(&name.env))
+            .filter(segment_member::Column::Segment.eq(&name.id))
+            .filter(segment_member::Column::Generation.eq(generation.0))
+            .exec(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` members of the segment's current generation after `after_key`, joined to
+    /// their live records, in key order.
+    pub async fn read_members(
+        &self,
+        segment: &Segment,
+        after_key: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<StoredRecord>> {
+        use record::Column as R;
+        use segment_member::Column as M;
+        let (r, m) = (record::Entity, segment_member::Entity);
+        let mut query = Query::select();
+        query
+            .column((r, R::Key))
+            .column((r, R::Data))
+            .column((r, R::Seq))
+            .from(r)
+            .inner_join(
+                m,
+                Condition::all()
+                    .add(Expr::col((m, M::Env)).equals((r, R::Env)))
+                    .add(Expr::col((m, M::Key)).equals((r, R::Key)))
+                    .add(Expr::col((m, M::Segment)).eq(segment.name.id.clone()))
+                    .add(Expr::col((m, M::Generation)).eq(segment.generation)),
+            )
+            .and_where(Expr::col((r, R::Env)).eq(segment.name.env.clone()))
+            .and_where(Expr::col((r, R::Entity)).eq(segment.entity.id.clone()))
+            .and_where(Expr::col((r, R::Deleted)).eq(false))
+            .order_by((r, R::Key), Order::Asc)
+            .limit(limit);
+        if let Some(after) = after_key {
+            query.and_where(Expr::col((r, R::Key)).gt(after));
+        }
+        let rows = self.reader().query_all(&query).await?;
+        rows.into_iter()
+            .map(|row| {
+                let key: String = row.try_get("", "key")?;
+                let data: String = row.try_get("", "data")?;
+                let seq: i64 = row.try_get("", "seq")?;
+                let data = match serde_json::from_str(&data) {
+                    Ok(serde_json::Value::Object(map)) => map,
+                    _ => return Err(Error::internal(format!("record '{key}' is corrupt"))),
+                };
+                Ok(StoredRecord {
+                    key,
+                    data,
+                    seq,
+                    deleted: false,
+                })
+            })
+            .collect()
+    }
+
+    /// Member keys of the current generation (for tests and small segments).
+    pub async fn member_keys(&self, segment: &Segment, after_key: Option<&str>, limit: u64) -> Result<Vec<String>> {
+        let mut query = segment_member::Entity::find()
+            .select_only()
+            .column(segment_member::Column::Key)
+            .filter(segment_member::Column::Env.eq(&segment.name.env))
+            .filter(segment_member::Column::Segment.eq(&segment.name.id))
+            .filter(segment_member::Column::Generation.eq(segment.generation));
+        if let Some(after) = after_key {
+            query = query.filter(segment_member::Column::Key.gt(after));
+        }
+        Ok(query
+            .order_by_asc(segment_member::Column::Key)
+            .limit(limit)
+            .into_tuple()
+            .all(self.reader())
+            .await?)
+    }
+
+    /// Marks a segment's refresh started (idempotent) or completed.
+    pub async fn set_segment_refreshing(&self, name: &SegmentName, refreshing: bool) -> Result<Segment> {
+        let now = now_micros();
+        let mut update = Table::update_many()
+            .col_expr(Column::Refreshing, Expr::val(refreshing))
+            .col_expr(Column::UpdateTime, Expr::val(now))
+            .filter(Column::Env.eq(&name.env))
+            .filter(Column::Id.eq(&name.id));
+        if !refreshing {
+            update = update
+                .col_expr(Column::LastRefreshTime, Expr::val(now))
+                .filter(Column::Refreshing.eq(true));
+        }
+        let result = update.exec(self.writer()).await?;
+        let segment = self.segment_or_not_found(name).await?;
+        if result.rows_affected == 0 && !refreshing {
+            return Err(super::entities::not_refreshing(&name.to_string()));
+        }
+        Ok(segment)
+    }
+
+    /// Segments of an environment that are being refreshed, by id.
+    pub async fn refreshing_segments(&self, env: &str) -> Result<Vec<String>> {
+        Ok(Table::find()
+            .filter(Column::Env.eq(env))
+            .filter(Column::Refreshing.eq(true))
+            .all(self.reader())
+            .await?
+            .into_iter()
+            .map(|m| m.id)
+            .collect())
+    }
+}
+
+pub(crate) async fn get_segment_on(db: &impl ConnectionTrait, name: &SegmentName) -> Result<Option<Segment>> {
+    Table::find_by_id((name.env.clone(), name.id.clone()))
+        .one(db)
+        .await?
+        .map(to_domain)
+        .transpose()
+}

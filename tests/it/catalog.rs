@@ -1,0 +1,713 @@
+//! CatalogService through the API: entities, records, segments, eligibility, refresh state.
+
+use std::time::Duration;
+
+use exportd::auth::Role;
+use exportd::pb;
+use prost_types::value::Kind;
+use serde_json::json;
+use tonic::Code;
+
+use crate::common::*;
+
+/// A protobuf Struct from a JSON object.
+pub fn record(value: serde_json::Value) -> prost_types::Struct {
+    fn convert(value: serde_json::Value) -> prost_types::Value {
+        let kind = match value {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            serde_json::Value::String(s) => Kind::StringValue(s),
+            serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+                values: a.into_iter().map(convert).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+                fields: o.into_iter().map(|(k, v)| (k, convert(v))).collect(),
+            }),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+    match convert(value) {
+        prost_types::Value {
+            kind: Some(Kind::StructValue(s)),
+        } => s,
+        _ => panic!("records are objects"),
+    }
+}
+
+pub fn field(name: &str, ty: pb::FieldType) -> pb::EntityField {
+    pb::EntityField {
+        name: name.into(),
+        r#type: ty as i32,
+        description: format!("the {name}"),
+        mapping: format!("crm.{name}"),
+    }
+}
+
+/// A customers entity: id (STRING key), email, country, ltv, vip, tags (JSON).
+pub fn customers_entity(env: &str, id: &str, kind: pb::EntityKind) -> pb::CreateEntityRequest {
+    pb::CreateEntityRequest {
+        parent: format!("environments/{env}"),
+        entity_id: id.into(),
+        entity: Some(pb::Entity {
+            display_name: format!("Entity {id}"),
+            kind: kind as i32,
+            fields: vec![
+                field("id", pb::FieldType::String),
+                field("email", pb::FieldType::String),
+                field("country", pb::FieldType::String),
+                field("ltv", pb::FieldType::Double),
+                field("vip", pb::FieldType::Bool),
+                field("tags", pb::FieldType::Json),
+            ],
+            primary_key: "id".into(),
+            ..Default::default()
+        }),
+    }
+}
+
+pub fn write(entity: &str, upserts: Vec<serde_json::Value>, deletes: &[&str]) -> pb::WriteRecordsRequest {
+    pb::WriteRecordsRequest {
+        entity: entity.into(),
+        upserts: upserts.into_iter().map(record).collect(),
+        deletes: deletes.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+pub async fn write_all(
+    catalog: &mut Catalog,
+    messages: Vec<pb::WriteRecordsRequest>,
+) -> Result<pb::WriteRecordsResponse, tonic::Status> {
+    catalog
+        .write_records(tokio_stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Ten customers c00…c09 with varied fields.
+pub fn ten_customers() -> Vec<serde_json::Value> {
+    (0..10)
+        .map(|i| {
+            let country = ["ID", "SG", "FR"][i % 3];
+            json!({
+                "id": format!("c{i:02}"),
+                "email": format!("user{i}@example.com"),
+                "country": country,
+                "ltv": (i * 100) as f64,
+                "vip": i % 2 == 0,
+                "tags": if i < 3 { json!(["new"]) } else { json!(["loyal"]) },
+            })
+        })
+        .collect()
+}
+
+pub async fn create_rule_segment(
+    catalog: &mut Catalog,
+    env: &str,
+    id: &str,
+    entity: &str,
+    rule: &str,
+) -> Result<pb::Segment, tonic::Status> {
+    catalog
+        .create_segment(pb::CreateSegmentRequest {
+            parent: format!("environments/{env}"),
+            segment_id: id.into(),
+            segment: Some(pb::Segment {
+                display_name: format!("Segment {id}"),
+                entity: format!("environments/{env}/entities/{entity}"),
+                definition: Some(pb::segment::Definition::Rule(rule.into())),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub async fn create_pushed_segment(
+    catalog: &mut Catalog,
+    env: &str,
+    id: &str,
+    entity: &str,
+    display_name: &str,
+) -> pb::Segment {
+    catalog
+        .create_segment(pb::CreateSegmentRequest {
+            parent: format!("environments/{env}"),
+            segment_id: id.into(),
+            segment: Some(pb::Segment {
+                display_name: display_name.into(),
+                entity: format!("environments/{env}/entities/{entity}"),
+                definition: Some(pb::segment::Definition::Members(pb::PushedMembers {})),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub async fn set_members(
+    catalog: &mut Catalog,
+    segment: &str,
+    batches: Vec<Vec<String>>,
+) -> Result<pb::Segment, tonic::Status> {
+    let messages: Vec<pb::SetSegmentMembersRequest> = batches
+        .into_iter()
+        .map(|keys| pb::SetSegmentMembersRequest {
+            segment: segment.into(),
+            keys,
+        })
+        .collect();
+    catalog
+        .set_segment_members(tokio_stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn get_entity(catalog: &mut Catalog, name: &str) -> pb::Entity {
+    catalog
+        .get_entity(pb::GetEntityRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub const CUSTOMERS: &str = "environments/acme/entities/customers";
+
+#[tokio::test]
+async fn entities_are_created_listed_and_validated() {
+    let t = TestServer::start().await;
+    let mut admin = t.catalog("acme", Role::Admin).await;
+    let created = admin
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.name, CUSTOMERS);
+    assert_eq!(created.fields.len(), 6);
+    assert_eq!(created.fields[3].r#type, pb::FieldType::Double as i32);
+    assert_eq!(created.fields[1].mapping, "crm.email");
+    assert_eq!(created.record_count, 0);
+
+    let status = expect_code(
+        admin
+            .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+            .await,
+        Code::AlreadyExists,
+    );
+    assert_eq!(reason(&status), "RESOURCE_ALREADY_EXISTS");
+
+    let mut bad = customers_entity("acme", "bad", pb::EntityKind::Unspecified);
+    let e = bad.entity.as_mut().unwrap();
+    e.fields.push(field("Email", pb::FieldType::String));
+    e.fields.push(field("1st", pb::FieldType::Unspecified));
+    e.primary_key = "ltv".into();
+    let status = expect_code(admin.create_entity(bad).await, Code::InvalidArgument);
+    let mut fields = bad_fields(&status);
+    fields.sort();
+    assert_eq!(
+        fields,
+        vec![
+            "entity.fields[6].name",
+            "entity.fields[7].name",
+            "entity.fields[7].type",
+            "entity.kind",
+            "entity.primary_key"
+        ]
+    );
+    let list = admin
+        .list_entities(pb::ListEntitiesRequest {
+            parent: "environments/acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.entities.len(), 1);
+
+    let mut viewer = t.catalog("acme", Role::Viewer).await;
+    assert_eq!(
+        get_entity(&mut viewer, CUSTOMERS).await.display_name,
+        "Entity customers"
+    );
+    expect_code(
+        viewer
+            .create_entity(customers_entity("acme", "x", pb::EntityKind::Profile))
+            .await,
+        Code::PermissionDenied,
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn records_upsert_delete_and_count_with_a_rising_change_sequence() {
+    let t = TestServer::start().await;
+    let mut admin = t.catalog("acme", Role::Admin).await;
+    admin
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    let totals = write_all(
+        &mut admin,
+        vec![
+            write(CUSTOMERS, ten_customers()[..6].to_vec(), &[]),
+            write(CUSTOMERS, ten_customers()[4..].to_vec(), &[]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(totals.upserted, 12);
+    assert_eq!(totals.deleted, 0);
+    let entity = get_entity(&mut admin, CUSTOMERS).await;
+    assert_eq!(entity.record_count, 10);
+    let seq_after_insert = entity.change_sequence;
+    assert_eq!(totals.change_sequence, seq_after_insert);
+
+    // Update one, delete two (one of them twice, one unknown), nulls and absent fields are fine.
+    let totals = write_all(
+        &mut admin,
+        vec![write(
+            CUSTOMERS,
+            vec![json!({"id": "c01", "email": null, "ltv": 5})],
+            &["c02", "c03", "c03", "nope"],
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!((totals.upserted, totals.deleted), (1, 2));
+    let entity = get_entity(&mut admin, CUSTOMERS).await;
+    assert_eq!(entity.record_count, 8);
+    assert!(entity.change_sequence > seq_after_insert);
+
+    // The store keeps tombstones with the later sequence, for incremental exports.
+    let name = exportd::domain::names::EntityName::new("acme", "customers");
+    let changes = t
+        .state
+        .store
+        .read_changes(&name, seq_after_insert, i64::MAX, None, 100)
+        .await
+        .unwrap();
+    let summary: Vec<(String, bool)> = changes.iter().map(|r| (r.key.clone(), r.deleted)).collect();
+    assert_eq!(
+        summary,
+        vec![("c01".into(), false), ("c02".into(), true), ("c03".into(), true)]
+    );
+    assert!(changes.iter().all(|r| r.seq == entity.change_sequence));
+    let c01 = &changes[0].data;
+    assert_eq!(c01["ltv"], json!(5.0));
+    assert!(c01.get("country").is_none(), "an upsert replaces the whole record");
+
+    // Re-inserting a deleted key brings the record back.
+    write_all(&mut admin, vec![write(CUSTOMERS, vec![json!({"id": "c02"})], &[])])
+        .await
+        .unwrap();
+    assert_eq!(get_entity(&mut admin, CUSTOMERS).await.record_count, 9);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_message_ends_the_stream_and_earlier_messages_stay_committed() {
+    let t = TestServer::start().await;
+    let mut admin = t.catalog("acme", Role::Admin).await;
+    admin
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (json!({"email": "x@y"}), "upserts[1].id"),
+        (json!({"id": "z1", "ltv": "lots"}), "upserts[1].ltv"),
+        (json!({"id": "z1", "vip": 1}), "upserts[1].vip"),
+        (json!({"id": "z1", "shoe_size": 42}), "upserts[1].shoe_size"),
+        (json!({"id": true}), "upserts[1].id"),
+    ];
+    for (n, (bad, field)) in cases.into_iter().enumerate() {
+        let before = get_entity(&mut admin, CUSTOMERS).await;
+        let status = write_all(
+            &mut admin,
+            vec![
+                write(CUSTOMERS, vec![json!({"id": format!("ok-{n}")})], &[]),
+                write(CUSTOMERS, vec![json!({"id": "fine"}), bad.clone()], &[]),
+                write(CUSTOMERS, vec![json!({"id": "never"})], &[]),
+            ],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad}");
+        assert_eq!(bad_fields(&status), vec![field]);
+        use tonic_types::StatusExt;
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.metadata["committed_messages"], "1");
+        // Only the first message was applied: nothing of the bad one, nothing after it.
+        let after = get_entity(&mut admin, CUSTOMERS).await;
+        assert_eq!(after.record_count, before.record_count + 1, "{bad}");
+    }
+    let status = write_all(
+        &mut admin,
+        vec![write(
+            "environments/acme/entities/missing",
+            vec![json!({"id": "a"})],
+            &[],
+        )],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = write_all(&mut admin, vec![write("not-a-name", vec![], &[])])
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&status), vec!["entity"]);
+    let mut contributor = t.catalog("acme", Role::Contributor).await;
+    let status = write_all(&mut contributor, vec![write(CUSTOMERS, vec![json!({"id": "a"})], &[])])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn rules_give_exact_member_counts() {
+    let t = TestServer::start().await;
+    let mut admin = t.catalog("acme", Role::Admin).await;
+    admin
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    let mut customers = ten_customers();
+    customers.push(json!({"id": "n1"})); // every other field null
+    write_all(&mut admin, vec![write(CUSTOMERS, customers, &[])])
+        .await
+        .unwrap();
+    // ltv = i*100; countries cycle ID, SG, FR; vip on even i; tags "new" for i < 3.
+    let cases = [
+        ("ltv > 500.0", 4),
+        ("ltv >= 500", 5),
+        ("ltv > 200.0 && country == \"ID\"", 3),
+        ("country in [\"ID\", \"SG\"]", 7),
+        ("vip", 5),
+        ("!vip && ltv < 500.0", 2),
+        ("\"new\" in tags", 3),
+        ("email.endsWith(\"@example.com\")", 10),
+        ("country != \"FR\"", 7),
+        ("email == null", 1),
+        ("email != null", 10),
+    ];
+    for (i, (rule, expected)) in cases.iter().enumerate() {
+        let segment = create_rule_segment(&mut admin, "acme", &format!("s{i}"), "customers", rule)
+            .await
+            .unwrap();
+        assert_eq!(segment.member_count, *expected, "{rule}");
+        assert_eq!(segment.r#type, pb::SegmentType::Profile as i32);
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn bad_rules_say_where_and_create_nothing() {
+    let t = TestServer::start().await;
+    let mut admin = t.catalog("acme", Role::Admin).await;
+    admin
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    for (rule, fragment) in [
+        ("ltv > ", "line 1"),
+        ("shoe_size > 40", "unknown field 'shoe_size'"),
+        ("country > 5", "column"),
+        ("", ""),
+    ] {
+        let status = expect_code(
+            create_rule_segment(&mut admin, "acme", "bad", "customers", rule)
+                .await
+                .map(tonic::Response::new),
+            Code::InvalidArgument,
+        );
+        assert_eq!(bad_fields(&status), vec!["segment.rule"], "{rule}");
+        assert!(status.message().contains(fragment), "{rule}: {}", status.message());
+    }
+    admin
+        .create_entity(customers_entity("acme", "orders", pb::EntityKind::Other))
+        .await
+        .unwrap();
+    let status = expect_code(
+        create_rule_segment(&mut admin, "acme", "bad", "orders", "vip")
+            .await
+            .map(tonic::Response::new),
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&status), vec!["segment.entity"]);
+    let list = admin
+        .list_segments(pb::ListSegmentsRequest {
+            parent: "environments/acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.segments.is_empty());
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn pushed_members_are_replaced_as_a_whole_and_unknown_keys_change_nothing() {
+    let t = TestServer::start().await;
+    let mut admin = t.catalog("acme", Role::Admin).await;
+    admin
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    write_all(&mut admin, vec![write(CUSTOMERS, ten_customers(), &[])])
+        .await
+        .unwrap();
+    let segment = create_pushed_segment(&mut admin, "acme", "vip", "customers", "VIP").await;
+    assert_eq!(segment.member_count, 0);
+    let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+
+    let s = set_members(
+        &mut admin,
+        &segment.name,
+        vec![keys(&["c01", "c02"]), keys(&["c03", "c01"])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.member_count, 3);
+    let s = set_members(&mut admin, &segment.name, vec![keys(&["c09"])])
+        .await
+        .unwrap();
+    assert_eq!(s.member_count, 1, "the stream replaces the list");
+
+    let status = set_members(&mut admin, &segment.name, vec![keys(&["c01"]), keys(&["c02", "ghost"])])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), vec!["keys[1]"]);
+    let now = admin
+        .get_segment(pb::GetSegmentRequest {
+            name: segment.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.member_count, 1);
+    let members = t
+        .state
+        .store
+        .member_keys(
+            &t.state
+                .store
+                .segment_or_not_found(&exportd::domain::names::SegmentName::new("acme", "vip"))
+                .await
+                .unwrap(),
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(members, vec!["c09"]);
+
+    // Deleting a member's record removes it from the segment.
+    set_members(&mut admin, &segment.name, vec![keys(&["c04", "c05"])])
+        .await
+        .unwrap();
+    write_all(&mut admin, vec![write(CUSTOMERS, vec![], &["c05"])])
+        .await
+        .unwrap();
+    let now = admin
+        .get_segment(pb::GetSegmentRequest {
+            name: segment.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.member_count, 1);
+
+    // Rule segments do not take pushed members; an empty stream names no segment.
+    create_rule_segment(&mut admin, "acme", "rich", "customers", "ltv > 100.0")
+        .await
+        .unwrap();
+    let status = set_members(&mut admin, "environments/acme/segments/rich", vec![keys(&["c01"])])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let status = set_members(&mut admin, "environments/acme/segments/rich", vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // The entity cannot go while segments use it.
+    let status = expect_code(
+        admin
+            .delete_entity(pb::DeleteEntityRequest { name: CUSTOMERS.into() })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&status), "ENTITY_IN_USE");
+    for s in ["vip", "rich"] {
+        admin
+            .delete_segment(pb::DeleteSegmentRequest {
+                name: format!("environments/acme/segments/{s}"),
+            })
+            .await
+            .unwrap();
+    }
+    admin
+        .delete_entity(pb::DeleteEntityRequest { name: CUSTOMERS.into() })
+        .await
+        .unwrap();
+    expect_code(
+        admin.get_entity(pb::GetEntityRequest { name: CUSTOMERS.into() }).await,
+        Code::NotFound,
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn refresh_state_moves_through_start_and_complete() {
+    let t = TestServer::start().await;
+    let mut admin = t.catalog("acme", Role::Admin).await;
+    admin
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    write_all(&mut admin, vec![write(CUSTOMERS, ten_customers()[..5].to_vec(), &[])])
+        .await
+        .unwrap();
+    let segment = create_rule_segment(&mut admin, "acme", "rich", "customers", "ltv >= 300.0")
+        .await
+        .unwrap();
+    assert_eq!(segment.member_count, 2);
+
+    let status = expect_code(
+        admin
+            .complete_refresh(pb::CompleteRefreshRequest { name: CUSTOMERS.into() })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&status), "REFRESH_NOT_STARTED");
+    let started = admin
+        .start_refresh(pb::StartRefreshRequest { name: CUSTOMERS.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(started.refreshing && started.last_refresh_time.is_none());
+    assert!(get_entity(&mut admin, CUSTOMERS).await.refreshing);
+    let done = admin
+        .complete_refresh(pb::CompleteRefreshRequest { name: CUSTOMERS.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!done.refreshing && done.last_refresh_time.is_some());
+
+    // Completing a rule segment's refresh recomputes it.
+    write_all(&mut admin, vec![write(CUSTOMERS, ten_customers()[5..].to_vec(), &[])])
+        .await
+        .unwrap();
+    admin
+        .start_refresh(pb::StartRefreshRequest {
+            name: segment.name.clone(),
+        })
+        .await
+        .unwrap();
+    let done = admin
+        .complete_refresh(pb::CompleteRefreshRequest {
+            name: segment.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!done.refreshing);
+    let now = admin
+        .get_segment(pb::GetSegmentRequest {
+            name: segment.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.member_count, 7);
+
+    for bad in ["environments/acme/connections/x", "nonsense"] {
+        let status = expect_code(
+            admin.start_refresh(pb::StartRefreshRequest { name: bad.into() }).await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(bad_fields(&status), vec!["name"]);
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_system_refresh_recomputes_rule_segments() {
+    let t = TestServer::start().await;
+    let mut admin = t.catalog("acme", Role::Admin).await;
+    admin
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    let segment = create_rule_segment(&mut admin, "acme", "fr", "customers", "country == \"FR\"")
+        .await
+        .unwrap();
+    assert_eq!(segment.member_count, 0);
+    write_all(&mut admin, vec![write(CUSTOMERS, ten_customers(), &[])])
+        .await
+        .unwrap();
+
+    let refresh = admin
+        .run_system_refresh(pb::RunSystemRefreshRequest {
+            parent: "environments/acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(refresh.name.starts_with("environments/acme/systemRefreshes/"));
+    let finished = wait_for_system_refresh(&mut admin, &refresh.name).await;
+    assert_eq!(finished.state, pb::SystemRefreshState::Succeeded as i32);
+    assert_eq!(finished.segments_refreshed, 1);
+    assert!(finished.end_time.is_some());
+    let now = admin
+        .get_segment(pb::GetSegmentRequest {
+            name: segment.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.member_count, 3);
+    assert!(now.last_refresh_time.is_some());
+    let entity = get_entity(&mut admin, CUSTOMERS).await;
+    assert!(entity.last_refresh_time.is_some() && !entity.refreshing);
+
+    let mut viewer = t.catalog("acme", Role::Viewer).await;
+    viewer
+        .get_system_refresh(pb::GetSystemRefreshRequest {
+            name: refresh.name.clone(),
+        })
+        .await
+        .unwrap();
+    expect_code(
+        viewer
+            .run_system_refresh(pb::RunSystemRefreshRequest {
+                parent: "environments/acme".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    t.stop().await;
+}
+
+/// Observes a system refresh until it leaves RUNNING (bounded; the refresh itself is quick).
+pub async fn wait_for_system_refresh(catalog: &mut Catalog, name: &str) -> pb::SystemRefresh {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let refresh = catalog
+            .get_system_refresh(pb::GetSystemRefreshRequest { name: name.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        if refresh.state != pb::SystemRefreshState::Running as i32 {
+            return refresh;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "system refresh {name} did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
