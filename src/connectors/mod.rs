@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use crate::domain::connection::Connection;
 
+pub mod cdm;
 pub mod local_files;
 pub mod registry;
 

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::config::Settings;
 use crate::store::Store;
 
+pub mod retry;
 pub mod segments;
 pub mod system_refresh;
 

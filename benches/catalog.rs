@@ -1,0 +1,212 @@
+//! Catalog benchmark (issue 3):
+//! - WriteRecords of N six-field records (default 1,000,000) on SQLite and PostgreSQL, side by
+//!   side with PostgreSQL's own `COPY … FROM STDIN` of the same rows;
+//! - a rule-segment refresh over the same records: seconds and the server's peak RSS.
+//!
+//! Run: `cargo bench --bench catalog` (BENCH_RECORDS=100000 for a quick run; BENCH_BACKENDS=sqlite).
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use exportd::pb;
+use prost_types::value::Kind;
+use support::*;
+
+const BATCH: usize = 5000;
+
+fn value(kind: Kind) -> prost_types::Value {
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn record(i: usize) -> prost_types::Struct {
+    let (id, email, country, ltv, vip, signup) = customer(i);
+    prost_types::Struct {
+        fields: [
+            ("id".to_string(), value(Kind::StringValue(id))),
+            ("email".to_string(), value(Kind::StringValue(email))),
+            ("country".to_string(), value(Kind::StringValue(country))),
+            ("ltv".to_string(), value(Kind::NumberValue(ltv))),
+            ("vip".to_string(), value(Kind::BoolValue(vip))),
+            ("signup".to_string(), value(Kind::StringValue(signup))),
+        ]
+        .into(),
+    }
+}
+
+fn entity_request() -> pb::CreateEntityRequest {
+    let field = |name: &str, t: pb::FieldType| pb::EntityField {
+        name: name.into(),
+        r#type: t as i32,
+        ..Default::default()
+    };
+    pb::CreateEntityRequest {
+        parent: "environments/bench".into(),
+        entity_id: "customers".into(),
+        entity: Some(pb::Entity {
+            display_name: "Customers".into(),
+            kind: pb::EntityKind::Profile as i32,
+            fields: vec![
+                field("id", pb::FieldType::String),
+                field("email", pb::FieldType::String),
+                field("country", pb::FieldType::String),
+                field("ltv", pb::FieldType::Double),
+                field("vip", pb::FieldType::Bool),
+                field("signup", pb::FieldType::Timestamp),
+            ],
+            primary_key: "id".into(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Streams `n` records in messages of BATCH; returns the seconds the RPC took.
+async fn write_records(server: &Server, n: usize) -> f64 {
+    let mut catalog = server.catalog("bench").await;
+    catalog.create_entity(entity_request()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    // Messages are built on another thread while earlier ones are sent.
+    std::thread::spawn(move || {
+        let mut start = 0;
+        while start < n {
+            let end = (start + BATCH).min(n);
+            let message = pb::WriteRecordsRequest {
+                entity: "environments/bench/entities/customers".into(),
+                upserts: (start..end).map(record).collect(),
+                deletes: vec![],
+            };
+            if tx.blocking_send(message).is_err() {
+                return;
+            }
+            start = end;
+        }
+    });
+    let started = Instant::now();
+    let response = catalog
+        .write_records(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(response.upserted as usize, n);
+    seconds
+}
+
+/// The same rows through PostgreSQL's own COPY FROM STDIN into a table of the same shape.
+fn copy_baseline(n: usize) -> f64 {
+    let url = fresh_postgres("exportd_bench_copy");
+    psql(
+        &url,
+        "CREATE TABLE customers (id text PRIMARY KEY, email text, country text, ltv double precision, vip boolean, signup timestamptz)",
+    );
+    let mut csv = String::with_capacity(n * 80);
+    for i in 0..n {
+        let (id, email, country, ltv, vip, signup) = customer(i);
+        csv.push_str(&format!("{id},{email},{country},{ltv},{vip},{signup}\n"));
+    }
+    let started = Instant::now();
+    let mut child = Command::new("psql")
+        .args([url.as_str(), "-qc", "\\copy customers FROM STDIN WITH (FORMAT csv)"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(csv.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(psql(&url, "SELECT count(*) FROM customers").trim(), n.to_string());
+    seconds
+}
+
+/// Evaluates a rule over every record (CreateSegment computes the first members) in a fresh
+/// server process; returns (seconds, members, peak RSS MiB of that process).
+async fn refresh_rule(server: &Server) -> (f64, i64, f64) {
+    let mut catalog = server.catalog("bench").await;
+    let started = Instant::now();
+    let segment = catalog
+        .create_segment(pb::CreateSegmentRequest {
+            parent: "environments/bench".into(),
+            segment_id: "valuable".into(),
+            segment: Some(pb::Segment {
+                display_name: "Valuable".into(),
+                entity: "environments/bench/entities/customers".into(),
+                definition: Some(pb::segment::Definition::Rule(
+                    "ltv > 5000.0 && country in [\"ID\", \"SG\"]".into(),
+                )),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (
+        started.elapsed().as_secs_f64(),
+        segment.member_count,
+        server.peak_rss_mib(),
+    )
+}
+
+fn main() {
+    let n: usize = std::env::var("BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    println!("records: {n}, batch: {BATCH} records per message\n");
+    println!(
+        "{}",
+        table_row(&[
+            "what".into(),
+            "backend".into(),
+            "seconds".into(),
+            "records/s".into(),
+            "notes".into()
+        ])
+    );
+    println!("|---|---|---|---|---|");
+    let copy = copy_baseline(n);
+    println!(
+        "{}",
+        table_row(&[
+            "COPY FROM STDIN (psql)".into(),
+            "postgres".into(),
+            format!("{copy:.2}"),
+            format!("{:.0}", n as f64 / copy),
+            "baseline".into()
+        ])
+    );
+    for backend in backends.split(',') {
+        let server = Server::start(backend, &[]);
+        server.create_environment("bench", "b2c");
+        let seconds = runtime.block_on(write_records(&server, n));
+        let rss = server.peak_rss_mib();
+        println!(
+            "{}",
+            table_row(&[
+                "WriteRecords".into(),
+                backend.into(),
+                format!("{seconds:.2}"),
+                format!("{:.0}", n as f64 / seconds),
+                format!("{:.2}× COPY; server peak RSS {rss:.0} MiB", seconds / copy),
+            ])
+        );
+        // A fresh process, so that the peak RSS is the refresh's own.
+        let (data_dir, url) = server.stop();
+        let server = Server::start_on(data_dir, url, &[]);
+        std::thread::sleep(Duration::from_millis(200));
+        let (seconds, members, rss) = runtime.block_on(refresh_rule(&server));
+        println!(
+            "{}",
+            table_row(&[
+                "rule segment refresh".into(),
+                backend.into(),
+                format!("{seconds:.2}"),
+                format!("{:.0}", n as f64 / seconds),
+                format!("{members} members; server peak RSS {rss:.0} MiB"),
+            ])
+        );
+        server.stop();
+    }
+}

@@ -1,0 +1,186 @@
+//! Shared machinery of the benchmarks: a real `exportd serve` process per backend, gRPC clients,
+//! fresh PostgreSQL databases, and resource readings from /proc.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use exportd::pb;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_exportd");
+pub const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
+pub const SEALING: &str = "bench:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {}", self.0).parse().unwrap());
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// One `exportd serve` process on its own database.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub database_url: String,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start(backend: &str, extra_env: &[(&str, &str)]) -> Server {
+        let data_dir = tempfile::tempdir().unwrap();
+        let database_url = match backend {
+            "postgres" => fresh_postgres("exportd_bench"),
+            _ => format!("sqlite://{}?mode=rwc", data_dir.path().join("exportd.db").display()),
+        };
+        Self::start_on(data_dir, database_url, extra_env)
+    }
+
+    /// Starts on an existing database (e.g. to measure a phase in a fresh process).
+    pub fn start_on(data_dir: tempfile::TempDir, database_url: String, extra_env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(EXE);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .env("EXPORTD_DATABASE_URL", &database_url)
+            .env("EXPORTD_JWT_HS256_SECRET", SECRET)
+            .env("EXPORTD_SEALING_KEYS", SEALING)
+            .env("EXPORTD_LOG_FILTER", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("server output").unwrap();
+            if let Some(addr) = line.strip_prefix("exportd listening on ") {
+                break addr.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            addr,
+            database_url,
+            data_dir,
+        }
+    }
+
+    pub fn create_environment(&self, id: &str, kind: &str) {
+        let status = Command::new(EXE)
+            .args(["environment", "create", id, "--kind", kind, "--data-dir"])
+            .arg(self.data_dir.path())
+            .env("EXPORTD_DATABASE_URL", &self.database_url)
+            .env("EXPORTD_LOG_FILTER", "warn")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn authed(&self, env: &str) -> Authed {
+        let roles = std::collections::BTreeMap::from([(env.to_string(), exportd::auth::Role::Admin)]);
+        let token =
+            exportd::auth::jwt::sign_hs256(SECRET.as_bytes(), "bench", &roles, Duration::from_secs(7200)).unwrap();
+        InterceptedService::new(self.channel().await, Bearer(token))
+    }
+
+    pub async fn catalog(&self, env: &str) -> pb::catalog_service_client::CatalogServiceClient<Authed> {
+        pb::catalog_service_client::CatalogServiceClient::new(self.authed(env).await)
+            .max_encoding_message_size(64 << 20)
+            .max_decoding_message_size(64 << 20)
+    }
+
+    /// Peak resident memory of the server process so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        proc_status_kib(self.child.id(), "VmHWM") as f64 / 1024.0
+    }
+
+    /// User + system CPU seconds the server has used.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    pub fn stop(mut self) -> (tempfile::TempDir, String) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap());
+        (data_dir, self.database_url.clone())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A new, empty PostgreSQL database; returns its URL.
+pub fn fresh_postgres(prefix: &str) -> String {
+    let name = format!("{prefix}_{}", std::process::id());
+    psql(PG_ADMIN, &format!("DROP DATABASE IF EXISTS {name}"));
+    psql(PG_ADMIN, &format!("CREATE DATABASE {name}"));
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
+
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql").args([url, "-Atqc", sql]).output().expect("psql");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `n` fields of a six-field customer record, deterministic in `i`.
+pub fn customer(i: usize) -> (String, String, String, f64, bool, String) {
+    let countries = ["ID", "SG", "FR", "US", "DE"];
+    (
+        format!("c{i:08}"),
+        format!("user{i}@example.com"),
+        countries[i % countries.len()].to_string(),
+        ((i * 7919) % 100_000) as f64 / 10.0,
+        i % 3 == 0,
+        format!("2026-{:02}-{:02}T10:00:00Z", 1 + i % 12, 1 + i % 28),
+    )
+}
+
+pub fn table_row(cells: &[String]) -> String {
+    format!("| {} |", cells.join(" | "))
+}
