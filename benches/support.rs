@@ -176,7 +176,7 @@ pub fn customer(i: usize) -> (String, String, String, f64, bool, String) {
         format!("user{i}@example.com"),
         countries[i % countries.len()].to_string(),
         ((i * 7919) % 100_000) as f64 / 10.0,
-        i % 3 == 0,
+        i.is_multiple_of(3),
         format!("2026-{:02}-{:02}T10:00:00Z", 1 + i % 12, 1 + i % 28),
     )
 }
