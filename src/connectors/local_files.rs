@@ -1,8 +1,12 @@
-//! `local-files`: exports written to a folder of the server's file system.
+//! `local-files`: exports written as a CDM folder under a folder of the server's file system.
 
 use async_trait::async_trait;
+use serde_json::Value;
 
-use super::{Check, Connector, Target, TestReport, local_root};
+use super::cdm::{CdmAttribute, CdmEntity, CdmFolderWriter, CdmType, CsvOptions, LocalStorage};
+use super::{Check, Connector, PartSchema, RunTarget, Sink, SinkSummary, Target, TestReport, io_failure, local_root};
+use crate::domain::catalog::field_type_str;
+use crate::engine::retry::Failure;
 
 pub struct LocalFiles;
 
@@ -17,10 +21,7 @@ impl Connector for LocalFiles {
         match tokio::fs::create_dir_all(&root).await {
             Ok(()) => checks.push(Check::pass("folder_exists", format!("folder {shown} exists"))),
             Err(e) => {
-                checks.push(Check::fail(
-                    "folder_exists",
-                    format!("cannot create folder {shown}: {e}"),
-                ));
+                checks.push(Check::fail("folder_exists", format!("cannot create folder {shown}: {e}")));
                 return TestReport { checks };
             }
         }
@@ -32,12 +33,113 @@ impl Connector for LocalFiles {
             Ok::<_, std::io::Error>(written.len())
         };
         match write.await {
-            Ok(_) => checks.push(Check::pass(
-                "folder_writable",
-                format!("wrote and removed a probe file in {shown}"),
-            )),
+            Ok(_) => checks.push(Check::pass("folder_writable", format!("wrote and removed a probe file in {shown}"))),
             Err(e) => checks.push(Check::fail("folder_writable", format!("cannot write in {shown}: {e}"))),
         }
         TestReport { checks }
+    }
+
+    async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure> {
+        let settings = run.settings;
+        if settings.get("format").is_some_and(|f| f != "csv") {
+            return Err(Failure::Permanent {
+                message: "format 'parquet' is not supported by this version of exportd yet; use csv".into(),
+            });
+        }
+        let options = csv_options(settings);
+        let root = local_root(run.target.connection, run.target.exports_root);
+        let folder = settings.get("folder").cloned().unwrap_or_else(|| run.export_id.to_string());
+        let storage = tokio::task::spawn_blocking(move || LocalStorage::new(root))
+            .await
+            .map_err(|e| Failure::Permanent { message: e.to_string() })?
+            .map_err(|e| io_failure("cannot open the export folder", e))?;
+        let writer = CdmFolderWriter::new(Box::new(storage), &folder, run.export_id, run.run_id, run.run_time, options);
+        Ok(Box::new(CdmSink { writer: Some(writer) }))
+    }
+}
+
+/// CSV options from the export's settings (validated when the export was saved).
+pub fn csv_options(settings: &std::collections::BTreeMap<String, String>) -> CsvOptions {
+    let mut options = CsvOptions::default();
+    if let Some(d) = settings.get("delimiter").and_then(|d| d.bytes().next()) {
+        options.delimiter = d;
+    }
+    options.gzip = settings.get("compression").is_some_and(|c| c == "gzip");
+    if let Some(n) = settings.get("max_rows_per_file").and_then(|n| n.parse().ok()) {
+        options.max_rows_per_file = n;
+    }
+    options
+}
+
+/// Drives the (blocking) CDM writer from async code, one blocking call at a time.
+struct CdmSink {
+    writer: Option<CdmFolderWriter>,
+}
+
+impl CdmSink {
+    async fn with_writer<T: Send + 'static>(
+        &mut self,
+        context: &'static str,
+        op: impl FnOnce(&mut CdmFolderWriter) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let mut writer = self.writer.take().ok_or_else(|| Failure::Permanent { message: "the sink is closed".into() })?;
+        let (writer, result) = tokio::task::spawn_blocking(move || {
+            let result = op(&mut writer);
+            (writer, result)
+        })
+        .await
+        .map_err(|e| Failure::Permanent { message: e.to_string() })?;
+        self.writer = Some(writer);
+        result.map_err(|e| io_failure(context, e))
+    }
+}
+
+fn cdm_entity(part: &PartSchema) -> CdmEntity {
+    CdmEntity {
+        id: part.id.clone(),
+        description: part.description.clone(),
+        primary_key: part.primary_key.clone(),
+        attributes: part
+            .columns
+            .iter()
+            .map(|c| CdmAttribute {
+                name: c.name.clone(),
+                data_type: CdmType::from_field_type(field_type_str(c.field_type)).unwrap_or(CdmType::String),
+                description: c.description.clone(),
+                mapping: c.mapping.clone(),
+            })
+            .collect(),
+        incremental: part.incremental,
+    }
+}
+
+#[async_trait]
+impl Sink for CdmSink {
+    async fn begin_part(&mut self, part: &PartSchema) -> Result<(), Failure> {
+        let entity = cdm_entity(part);
+        self.with_writer("cannot start a partition", move |w| w.begin_entity(entity)).await
+    }
+
+    async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<u64, Failure> {
+        self.with_writer("cannot write rows", move |w| w.write_rows(&rows)).await
+    }
+
+    async fn end_part(&mut self) -> Result<(), Failure> {
+        self.with_writer("cannot close a partition", |w| w.end_entity()).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<SinkSummary, Failure> {
+        let writer = self.writer.take().ok_or_else(|| Failure::Permanent { message: "the sink is closed".into() })?;
+        let summary = tokio::task::spawn_blocking(move || writer.commit())
+            .await
+            .map_err(|e| Failure::Permanent { message: e.to_string() })?
+            .map_err(|e| io_failure("cannot write model.json", e))?;
+        Ok(SinkSummary { files: summary.files, bytes: summary.bytes, location: summary.model_json_location })
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || writer.abort()).await;
+        }
     }
 }

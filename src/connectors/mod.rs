@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use serde_json::Value;
 
+use crate::domain::catalog::FieldType;
 use crate::domain::connection::Connection;
+use crate::engine::retry::Failure;
 
 pub mod cdm;
 pub mod local_files;
@@ -73,6 +76,62 @@ impl TestReport {
 pub trait Connector: Send + Sync {
     /// Reaches the target with the stored credentials and reports each step.
     async fn test(&self, target: &Target<'_>) -> TestReport;
+
+    /// Opens what one run writes through. Nothing is visible at the target until
+    /// [`Sink::commit`].
+    async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure>;
+}
+
+/// A run as a connector sees it.
+pub struct RunTarget<'a> {
+    pub target: Target<'a>,
+    pub export_id: &'a str,
+    pub run_id: &'a str,
+    /// Stable across attempts of the run, so that a retried attempt writes to the same place.
+    pub run_time: chrono::DateTime<chrono::Utc>,
+    pub settings: &'a BTreeMap<String, String>,
+}
+
+/// One column of a part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    pub name: String,
+    pub field_type: FieldType,
+    pub description: String,
+    pub mapping: String,
+}
+
+/// One part of a run: an entity (data-out) or a segment, with its columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartSchema {
+    pub id: String,
+    pub description: String,
+    pub primary_key: String,
+    pub columns: Vec<Column>,
+    /// Rows then end with the `_deleted` boolean.
+    pub incremental: bool,
+}
+
+/// What a committed run left at the target.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SinkSummary {
+    pub files: Vec<String>,
+    pub bytes: u64,
+    /// Where to look, e.g. the URL of model.json.
+    pub location: String,
+}
+
+/// Where one run's rows go. Parts are written one after another; `commit` makes the whole run
+/// visible at once (commit last), `abort` removes what the run wrote.
+#[async_trait]
+pub trait Sink: Send {
+    async fn begin_part(&mut self, part: &PartSchema) -> Result<(), Failure>;
+    /// Rows in column order (then `_deleted` for incremental parts). Returns the bytes written
+    /// so far.
+    async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<u64, Failure>;
+    async fn end_part(&mut self) -> Result<(), Failure>;
+    async fn commit(self: Box<Self>) -> Result<SinkSummary, Failure>;
+    async fn abort(self: Box<Self>);
 }
 
 /// A type from the catalogue whose connector has not been built yet: it says so plainly
@@ -91,6 +150,28 @@ impl Connector for NotYetSupported {
                 ),
             )],
         }
+    }
+
+    async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure> {
+        Err(Failure::Permanent {
+            message: format!(
+                "exports to '{}' connections are not yet supported by this version of exportd",
+                run.target.connection.type_id
+            ),
+        })
+    }
+}
+
+/// How an I/O error at a target is treated: interruptions and timeouts are worth retrying,
+/// the rest (permissions, missing folders, full disks) is not.
+pub fn io_failure(context: &str, err: std::io::Error) -> Failure {
+    use std::io::ErrorKind::*;
+    let message = format!("{context}: {err}");
+    match err.kind() {
+        Interrupted | TimedOut | WouldBlock | ConnectionReset | ConnectionAborted | BrokenPipe => {
+            Failure::Transient { message, retry_after: None }
+        }
+        _ => Failure::Permanent { message },
     }
 }
 
