@@ -180,7 +180,9 @@ fn main() {
     for backend in backends.split(',') {
         let server = Server::start(backend, &[]);
         server.create_environment("bench", "b2c");
+        let cpu_before = server.cpu_seconds();
         let seconds = runtime.block_on(write_records(&server, n));
+        let server_cpu = server.cpu_seconds() - cpu_before;
         let rss = server.peak_rss_mib();
         println!(
             "{}",
@@ -189,7 +191,10 @@ fn main() {
                 backend.into(),
                 format!("{seconds:.2}"),
                 format!("{:.0}", n as f64 / seconds),
-                format!("{:.2}× COPY; server peak RSS {rss:.0} MiB", seconds / copy),
+                format!(
+                    "{:.2}× COPY; exportd CPU {server_cpu:.1} s; peak RSS {rss:.0} MiB",
+                    seconds / copy
+                ),
             ])
         );
         // A fresh process, so that the peak RSS is the refresh's own.

@@ -25,7 +25,7 @@ use crate::domain::time::{from_datetime, now_micros, to_datetime};
 use crate::error::{Error, ErrorCode, FieldViolation, Result};
 use crate::pb;
 use crate::pb::catalog_service_server::CatalogService;
-use crate::store::records::{BatchOutcome, RecordBatch};
+use crate::store::records::RecordBatch;
 use crate::store::segments::Generation;
 
 pub struct CatalogApi {
@@ -151,6 +151,12 @@ impl CatalogApi {
 const MAX_RECORDS_PER_MESSAGE: usize = 50_000;
 /// Largest number of keys in one SetSegmentMembers message.
 const MAX_KEYS_PER_MESSAGE: usize = 100_000;
+
+/// A WriteRecords message that passed validation, waiting for its transaction.
+struct PreparedMessage {
+    name: EntityName,
+    batch: RecordBatch,
+}
 
 /// An entity or a segment, the two things a refresh can be about.
 enum Refreshable {
@@ -291,13 +297,13 @@ impl CatalogApi {
         Ok(pb::DeleteEntityResponse { name: name.to_string() })
     }
 
-    /// Validates and applies one WriteRecords message as one transaction.
-    async fn write_message(
-        &self,
+    /// Checks one WriteRecords message: name, permission, size, every record against the schema.
+    async fn prepare_message(
+        state: &State,
         principal: &Principal,
         message: pb::WriteRecordsRequest,
         entities: &mut HashMap<String, Entity>,
-    ) -> Result<BatchOutcome> {
+    ) -> Result<PreparedMessage> {
         let name = EntityName::parse("entity", &message.entity)?;
         policy::authorize(principal, &name.env, Action::WriteRecords, Facts::default())?;
         if message.upserts.len() + message.deletes.len() > MAX_RECORDS_PER_MESSAGE {
@@ -307,7 +313,7 @@ impl CatalogApi {
             ));
         }
         if !entities.contains_key(&message.entity) {
-            let entity = self.state.store.entity_or_not_found(&name).await?;
+            let entity = state.store.entity_or_not_found(&name).await?;
             entities.insert(message.entity.clone(), entity);
         }
         let entity = &entities[&message.entity];
@@ -325,24 +331,13 @@ impl CatalogApi {
                 ));
             }
         }
-        if upserts.is_empty() && message.deletes.is_empty() {
-            return Ok(BatchOutcome {
-                change_seq: entity.change_seq,
-                ..BatchOutcome::default()
-            });
-        }
-        let outcome = self
-            .state
-            .store
-            .write_records(
-                &name,
-                RecordBatch {
-                    upserts,
-                    deletes: message.deletes,
-                },
-            )
-            .await?;
-        Ok(outcome)
+        Ok(PreparedMessage {
+            name,
+            batch: RecordBatch {
+                upserts,
+                deletes: message.deletes,
+            },
+        })
     }
 
     async fn create_segment_(&self, principal: Principal, request: pb::CreateSegmentRequest) -> Result<pb::Segment> {
@@ -771,34 +766,54 @@ impl CatalogService for CatalogApi {
     }
 
     /// Each message is its own transaction; a bad one ends the stream with an error whose
-    /// details say how many earlier messages were committed.
+    /// details say how many earlier messages were committed. Messages are read and validated
+    /// one step ahead of the database writes (a bounded pipeline), so that decoding and
+    /// validation overlap with the database's work; they are still applied strictly in order.
     async fn write_records(
         &self,
         request: Request<Streaming<pb::WriteRecordsRequest>>,
     ) -> Reply<pb::WriteRecordsResponse> {
         let principal = principal(&request)?;
         let mut stream = request.into_inner();
-        let mut totals = pb::WriteRecordsResponse::default();
-        let mut entities = HashMap::new();
-        let mut committed = 0u64;
-        loop {
-            let message = match stream.message().await {
-                Ok(Some(message)) => message,
-                Ok(None) => break,
-                Err(status) => {
-                    return Err(to_status(
-                        stream_error(status).with_meta("committed_messages", committed.to_string()),
-                    ));
+        let (prepared_tx, mut prepared) = tokio::sync::mpsc::channel::<Result<PreparedMessage>>(2);
+        let state = self.state.clone();
+        let reader = tokio::spawn(async move {
+            let mut entities = HashMap::new();
+            loop {
+                let item = match stream.message().await {
+                    Ok(Some(message)) => CatalogApi::prepare_message(&state, &principal, message, &mut entities).await,
+                    Ok(None) => return,
+                    Err(status) => Err(stream_error(status)),
+                };
+                let failed = item.is_err();
+                if prepared_tx.send(item).await.is_err() || failed {
+                    return;
                 }
+            }
+        });
+        let mut totals = pb::WriteRecordsResponse::default();
+        let mut committed = 0u64;
+        while let Some(item) = prepared.recv().await {
+            let outcome = match item {
+                Ok(message) if message.batch.upserts.is_empty() && message.batch.deletes.is_empty() => Ok(None),
+                Ok(message) => self
+                    .state
+                    .store
+                    .write_records(&message.name, message.batch)
+                    .await
+                    .map(Some),
+                Err(e) => Err(e),
             };
-            match self.write_message(&principal, message, &mut entities).await {
-                Ok(outcome) => {
+            match outcome {
+                Ok(Some(outcome)) => {
                     totals.upserted += outcome.upserted;
                     totals.deleted += outcome.deleted;
                     totals.change_sequence = totals.change_sequence.max(outcome.change_seq);
                     committed += 1;
                 }
+                Ok(None) => committed += 1,
                 Err(mut err) => {
+                    reader.abort();
                     err.message = format!(
                         "message {committed} of the stream was refused ({committed} earlier messages were committed): {}",
                         err.message

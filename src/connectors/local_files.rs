@@ -21,7 +21,10 @@ impl Connector for LocalFiles {
         match tokio::fs::create_dir_all(&root).await {
             Ok(()) => checks.push(Check::pass("folder_exists", format!("folder {shown} exists"))),
             Err(e) => {
-                checks.push(Check::fail("folder_exists", format!("cannot create folder {shown}: {e}")));
+                checks.push(Check::fail(
+                    "folder_exists",
+                    format!("cannot create folder {shown}: {e}"),
+                ));
                 return TestReport { checks };
             }
         }
@@ -33,7 +36,10 @@ impl Connector for LocalFiles {
             Ok::<_, std::io::Error>(written.len())
         };
         match write.await {
-            Ok(_) => checks.push(Check::pass("folder_writable", format!("wrote and removed a probe file in {shown}"))),
+            Ok(_) => checks.push(Check::pass(
+                "folder_writable",
+                format!("wrote and removed a probe file in {shown}"),
+            )),
             Err(e) => checks.push(Check::fail("folder_writable", format!("cannot write in {shown}: {e}"))),
         }
         TestReport { checks }
@@ -48,12 +54,22 @@ impl Connector for LocalFiles {
         }
         let options = csv_options(settings);
         let root = local_root(run.target.connection, run.target.exports_root);
-        let folder = settings.get("folder").cloned().unwrap_or_else(|| run.export_id.to_string());
+        let folder = settings
+            .get("folder")
+            .cloned()
+            .unwrap_or_else(|| run.export_id.to_string());
         let storage = tokio::task::spawn_blocking(move || LocalStorage::new(root))
             .await
             .map_err(|e| Failure::Permanent { message: e.to_string() })?
             .map_err(|e| io_failure("cannot open the export folder", e))?;
-        let writer = CdmFolderWriter::new(Box::new(storage), &folder, run.export_id, run.run_id, run.run_time, options);
+        let writer = CdmFolderWriter::new(
+            Box::new(storage),
+            &folder,
+            run.export_id,
+            run.run_id,
+            run.run_time,
+            options,
+        );
         Ok(Box::new(CdmSink { writer: Some(writer) }))
     }
 }
@@ -82,7 +98,9 @@ impl CdmSink {
         context: &'static str,
         op: impl FnOnce(&mut CdmFolderWriter) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, Failure> {
-        let mut writer = self.writer.take().ok_or_else(|| Failure::Permanent { message: "the sink is closed".into() })?;
+        let mut writer = self.writer.take().ok_or_else(|| Failure::Permanent {
+            message: "the sink is closed".into(),
+        })?;
         let (writer, result) = tokio::task::spawn_blocking(move || {
             let result = op(&mut writer);
             (writer, result)
@@ -117,11 +135,13 @@ fn cdm_entity(part: &PartSchema) -> CdmEntity {
 impl Sink for CdmSink {
     async fn begin_part(&mut self, part: &PartSchema) -> Result<(), Failure> {
         let entity = cdm_entity(part);
-        self.with_writer("cannot start a partition", move |w| w.begin_entity(entity)).await
+        self.with_writer("cannot start a partition", move |w| w.begin_entity(entity))
+            .await
     }
 
     async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<u64, Failure> {
-        self.with_writer("cannot write rows", move |w| w.write_rows(&rows)).await
+        self.with_writer("cannot write rows", move |w| w.write_rows(&rows))
+            .await
     }
 
     async fn end_part(&mut self) -> Result<(), Failure> {
@@ -129,12 +149,18 @@ impl Sink for CdmSink {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<SinkSummary, Failure> {
-        let writer = self.writer.take().ok_or_else(|| Failure::Permanent { message: "the sink is closed".into() })?;
+        let writer = self.writer.take().ok_or_else(|| Failure::Permanent {
+            message: "the sink is closed".into(),
+        })?;
         let summary = tokio::task::spawn_blocking(move || writer.commit())
             .await
             .map_err(|e| Failure::Permanent { message: e.to_string() })?
             .map_err(|e| io_failure("cannot write model.json", e))?;
-        Ok(SinkSummary { files: summary.files, bytes: summary.bytes, location: summary.model_json_location })
+        Ok(SinkSummary {
+            files: summary.files,
+            bytes: summary.bytes,
+            location: summary.model_json_location,
+        })
     }
 
     async fn abort(mut self: Box<Self>) {

@@ -168,9 +168,10 @@ pub fn io_failure(context: &str, err: std::io::Error) -> Failure {
     use std::io::ErrorKind::*;
     let message = format!("{context}: {err}");
     match err.kind() {
-        Interrupted | TimedOut | WouldBlock | ConnectionReset | ConnectionAborted | BrokenPipe => {
-            Failure::Transient { message, retry_after: None }
-        }
+        Interrupted | TimedOut | WouldBlock | ConnectionReset | ConnectionAborted | BrokenPipe => Failure::Transient {
+            message,
+            retry_after: None,
+        },
         _ => Failure::Permanent { message },
     }
 }

@@ -19,6 +19,7 @@ pub mod records;
 pub mod request_ids;
 pub mod secrets;
 pub mod segments;
+mod statistics;
 pub mod system_refreshes;
 
 pub use secrets::Sealer;
@@ -27,6 +28,7 @@ pub struct Store {
     writer: DatabaseConnection,
     reader: DatabaseConnection,
     pub sealer: Sealer,
+    statistics: statistics::Statistics,
 }
 
 impl Store {
@@ -50,7 +52,12 @@ impl Store {
         } else {
             writer.clone()
         };
-        Ok(Store { writer, reader, sealer })
+        Ok(Store {
+            writer,
+            reader,
+            sealer,
+            statistics: statistics::Statistics::default(),
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), String> {
@@ -125,4 +132,17 @@ pub(crate) async fn exports_using(
     _source: ExportSource<'_>,
 ) -> crate::error::Result<Vec<String>> {
     Ok(Vec::new())
+}
+
+/// `<table>.key IN (…)` with the keys as ONE JSON parameter. A list of thousands of bind
+/// parameters makes PostgreSQL's generic plan fall back to a sequential scan once prepared
+/// statements are reused; a single array parameter keeps the primary-key index in use (and
+/// stays far below SQLite's parameter limit).
+pub(crate) fn key_in(backend: DbBackend, table: &str, keys: &[&str]) -> sea_orm::sea_query::Expr {
+    let keys = serde_json::to_string(keys).expect("strings serialize");
+    let sql = match backend {
+        DbBackend::Postgres => format!("\"{table}\".\"key\" IN (SELECT json_array_elements_text(CAST($1 AS json)))"),
+        _ => format!("\"{table}\".\"key\" IN (SELECT value FROM json_each(?))"),
+    };
+    sea_orm::sea_query::Expr::cust_with_values(sql, [keys])
 }

@@ -6,22 +6,22 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
     TransactionTrait,
 };
 use serde_json::{Map, Value};
 
 use super::Store;
-use super::models::record::{ActiveModel, Column, Entity as Table};
+use super::models::record::{Column, Entity as Table};
 use super::models::{segment, segment_member};
 use crate::domain::catalog::ValidRecord;
 use crate::domain::names::EntityName;
 use crate::error::{Error, Result};
 
-/// Rows per INSERT statement: well under SQLite's and PostgreSQL's bind-parameter limits.
-const INSERT_CHUNK: usize = 2000;
+/// Rows per INSERT statement.
+const INSERT_CHUNK: usize = 5000;
 /// Keys per `IN (…)` list.
 const KEY_CHUNK: usize = 5000;
 
@@ -65,44 +65,15 @@ impl Store {
                 keep.contains(&(i - 1))
             });
         }
+        let backend = self.backend();
         let txn = self.writer().begin().await?;
         let seq = super::entities::next_change_seq(&txn, entity).await?;
 
-        // Keys that are live now: upserting them does not add a record.
-        let mut live = HashSet::new();
-        for chunk in batch.upserts.chunks(KEY_CHUNK) {
-            let keys: Vec<String> = chunk.iter().map(|r| r.key.clone()).collect();
-            let found: Vec<String> = Table::find()
-                .select_only()
-                .column(Column::Key)
-                .filter(Column::Env.eq(&entity.env))
-                .filter(Column::Entity.eq(&entity.id))
-                .filter(Column::Deleted.eq(false))
-                .filter(Column::Key.is_in(keys))
-                .into_tuple()
-                .all(&txn)
-                .await?;
-            live.extend(found);
-        }
-        let added = batch.upserts.iter().filter(|r| !live.contains(&r.key)).count() as i64;
-
+        // The upsert reports, per row, what it replaced: nothing (0), a tombstone (1) or a live
+        // record (2). Only the first two add a record.
+        let mut added = 0i64;
         for chunk in batch.upserts.chunks(INSERT_CHUNK) {
-            let rows = chunk.iter().map(|r| ActiveModel {
-                env: Set(entity.env.clone()),
-                entity: Set(entity.id.clone()),
-                key: Set(r.key.clone()),
-                data: Set(Value::Object(r.data.clone()).to_string()),
-                seq: Set(seq),
-                deleted: Set(false),
-            });
-            Table::insert_many(rows)
-                .on_conflict(
-                    OnConflict::columns([Column::Env, Column::Entity, Column::Key])
-                        .update_columns([Column::Data, Column::Seq, Column::Deleted])
-                        .to_owned(),
-                )
-                .exec_without_returning(&txn)
-                .await?;
+            added += upsert_chunk(&txn, backend, entity, seq, chunk).await?;
         }
 
         let mut deleted = 0;
@@ -117,15 +88,20 @@ impl Store {
                     .filter(Column::Env.eq(&entity.env))
                     .filter(Column::Entity.eq(&entity.id))
                     .filter(Column::Deleted.eq(false))
-                    .filter(Column::Key.is_in(chunk.to_vec()))
+                    .filter(super::key_in(
+                        backend,
+                        "records",
+                        &chunk.iter().map(String::as_str).collect::<Vec<_>>(),
+                    ))
                     .exec(&txn)
                     .await?;
                 deleted += result.rows_affected as i64;
             }
-            remove_from_segments(&txn, entity, &batch.deletes).await?;
+            remove_from_segments(&txn, backend, entity, &batch.deletes).await?;
         }
         super::entities::record_write(&txn, entity, added - deleted, seq).await?;
         txn.commit().await?;
+        self.wrote_rows("records", batch.upserts.len() as u64);
         Ok(BatchOutcome {
             upserted: batch.upserts.len() as i64,
             deleted,
@@ -177,14 +153,16 @@ impl Store {
     /// Which of `keys` are live records of the entity.
     pub async fn live_keys(&self, entity: &EntityName, keys: &[String]) -> Result<HashSet<String>> {
         let mut found = HashSet::new();
+        let backend = self.backend();
         for chunk in keys.chunks(KEY_CHUNK) {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
             let rows: Vec<String> = Table::find()
                 .select_only()
                 .column(Column::Key)
                 .filter(Column::Env.eq(&entity.env))
                 .filter(Column::Entity.eq(&entity.id))
                 .filter(Column::Deleted.eq(false))
-                .filter(Column::Key.is_in(chunk.to_vec()))
+                .filter(super::key_in(backend, "records", &chunk))
                 .into_tuple()
                 .all(self.reader())
                 .await?;
@@ -220,8 +198,80 @@ fn to_stored(model: super::models::record::Model) -> Result<StoredRecord> {
     })
 }
 
+/// The upsert of one chunk, with the rows passed as ONE JSON parameter: the database parses it
+/// natively, so a chunk costs one bind instead of one per value. Each row reports what it
+/// replaced (`prev_state`: 0 nothing, 1 a tombstone, 2 a live record); returns how many rows
+/// became live records that were not before.
+async fn upsert_chunk(
+    db: &impl ConnectionTrait,
+    backend: DbBackend,
+    entity: &EntityName,
+    seq: i64,
+    chunk: &[ValidRecord],
+) -> Result<i64> {
+    let mut rows = String::with_capacity(chunk.len() * 160);
+    rows.push('[');
+    for (i, record) in chunk.iter().enumerate() {
+        if i > 0 {
+            rows.push(',');
+        }
+        rows.push_str("{\"k\":");
+        rows.push_str(&serde_json::to_string(&record.key).expect("strings serialize"));
+        rows.push_str(",\"d\":");
+        rows.push_str(&serde_json::to_string(&record.data).expect("maps serialize"));
+        rows.push('}');
+    }
+    rows.push(']');
+    const PREVIOUS: &str = "CASE WHEN records.deleted THEN 1 ELSE 2 END";
+    let values: Vec<sea_orm::Value> = vec![
+        entity.env.clone().into(),
+        entity.id.clone().into(),
+        seq.into(),
+        rows.into(),
+    ];
+    match backend {
+        DbBackend::Postgres => {
+            let sql = format!(
+                "WITH up AS (INSERT INTO records (env, entity, key, data, seq, deleted, prev_state) \
+                 SELECT $1, $2, x.k, x.d::text, $3, false, 0 FROM json_to_recordset($4::json) AS x(k text, d json) \
+                 ON CONFLICT (env, entity, key) DO UPDATE SET data = excluded.data, seq = excluded.seq, \
+                 deleted = false, prev_state = {PREVIOUS} RETURNING prev_state) \
+                 SELECT count(*) FILTER (WHERE prev_state < 2) AS added FROM up"
+            );
+            let row = db
+                .query_one_raw(Statement::from_sql_and_values(backend, sql, values))
+                .await?;
+            Ok(row.map(|r| r.try_get_by_index::<i64>(0)).transpose()?.unwrap_or(0))
+        }
+        _ => {
+            // `WHERE true` keeps SQLite's parser from reading ON CONFLICT as part of the join.
+            let sql = format!(
+                "INSERT INTO records (env, entity, key, data, seq, deleted, prev_state) \
+                 SELECT ?, ?, json_extract(value, '$.k'), json_extract(value, '$.d'), ?, 0, 0 FROM json_each(?) WHERE true \
+                 ON CONFLICT (env, entity, key) DO UPDATE SET data = excluded.data, seq = excluded.seq, \
+                 deleted = 0, prev_state = {PREVIOUS} RETURNING prev_state"
+            );
+            let rows = db
+                .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+                .await?;
+            let mut added = 0;
+            for row in rows {
+                if row.try_get_by_index::<i32>(0)? < 2 {
+                    added += 1;
+                }
+            }
+            Ok(added)
+        }
+    }
+}
+
 /// A deleted record leaves every segment of its entity.
-async fn remove_from_segments(db: &impl ConnectionTrait, entity: &EntityName, keys: &[String]) -> Result<()> {
+async fn remove_from_segments(
+    db: &impl ConnectionTrait,
+    backend: DbBackend,
+    entity: &EntityName,
+    keys: &[String],
+) -> Result<()> {
     let segments = segment::Entity::find()
         .filter(segment::Column::Env.eq(&entity.env))
         .filter(segment::Column::Entity.eq(&entity.id))
@@ -234,7 +284,11 @@ async fn remove_from_segments(db: &impl ConnectionTrait, entity: &EntityName, ke
                 .filter(segment_member::Column::Env.eq(&s.env))
                 .filter(segment_member::Column::Segment.eq(&s.id))
                 .filter(segment_member::Column::Generation.eq(s.generation))
-                .filter(segment_member::Column::Key.is_in(chunk.to_vec()))
+                .filter(super::key_in(
+                    backend,
+                    "segment_members",
+                    &chunk.iter().map(String::as_str).collect::<Vec<_>>(),
+                ))
                 .exec(db)
                 .await?;
             removed += result.rows_affected as i64;

@@ -209,6 +209,7 @@ impl Store {
                 .await?;
         }
         txn.commit().await?;
+        self.wrote_rows("segment_members", keys.len() as u64);
         Ok(())
     }
 

@@ -127,6 +127,11 @@ impl TestServer {
     }
 
     pub async fn start_with(options: Options) -> TestServer {
+        // Server errors show in the output of a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("warn")
+            .try_init();
         let data_dir = tempfile::tempdir().unwrap();
         let database_url = fresh_database_url(data_dir.path()).await;
         let settings = settings_for(data_dir.path(), &database_url, &options);

@@ -51,6 +51,14 @@ impl MigrationTrait for Migration {
                     .col(text("data"))
                     .col(int("seq"))
                     .col(boolean("deleted"))
+                    // What the last upsert found (0 new, 1 a tombstone, 2 a live record), returned
+                    // by the upsert itself so that counting needs no lookup beforehand.
+                    .col(
+                        ColumnDef::new(Alias::new("prev_state"))
+                            .small_integer()
+                            .not_null()
+                            .default(0),
+                    )
                     .primary_key(
                         Index::create()
                             .col(Alias::new("env"))

@@ -13,6 +13,7 @@ pub struct Model {
     pub data: String,
     pub seq: i64,
     pub deleted: bool,
+    pub prev_state: i16,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
