@@ -15,8 +15,8 @@ use crate::domain::catalog::{Entity, Segment};
 use crate::domain::connection::{Connection, check_display_name};
 use crate::domain::environment::Environment;
 use crate::domain::export::{
-    self, CatalogFacts, Export, ExportState, FieldMapping, RunState, default_schedule, parse_sources,
-    segment_facts, segment_warnings,
+    self, CatalogFacts, Export, ExportState, FieldMapping, RunState, default_schedule, parse_sources, segment_facts,
+    segment_warnings,
 };
 use crate::domain::list_query::{FieldKind, FilterField, parse_filter, parse_order_by};
 use crate::domain::names::{ConnectionName, EntityName, EnvironmentName, ExportName, SegmentName, id_or_generate};
@@ -110,7 +110,12 @@ impl ExportApi {
 
     /// Loads an export for an edit: NOT_FOUND if missing, then the policy with what the
     /// export is (contributors edit only attached exports over shared connections).
-    async fn editable_export(&self, principal: &Principal, name: &ExportName, action: Action) -> Result<(StoredExport, Role)> {
+    async fn editable_export(
+        &self,
+        principal: &Principal,
+        name: &ExportName,
+        action: Action,
+    ) -> Result<(StoredExport, Role)> {
         // Without a role in the environment, the export does not exist for the caller.
         policy::role_in(principal, &name.env)?;
         let stored = self.state.store.export_or_not_found(name).await?;
@@ -121,7 +126,10 @@ impl ExportApi {
 
     /// Every entity the export names or its segments are built on, and its segments: what
     /// validation needs, in two queries.
-    async fn catalog_facts(&self, export: &Export) -> Result<(HashMap<EntityName, Entity>, HashMap<SegmentName, Segment>)> {
+    async fn catalog_facts(
+        &self,
+        export: &Export,
+    ) -> Result<(HashMap<EntityName, Entity>, HashMap<SegmentName, Segment>)> {
         let env = &export.name.env;
         let segment_ids: Vec<String> = export.segments.iter().map(|s| s.id.clone()).collect();
         let segments: HashMap<SegmentName, Segment> = self
@@ -149,7 +157,12 @@ impl ExportApi {
 
     /// The whole validation of an export as it would be stored: INVALID_ARGUMENT with every
     /// problem, then eligibility (FAILED_PRECONDITION).
-    async fn validate(&self, environment: &Environment, export: &Export, connection: Option<&Connection>) -> Result<()> {
+    async fn validate(
+        &self,
+        environment: &Environment,
+        export: &Export,
+        connection: Option<&Connection>,
+    ) -> Result<()> {
         let (entities, segments) = self.catalog_facts(export).await?;
         let catalog = CatalogFacts {
             entities: &entities,
@@ -263,7 +276,13 @@ impl ExportApi {
         let input = required("export", &request.export)?;
         let id = id_or_generate("export_id", &request.export_id, "export")?;
         let connection = self
-            .attachable_connection(&principal, &parent.env, &input.connection, Action::CreateExport, Facts::connection)
+            .attachable_connection(
+                &principal,
+                &parent.env,
+                &input.connection,
+                Action::CreateExport,
+                Facts::connection,
+            )
             .await?;
         let environment = self.environment(&parent.env).await?;
 
@@ -275,7 +294,10 @@ impl ExportApi {
                 description: "a kind is required: DATA_OUT or SEGMENT".into(),
             });
         }
-        let sync_mode = collect(&mut violations, convert::sync_mode_from_pb("export.sync_mode", input.sync_mode));
+        let sync_mode = collect(
+            &mut violations,
+            convert::sync_mode_from_pb("export.sync_mode", input.sync_mode),
+        );
         let schedule = match &input.schedule {
             None => Some(default_schedule()),
             Some(s) => collect(
@@ -346,12 +368,10 @@ impl ExportApi {
     async fn list(&self, principal: Principal, request: pb::ListExportsRequest) -> Result<pb::ListExportsResponse> {
         let parent = EnvironmentName::parse("parent", &request.parent)?;
         let role = policy::authorize(&principal, &parent.env, Action::ListExports, Facts::default())?;
-        let filter = parse_filter(&request.filter, FILTER_FIELDS, ENUM_PREFIXES).map_err(|e| {
-            Error::invalid("filter", e.to_string()).with_meta("position", e.position.to_string())
-        })?;
-        let order = parse_order_by(&request.order_by, ORDER_KEYS, "display_name").map_err(|e| {
-            Error::invalid("order_by", e.to_string()).with_meta("position", e.position.to_string())
-        })?;
+        let filter = parse_filter(&request.filter, FILTER_FIELDS, ENUM_PREFIXES)
+            .map_err(|e| Error::invalid("filter", e.to_string()).with_meta("position", e.position.to_string()))?;
+        let order = parse_order_by(&request.order_by, ORDER_KEYS, "display_name")
+            .map_err(|e| Error::invalid("order_by", e.to_string()).with_meta("position", e.position.to_string()))?;
         let fingerprint = paging::fingerprint(&[&request.parent, &request.filter, &request.order_by]);
         let page = paging::parse(request.page_size, &request.page_token, &fingerprint)?;
         let environment = self.environment(&parent.env).await?;
@@ -372,7 +392,11 @@ impl ExportApi {
     async fn update(&self, principal: Principal, request: pb::UpdateExportRequest) -> Result<pb::Export> {
         let input = required("export", &request.export)?;
         let name = ExportName::parse("export.name", &input.name)?;
-        if request.update_mask.as_ref().is_some_and(|m| m.paths.iter().any(|p| p == "kind")) {
+        if request
+            .update_mask
+            .as_ref()
+            .is_some_and(|m| m.paths.iter().any(|p| p == "kind"))
+        {
             return Err(Error::invalid(
                 "update_mask",
                 "kind cannot change after creation; create a new export (or duplicate this one) instead",
@@ -402,9 +426,13 @@ impl ExportApi {
                 "description" => export.description = input.description.clone(),
                 "connection" => {
                     let attached = self
-                        .attachable_connection(&principal, &name.env, &input.connection, Action::UpdateExport, |shared| {
-                            Facts::export_onto(was_editable, shared)
-                        })
+                        .attachable_connection(
+                            &principal,
+                            &name.env,
+                            &input.connection,
+                            Action::UpdateExport,
+                            |shared| Facts::export_onto(was_editable, shared),
+                        )
                         .await?;
                     // Setting a connection on a detached export attaches it again.
                     export.connection = Some(attached.name.clone());
@@ -427,9 +455,10 @@ impl ExportApi {
                 "field_mappings" => export.field_mappings = mappings_from_pb(&input.field_mappings),
                 "settings" => export.settings = input.settings.clone().into_iter().collect(),
                 "sync_mode" => {
-                    if let Some(mode) =
-                        collect(&mut violations, convert::sync_mode_from_pb("export.sync_mode", input.sync_mode))
-                    {
+                    if let Some(mode) = collect(
+                        &mut violations,
+                        convert::sync_mode_from_pb("export.sync_mode", input.sync_mode),
+                    ) {
                         export.sync_mode = mode;
                     }
                 }
@@ -531,7 +560,9 @@ impl ExportApi {
 
     async fn detach(&self, principal: Principal, request: pb::DetachConnectionRequest) -> Result<pb::Export> {
         let name = ExportName::parse("name", &request.name)?;
-        let (current, role) = self.editable_export(&principal, &name, Action::DetachConnection).await?;
+        let (current, role) = self
+            .editable_export(&principal, &name, Action::DetachConnection)
+            .await?;
         let environment = self.environment(&name.env).await?;
         if current.export.state == ExportState::Detached {
             // Already detached: nothing to do, and saying so as success lets a retry succeed.

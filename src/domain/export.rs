@@ -441,8 +441,12 @@ pub fn validate(
             push(format!("{at}.source_field"), "a source field is required".into());
         } else {
             for segment in &export.segments {
-                let Some(segment) = catalog.segments.get(segment) else { continue };
-                let Some(entity) = catalog.entities.get(&segment.entity) else { continue };
+                let Some(segment) = catalog.segments.get(segment) else {
+                    continue;
+                };
+                let Some(entity) = catalog.entities.get(&segment.entity) else {
+                    continue;
+                };
                 if entity.field(&mapping.source_field).is_none() {
                     push(
                         format!("{at}.source_field"),
@@ -777,7 +781,11 @@ mod tests {
                 "export.field_mappings[3].target_field",
             ]
         );
-        assert!(v[0].description.contains("environments/e/entities/contacts"), "{}", v[0].description);
+        assert!(
+            v[0].description.contains("environments/e/entities/contacts"),
+            "{}",
+            v[0].description
+        );
     }
 
     #[test]
@@ -792,11 +800,7 @@ mod tests {
         let v = validate("export", &e, &world.facts(), Some(&d));
         assert_eq!(
             fields(&v),
-            vec![
-                "export.kind",
-                "export.settings.bogus",
-                "export.settings.format"
-            ]
+            vec!["export.kind", "export.settings.bogus", "export.settings.format"]
         );
         let local = to(EnvironmentKind::IndividualCustomers, "local-files", None);
         let v = validate("export", &e, &world.facts(), Some(&local));
@@ -865,7 +869,9 @@ mod tests {
 
     #[test]
     fn schedule_times_sort_timed_then_system_refresh_then_off() {
-        let now = DateTime::parse_from_rfc3339("2025-03-01T10:00:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2025-03-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let cron = Schedule {
             enabled: true,
             trigger: Trigger::Cron(CronSchedule {
@@ -874,14 +880,19 @@ mod tests {
             }),
         };
         let timed = ScheduleTimes::of(&cron, ExportState::Active, now);
-        let noon = DateTime::parse_from_rfc3339("2025-03-01T12:00:00Z").unwrap().timestamp_micros();
+        let noon = DateTime::parse_from_rfc3339("2025-03-01T12:00:00Z")
+            .unwrap()
+            .timestamp_micros();
         assert_eq!(timed.next_run_at, Some(noon));
         assert_eq!(timed.sort_key, Some(noon));
         let system = ScheduleTimes::of(&default_schedule(), ExportState::Active, now);
-        assert_eq!(system, ScheduleTimes {
-            next_run_at: None,
-            sort_key: Some(SYSTEM_REFRESH_SORT)
-        });
+        assert_eq!(
+            system,
+            ScheduleTimes {
+                next_run_at: None,
+                sort_key: Some(SYSTEM_REFRESH_SORT)
+            }
+        );
         let off = Schedule {
             enabled: false,
             ..cron.clone()

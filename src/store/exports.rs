@@ -76,8 +76,7 @@ fn to_domain(model: Model, sources: &[export_source::Model]) -> Result<Export> {
         segments,
         field_mappings: serde_json::from_str::<Vec<FieldMapping>>(&model.field_mappings)
             .map_err(|_| corrupt("field mapping"))?,
-        settings: serde_json::from_str::<BTreeMap<String, String>>(&model.settings)
-            .map_err(|_| corrupt("settings"))?,
+        settings: serde_json::from_str::<BTreeMap<String, String>>(&model.settings).map_err(|_| corrupt("settings"))?,
         sync_mode: parse_sync_mode(&model.sync_mode).ok_or_else(|| corrupt("sync mode"))?,
         schedule: serde_json::from_str::<Schedule>(&model.schedule).map_err(|_| corrupt("schedule"))?,
         next_run_at: model.next_run_at,
@@ -170,7 +169,9 @@ impl Store {
                 .map_err(|e| map_write_error(e, export))?;
             let rows = source_rows(export);
             if !rows.is_empty() {
-                export_source::Entity::insert_many(rows).exec_without_returning(&txn).await?;
+                export_source::Entity::insert_many(rows)
+                    .exec_without_returning(&txn)
+                    .await?;
             }
             if let Some(key) = &request {
                 request_ids::record(&txn, &env, key.method, key.request_id, key.hash, &name).await?;
@@ -265,7 +266,9 @@ impl Store {
                 .await?;
             let rows = source_rows(export);
             if !rows.is_empty() {
-                export_source::Entity::insert_many(rows).exec_without_returning(&txn).await?;
+                export_source::Entity::insert_many(rows)
+                    .exec_without_returning(&txn)
+                    .await?;
             }
         }
         txn.commit().await?;
@@ -562,7 +565,9 @@ fn export_col(column: Column) -> Expr {
 /// without a value (a detached export is not of type "s3"; a never-run export is not FAILED).
 fn filter_leaf(field: &str, op: CompareOp, value: &Value) -> Expr {
     match (field, value) {
-        ("display_name", Value::String(text)) if op == CompareOp::Has => contains_ci(export_col(Column::DisplayName), text),
+        ("display_name", Value::String(text)) if op == CompareOp::Has => {
+            contains_ci(export_col(Column::DisplayName), text)
+        }
         ("display_name", Value::String(text)) => compare(export_col(Column::DisplayName), op, text.clone()),
         ("connection_type", Value::String(text) | Value::Word(text)) => compare(
             Func::coalesce([connection_col(connection::Column::TypeId), Expr::val("")]).into(),
@@ -588,7 +593,10 @@ fn filter_leaf(field: &str, op: CompareOp, value: &Value) -> Expr {
 /// refreshed) come last in both directions.
 fn sort_column(field: &str) -> SortColumn {
     let (expr, nulls_last) = match field {
-        "connection" => (Func::lower(connection_col(connection::Column::DisplayName)).into(), true),
+        "connection" => (
+            Func::lower(connection_col(connection::Column::DisplayName)).into(),
+            true,
+        ),
         "connection_type" => (connection_col(connection::Column::TypeId), true),
         "status" => (export_col(Column::LastRunState), true),
         "schedule" => (export_col(Column::ScheduleSort), true),

@@ -65,10 +65,7 @@ impl MigrationTrait for Migration {
                     // only catches a create that raced a delete.
                     .foreign_key(
                         ForeignKey::create()
-                            .from(
-                                Alias::new("exports"),
-                                (Alias::new("env"), Alias::new("connection_id")),
-                            )
+                            .from(Alias::new("exports"), (Alias::new("env"), Alias::new("connection_id")))
                             .to(Alias::new("connections"), (Alias::new("env"), Alias::new("id"))),
                     )
                     .to_owned(),
@@ -93,10 +90,7 @@ impl MigrationTrait for Migration {
                     )
                     .foreign_key(
                         ForeignKey::create()
-                            .from(
-                                Alias::new("export_sources"),
-                                (Alias::new("env"), Alias::new("export")),
-                            )
+                            .from(Alias::new("export_sources"), (Alias::new("env"), Alias::new("export")))
                             .to(Alias::new("exports"), (Alias::new("env"), Alias::new("id")))
                             .on_delete(ForeignKeyAction::Cascade),
                     )
