@@ -410,3 +410,109 @@ pub fn system_refresh(refresh: &crate::store::system_refreshes::SystemRefresh) -
         runs: refresh.runs.clone(),
     }
 }
+
+pub fn export_kind_from_pb(value: i32) -> Option<ExportKind> {
+    match pb::ExportKind::try_from(value) {
+        Ok(pb::ExportKind::DataOut) => Some(ExportKind::DataOut),
+        Ok(pb::ExportKind::Segment) => Some(ExportKind::Segment),
+        _ => None,
+    }
+}
+
+/// Unspecified means FULL (API.md).
+pub fn sync_mode_from_pb(field: &str, value: i32) -> Result<SyncMode> {
+    match pb::SyncMode::try_from(value) {
+        Ok(pb::SyncMode::Unspecified | pb::SyncMode::Full) => Ok(SyncMode::Full),
+        Ok(pb::SyncMode::Incremental) => Ok(SyncMode::Incremental),
+        Ok(pb::SyncMode::Mirror) => Ok(SyncMode::Mirror),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("unknown sync mode {value}: FULL, INCREMENTAL or MIRROR"),
+        )),
+    }
+}
+
+pub fn run_state(state: crate::domain::export::RunState) -> pb::RunState {
+    use crate::domain::export::RunState as R;
+    match state {
+        R::Queued => pb::RunState::Queued,
+        R::WaitingForDependencies => pb::RunState::WaitingForDependencies,
+        R::Running => pb::RunState::Running,
+        R::Succeeded => pb::RunState::Succeeded,
+        R::Failed => pb::RunState::Failed,
+        R::Skipped => pb::RunState::Skipped,
+        R::Cancelled => pb::RunState::Cancelled,
+    }
+}
+
+pub fn export_state(state: crate::domain::export::ExportState) -> pb::ExportState {
+    use crate::domain::export::ExportState as S;
+    match state {
+        S::Active => pb::ExportState::Active,
+        S::Detached => pb::ExportState::Detached,
+    }
+}
+
+pub fn export_warning(warning: &crate::domain::export::Warning) -> pb::ExportWarning {
+    pb::ExportWarning {
+        code: warning.code.clone(),
+        message: warning.message.clone(),
+        subject: warning.subject.clone(),
+    }
+}
+
+/// What an export looks like to one caller, beyond the export itself.
+pub struct ExportView<'a> {
+    /// The export's connection; only its name, display name and type are shown.
+    pub connection: Option<&'a Connection>,
+    pub may_edit: bool,
+    /// Segment name → member count, for the segments that exist.
+    pub member_counts: std::collections::HashMap<String, i64>,
+    pub warnings: Vec<crate::domain::export::Warning>,
+}
+
+pub fn export(export: &crate::domain::export::Export, view: &ExportView) -> pb::Export {
+    let name = export.name.to_string();
+    pb::Export {
+        display_name: export.display_name.clone(),
+        description: export.description.clone(),
+        connection: export.connection.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        connection_type: view.connection.map(|c| c.type_id.clone()).unwrap_or_default(),
+        connection_display_name: view.connection.map(|c| c.display_name.clone()).unwrap_or_default(),
+        kind: export_kind(export.kind) as i32,
+        entities: export.entities.iter().map(|e| e.to_string()).collect(),
+        segments: export.segments.iter().map(|s| s.to_string()).collect(),
+        field_mappings: export
+            .field_mappings
+            .iter()
+            .map(|m| pb::FieldMapping {
+                source_field: m.source_field.clone(),
+                target_field: m.target_field.clone(),
+            })
+            .collect(),
+        settings: export.settings.clone().into_iter().collect(),
+        sync_mode: sync_mode(export.sync_mode) as i32,
+        schedule: Some(schedule_to_pb(&export.schedule, export.next_run_at)),
+        state: export_state(export.state) as i32,
+        last_refreshed_time: opt_timestamp(export.last_refreshed_time),
+        last_run: export.last_run.as_ref().map(|run| pb::ExportRun {
+            name: format!("{name}/runs/{}", run.id),
+            export: name.clone(),
+            state: run_state(run.state) as i32,
+            end_time: opt_timestamp(run.end_time),
+            ..Default::default()
+        }),
+        your_permission: if view.may_edit {
+            pb::Permission::Edit
+        } else {
+            pb::Permission::View
+        } as i32,
+        segment_member_counts: view.member_counts.clone().into_iter().collect(),
+        warnings: view.warnings.iter().map(export_warning).collect(),
+        create_time: Some(timestamp(export.create_time)),
+        update_time: Some(timestamp(export.update_time)),
+        creator: export.creator.clone(),
+        etag: etag::etag(export.create_time, export.revision),
+        name,
+    }
+}

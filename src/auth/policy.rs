@@ -186,6 +186,14 @@ impl Facts {
             ..Facts::default()
         }
     }
+
+    /// An edit that also moves the export onto another connection: both must allow it.
+    pub fn export_onto(editable_by_contributors: bool, connection_shared: bool) -> Facts {
+        Facts {
+            export_editable_by_contributors: Some(editable_by_contributors),
+            connection_shared: Some(connection_shared),
+        }
+    }
 }
 
 /// The caller's role in `env`, or NOT_FOUND: the names of other tenants' environments (and
@@ -226,8 +234,11 @@ pub fn authorize(principal: &Principal, env: &str, action: Action, facts: Facts)
                 "role '{role}' may use only connections shared with contributors; connection is not shared with contributors"
             ))),
         },
-        Rule::IfExportEditable => match facts.export_editable_by_contributors {
-            Some(true) => Ok(role),
+        Rule::IfExportEditable => match (facts.export_editable_by_contributors, facts.connection_shared) {
+            (Some(true), Some(false)) => Err(denied(&format!(
+                "role '{role}' may put exports only on connections shared with contributors; connection is not shared with contributors"
+            ))),
+            (Some(true), _) => Ok(role),
             _ => Err(denied(&format!(
                 "role '{role}' may change only exports whose connection is shared with contributors (detached exports are editable by admins only)"
             ))),
@@ -303,6 +314,11 @@ mod tests {
         assert!(err.message.contains("connection is not shared with contributors"));
         assert!(authorize(&c, "e", Action::RunExport, Facts::export(true)).is_ok());
         assert!(authorize(&c, "e", Action::RunExport, Facts::export(false)).is_err());
+        assert!(authorize(&c, "e", Action::UpdateExport, Facts::export_onto(true, true)).is_ok());
+        let err = authorize(&c, "e", Action::UpdateExport, Facts::export_onto(true, false)).unwrap_err();
+        assert!(err.message.contains("connection is not shared with contributors"));
+        let a = principal("e", Role::Admin);
+        assert!(authorize(&a, "e", Action::UpdateExport, Facts::export_onto(false, false)).is_ok());
         assert!(may_edit_export(Role::Admin, false));
         assert!(!may_edit_export(Role::Viewer, true));
     }

@@ -6,6 +6,7 @@ pub mod connection_type;
 pub mod eligibility;
 pub mod environment;
 pub mod etag;
+pub mod export;
 pub mod list_query;
 pub mod names;
 pub mod paging;

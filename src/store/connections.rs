@@ -36,7 +36,7 @@ pub struct ConnectionQuery<'a> {
     pub page: Page,
 }
 
-fn to_domain(model: Model) -> Result<Connection> {
+pub(crate) fn to_domain(model: Model) -> Result<Connection> {
     let corrupt = |what: &str| Error::internal(format!("connection '{}' has corrupt {what}", model.id));
     Ok(Connection {
         name: ConnectionName::new(&model.env, &model.id),
@@ -200,28 +200,72 @@ impl Store {
         Ok(current)
     }
 
-    /// Deletes a connection if its revision is still `revision`. Returns the exports that were
-    /// detached (`force`).
+    /// Deletes a connection if its revision is still `revision`. While exports use it, it is
+    /// refused (FAILED_PRECONDITION `CONNECTION_IN_USE`, one violation per export) unless
+    /// `force`, which detaches them in the same transaction; returns the detached exports.
     pub async fn delete_connection(
         &self,
         name: &ConnectionName,
         revision: i64,
         force: bool,
     ) -> Result<Vec<crate::domain::names::ExportName>> {
-        let _ = force;
+        use crate::domain::names::ExportName;
+        let txn = self.writer().begin().await?;
+        // On PostgreSQL, lock the row first: a concurrent CreateExport on this connection then
+        // waits (its foreign key check) and fails once the connection is gone, or commits first
+        // and is found below. SQLite has one writer.
+        Entity::find_by_id((name.env.clone(), name.id.clone()))
+            .lock_exclusive()
+            .one(&txn)
+            .await?;
+        let users: Vec<ExportName> = super::exports::connection_exports(&txn, name)
+            .await?
+            .into_iter()
+            .map(|id| ExportName::new(&name.env, id))
+            .collect();
+        if !users.is_empty() {
+            if !force {
+                let list: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+                let mut err = Error::precondition(
+                    "CONNECTION_IN_USE",
+                    format!(
+                        "connection '{name}' is used by {} export(s): {}; delete or detach them first, or delete with `force` to detach them",
+                        users.len(),
+                        list.join(", ")
+                    ),
+                )
+                .with_meta("name", name.to_string())
+                .with_meta("used_by", list.join(","));
+                for user in &list {
+                    err = err.with_precondition("CONNECTION_IN_USE", user.clone(), format!("exports to '{name}'"));
+                }
+                return Err(err);
+            }
+            super::exports::detach_all(&txn, name).await?;
+        }
         let result = Entity::delete_many()
             .filter(Column::Env.eq(&name.env))
             .filter(Column::Id.eq(&name.id))
             .filter(Column::Revision.eq(revision))
-            .exec(self.writer())
-            .await?;
-        if result.rows_affected == 0 {
-            return Err(Error::precondition(
+            .exec(&txn)
+            .await;
+        let concurrent = || {
+            Error::precondition(
                 "CONCURRENT_CHANGE",
                 format!("connection '{name}' changed while it was being deleted; retry"),
-            ));
+            )
+        };
+        match result {
+            Ok(r) if r.rows_affected == 0 => return Err(concurrent()),
+            Ok(_) => {}
+            // An export was attached in between (PostgreSQL): the caller retries and sees it.
+            Err(e) if matches!(e.sql_err(), Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_))) => {
+                return Err(concurrent());
+            }
+            Err(e) => return Err(e.into()),
         }
-        Ok(Vec::new())
+        txn.commit().await?;
+        Ok(users)
     }
 }
 

@@ -12,7 +12,7 @@ use crate::domain::names::EntityName;
 use crate::domain::time::now_micros;
 use crate::error::{Error, Result};
 
-fn to_domain(model: Model) -> Result<Entity> {
+pub(crate) fn to_domain(model: Model) -> Result<Entity> {
     let corrupt = || Error::internal(format!("entity '{}' is corrupt", model.id));
     Ok(Entity {
         name: EntityName::new(&model.env, &model.id),

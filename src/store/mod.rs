@@ -12,6 +12,7 @@ use sea_orm_migration::MigratorTrait;
 pub mod connections;
 pub mod entities;
 pub mod environments;
+pub mod exports;
 pub mod list;
 pub mod migration;
 pub mod models;
@@ -125,14 +126,9 @@ pub enum ExportSource<'a> {
     Segment(&'a str),
 }
 
-/// Names of the exports that read an entity or segment (none until exports exist).
-pub(crate) async fn exports_using(
-    _db: &impl sea_orm::ConnectionTrait,
-    _env: &str,
-    _source: ExportSource<'_>,
-) -> crate::error::Result<Vec<String>> {
-    Ok(Vec::new())
-}
+/// Names of the exports that read an entity or segment; call inside the transaction that
+/// deletes it (see `exports::exports_using`).
+pub(crate) use exports::exports_using;
 
 /// `<table>.key IN (…)` with the keys as ONE JSON parameter. A list of thousands of bind
 /// parameters makes PostgreSQL's generic plan fall back to a sequential scan once prepared

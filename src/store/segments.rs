@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 
 const INSERT_CHUNK: usize = 5000;
 
-fn to_domain(model: Model) -> Result<Segment> {
+pub(crate) fn to_domain(model: Model) -> Result<Segment> {
     Ok(Segment {
         name: SegmentName::new(&model.env, &model.id),
         entity: EntityName::new(&model.env, &model.entity),

@@ -7,5 +7,6 @@ mod cli;
 mod connections;
 mod eligibility;
 mod environments;
+mod exports;
 mod process;
 mod roles;

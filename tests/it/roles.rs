@@ -12,6 +12,7 @@ use crate::catalog::{
     CUSTOMERS, create_pushed_segment, customers_entity, ten_customers, wait_for_system_refresh, write,
 };
 use crate::common::*;
+use crate::exports::data_out;
 
 /// The outcome the table promises.
 fn expected(action: Action, role: Role, shared: Option<bool>) -> Code {
@@ -253,7 +254,90 @@ async fn call(t: &TestServer, action: Action, role: Role, target: &str, n: usize
         | Action::ListExportRuns
         | Action::GetExportRun
         | Action::WatchExportRun
+        | Action::CancelExportRun => return call_export(t, action, role, target, n).await,
+    })
+}
+
+/// Calls an ExportService RPC as `role` on the export `target`, which an admin prepared on a
+/// shared or a non-shared connection. Runs are the run engine's: None until it lands.
+async fn call_export(t: &TestServer, action: Action, role: Role, target: &str, n: usize) -> Option<Code> {
+    let mut exports = t.exports("acme", role).await;
+    let name = target.to_string();
+    let env = "environments/acme".to_string();
+    Some(match action {
+        Action::CreateExport => {
+            // A new export on the prepared export's connection.
+            let connection = t
+                .exports("acme", Role::Admin)
+                .await
+                .get_export(pb::GetExportRequest { name })
+                .await
+                .unwrap()
+                .into_inner()
+                .connection;
+            let mut request = data_out("acme", &format!("new-{n}"), "New", "unused", &[CUSTOMERS]);
+            request.export.as_mut().unwrap().connection = connection;
+            code(exports.create_export(request).await)
+        }
+        Action::GetExport => code(exports.get_export(pb::GetExportRequest { name }).await),
+        Action::ListExports => code(
+            exports
+                .list_exports(pb::ListExportsRequest {
+                    parent: env,
+                    ..Default::default()
+                })
+                .await,
+        ),
+        Action::UpdateExport => code(
+            exports
+                .update_export(pb::UpdateExportRequest {
+                    export: Some(pb::Export {
+                        name,
+                        display_name: "Renamed".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["display_name".into()],
+                    }),
+                    validate_only: false,
+                })
+                .await,
+        ),
+        Action::DeleteExport => code(
+            exports
+                .delete_export(pb::DeleteExportRequest {
+                    name,
+                    ..Default::default()
+                })
+                .await,
+        ),
+        Action::DuplicateExport => code(
+            exports
+                .duplicate_export(pb::DuplicateExportRequest {
+                    name,
+                    ..Default::default()
+                })
+                .await,
+        ),
+        Action::DetachConnection => code(exports.detach_connection(pb::DetachConnectionRequest { name }).await),
+        Action::UpdateExportSchedules => code(
+            exports
+                .update_export_schedules(pb::UpdateExportSchedulesRequest {
+                    parent: env,
+                    names: vec![name],
+                    mode: pb::ScheduleUpdateMode::KeepIndividualSchedules as i32,
+                    schedule: None,
+                    enabled: false,
+                })
+                .await,
+        ),
+        Action::RunExport
+        | Action::RunAllExports
+        | Action::ListExportRuns
+        | Action::GetExportRun
+        | Action::WatchExportRun
         | Action::CancelExportRun => return None,
+        other => unreachable!("{other:?} is not an ExportService RPC"),
     })
 }
 
@@ -402,5 +486,75 @@ async fn catalog_service_follows_the_policy_table() {
         }
     }
     assert_eq!(walked, 3 * 19);
+    t.stop().await;
+}
+
+/// The outcome the table promises for an export on a shared or a non-shared connection:
+/// exports are visible to every role, so the conditions decide alone.
+fn expected_for_export(action: Action, role: Role, shared: bool) -> Code {
+    match policy::row(action).rule_for(role) {
+        Rule::Allow => Code::Ok,
+        Rule::Deny => Code::PermissionDenied,
+        Rule::IfConnectionShared | Rule::IfExportEditable => {
+            if shared {
+                Code::Ok
+            } else {
+                Code::PermissionDenied
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn export_service_follows_the_policy_table() {
+    let t = TestServer::start().await;
+    t.catalog("acme", Role::Admin)
+        .await
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    let mut connections = t.connections("acme", Role::Admin).await;
+    connections
+        .create_connection(local_files("acme", "shared", "Shared", true))
+        .await
+        .unwrap();
+    connections
+        .create_connection(local_files("acme", "private", "Private", false))
+        .await
+        .unwrap();
+    let mut admin = t.exports("acme", Role::Admin).await;
+    let (mut n, mut walked, mut runs) = (0, 0, 0);
+    for row in TABLE.iter().filter(|r| r.service == "exportd.v1.ExportService") {
+        for role in Role::ALL {
+            for shared in [true, false] {
+                n += 1;
+                let id = format!("target-{n}");
+                let connection = if shared { "shared" } else { "private" };
+                admin
+                    .create_export(data_out("acme", &id, &format!("Target {n}"), connection, &[CUSTOMERS]))
+                    .await
+                    .unwrap();
+                let target = format!("environments/acme/exports/{id}");
+                match call(&t, row.action, role, &target, n).await {
+                    None => runs += 1,
+                    Some(got) => {
+                        assert_eq!(
+                            got,
+                            expected_for_export(row.action, role, shared),
+                            "{} as {role} (shared: {shared})",
+                            row.method
+                        );
+                        walked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        walked,
+        3 * 2 * 8,
+        "every management RPC, as every role, on both connections"
+    );
+    assert_eq!(runs, 3 * 2 * 6, "the run RPCs wait for the run engine");
     t.stop().await;
 }

@@ -3,6 +3,7 @@ use sea_orm_migration::prelude::*;
 
 mod m0001_environments_connections;
 mod m0002_catalog;
+mod m0003_exports;
 
 pub struct Migrator;
 
@@ -11,6 +12,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_environments_connections::Migration),
             Box::new(m0002_catalog::Migration),
+            Box::new(m0003_exports::Migration),
         ]
     }
 }

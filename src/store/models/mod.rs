@@ -2,6 +2,8 @@
 pub mod connection;
 pub mod entity;
 pub mod environment;
+pub mod export;
+pub mod export_source;
 pub mod record;
 pub mod request_id;
 pub mod segment;

@@ -1,0 +1,609 @@
+//! Exports and what they read (`export_sources`).
+//!
+//! An export row carries its definition as JSON documents (field mappings, settings, schedule)
+//! beside the columns that lists filter and sort on; its entities and segments are rows of
+//! `export_sources`, so that "which exports read this?" is an indexed lookup. Reads return the
+//! export with its connection (one LEFT JOIN), and a page of a list loads the sources of all
+//! its exports in one more query.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sea_orm::sea_query::{Expr, ExprTrait, Func};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, RelationTrait, TransactionTrait,
+};
+
+use super::connections::RequestKey;
+use super::list::{SortColumn, apply_order, compare, contains_ci, to_condition};
+use super::models::export::{ActiveModel, Column, Entity as Table, Model, Relation};
+use super::models::{connection, entity, export_source, segment};
+use super::{Store, request_ids};
+use crate::domain::connection::Connection;
+use crate::domain::export::{
+    Export, ExportState, FieldMapping, LastRun, RunState, ScheduleTimes, export_kind_str, parse_export_kind,
+    parse_sync_mode, sync_mode_str,
+};
+use crate::domain::list_query::{CompareOp, Filter, OrderKey, Value};
+use crate::domain::names::{ConnectionName, EntityName, ExportName, SegmentName};
+use crate::domain::paging::Page;
+use crate::domain::schedule::Schedule;
+use crate::domain::time::{Micros, now_micros};
+use crate::error::{Error, Result};
+
+const ENTITY: &str = "entity";
+const SEGMENT: &str = "segment";
+
+/// An export with its connection as it is now (None when detached).
+#[derive(Debug, Clone)]
+pub struct StoredExport {
+    pub export: Export,
+    pub connection: Option<Connection>,
+}
+
+/// What a list of exports asks for.
+pub struct ExportQuery<'a> {
+    pub env: &'a str,
+    pub filter: Option<&'a Filter>,
+    pub order: &'a [OrderKey],
+    pub page: Page,
+}
+
+fn to_domain(model: Model, sources: &[export_source::Model]) -> Result<Export> {
+    let corrupt = |what: &str| Error::internal(format!("export '{}' has a corrupt {what}", model.id));
+    let mut entities = Vec::new();
+    let mut segments = Vec::new();
+    for source in sources {
+        match source.source_kind.as_str() {
+            ENTITY => entities.push(EntityName::new(&model.env, &source.source_id)),
+            SEGMENT => segments.push(SegmentName::new(&model.env, &source.source_id)),
+            _ => return Err(corrupt("source")),
+        }
+    }
+    let last_run = match (&model.last_run_id, model.last_run_state) {
+        (Some(id), Some(state)) => Some(LastRun {
+            id: id.clone(),
+            state: RunState::from_number(state).ok_or_else(|| corrupt("last run state"))?,
+            end_time: model.last_run_end,
+        }),
+        _ => None,
+    };
+    Ok(Export {
+        name: ExportName::new(&model.env, &model.id),
+        connection: model.connection_id.as_ref().map(|c| ConnectionName::new(&model.env, c)),
+        kind: parse_export_kind(&model.kind).ok_or_else(|| corrupt("kind"))?,
+        entities,
+        segments,
+        field_mappings: serde_json::from_str::<Vec<FieldMapping>>(&model.field_mappings)
+            .map_err(|_| corrupt("field mapping"))?,
+        settings: serde_json::from_str::<BTreeMap<String, String>>(&model.settings).map_err(|_| corrupt("settings"))?,
+        sync_mode: parse_sync_mode(&model.sync_mode).ok_or_else(|| corrupt("sync mode"))?,
+        schedule: serde_json::from_str::<Schedule>(&model.schedule).map_err(|_| corrupt("schedule"))?,
+        next_run_at: model.next_run_at,
+        state: ExportState::parse(&model.state).ok_or_else(|| corrupt("state"))?,
+        last_refreshed_time: model.last_refreshed_time,
+        last_run,
+        display_name: model.display_name,
+        description: model.description,
+        creator: model.creator,
+        create_time: model.create_time,
+        update_time: model.update_time,
+        revision: model.revision,
+    })
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("maps, lists and schedules serialize")
+}
+
+/// The columns a client's edits change (not the run outcome, which the run engine writes).
+fn definition(export: &Export) -> ActiveModel {
+    ActiveModel {
+        display_name: Set(export.display_name.clone()),
+        description: Set(export.description.clone()),
+        connection_id: Set(export.connection.as_ref().map(|c| c.id.clone())),
+        kind: Set(export_kind_str(export.kind).to_string()),
+        field_mappings: Set(json(&export.field_mappings)),
+        settings: Set(json(&export.settings)),
+        sync_mode: Set(sync_mode_str(export.sync_mode).to_string()),
+        schedule: Set(json(&export.schedule)),
+        schedule_sort: Set(ScheduleTimes::sort_key_of(export)),
+        next_run_at: Set(export.next_run_at),
+        state: Set(export.state.as_str().to_string()),
+        ..Default::default()
+    }
+}
+
+fn source_rows(export: &Export) -> Vec<export_source::ActiveModel> {
+    let row = |kind: &str, id: &str, position: usize| export_source::ActiveModel {
+        env: Set(export.name.env.clone()),
+        export: Set(export.name.id.clone()),
+        source_kind: Set(kind.to_string()),
+        source_id: Set(id.to_string()),
+        position: Set(position as i32),
+    };
+    let entities = export.entities.iter().enumerate().map(|(i, e)| row(ENTITY, &e.id, i));
+    let segments = export.segments.iter().enumerate().map(|(i, s)| row(SEGMENT, &s.id, i));
+    entities.chain(segments).collect()
+}
+
+/// A write named a connection that no longer exists (deleted after the request read it).
+fn map_write_error(err: sea_orm::DbErr, export: &Export) -> Error {
+    if super::is_unique_violation(&err) {
+        return Error::already_exists("export", export.name.to_string());
+    }
+    if matches!(err.sql_err(), Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_))) {
+        let connection = export.connection.as_ref().map(|c| c.to_string()).unwrap_or_default();
+        return Error::invalid("export.connection", format!("connection '{connection}' does not exist"));
+    }
+    err.into()
+}
+
+impl Store {
+    /// Inserts an export and its sources, recording the request id in the same transaction.
+    /// A repeated request id returns the export it created first.
+    pub async fn create_export(&self, export: &Export, request: Option<RequestKey<'_>>) -> Result<StoredExport> {
+        let env = export.name.env.clone();
+        let name = export.name.to_string();
+        let txn = self.writer().begin().await?;
+        let mut outcome = None;
+        if let Some(key) = &request {
+            outcome = request_ids::lookup(&txn, &env, key.method, key.request_id, key.hash).await?;
+        }
+        if outcome.is_none() {
+            hold_sources(&txn, export).await?;
+            let mut model = definition(export);
+            model.env = Set(env.clone());
+            model.id = Set(export.name.id.clone());
+            model.last_refreshed_time = Set(None);
+            model.last_run_id = Set(None);
+            model.last_run_state = Set(None);
+            model.last_run_end = Set(None);
+            model.creator = Set(export.creator.clone());
+            model.create_time = Set(export.create_time);
+            model.update_time = Set(export.update_time);
+            model.revision = Set(1);
+            Table::insert(model)
+                .exec(&txn)
+                .await
+                .map_err(|e| map_write_error(e, export))?;
+            let rows = source_rows(export);
+            if !rows.is_empty() {
+                export_source::Entity::insert_many(rows)
+                    .exec_without_returning(&txn)
+                    .await?;
+            }
+            if let Some(key) = &request {
+                request_ids::record(&txn, &env, key.method, key.request_id, key.hash, &name).await?;
+            }
+        }
+        txn.commit().await?;
+        let name = match outcome {
+            Some(existing) => ExportName::parse("request_id", &existing)?,
+            None => export.name.clone(),
+        };
+        self.export_or_not_found(&name).await
+    }
+
+    pub async fn get_export(&self, name: &ExportName) -> Result<Option<StoredExport>> {
+        let row = Table::find_by_id((name.env.clone(), name.id.clone()))
+            .find_also_related(connection::Entity)
+            .one(self.reader())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(assemble(self.reader(), &name.env, vec![row]).await?.pop())
+    }
+
+    pub async fn export_or_not_found(&self, name: &ExportName) -> Result<StoredExport> {
+        self.get_export(name)
+            .await?
+            .ok_or_else(|| Error::not_found("export", name.to_string()))
+    }
+
+    /// Exports of one environment by id, in no particular order; missing ones are left out.
+    pub async fn exports_by_ids(&self, env: &str, ids: &[String]) -> Result<Vec<StoredExport>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = Table::find()
+            .find_also_related(connection::Entity)
+            .filter(Column::Env.eq(env))
+            .filter(Column::Id.is_in(ids.iter().cloned()))
+            .all(self.reader())
+            .await?;
+        assemble(self.reader(), env, rows).await
+    }
+
+    /// One page of exports matching the filter, in the requested order, and the number of all
+    /// matches.
+    pub async fn list_exports(&self, query: &ExportQuery<'_>) -> Result<(Vec<StoredExport>, u64)> {
+        let mut condition = Condition::all().add(Expr::col((Table, Column::Env)).eq(query.env));
+        if let Some(filter) = query.filter {
+            condition = condition.add(to_condition(filter, &filter_leaf));
+        }
+        // The same LEFT JOIN as the page, so that `connection_type` filters the same way; a
+        // database drops the join when the filter does not use it (unique key, no columns).
+        let total = Table::find()
+            .join(JoinType::LeftJoin, Relation::Connection.def())
+            .filter(condition.clone())
+            .count(self.reader())
+            .await?;
+        let select = Table::find().find_also_related(connection::Entity).filter(condition);
+        let select = apply_order(select, query.order, &sort_column, vec![Expr::col((Table, Column::Id))]);
+        let rows = select
+            .offset(query.page.offset)
+            .limit(query.page.limit)
+            .all(self.reader())
+            .await?;
+        Ok((assemble(self.reader(), query.env, rows).await?, total))
+    }
+
+    /// Writes a changed export if its revision is still `export.revision` (else ABORTED, as an
+    /// etag mismatch). `sources_changed` rewrites its entities and segments.
+    pub async fn update_export(&self, export: &Export, sources_changed: bool) -> Result<StoredExport> {
+        let txn = self.writer().begin().await?;
+        let mut model = definition(export);
+        model.update_time = Set(now_micros());
+        model.revision = Set(export.revision + 1);
+        let result = Table::update_many()
+            .set(model)
+            .filter(Column::Env.eq(&export.name.env))
+            .filter(Column::Id.eq(&export.name.id))
+            .filter(Column::Revision.eq(export.revision))
+            .exec(&txn)
+            .await
+            .map_err(|e| map_write_error(e, export))?;
+        if result.rows_affected == 0 {
+            drop(txn);
+            return Err(self.concurrent_change(export).await);
+        }
+        if sources_changed {
+            hold_sources(&txn, export).await?;
+            export_source::Entity::delete_many()
+                .filter(export_source::Column::Env.eq(&export.name.env))
+                .filter(export_source::Column::Export.eq(&export.name.id))
+                .exec(&txn)
+                .await?;
+            let rows = source_rows(export);
+            if !rows.is_empty() {
+                export_source::Entity::insert_many(rows)
+                    .exec_without_returning(&txn)
+                    .await?;
+            }
+        }
+        txn.commit().await?;
+        self.export_or_not_found(&export.name).await
+    }
+
+    /// The error for a write whose revision check failed: NOT_FOUND if the export is gone,
+    /// else ABORTED with the current etag.
+    async fn concurrent_change(&self, export: &Export) -> Error {
+        match self.get_export(&export.name).await {
+            Ok(Some(current)) => Error::etag_mismatch(
+                export.name.to_string(),
+                &crate::domain::etag::etag(export.create_time, export.revision),
+                &crate::domain::etag::etag(current.export.create_time, current.export.revision),
+            ),
+            Ok(None) => Error::not_found("export", export.name.to_string()),
+            Err(e) => e,
+        }
+    }
+
+    /// Writes the new schedules of several exports in one transaction: all of them, or none
+    /// when any changed since it was read.
+    pub async fn update_export_schedules(&self, exports: &[Export]) -> Result<Vec<StoredExport>> {
+        let txn = self.writer().begin().await?;
+        let now = now_micros();
+        for export in exports {
+            let result = Table::update_many()
+                .col_expr(Column::Schedule, Expr::val(json(&export.schedule)))
+                .col_expr(Column::NextRunAt, Expr::val(export.next_run_at))
+                .col_expr(Column::ScheduleSort, Expr::val(ScheduleTimes::sort_key_of(export)))
+                .col_expr(Column::UpdateTime, Expr::val(now))
+                .col_expr(Column::Revision, Expr::val(export.revision + 1))
+                .filter(Column::Env.eq(&export.name.env))
+                .filter(Column::Id.eq(&export.name.id))
+                .filter(Column::Revision.eq(export.revision))
+                .exec(&txn)
+                .await?;
+            if result.rows_affected == 0 {
+                drop(txn);
+                return Err(self.concurrent_change(export).await);
+            }
+        }
+        txn.commit().await?;
+        let ids: Vec<String> = exports.iter().map(|e| e.name.id.clone()).collect();
+        let env = exports.first().map(|e| e.name.env.clone()).unwrap_or_default();
+        let mut by_id: HashMap<String, StoredExport> = self
+            .exports_by_ids(&env, &ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.export.name.id.clone(), s))
+            .collect();
+        exports
+            .iter()
+            .map(|e| {
+                by_id
+                    .remove(&e.name.id)
+                    .ok_or_else(|| Error::not_found("export", e.name.to_string()))
+            })
+            .collect()
+    }
+
+    /// Deletes an export (and its sources) if its revision is still `revision`.
+    pub async fn delete_export(&self, export: &Export) -> Result<()> {
+        let txn = self.writer().begin().await?;
+        export_source::Entity::delete_many()
+            .filter(export_source::Column::Env.eq(&export.name.env))
+            .filter(export_source::Column::Export.eq(&export.name.id))
+            .exec(&txn)
+            .await?;
+        let result = Table::delete_many()
+            .filter(Column::Env.eq(&export.name.env))
+            .filter(Column::Id.eq(&export.name.id))
+            .filter(Column::Revision.eq(export.revision))
+            .exec(&txn)
+            .await?;
+        if result.rows_affected == 0 {
+            drop(txn);
+            return Err(self.concurrent_change(export).await);
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Records the latest run of an export (the run engine calls this as runs end). A
+    /// successful run also moves `last_refreshed_time`. The revision is left alone: a run is not
+    /// an edit, and must not make a client's pending update fail on its etag.
+    pub async fn record_last_run(
+        &self,
+        name: &ExportName,
+        run_id: &str,
+        state: RunState,
+        end_time: Option<Micros>,
+    ) -> Result<()> {
+        let mut update = Table::update_many()
+            .col_expr(Column::LastRunId, Expr::val(run_id))
+            .col_expr(Column::LastRunState, Expr::val(state.number()))
+            .col_expr(Column::LastRunEnd, Expr::val(end_time))
+            .filter(Column::Env.eq(&name.env))
+            .filter(Column::Id.eq(&name.id));
+        if state == RunState::Succeeded {
+            update = update.col_expr(Column::LastRefreshedTime, Expr::val(end_time));
+        }
+        let result = update.exec(self.writer()).await?;
+        if result.rows_affected == 0 {
+            return Err(Error::not_found("export", name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Entities of one environment by id (missing ones are left out).
+    pub async fn entities_by_ids(&self, env: &str, ids: &[String]) -> Result<Vec<crate::domain::catalog::Entity>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let models = entity::Entity::find()
+            .filter(entity::Column::Env.eq(env))
+            .filter(entity::Column::Id.is_in(ids.iter().cloned()))
+            .all(self.reader())
+            .await?;
+        models.into_iter().map(super::entities::to_domain).collect()
+    }
+
+    /// Segments of one environment by id (missing ones are left out).
+    pub async fn segments_by_ids(&self, env: &str, ids: &[String]) -> Result<Vec<crate::domain::catalog::Segment>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let models = segment::Entity::find()
+            .filter(segment::Column::Env.eq(env))
+            .filter(segment::Column::Id.is_in(ids.iter().cloned()))
+            .all(self.reader())
+            .await?;
+        models.into_iter().map(super::segments::to_domain).collect()
+    }
+}
+
+/// Loads the sources of `rows` (one query) and makes domain exports of them, in row order.
+async fn assemble(
+    db: &impl ConnectionTrait,
+    env: &str,
+    rows: Vec<(Model, Option<connection::Model>)>,
+) -> Result<Vec<StoredExport>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = rows.iter().map(|(m, _)| m.id.clone()).collect();
+    let mut sources: HashMap<String, Vec<export_source::Model>> = HashMap::new();
+    for source in export_source::Entity::find()
+        .filter(export_source::Column::Env.eq(env))
+        .filter(export_source::Column::Export.is_in(ids))
+        .order_by_asc(export_source::Column::Position)
+        .all(db)
+        .await?
+    {
+        sources.entry(source.export.clone()).or_default().push(source);
+    }
+    rows.into_iter()
+        .map(|(model, connection)| {
+            let own = sources.remove(&model.id).unwrap_or_default();
+            Ok(StoredExport {
+                export: to_domain(model, &own)?,
+                connection: connection.map(super::connections::to_domain).transpose()?,
+            })
+        })
+        .collect()
+}
+
+/// Checks, inside the transaction that writes an export, that its sources still exist. On
+/// PostgreSQL it also share-locks them until commit: DeleteEntity / DeleteSegment lock the row
+/// before looking for users (see `store::exports_using`), so either the delete sees this export
+/// or it commits first and this check fails. (SQLite has one writer: nothing can interleave.)
+async fn hold_sources(txn: &impl ConnectionTrait, export: &Export) -> Result<()> {
+    let env = &export.name.env;
+    if !export.entities.is_empty() {
+        let found: HashSet<String> = entity::Entity::find()
+            .select_only()
+            .column(entity::Column::Id)
+            .filter(entity::Column::Env.eq(env))
+            .filter(entity::Column::Id.is_in(export.entities.iter().map(|e| e.id.clone())))
+            .lock_shared()
+            .into_tuple::<String>()
+            .all(txn)
+            .await?
+            .into_iter()
+            .collect();
+        if let Some((i, missing)) = export.entities.iter().enumerate().find(|(_, e)| !found.contains(&e.id)) {
+            return Err(Error::invalid(
+                format!("export.entities[{i}]"),
+                format!("entity '{missing}' does not exist"),
+            ));
+        }
+    }
+    if !export.segments.is_empty() {
+        let found: HashSet<String> = segment::Entity::find()
+            .select_only()
+            .column(segment::Column::Id)
+            .filter(segment::Column::Env.eq(env))
+            .filter(segment::Column::Id.is_in(export.segments.iter().map(|s| s.id.clone())))
+            .lock_shared()
+            .into_tuple::<String>()
+            .all(txn)
+            .await?
+            .into_iter()
+            .collect();
+        if let Some((i, missing)) = export.segments.iter().enumerate().find(|(_, s)| !found.contains(&s.id)) {
+            return Err(Error::invalid(
+                format!("export.segments[{i}]"),
+                format!("segment '{missing}' does not exist"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Names of the exports that read an entity or a segment, in id order. On PostgreSQL the
+/// source row is locked first (see [`hold_sources`]), so that the caller's delete cannot miss
+/// an export created concurrently.
+pub(crate) async fn exports_using(
+    db: &impl ConnectionTrait,
+    env: &str,
+    source: super::ExportSource<'_>,
+) -> Result<Vec<String>> {
+    let (kind, id) = match source {
+        super::ExportSource::Entity(id) => {
+            entity::Entity::find_by_id((env.to_string(), id.to_string()))
+                .lock_exclusive()
+                .one(db)
+                .await?;
+            (ENTITY, id)
+        }
+        super::ExportSource::Segment(id) => {
+            segment::Entity::find_by_id((env.to_string(), id.to_string()))
+                .lock_exclusive()
+                .one(db)
+                .await?;
+            (SEGMENT, id)
+        }
+    };
+    let ids: Vec<String> = export_source::Entity::find()
+        .select_only()
+        .column(export_source::Column::Export)
+        .filter(export_source::Column::Env.eq(env))
+        .filter(export_source::Column::SourceKind.eq(kind))
+        .filter(export_source::Column::SourceId.eq(id))
+        .order_by_asc(export_source::Column::Export)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(ids
+        .into_iter()
+        .map(|export| ExportName::new(env, export).to_string())
+        .collect())
+}
+
+/// Ids of the exports attached to a connection, in id order.
+pub(crate) async fn connection_exports(db: &impl ConnectionTrait, connection: &ConnectionName) -> Result<Vec<String>> {
+    Ok(Table::find()
+        .select_only()
+        .column(Column::Id)
+        .filter(Column::Env.eq(&connection.env))
+        .filter(Column::ConnectionId.eq(&connection.id))
+        .order_by_asc(Column::Id)
+        .into_tuple()
+        .all(db)
+        .await?)
+}
+
+/// Detaches every export of a connection: no connection, DETACHED, no next run (it cannot run),
+/// a new revision. The schedule itself is kept for when an admin attaches a connection again.
+pub(crate) async fn detach_all(db: &impl ConnectionTrait, connection: &ConnectionName) -> Result<()> {
+    Table::update_many()
+        .col_expr(Column::ConnectionId, Expr::val(Option::<String>::None))
+        .col_expr(Column::State, Expr::val(ExportState::Detached.as_str()))
+        .col_expr(Column::NextRunAt, Expr::val(Option::<i64>::None))
+        .col_expr(Column::ScheduleSort, Expr::val(Option::<i64>::None))
+        .col_expr(Column::UpdateTime, Expr::val(now_micros()))
+        .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
+        .filter(Column::Env.eq(&connection.env))
+        .filter(Column::ConnectionId.eq(&connection.id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+fn connection_col(column: connection::Column) -> Expr {
+    Expr::col((connection::Entity, column))
+}
+
+fn export_col(column: Column) -> Expr {
+    Expr::col((Table, column))
+}
+
+/// Nullable columns compare through COALESCE, so that `!=` and `NOT` also match the rows
+/// without a value (a detached export is not of type "s3"; a never-run export is not FAILED).
+fn filter_leaf(field: &str, op: CompareOp, value: &Value) -> Expr {
+    match (field, value) {
+        ("display_name", Value::String(text)) if op == CompareOp::Has => {
+            contains_ci(export_col(Column::DisplayName), text)
+        }
+        ("display_name", Value::String(text)) => compare(export_col(Column::DisplayName), op, text.clone()),
+        ("connection_type", Value::String(text) | Value::Word(text)) => compare(
+            Func::coalesce([connection_col(connection::Column::TypeId), Expr::val("")]).into(),
+            op,
+            text.clone(),
+        ),
+        ("state", Value::String(text) | Value::Word(text)) => compare(export_col(Column::State), op, text.clone()),
+        ("kind", Value::String(text) | Value::Word(text)) => compare(export_col(Column::Kind), op, text.clone()),
+        ("status", Value::String(text) | Value::Word(text)) => match RunState::parse(text) {
+            Some(state) => compare(
+                Func::coalesce([export_col(Column::LastRunState), Expr::val(0)]).into(),
+                op,
+                state.number(),
+            ),
+            None => Expr::val(false).eq(true),
+        },
+        // The parser admits only the fields and kinds above.
+        _ => Expr::val(false).eq(true),
+    }
+}
+
+/// Every order key; the empty values of the nullable ones (never run, off, detached, never
+/// refreshed) come last in both directions.
+fn sort_column(field: &str) -> SortColumn {
+    let (expr, nulls_last) = match field {
+        "connection" => (
+            Func::lower(connection_col(connection::Column::DisplayName)).into(),
+            true,
+        ),
+        "connection_type" => (connection_col(connection::Column::TypeId), true),
+        "status" => (export_col(Column::LastRunState), true),
+        "schedule" => (export_col(Column::ScheduleSort), true),
+        "last_refreshed_time" => (export_col(Column::LastRefreshedTime), true),
+        "create_time" => (export_col(Column::CreateTime), false),
+        "update_time" => (export_col(Column::UpdateTime), false),
+        _ => (Func::lower(export_col(Column::DisplayName)).into(), false),
+    };
+    SortColumn { expr, nulls_last }
+}
