@@ -143,6 +143,7 @@ impl CatalogApi {
             }
         }
         let updated = self.state.store.update_environment(&env).await?;
+        self.state.engine.schedules_changed();
         Ok(convert::environment(&updated, role.as_str()))
     }
 }
@@ -657,6 +658,7 @@ impl CatalogApi {
     ) -> Result<pb::RefreshState> {
         let target = Refreshable::parse("name", &request.name)?;
         policy::authorize(&principal, target.env(), Action::CompleteRefresh, Facts::default())?;
+        let env = target.env().to_string();
         let state = match target {
             Refreshable::Entity(name) => {
                 let e = self.state.store.set_entity_refreshing(&name, false).await?;
@@ -672,6 +674,8 @@ impl CatalogApi {
                 refresh_state(name.to_string(), s.refreshing, s.last_refresh_time)
             }
         };
+        // Completing one refresh only releases runs that were waiting for it; it starts none.
+        self.state.engine.release_waiting_runs(&env).await?;
         Ok(state)
     }
 

@@ -516,3 +516,72 @@ pub fn export(export: &crate::domain::export::Export, view: &ExportView) -> pb::
         name,
     }
 }
+
+pub fn run_trigger(trigger: crate::domain::run::RunTrigger) -> pb::RunTrigger {
+    use crate::domain::run::RunTrigger as T;
+    match trigger {
+        T::Manual => pb::RunTrigger::Manual,
+        T::RunAll => pb::RunTrigger::RunAll,
+        T::Schedule => pb::RunTrigger::Schedule,
+        T::SystemRefresh => pb::RunTrigger::SystemRefresh,
+    }
+}
+
+/// A run as clients see it; a failure is a `google.rpc.Status` with an ErrorInfo saying where.
+pub fn run(run: &crate::domain::run::Run) -> pb::ExportRun {
+    pb::ExportRun {
+        name: run.name.to_string(),
+        export: run.name.export_name().to_string(),
+        trigger: run_trigger(run.trigger) as i32,
+        state: run_state(run.state) as i32,
+        tasks: run
+            .tasks
+            .iter()
+            .map(|t| pb::RunTask {
+                name: t.name.clone(),
+                state: crate::domain::export::RunState::from_number(t.state)
+                    .map(|s| run_state(s) as i32)
+                    .unwrap_or(0),
+                start_time: opt_timestamp(t.start_time),
+                end_time: opt_timestamp(t.end_time),
+                message: t.message.clone(),
+            })
+            .collect(),
+        records_total: run.counts.total,
+        records_exported: run.counts.exported,
+        records_rejected: run.counts.rejected,
+        bytes_written: run.counts.bytes,
+        warnings: run.warnings.iter().map(export_warning).collect(),
+        error: run.error.as_ref().map(run_error),
+        attempt: run.attempt,
+        create_time: Some(timestamp(run.create_time)),
+        start_time: opt_timestamp(run.start_time),
+        end_time: opt_timestamp(run.end_time),
+        skip_reason: run.skip_reason.clone().unwrap_or_default(),
+        waiting_for: run.waiting_for.clone(),
+    }
+}
+
+fn run_error(error: &crate::domain::run::RunError) -> tonic_types::pb::Status {
+    use prost::Message;
+    let mut metadata = std::collections::HashMap::new();
+    if !error.task.is_empty() {
+        metadata.insert("task".to_string(), error.task.clone());
+    }
+    if !error.part.is_empty() {
+        metadata.insert("part".to_string(), error.part.clone());
+    }
+    let info = tonic_types::pb::ErrorInfo {
+        reason: error.reason.clone(),
+        domain: super::status::DOMAIN.into(),
+        metadata,
+    };
+    tonic_types::pb::Status {
+        code: error.code,
+        message: error.message.clone(),
+        details: vec![prost_types::Any {
+            type_url: "type.googleapis.com/google.rpc.ErrorInfo".into(),
+            value: info.encode_to_vec(),
+        }],
+    }
+}

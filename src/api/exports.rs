@@ -4,10 +4,10 @@
 use std::collections::{HashMap, HashSet};
 
 use prost::Message;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{State, convert, mask, principal, required, respond};
-use crate::api::status::to_status;
 use crate::auth::policy::{self, Action, Facts};
 use crate::auth::{Principal, Role};
 use crate::connectors::registry;
@@ -93,11 +93,15 @@ const MAX_BATCH: usize = 1000;
 
 pub struct ExportApi {
     state: State,
+    runs: super::runs::Runs,
 }
 
 impl ExportApi {
     pub fn new(state: State) -> Self {
-        ExportApi { state }
+        ExportApi {
+            runs: super::runs::Runs::new(state.clone()),
+            state,
+        }
     }
 
     async fn environment(&self, env: &str) -> Result<Environment> {
@@ -353,6 +357,7 @@ impl ExportApi {
             hash: &hash,
         });
         let created = self.state.store.create_export(&stored.export, key).await?;
+        self.state.engine.schedules_changed();
         tracing::info!(export = %created.export.name, kind = ?created.export.kind, "export created");
         self.show_one(role, &environment, created).await
     }
@@ -511,6 +516,7 @@ impl ExportApi {
             return Ok(shown);
         }
         let updated = self.state.store.update_export(&stored.export, sources_changed).await?;
+        self.state.engine.schedules_changed();
         tracing::info!(export = %name, paths = ?paths, "export updated");
         self.show_one(role, &environment, updated).await
     }
@@ -553,6 +559,7 @@ impl ExportApi {
         };
         copy.refresh_schedule_times(to_datetime(now));
         let created = self.state.store.create_export(&copy, None).await?;
+        self.state.engine.schedules_changed();
         tracing::info!(export = %created.export.name, from = %name, "export duplicated");
         let environment = self.environment(&name.env).await?;
         self.show_one(role, &environment, created).await
@@ -573,6 +580,7 @@ impl ExportApi {
         export.state = ExportState::Detached;
         export.refresh_schedule_times(to_datetime(now_micros()));
         let updated = self.state.store.update_export(&export, false).await?;
+        self.state.engine.schedules_changed();
         tracing::info!(export = %name, "connection detached from export");
         self.show_one(role, &environment, updated).await
     }
@@ -689,6 +697,7 @@ impl ExportApi {
                 .map(|s| (s.export.name.id.clone(), s))
                 .collect()
         };
+        self.state.engine.schedules_changed();
         tracing::info!(
             environment = %parent,
             named = names.len(),
@@ -707,7 +716,7 @@ impl ExportApi {
 
 /// Contributors edit only attached exports whose connection is shared with them; the flag is
 /// read from the connection as it is now.
-fn editable(stored: &StoredExport) -> bool {
+pub(crate) fn editable(stored: &StoredExport) -> bool {
     let shared = stored.connection.as_ref().is_some_and(|c| c.contributors_can_use);
     stored.export.editable_by_contributors(shared)
 }
@@ -781,13 +790,6 @@ fn implied_paths(input: &pb::Export) -> Vec<String> {
     paths
 }
 
-fn not_yet(method: &str) -> Status {
-    to_status(Error::unimplemented(
-        method,
-        format!("{method} is not implemented in this version of exportd yet"),
-    ))
-}
-
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
 #[tonic::async_trait]
@@ -820,11 +822,13 @@ impl ExportService for ExportApi {
         let principal = principal(&request)?;
         respond(self.detach(principal, request.into_inner())).await
     }
-    async fn run_export(&self, _: Request<pb::RunExportRequest>) -> Reply<pb::ExportRun> {
-        Err(not_yet("RunExport"))
+    async fn run_export(&self, request: Request<pb::RunExportRequest>) -> Reply<pb::ExportRun> {
+        let principal = principal(&request)?;
+        respond(self.runs.run_export(principal, request.into_inner())).await
     }
-    async fn run_all_exports(&self, _: Request<pb::RunAllExportsRequest>) -> Reply<pb::RunAllExportsResponse> {
-        Err(not_yet("RunAllExports"))
+    async fn run_all_exports(&self, request: Request<pb::RunAllExportsRequest>) -> Reply<pb::RunAllExportsResponse> {
+        let principal = principal(&request)?;
+        respond(self.runs.run_all(principal, request.into_inner())).await
     }
     async fn update_export_schedules(
         &self,
@@ -833,18 +837,22 @@ impl ExportService for ExportApi {
         let principal = principal(&request)?;
         respond(self.update_schedules(principal, request.into_inner())).await
     }
-    async fn list_export_runs(&self, _: Request<pb::ListExportRunsRequest>) -> Reply<pb::ListExportRunsResponse> {
-        Err(not_yet("ListExportRuns"))
+    async fn list_export_runs(&self, request: Request<pb::ListExportRunsRequest>) -> Reply<pb::ListExportRunsResponse> {
+        let principal = principal(&request)?;
+        respond(self.runs.list(principal, request.into_inner())).await
     }
-    async fn get_export_run(&self, _: Request<pb::GetExportRunRequest>) -> Reply<pb::ExportRun> {
-        Err(not_yet("GetExportRun"))
+    async fn get_export_run(&self, request: Request<pb::GetExportRunRequest>) -> Reply<pb::ExportRun> {
+        let principal = principal(&request)?;
+        respond(self.runs.get(principal, request.into_inner())).await
     }
-    type WatchExportRunStream = futures::stream::BoxStream<'static, std::result::Result<pb::ExportRun, Status>>;
-    async fn watch_export_run(&self, _: Request<pb::WatchExportRunRequest>) -> Reply<Self::WatchExportRunStream> {
-        Err(not_yet("WatchExportRun"))
+    type WatchExportRunStream = ReceiverStream<std::result::Result<pb::ExportRun, Status>>;
+    async fn watch_export_run(&self, request: Request<pb::WatchExportRunRequest>) -> Reply<Self::WatchExportRunStream> {
+        let principal = principal(&request)?;
+        respond(self.runs.watch(principal, request.into_inner())).await
     }
-    async fn cancel_export_run(&self, _: Request<pb::CancelExportRunRequest>) -> Reply<pb::ExportRun> {
-        Err(not_yet("CancelExportRun"))
+    async fn cancel_export_run(&self, request: Request<pb::CancelExportRunRequest>) -> Reply<pb::ExportRun> {
+        let principal = principal(&request)?;
+        respond(self.runs.cancel(principal, request.into_inner())).await
     }
 }
 

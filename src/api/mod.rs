@@ -16,6 +16,7 @@ pub mod connections;
 pub mod convert;
 pub mod exports;
 pub mod mask;
+pub mod runs;
 pub mod status;
 
 /// What every service shares.

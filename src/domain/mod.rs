@@ -11,5 +11,6 @@ pub mod list_query;
 pub mod names;
 pub mod paging;
 pub mod rule;
+pub mod run;
 pub mod schedule;
 pub mod time;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::Engine;
 use crate::domain::names::{EnvironmentName, SystemRefreshName, generate_id};
+use crate::domain::run::RunTrigger;
 use crate::error::Result;
 use crate::store::system_refreshes::{SystemRefresh, SystemRefreshState};
 
@@ -25,17 +26,47 @@ impl Engine {
                 // Left RUNNING on purpose: the next start resumes it.
                 return;
             }
-            let (state, error) = match outcome {
-                Ok(()) => (SystemRefreshState::Succeeded, None),
+            let (state, error, runs) = match outcome {
+                // Only the completion of a system refresh starts the exports that follow it.
+                Ok(()) => match engine.start_system_refresh_exports(&name.env).await {
+                    Ok(runs) => (SystemRefreshState::Succeeded, None, runs),
+                    Err(e) => (SystemRefreshState::Failed, Some(e.message), Vec::new()),
+                },
                 Err(e) => {
                     tracing::warn!(refresh = %name, error = %e.message, "system refresh failed");
-                    (SystemRefreshState::Failed, Some(e.message))
+                    (SystemRefreshState::Failed, Some(e.message), Vec::new())
                 }
             };
-            if let Err(e) = engine.store.finish_system_refresh(&name, state, error, &[]).await {
+            if let Err(e) = engine.store.finish_system_refresh(&name, state, error, &runs).await {
                 tracing::error!(refresh = %name, error = %e.message, "cannot record the end of a system refresh");
             }
+            if let Err(e) = engine.release_waiting_runs(&name.env).await {
+                tracing::warn!(refresh = %name, error = %e.message, "cannot release waiting runs");
+            }
         });
+    }
+
+    /// Runs every "with system refresh" export of the environment (or leaves one catch-up run
+    /// where a run is active); returns the names of the runs started.
+    async fn start_system_refresh_exports(self: &Arc<Self>, env: &str) -> Result<Vec<String>> {
+        let mut runs = Vec::new();
+        for export in self.store.system_refresh_exports(env).await? {
+            let Some(stored) = self.store.get_export(&export).await? else {
+                continue;
+            };
+            let waiting = self.refreshing_dependencies(&stored.export).await?;
+            if let Some(run) = self
+                .store
+                .create_or_catch_up(&export, RunTrigger::SystemRefresh, &waiting)
+                .await?
+            {
+                runs.push(run.name.to_string());
+            }
+        }
+        if !runs.is_empty() {
+            self.wake_workers();
+        }
+        Ok(runs)
     }
 
     async fn refresh_catalog(&self, name: &SystemRefreshName) -> Result<()> {

@@ -135,7 +135,7 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
         };
         let serve = router.serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(serve);
-        tokio::select! {
+        let outcome = tokio::select! {
             result = &mut serve => result.map_err(|e| format!("server error: {e}")),
             // Idle connections do not hold shutdown up: once no RPC is in flight (or the
             // grace period is over) the server stops and its connections close.
@@ -146,10 +146,13 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
                 if !finished {
                     tracing::warn!(grace_seconds = grace.as_secs(), "in-flight RPCs did not finish within the grace period; closing");
                 }
-                engine.stop();
                 Ok(())
             }
-        }
+        };
+        // Running exports stop at a safe point and go back to the queue (or, if they cannot,
+        // keep their rows; their leases expire and they are taken over).
+        engine.stop(grace).await;
+        outcome
     });
     Ok(RunningServer {
         addr,

@@ -18,6 +18,8 @@ pub mod migration;
 pub mod models;
 pub mod records;
 pub mod request_ids;
+pub mod runs;
+pub mod schedules;
 pub mod secrets;
 pub mod segments;
 mod statistics;

@@ -2226,21 +2226,3 @@ async fn next_run_times_are_local_clock_times() {
     assert!(next - Utc::now() <= chrono::Duration::hours(1));
     t.stop().await;
 }
-
-#[tokio::test]
-async fn runs_are_not_implemented_yet() {
-    let t = acme().await;
-    let mut admin = t.exports("acme", Role::Admin).await;
-    let created = create(&mut admin, data_out("acme", "x", "X", "files", &[CUSTOMERS])).await;
-    let status = expect_code(
-        admin
-            .run_export(pb::RunExportRequest {
-                name: created.name,
-                request_id: String::new(),
-            })
-            .await,
-        Code::Unimplemented,
-    );
-    assert_eq!(reason(&status), "NOT_IMPLEMENTED");
-    t.stop().await;
-}

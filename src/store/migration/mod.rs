@@ -4,6 +4,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_environments_connections;
 mod m0002_catalog;
 mod m0003_exports;
+mod m0004_runs;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_environments_connections::Migration),
             Box::new(m0002_catalog::Migration),
             Box::new(m0003_exports::Migration),
+            Box::new(m0004_runs::Migration),
         ]
     }
 }

@@ -1,0 +1,256 @@
+//! The run RPCs of ExportService: RunExport, RunAllExports, ListExportRuns, GetExportRun,
+//! WatchExportRun and CancelExportRun. A run is recorded (a row) before this returns; workers
+//! execute it.
+
+use std::time::Duration;
+
+use prost::Message;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::exports::editable;
+use super::{State, convert};
+use crate::auth::Principal;
+use crate::auth::policy::{self, Action, Facts};
+use crate::domain::export::{ExportState, RunState};
+use crate::domain::list_query::{FieldKind, FilterField, OrderKey, parse_filter, parse_order_by};
+use crate::domain::names::{EnvironmentName, ExportName, RunName, RunParent};
+use crate::domain::paging;
+use crate::domain::run::RunTrigger;
+use crate::error::{Error, Result};
+use crate::pb;
+use crate::store::connections::RequestKey;
+use crate::store::exports::StoredExport;
+use crate::store::request_ids;
+use crate::store::runs::RunQuery;
+
+const FILTER_FIELDS: &[FilterField] = &[
+    FilterField {
+        name: "state",
+        kind: FieldKind::Keyword,
+        allowed: &RunState::NAMES,
+    },
+    FilterField {
+        name: "trigger",
+        kind: FieldKind::Keyword,
+        allowed: &RunTrigger::NAMES,
+    },
+    FilterField {
+        name: "create_time",
+        kind: FieldKind::Time,
+        allowed: &[],
+    },
+];
+const ENUM_PREFIXES: &[(&str, &str)] = &[("state", "RUN_STATE_"), ("trigger", "RUN_TRIGGER_")];
+/// A watcher re-reads its run at least this often (runs executed by another process).
+const WATCH_POLL: Duration = Duration::from_millis(500);
+
+pub struct Runs {
+    state: State,
+}
+
+impl Runs {
+    pub fn new(state: State) -> Self {
+        Runs { state }
+    }
+
+    /// Loads an export for a run action, with the policy's verdict for this caller.
+    async fn export_for(&self, principal: &Principal, name: &ExportName, action: Action) -> Result<StoredExport> {
+        policy::role_in(principal, &name.env)?;
+        let stored = self.state.store.export_or_not_found(name).await?;
+        policy::authorize(principal, &name.env, action, Facts::export(editable(&stored)))
+            .map_err(|e| e.with_meta("export", name.to_string()))?;
+        Ok(stored)
+    }
+
+    pub async fn run_export(&self, principal: Principal, request: pb::RunExportRequest) -> Result<pb::ExportRun> {
+        let name = ExportName::parse("name", &request.name)?;
+        request_ids::check_format(&request.request_id)?;
+        let stored = self.export_for(&principal, &name, Action::RunExport).await?;
+        if stored.export.state == ExportState::Detached || stored.connection.is_none() {
+            return Err(Error::precondition(
+                "EXPORT_DETACHED",
+                format!("export '{name}' has no connection (detached); attach one before running it"),
+            )
+            .with_meta("export", name.to_string())
+            .with_precondition("EXPORT_DETACHED", name.to_string(), "the export has no connection"));
+        }
+        let waiting = self.state.engine.refreshing_dependencies(&stored.export).await?;
+        let hash = request_ids::request_hash(&request.encode_to_vec());
+        let key = (!request.request_id.is_empty()).then(|| RequestKey {
+            method: "RunExport",
+            request_id: &request.request_id,
+            hash: &hash,
+        });
+        let run = self
+            .state
+            .store
+            .create_run(&name, RunTrigger::Manual, &waiting, key)
+            .await?;
+        tracing::info!(run = %run.name, state = run.state.as_str(), "run requested");
+        self.state.engine.wake_workers();
+        Ok(convert::run(&run))
+    }
+
+    /// Runs every export whose schedule is on and that has no active run; contributors only
+    /// those they may edit. Exports with schedule off are left out.
+    pub async fn run_all(
+        &self,
+        principal: Principal,
+        request: pb::RunAllExportsRequest,
+    ) -> Result<pb::RunAllExportsResponse> {
+        let parent = EnvironmentName::parse("parent", &request.parent)?;
+        let role = policy::authorize(&principal, &parent.env, Action::RunAllExports, Facts::default())?;
+        if self.state.store.get_environment(&parent.env).await?.is_none() {
+            return Err(Error::not_found("environment", parent.to_string()));
+        }
+        let mut runs = Vec::new();
+        for stored in self.state.store.all_exports(&parent.env).await? {
+            let export = &stored.export;
+            if !export.schedule.enabled || export.state != ExportState::Active || stored.connection.is_none() {
+                continue;
+            }
+            if !policy::may_edit_export(role, editable(&stored)) {
+                continue;
+            }
+            if self.state.store.active_run(&export.name).await?.is_some() {
+                continue;
+            }
+            let waiting = self.state.engine.refreshing_dependencies(export).await?;
+            match self
+                .state
+                .store
+                .create_run(&export.name, RunTrigger::RunAll, &waiting, None)
+                .await
+            {
+                Ok(run) => runs.push(convert::run(&run)),
+                // A run started meanwhile (another caller, a schedule): leave this one out.
+                Err(e) if e.reason == "RUN_ACTIVE" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(env = %parent.env, runs = runs.len(), "run all");
+        self.state.engine.wake_workers();
+        Ok(pb::RunAllExportsResponse { runs })
+    }
+
+    pub async fn list(
+        &self,
+        principal: Principal,
+        request: pb::ListExportRunsRequest,
+    ) -> Result<pb::ListExportRunsResponse> {
+        let parent = RunParent::parse("parent", &request.parent)?;
+        policy::authorize(&principal, &parent.env, Action::ListExportRuns, Facts::default())?;
+        let filter = parse_filter(&request.filter, FILTER_FIELDS, ENUM_PREFIXES)
+            .map_err(|e| Error::invalid("filter", e.to_string()))?;
+        // Newest first unless asked otherwise.
+        let order = if request.order_by.trim().is_empty() {
+            vec![OrderKey {
+                field: "create_time".into(),
+                desc: true,
+            }]
+        } else {
+            parse_order_by(&request.order_by, &["create_time"], "create_time")
+                .map_err(|e| Error::invalid("order_by", e.to_string()))?
+        };
+        let fingerprint = paging::fingerprint(&[&request.parent, &request.filter, &request.order_by]);
+        let page = paging::parse(request.page_size, &request.page_token, &fingerprint)?;
+        if let Some(export) = &parent.export {
+            self.state
+                .store
+                .export_or_not_found(&ExportName::new(&parent.env, export))
+                .await?;
+        } else if self.state.store.get_environment(&parent.env).await?.is_none() {
+            return Err(Error::not_found("environment", format!("environments/{}", parent.env)));
+        }
+        let query = RunQuery {
+            env: &parent.env,
+            export: parent.export.as_deref(),
+            filter: filter.as_ref(),
+            order: &order,
+            page,
+        };
+        let (runs, total) = self.state.store.list_runs(&query).await?;
+        Ok(pb::ListExportRunsResponse {
+            next_page_token: paging::next_token(page, runs.len(), total, &fingerprint),
+            runs: runs.iter().map(convert::run).collect(),
+        })
+    }
+
+    pub async fn get(&self, principal: Principal, request: pb::GetExportRunRequest) -> Result<pb::ExportRun> {
+        let name = RunName::parse("name", &request.name)?;
+        policy::authorize(&principal, &name.env, Action::GetExportRun, Facts::default())?;
+        Ok(convert::run(&self.state.store.run_or_not_found(&name).await?))
+    }
+
+    pub async fn cancel(&self, principal: Principal, request: pb::CancelExportRunRequest) -> Result<pb::ExportRun> {
+        let name = RunName::parse("name", &request.name)?;
+        self.state.store.run_or_not_found(&name).await.or_else(|e| {
+            // Without a role, even the run's existence is not told.
+            policy::role_in(&principal, &name.env)?;
+            Err(e)
+        })?;
+        self.export_for(&principal, &name.export_name(), Action::CancelExportRun)
+            .await?;
+        let run = self.state.store.cancel_run(&name).await?;
+        self.state.engine.signal_cancel(&name.to_string());
+        self.state.engine.run_changed(&name.to_string());
+        tracing::info!(run = %name, state = run.state.as_str(), "run cancellation requested");
+        Ok(convert::run(&run))
+    }
+
+    /// The run as it is now, then each change; the stream ends after the terminal state.
+    pub async fn watch(
+        &self,
+        principal: Principal,
+        request: pb::WatchExportRunRequest,
+    ) -> Result<ReceiverStream<std::result::Result<pb::ExportRun, Status>>> {
+        let name = RunName::parse("name", &request.name)?;
+        policy::authorize(&principal, &name.env, Action::WatchExportRun, Facts::default())?;
+        let first = self.state.store.run_or_not_found(&name).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let engine = self.state.engine.clone();
+        let store = self.state.store.clone();
+        let key = name.to_string();
+        tokio::spawn(async move {
+            let mut changes = engine.subscribe_run_changes();
+            let mut last = first.revision;
+            let mut terminal = first.state.is_terminal();
+            if tx.send(Ok(convert::run(&first))).await.is_err() {
+                return;
+            }
+            while !terminal {
+                tokio::select! {
+                    changed = changes.recv() => {
+                        match changed {
+                            Ok(changed) if changed != key => continue,
+                            _ => {}
+                        }
+                    }
+                    _ = tokio::time::sleep(WATCH_POLL) => {}
+                    _ = engine.stopping() => {
+                        let _ = tx.send(Err(Status::unavailable("the server is shutting down; watch again"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                }
+                let run = match store.get_run(&name).await {
+                    Ok(Some(run)) => run,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(super::status::to_status(e))).await;
+                        return;
+                    }
+                };
+                if run.revision != last {
+                    last = run.revision;
+                    terminal = run.state.is_terminal();
+                    if tx.send(Ok(convert::run(&run))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+}

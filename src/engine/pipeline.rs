@@ -1,0 +1,746 @@
+//! One run, from checks to commit:
+//!
+//! 1. **validate** — the export, its connection, its sources; dependencies being refreshed send
+//!    the run back to wait; eligibility and limits are checked *before the target is contacted*
+//!    (a segment over the limit or under the minimum skips the run, nothing is sent).
+//! 2. **extract** → **write** — records are read in key order in batches by one task and
+//!    written by another, through a bounded channel: memory does not grow with the data.
+//! 3. **finalize** — the sink commits (a CDM folder's model.json is written last), the export
+//!    remembers the run, and incremental exports the change sequences they delivered.
+//!
+//! Tasks are stored the moment they change; counts at most every half second.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use super::Engine;
+use super::retry::{Failure, RetryPolicy, retry};
+use crate::connectors::{self, Column, PartSchema, RunTarget, Sink, Target, registry};
+use crate::domain::catalog::{Entity, Segment};
+use crate::domain::connection::Connection;
+use crate::domain::connection_type::{ExportKind, SyncMode};
+use crate::domain::eligibility::{SEGMENT_OVER_LIMIT, SEGMENT_UNDER_MINIMUM};
+use crate::domain::export::{self, CatalogFacts, Export, ExportState, Warning};
+use crate::domain::run::{Counts, Run, RunError, RunState, Task};
+use crate::domain::time::{now_micros, to_datetime};
+use crate::error::{Error, ErrorCode};
+use crate::store::records::StoredRecord;
+use crate::store::runs::Finish;
+
+/// Records per read (and per write to the sink).
+const BATCH: u64 = 5000;
+/// Counts are stored at least this often while a run works (and on every task change).
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// What the worker tells the pipeline while it runs.
+pub struct Control {
+    pub owner: String,
+    /// A user cancelled the run.
+    pub cancel: watch::Receiver<bool>,
+    /// Another worker took the run over: stop at once, touch nothing.
+    pub lost: watch::Receiver<bool>,
+}
+
+pub enum Outcome {
+    /// The run ended (succeeded, failed, skipped or cancelled).
+    Finished(Finish),
+    /// The run went back to the queue (waiting for dependencies, or the process is stopping).
+    Requeued,
+    /// The run belongs to another worker now.
+    Abandoned,
+}
+
+/// Where a part's records come from.
+enum Source {
+    Entity {
+        entity: Entity,
+        since: Option<i64>,
+        until: i64,
+    },
+    Segment {
+        segment: Segment,
+        since: Option<i64>,
+        until: i64,
+    },
+}
+
+struct Part {
+    schema: PartSchema,
+    /// For each column, the record field it is read from.
+    fields: Vec<String>,
+    source: Source,
+}
+
+struct Plan {
+    export: Export,
+    connection: Connection,
+    parts: Vec<Part>,
+    warnings: Vec<Warning>,
+    /// Incremental exports: what the delivered change sequences become on success.
+    sync_state: Option<BTreeMap<String, i64>>,
+}
+
+enum Checked {
+    Go(Plan),
+    Skip { reason: String, warnings: Vec<Warning> },
+    Wait(Vec<String>),
+}
+
+/// The run as it is being executed: tasks, counts and warnings, flushed to its row.
+struct Progress {
+    tasks: Vec<Task>,
+    counts: Counts,
+    warnings: Vec<Warning>,
+    flushed: Instant,
+}
+
+impl Progress {
+    fn task(&mut self, name: &str) -> &mut Task {
+        self.tasks
+            .iter_mut()
+            .find(|t| t.name == name)
+            .expect("every run has the standard tasks")
+    }
+
+    fn start(&mut self, name: &str, message: &str) {
+        let task = self.task(name);
+        task.state = RunState::Running.number();
+        task.start_time = Some(now_micros());
+        task.message = message.to_string();
+    }
+
+    fn end(&mut self, name: &str, state: RunState, message: impl Into<String>) {
+        let task = self.task(name);
+        task.state = state.number();
+        task.start_time.get_or_insert_with(now_micros);
+        task.end_time = Some(now_micros());
+        task.message = message.into();
+    }
+
+    /// Tasks that never started end with the run (cancelled or skipped).
+    fn close_open_tasks(&mut self, state: RunState) {
+        for task in &mut self.tasks {
+            if task.state == RunState::Queued.number() {
+                task.state = state.number();
+            } else if task.state == RunState::Running.number() {
+                task.state = state.number();
+                task.end_time = Some(now_micros());
+            }
+        }
+    }
+}
+
+fn failure_error(task: &str, part: &str, failure: &Failure) -> RunError {
+    let (code, reason) = match failure {
+        Failure::Transient { .. } => (tonic::Code::Unavailable, "TARGET_UNAVAILABLE"),
+        Failure::Permanent { message } if message.contains("not yet supported") => {
+            (tonic::Code::Unimplemented, "CONNECTOR_NOT_SUPPORTED")
+        }
+        Failure::Permanent { .. } => (tonic::Code::FailedPrecondition, "TARGET_ERROR"),
+    };
+    RunError {
+        code: code as i32,
+        reason: reason.into(),
+        message: failure.message().to_string(),
+        task: task.into(),
+        part: part.into(),
+    }
+}
+
+fn error_of(task: &str, err: &Error) -> RunError {
+    RunError {
+        code: crate::api::status::code_of(err.code) as i32,
+        reason: err.reason.to_string(),
+        message: err.message.clone(),
+        task: task.to_string(),
+        part: String::new(),
+    }
+}
+
+impl Engine {
+    pub(crate) async fn run_pipeline(self: &Arc<Self>, run: &Run, control: &Control) -> Outcome {
+        let mut progress = Progress {
+            tasks: run.tasks.clone(),
+            counts: Counts::default(),
+            warnings: Vec::new(),
+            flushed: Instant::now(),
+        };
+        progress.start("validate", "checking the export, its connection and its sources");
+        self.flush(run, control, &mut progress).await;
+
+        let checked = match self.check(run).await {
+            Ok(checked) => checked,
+            Err(err) => {
+                return self
+                    .fail(run, control, progress, "validate", error_of("validate", &err))
+                    .await;
+            }
+        };
+        let plan = match checked {
+            Checked::Go(plan) => plan,
+            Checked::Wait(waiting_for) => {
+                tracing::info!(run = %run.name, ?waiting_for, "waiting for dependencies being refreshed");
+                return match self.store.set_waiting(&run.name, &waiting_for).await {
+                    Ok(_) => Outcome::Requeued,
+                    Err(e) => {
+                        self.fail(run, control, progress, "validate", error_of("validate", &e))
+                            .await
+                    }
+                };
+            }
+            Checked::Skip { reason, warnings } => {
+                progress.warnings = warnings;
+                progress.end("validate", RunState::Skipped, reason.clone());
+                progress.close_open_tasks(RunState::Skipped);
+                return Outcome::Finished(Finish {
+                    state: RunState::Skipped,
+                    tasks: progress.tasks,
+                    counts: progress.counts,
+                    warnings: progress.warnings,
+                    error: None,
+                    skip_reason: Some(reason),
+                    sync_state: None,
+                });
+            }
+        };
+        progress.warnings = plan.warnings.clone();
+        let parts: Vec<&str> = plan.parts.iter().map(|p| p.schema.id.as_str()).collect();
+        progress.end(
+            "validate",
+            RunState::Succeeded,
+            format!("ready to export {}", parts.join(", ")),
+        );
+        self.flush(run, control, &mut progress).await;
+
+        self.transfer(run, control, progress, plan).await
+    }
+
+    /// Step 1: everything that can be decided without contacting the target.
+    async fn check(&self, run: &Run) -> crate::error::Result<Checked> {
+        let stored = self.store.get_export(&run.name.export_name()).await?.ok_or_else(|| {
+            Error::precondition(
+                "EXPORT_DELETED",
+                format!("export '{}' was deleted", run.name.export_name()),
+            )
+        })?;
+        let export = stored.export;
+        let connection = match (export.state, stored.connection) {
+            (ExportState::Active, Some(connection)) => connection,
+            _ => {
+                return Err(Error::precondition(
+                    "EXPORT_DETACHED",
+                    format!(
+                        "export '{}' has no connection (detached); attach one to run it",
+                        export.name
+                    ),
+                ));
+            }
+        };
+        let waiting_for = self.refreshing_dependencies(&export).await?;
+        if !waiting_for.is_empty() {
+            return Ok(Checked::Wait(waiting_for));
+        }
+        let spec = registry::find(&connection.type_id)
+            .ok_or_else(|| Error::internal(format!("unknown connection type '{}'", connection.type_id)))?;
+        let environment = self
+            .store
+            .get_environment(&export.name.env)
+            .await?
+            .ok_or_else(|| Error::not_found("environment", format!("environments/{}", export.name.env)))?;
+
+        let segment_ids: Vec<String> = export.segments.iter().map(|s| s.id.clone()).collect();
+        let segments = self.store.segments_by_ids(&export.name.env, &segment_ids).await?;
+        let mut entity_ids: Vec<String> = export.entities.iter().map(|e| e.id.clone()).collect();
+        entity_ids.extend(segments.iter().map(|s| s.entity.id.clone()));
+        let entities = self.store.entities_by_ids(&export.name.env, &entity_ids).await?;
+        let entities_by_name: std::collections::HashMap<_, _> =
+            entities.into_iter().map(|e| (e.name.clone(), e)).collect();
+        let segments_by_name: std::collections::HashMap<_, _> =
+            segments.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let destination = export::destination(environment.kind, spec, &connection, &export);
+        let catalog = CatalogFacts {
+            entities: &entities_by_name,
+            segments: &segments_by_name,
+        };
+        let warnings = match export::validate_all("export", &export, &catalog, Some(&destination)) {
+            Ok(warnings) => warnings,
+            // Eligibility may change after an export was saved: such a run is skipped, with
+            // the same message the API gives at save time.
+            Err(err) if err.reason == crate::domain::eligibility::SEGMENT_NOT_ELIGIBLE => {
+                return Ok(Checked::Skip {
+                    reason: err.message,
+                    warnings: Vec::new(),
+                });
+            }
+            Err(err) if err.code == ErrorCode::InvalidArgument => {
+                return Err(Error::precondition(
+                    "EXPORT_INVALID",
+                    format!("the export no longer fits its sources or connection: {}", err.message),
+                ));
+            }
+            Err(err) => return Err(err),
+        };
+        let blocking: Vec<&Warning> = warnings
+            .iter()
+            .filter(|w| w.code == SEGMENT_OVER_LIMIT || w.code == SEGMENT_UNDER_MINIMUM)
+            .collect();
+        if !blocking.is_empty() {
+            let reason = blocking
+                .iter()
+                .map(|w| w.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Ok(Checked::Skip { reason, warnings });
+        }
+
+        let incremental = export.sync_mode == SyncMode::Incremental;
+        let delivered = if incremental {
+            self.store.export_sync_state(&export.name).await?
+        } else {
+            BTreeMap::new()
+        };
+        let mut sync_state = BTreeMap::new();
+        let mut parts = Vec::new();
+        match export.kind {
+            ExportKind::DataOut => {
+                for name in &export.entities {
+                    let entity = entities_by_name
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| missing("entity", name))?;
+                    let until = entity.change_seq;
+                    let since = if incremental {
+                        delivered.get(&entity.name.id).copied()
+                    } else {
+                        None
+                    };
+                    sync_state.insert(entity.name.id.clone(), until);
+                    parts.push(entity_part(entity, since, until, incremental));
+                }
+            }
+            ExportKind::Segment => {
+                for name in &export.segments {
+                    let segment = segments_by_name
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| missing("segment", name))?;
+                    let entity = entities_by_name
+                        .get(&segment.entity)
+                        .cloned()
+                        .ok_or_else(|| missing("entity", &segment.entity))?;
+                    let until = entity.change_seq;
+                    let key = format!("segment:{}", segment.name.id);
+                    let since = if incremental {
+                        delivered.get(&key).copied()
+                    } else {
+                        None
+                    };
+                    sync_state.insert(key, until);
+                    parts.push(segment_part(&export, segment, entity, since, until, incremental));
+                }
+            }
+        }
+        Ok(Checked::Go(Plan {
+            export,
+            connection,
+            parts,
+            warnings,
+            sync_state: incremental.then_some(sync_state),
+        }))
+    }
+
+    /// Steps 2 and 3.
+    async fn transfer(self: &Arc<Self>, run: &Run, control: &Control, mut progress: Progress, plan: Plan) -> Outcome {
+        let secrets = match self.store.connection_secrets(&plan.connection.name).await {
+            Ok(secrets) => secrets,
+            Err(e) => return self.fail(run, control, progress, "write", error_of("write", &e)).await,
+        };
+        let connector = connectors::connector_for(&plan.connection.type_id);
+        let run_id = run.name.id.clone();
+        let run_target = RunTarget {
+            target: Target {
+                connection: &plan.connection,
+                secrets: &secrets,
+                exports_root: &self.settings.exports_root,
+            },
+            export_id: &plan.export.name.id,
+            run_id: &run_id,
+            run_time: to_datetime(run.create_time),
+            settings: &plan.export.settings,
+        };
+        progress.start("write", &format!("opening the {} target", plan.connection.type_id));
+        let opened = retry(
+            RetryPolicy::default(),
+            |_| connector.open_sink(&run_target),
+            tokio::time::sleep,
+        )
+        .await;
+        let mut sink = match opened {
+            Ok(sink) => sink,
+            Err((failure, _)) => {
+                return self
+                    .fail(run, control, progress, "write", failure_error("write", "", &failure))
+                    .await;
+            }
+        };
+
+        progress.start("extract", "reading records");
+        self.flush(run, control, &mut progress).await;
+        for part in plan.parts {
+            let id = part.schema.id.clone();
+            match self
+                .transfer_part(run, control, &mut progress, sink.as_mut(), part)
+                .await
+            {
+                Ok(()) => {}
+                Err(Stop::Failed(failure)) => {
+                    sink.abort().await;
+                    return self
+                        .fail(run, control, progress, "write", failure_error("write", &id, &failure))
+                        .await;
+                }
+                Err(Stop::Store(err)) => {
+                    sink.abort().await;
+                    return self
+                        .fail(run, control, progress, "extract", error_of("extract", &err))
+                        .await;
+                }
+                Err(Stop::Cancelled) => {
+                    sink.abort().await;
+                    return self.cancelled(progress);
+                }
+                Err(Stop::ShuttingDown) => {
+                    sink.abort().await;
+                    return match self.store.set_waiting(&run.name, &[]).await {
+                        Ok(_) => Outcome::Requeued,
+                        Err(_) => Outcome::Abandoned,
+                    };
+                }
+                Err(Stop::Lost) => return Outcome::Abandoned,
+            }
+        }
+        let read = progress.counts.total;
+        progress.end("extract", RunState::Succeeded, format!("read {read} records"));
+        let exported = progress.counts.exported;
+        progress.end("write", RunState::Succeeded, format!("wrote {exported} records"));
+        progress.start("finalize", "committing");
+        self.flush(run, control, &mut progress).await;
+        if let Some(stop) = interrupted(self, control) {
+            sink.abort().await;
+            return match stop {
+                Stop::Cancelled => self.cancelled(progress),
+                Stop::Lost => Outcome::Abandoned,
+                _ => match self.store.set_waiting(&run.name, &[]).await {
+                    Ok(_) => Outcome::Requeued,
+                    Err(_) => Outcome::Abandoned,
+                },
+            };
+        }
+        let summary = match sink.commit().await {
+            Ok(summary) => summary,
+            Err(failure) => {
+                return self
+                    .fail(
+                        run,
+                        control,
+                        progress,
+                        "finalize",
+                        failure_error("finalize", "", &failure),
+                    )
+                    .await;
+            }
+        };
+        progress.counts.bytes = summary.bytes as i64;
+        progress.end(
+            "finalize",
+            RunState::Succeeded,
+            format!("committed {} files; see {}", summary.files.len(), summary.location),
+        );
+        Outcome::Finished(Finish {
+            state: RunState::Succeeded,
+            tasks: progress.tasks,
+            counts: progress.counts,
+            warnings: progress.warnings,
+            error: None,
+            skip_reason: None,
+            sync_state: plan.sync_state,
+        })
+    }
+
+    /// Streams one part: a reader task fills a bounded channel with batches of rows; this task
+    /// writes them to the sink.
+    async fn transfer_part(
+        self: &Arc<Self>,
+        run: &Run,
+        control: &Control,
+        progress: &mut Progress,
+        sink: &mut dyn Sink,
+        part: Part,
+    ) -> Result<(), Stop> {
+        sink.begin_part(&part.schema).await.map_err(Stop::Failed)?;
+        let (tx, mut rx) = mpsc::channel::<crate::error::Result<(usize, Vec<Vec<Value>>)>>(2);
+        let store = self.store.clone();
+        let fields = part.fields.clone();
+        let incremental = part.schema.incremental;
+        let reader = tokio::spawn(async move {
+            let mut after: Option<String> = None;
+            loop {
+                let batch = read_batch(&store, &part.source, after.as_deref()).await;
+                let records = match batch {
+                    Ok(records) => records,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let Some(last) = records.last() else { return };
+                after = Some(last.key.clone());
+                let read = records.len();
+                let rows = rows_of(&records, &part.source, &fields, incremental);
+                if tx.send(Ok((read, rows))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let result = async {
+            while let Some(batch) = rx.recv().await {
+                let (read, rows) = batch.map_err(Stop::Store)?;
+                if let Some(stop) = interrupted(self, control) {
+                    return Err(stop);
+                }
+                progress.counts.total += read as i64;
+                let written = rows.len() as i64;
+                let bytes = sink.write_rows(rows).await.map_err(Stop::Failed)?;
+                progress.counts.exported += written;
+                progress.counts.bytes = bytes as i64;
+                if progress.flushed.elapsed() >= PROGRESS_EVERY {
+                    self.flush(run, control, progress).await;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        reader.abort();
+        result?;
+        sink.end_part().await.map_err(Stop::Failed)
+    }
+
+    /// Stores the run's progress and tells watchers.
+    async fn flush(&self, run: &Run, control: &Control, progress: &mut Progress) {
+        progress.flushed = Instant::now();
+        match self
+            .store
+            .save_progress(
+                &run.name,
+                &control.owner,
+                &progress.tasks,
+                progress.counts,
+                &progress.warnings,
+            )
+            .await
+        {
+            Ok(_) => self.run_changed(&run.name.to_string()),
+            Err(e) => tracing::warn!(run = %run.name, error = %e.message, "cannot store run progress"),
+        }
+    }
+
+    async fn fail(
+        &self,
+        run: &Run,
+        _control: &Control,
+        mut progress: Progress,
+        task: &str,
+        error: RunError,
+    ) -> Outcome {
+        tracing::warn!(run = %run.name, task, reason = %error.reason, message = %error.message, "run failed");
+        progress.end(task, RunState::Failed, error.message.clone());
+        progress.close_open_tasks(RunState::Cancelled);
+        Outcome::Finished(Finish {
+            state: RunState::Failed,
+            tasks: progress.tasks,
+            counts: progress.counts,
+            warnings: progress.warnings,
+            error: Some(error),
+            skip_reason: None,
+            sync_state: None,
+        })
+    }
+
+    fn cancelled(&self, mut progress: Progress) -> Outcome {
+        progress.close_open_tasks(RunState::Cancelled);
+        Outcome::Finished(Finish {
+            state: RunState::Cancelled,
+            tasks: progress.tasks,
+            counts: progress.counts,
+            warnings: progress.warnings,
+            error: None,
+            skip_reason: None,
+            sync_state: None,
+        })
+    }
+}
+
+/// Why a transfer stopped early.
+enum Stop {
+    Failed(Failure),
+    Store(Error),
+    Cancelled,
+    ShuttingDown,
+    Lost,
+}
+
+fn interrupted(engine: &Engine, control: &Control) -> Option<Stop> {
+    if *control.lost.borrow() {
+        Some(Stop::Lost)
+    } else if *control.cancel.borrow() {
+        Some(Stop::Cancelled)
+    } else if engine.is_stopping() {
+        Some(Stop::ShuttingDown)
+    } else {
+        None
+    }
+}
+
+fn missing(what: &str, name: &dyn std::fmt::Display) -> Error {
+    Error::precondition(
+        "SOURCE_MISSING",
+        format!("the export's {what} '{name}' no longer exists"),
+    )
+}
+
+fn column_of(entity: &Entity, field: &str, name: &str) -> Column {
+    let source = entity.field(field);
+    Column {
+        name: name.to_string(),
+        field_type: source
+            .map(|f| f.field_type())
+            .unwrap_or(crate::domain::catalog::FieldType::String),
+        description: source.map(|f| f.description.clone()).unwrap_or_default(),
+        mapping: match source {
+            Some(f) if name != field => format!("{} (from {field})", f.mapping).trim().to_string(),
+            Some(f) => f.mapping.clone(),
+            None => String::new(),
+        },
+    }
+}
+
+/// A data-out part: every field of the entity, named by the entity's id.
+fn entity_part(entity: Entity, since: Option<i64>, until: i64, incremental: bool) -> Part {
+    let fields: Vec<String> = entity.fields.iter().map(|f| f.name.clone()).collect();
+    Part {
+        schema: PartSchema {
+            id: entity.name.id.clone(),
+            description: entity.display_name.clone(),
+            primary_key: entity.primary_key.clone(),
+            columns: fields.iter().map(|f| column_of(&entity, f, f)).collect(),
+            incremental,
+        },
+        fields,
+        source: Source::Entity { entity, since, until },
+    }
+}
+
+/// A segment part: the mapped target fields (or, without mappings, every field of the entity).
+fn segment_part(
+    export: &Export,
+    segment: Segment,
+    entity: Entity,
+    since: Option<i64>,
+    until: i64,
+    incremental: bool,
+) -> Part {
+    let pairs: Vec<(String, String)> = if export.field_mappings.is_empty() {
+        entity.fields.iter().map(|f| (f.name.clone(), f.name.clone())).collect()
+    } else {
+        export
+            .field_mappings
+            .iter()
+            .map(|m| (m.source_field.clone(), m.target_field.clone()))
+            .collect()
+    };
+    let primary_key = pairs
+        .iter()
+        .find(|(source, _)| *source == entity.primary_key)
+        .map(|(_, target)| target.clone())
+        .unwrap_or_default();
+    Part {
+        schema: PartSchema {
+            id: segment.name.id.clone(),
+            description: segment.display_name.clone(),
+            primary_key,
+            columns: pairs
+                .iter()
+                .map(|(source, target)| column_of(&entity, source, target))
+                .collect(),
+            incremental,
+        },
+        fields: pairs.into_iter().map(|(source, _)| source).collect(),
+        source: Source::Segment { segment, since, until },
+    }
+}
+
+/// The next batch of a part's source after `after` (keyset order).
+async fn read_batch(
+    store: &crate::store::Store,
+    source: &Source,
+    after: Option<&str>,
+) -> crate::error::Result<Vec<StoredRecord>> {
+    match source {
+        // Full export: live records.
+        Source::Entity {
+            entity,
+            since: None,
+            until,
+        } => {
+            let _ = until;
+            store.read_records(&entity.name, after, BATCH).await
+        }
+        // Incremental: everything written since the last delivery, tombstones included.
+        Source::Entity {
+            entity,
+            since: Some(since),
+            until,
+        } => store.read_changes(&entity.name, *since, *until, after, BATCH).await,
+        Source::Segment { segment, .. } => store.read_members(segment, after, BATCH).await,
+    }
+}
+
+/// Rows in column order (then `_deleted` for incremental parts). Incremental segment parts send
+/// only members whose records changed since the last delivery.
+fn rows_of(records: &[StoredRecord], source: &Source, fields: &[String], incremental: bool) -> Vec<Vec<Value>> {
+    let changed = |r: &StoredRecord| match source {
+        Source::Segment {
+            since: Some(since),
+            until,
+            ..
+        } => r.seq > *since && r.seq <= *until,
+        _ => true,
+    };
+    records
+        .iter()
+        .filter(|r| changed(r))
+        .map(|r| {
+            let mut row: Vec<Value> = fields
+                .iter()
+                .map(|f| r.data.get(f).cloned().unwrap_or(Value::Null))
+                .collect();
+            if r.deleted {
+                // A tombstone keeps only its key.
+                row = fields.iter().map(|_| Value::Null).collect();
+                if let Source::Entity { entity, .. } = source
+                    && let Some(i) = fields.iter().position(|f| *f == entity.primary_key)
+                {
+                    row[i] = Value::String(r.key.clone());
+                }
+            }
+            if incremental {
+                row.push(Value::Bool(r.deleted));
+            }
+            row
+        })
+        .collect()
+}

@@ -1,0 +1,98 @@
+//! The scheduler: fires recurrence and cron schedules at their next run time and the
+//! environments' system refreshes. One instance is active among replicas (a lease row); it
+//! sleeps until the earliest due time (waking early when a schedule changes), never polls busily.
+//! A due export that has a run active gets one pending catch-up instead of a second run; after
+//! downtime every missed occurrence of an export collapses into one run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Engine;
+use crate::domain::run::RunTrigger;
+use crate::domain::time::now_micros;
+use crate::error::Result;
+
+const LEASE_NAME: &str = "scheduler";
+/// The scheduler lease; the holder renews it at a third of this.
+const LEASE: Duration = Duration::from_secs(15);
+/// Due exports handled per pass.
+const PASS: u64 = 500;
+
+impl Engine {
+    pub(crate) async fn scheduler_loop(self: Arc<Self>) {
+        let owner = format!("{}-scheduler", self.instance);
+        while !self.is_stopping() {
+            let changed = self.schedules_changed.notified();
+            let sleep = match self.scheduler_pass(&owner).await {
+                Ok(sleep) => sleep,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "scheduler pass failed");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.stopping() => {}
+            }
+        }
+    }
+
+    /// Fires what is due if this process holds the scheduler lease; returns how long to sleep.
+    async fn scheduler_pass(self: &Arc<Self>, owner: &str) -> Result<Duration> {
+        if !self.store.acquire_lease(LEASE_NAME, owner, LEASE).await? {
+            return Ok(LEASE / 3);
+        }
+        let now = now_micros();
+        loop {
+            let due = self.store.due_exports(now, PASS).await?;
+            let count = due.len();
+            for export in due {
+                // Whoever advances the stored next time owns this occurrence.
+                if !self.store.advance_export_schedule(&export, now).await? {
+                    continue;
+                }
+                let Some(stored) = self.store.get_export(&export.name).await? else {
+                    continue;
+                };
+                let waiting = self.refreshing_dependencies(&stored.export).await?;
+                match self
+                    .store
+                    .create_or_catch_up(&export.name, RunTrigger::Schedule, &waiting)
+                    .await?
+                {
+                    Some(run) => tracing::info!(run = %run.name, "schedule fired"),
+                    None => {
+                        tracing::info!(export = %export.name, "schedule fired during an active run: one catch-up run pending")
+                    }
+                }
+            }
+            if count > 0 {
+                self.wake_workers();
+            }
+            if (count as u64) < PASS {
+                break;
+            }
+        }
+        for env in self.store.due_environments(now).await? {
+            if !self.store.advance_environment_schedule(&env, now).await? {
+                continue;
+            }
+            match self
+                .run_system_refresh(&crate::domain::names::EnvironmentName::new(&env.id))
+                .await
+            {
+                Ok(refresh) => tracing::info!(refresh = %refresh.name, "scheduled system refresh started"),
+                Err(e) => {
+                    tracing::info!(env = %env.id, reason = e.reason, "scheduled system refresh not started: {}", e.message)
+                }
+            }
+        }
+        let until_next = match self.store.next_due_time().await? {
+            Some(next) => Duration::from_micros((next - now_micros()).max(0) as u64),
+            None => LEASE / 3,
+        };
+        // Wake at least often enough to keep the lease.
+        Ok(until_next.min(LEASE / 3))
+    }
+}
