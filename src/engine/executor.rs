@@ -94,7 +94,7 @@ impl Engine {
         match outcome {
             Outcome::Finished(finish) => {
                 let state = finish.state;
-                match self.store.finish_run(&run.name, owner, finish).await {
+                match self.store.finish_run(&run.name, owner, *finish).await {
                     Ok(catch_up) => {
                         tracing::info!(run = %run.name, state = state.as_str(), attempt = run.attempt, "run ended");
                         if let Some(catch_up) = catch_up {

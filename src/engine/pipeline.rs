@@ -47,7 +47,7 @@ pub struct Control {
 
 pub enum Outcome {
     /// The run ended (succeeded, failed, skipped or cancelled).
-    Finished(Finish),
+    Finished(Box<Finish>),
     /// The run went back to the queue (waiting for dependencies, or the process is stopping).
     Requeued,
     /// The run belongs to another worker now.
@@ -85,7 +85,7 @@ struct Plan {
 }
 
 enum Checked {
-    Go(Plan),
+    Go(Box<Plan>),
     Skip { reason: String, warnings: Vec<Warning> },
     Wait(Vec<String>),
 }
@@ -181,7 +181,7 @@ impl Engine {
             }
         };
         let plan = match checked {
-            Checked::Go(plan) => plan,
+            Checked::Go(plan) => *plan,
             Checked::Wait(waiting_for) => {
                 tracing::info!(run = %run.name, ?waiting_for, "waiting for dependencies being refreshed");
                 return match self.store.set_waiting(&run.name, &waiting_for).await {
@@ -196,7 +196,7 @@ impl Engine {
                 progress.warnings = warnings;
                 progress.end("validate", RunState::Skipped, reason.clone());
                 progress.close_open_tasks(RunState::Skipped);
-                return Outcome::Finished(Finish {
+                return Outcome::Finished(Box::new(Finish {
                     state: RunState::Skipped,
                     tasks: progress.tasks,
                     counts: progress.counts,
@@ -204,7 +204,7 @@ impl Engine {
                     error: None,
                     skip_reason: Some(reason),
                     sync_state: None,
-                });
+                }));
             }
         };
         progress.warnings = plan.warnings.clone();
@@ -344,13 +344,13 @@ impl Engine {
                 }
             }
         }
-        Ok(Checked::Go(Plan {
+        Ok(Checked::Go(Box::new(Plan {
             export,
             connection,
             parts,
             warnings,
             sync_state: incremental.then_some(sync_state),
-        }))
+        })))
     }
 
     /// Steps 2 and 3.
@@ -460,7 +460,7 @@ impl Engine {
             RunState::Succeeded,
             format!("committed {} files; see {}", summary.files.len(), summary.location),
         );
-        Outcome::Finished(Finish {
+        Outcome::Finished(Box::new(Finish {
             state: RunState::Succeeded,
             tasks: progress.tasks,
             counts: progress.counts,
@@ -468,7 +468,7 @@ impl Engine {
             error: None,
             skip_reason: None,
             sync_state: plan.sync_state,
-        })
+        }))
     }
 
     /// Streams one part: a reader task fills a bounded channel with batches of rows; this task
@@ -559,7 +559,7 @@ impl Engine {
         tracing::warn!(run = %run.name, task, reason = %error.reason, message = %error.message, "run failed");
         progress.end(task, RunState::Failed, error.message.clone());
         progress.close_open_tasks(RunState::Cancelled);
-        Outcome::Finished(Finish {
+        Outcome::Finished(Box::new(Finish {
             state: RunState::Failed,
             tasks: progress.tasks,
             counts: progress.counts,
@@ -567,12 +567,12 @@ impl Engine {
             error: Some(error),
             skip_reason: None,
             sync_state: None,
-        })
+        }))
     }
 
     fn cancelled(&self, mut progress: Progress) -> Outcome {
         progress.close_open_tasks(RunState::Cancelled);
-        Outcome::Finished(Finish {
+        Outcome::Finished(Box::new(Finish {
             state: RunState::Cancelled,
             tasks: progress.tasks,
             counts: progress.counts,
@@ -580,7 +580,7 @@ impl Engine {
             error: None,
             skip_reason: None,
             sync_state: None,
-        })
+        }))
     }
 }
 
