@@ -392,9 +392,6 @@ impl Settings {
         let workers = layer
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
-        if workers == 0 {
-            return Err("workers must be at least 1".into());
-        }
         let run_lease_seconds = layer.run_lease_seconds.unwrap_or(30);
         if run_lease_seconds < 2 {
             return Err("run_lease_seconds must be at least 2".into());
