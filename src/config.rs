@@ -170,7 +170,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         key: "workers",
         default: "(number of cores)",
-        description: "concurrent export runs in this process",
+        description: "concurrent export runs in this process (0: API only)",
     },
     SettingDoc {
         key: "run_lease_seconds",
