@@ -5,6 +5,7 @@
 //! verification and the one permission table.
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod connectors;
 pub mod domain;

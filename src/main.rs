@@ -62,6 +62,20 @@ enum Command {
     /// Manage environments (operator only).
     #[command(subcommand)]
     Environment(EnvironmentCommand),
+    /// Start a run of an export (environments/ENV/exports/ID) and, with --watch, follow it.
+    RunExport {
+        /// The export's name, e.g. environments/demo/exports/lake.
+        name: String,
+        /// Show live progress until the run ends; the exit code is 0 only if it SUCCEEDED.
+        #[arg(long)]
+        watch: bool,
+        /// The server (default: this configuration's listen address).
+        #[arg(long)]
+        server: Option<String>,
+        /// A JWT (default: EXPORTD_TOKEN; else one is minted with the configured HS256 secret).
+        #[arg(long, env = "EXPORTD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +176,24 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Environment(command) => environment(settings, command).await,
+        Command::RunExport {
+            name,
+            watch,
+            server,
+            token,
+        } => {
+            let server = server.unwrap_or_else(|| settings.listen.to_string());
+            let token = match token {
+                Some(token) => token,
+                None => mint_for(&settings, &name)?,
+            };
+            let succeeded = exportd::cli::run_export(&server, &token, &name, watch).await?;
+            if succeeded {
+                Ok(())
+            } else {
+                Err("the run did not succeed".into())
+            }
+        }
     }
 }
 
@@ -321,6 +353,19 @@ async fn environment(settings: Settings, command: EnvironmentCommand) -> Result<
     };
     store.close().await;
     result
+}
+
+/// A short-lived admin token for the export's environment, signed with the configured (or dev)
+/// HS256 secret: whoever can read that secret can mint any token anyway.
+fn mint_for(settings: &Settings, export: &str) -> Result<String, String> {
+    let name = exportd::domain::names::ExportName::parse("name", export).map_err(|e| e.message)?;
+    let secret = settings
+        .jwt
+        .hs256_secret
+        .clone()
+        .ok_or("no token: pass --token or set EXPORTD_TOKEN (no HS256 secret is configured to mint one)")?;
+    let roles = BTreeMap::from([(name.env.clone(), Role::Admin)]);
+    sign_hs256(&secret, "exportd-cli", &roles, Duration::from_secs(3600)).map_err(|e| e.message)
 }
 
 /// `15m`, `1h`, `30s`, `7d`.
