@@ -252,3 +252,148 @@ pub fn local_files(env: &str, id: &str, display_name: &str, shared: bool) -> pb:
         ..Default::default()
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+// ---------------------------------------------------------------------------------------------
+
+/// A local-files connection request writing under `root` (an absolute folder).
+pub fn local_files_at(
+    env: &str,
+    id: &str,
+    display_name: &str,
+    shared: bool,
+    root: &std::path::Path,
+) -> pb::CreateConnectionRequest {
+    let mut request = local_files(env, id, display_name, shared);
+    request
+        .connection
+        .as_mut()
+        .unwrap()
+        .config
+        .insert("root".into(), root.display().to_string());
+    request
+}
+
+pub fn run_state(run: &pb::ExportRun) -> pb::RunState {
+    pb::RunState::try_from(run.state).unwrap_or_else(|_| panic!("unknown run state {}", run.state))
+}
+
+/// SUCCEEDED, FAILED, SKIPPED or CANCELLED.
+pub fn is_terminal(run: &pb::ExportRun) -> bool {
+    matches!(
+        run_state(run),
+        pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Skipped | pb::RunState::Cancelled
+    )
+}
+
+/// Starts a run of an export (no request id).
+pub async fn run_export(client: &mut Exports, export: &str) -> pb::ExportRun {
+    client
+        .run_export(pb::RunExportRequest {
+            name: export.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("RunExport {export}: {s:?}"))
+        .into_inner()
+}
+
+pub async fn get_run(client: &mut Exports, name: &str) -> pb::ExportRun {
+    client
+        .get_export_run(pb::GetExportRunRequest { name: name.into() })
+        .await
+        .unwrap_or_else(|s| panic!("GetExportRun {name}: {s:?}"))
+        .into_inner()
+}
+
+/// Polls GetExportRun every 20 ms (for up to 30 s) until `predicate` holds; returns that run.
+pub async fn wait_for_run(
+    client: &mut Exports,
+    name: &str,
+    predicate: impl Fn(&pb::ExportRun) -> bool,
+) -> pb::ExportRun {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = get_run(client, name).await;
+        if predicate(&run) {
+            return run;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run {name} did not get there within 30 s; it is now {run:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the run is SUCCEEDED, FAILED, SKIPPED or CANCELLED.
+pub async fn wait_for_end(client: &mut Exports, name: &str) -> pb::ExportRun {
+    wait_for_run(client, name, is_terminal).await
+}
+
+/// Every message of a WatchExportRun stream until it ends (bounded: 30 s).
+pub async fn watch_to_end(client: &mut Exports, name: &str) -> Vec<pb::ExportRun> {
+    let mut stream = client
+        .watch_export_run(pb::WatchExportRunRequest { name: name.into() })
+        .await
+        .unwrap_or_else(|s| panic!("WatchExportRun {name}: {s:?}"))
+        .into_inner();
+    let mut messages = Vec::new();
+    let all = async {
+        while let Some(run) = stream.message().await.expect("watch stream") {
+            messages.push(run);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .unwrap_or_else(|_| panic!("the watch of {name} did not end within 30 s"));
+    messages
+}
+
+/// The ErrorInfo reason inside a run's `error` (a google.rpc.Status).
+pub fn run_error_reason(status: &tonic_types::pb::Status) -> String {
+    use prost::Message;
+    status
+        .details
+        .iter()
+        .find(|any| any.type_url.ends_with("google.rpc.ErrorInfo"))
+        .map(|any| tonic_types::pb::ErrorInfo::decode(any.value.as_slice()).expect("an ErrorInfo"))
+        .map(|info| {
+            assert_eq!(info.domain, "exportd.v1");
+            info.reason
+        })
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"))
+}
+
+/// Every file under `dir` as a `/`-separated path relative to it, sorted (none if it is missing).
+pub fn files_under(dir: &std::path::Path) -> Vec<String> {
+    fn walk(base: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                let relative = path.strip_prefix(base).unwrap();
+                out.push(
+                    relative
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                );
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// A Timestamp as microseconds since the epoch (for ordering).
+pub fn micros(time: &Option<prost_types::Timestamp>) -> i64 {
+    let time = time.as_ref().expect("a timestamp");
+    time.seconds * 1_000_000 + i64::from(time.nanos) / 1000
+}

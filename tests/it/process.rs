@@ -18,7 +18,9 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `exportd serve <args>` with `envs` and waits for its "listening on" line.
     pub fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
-        let log_path = data_dir.join(format!("serve-{}.log", std::process::id()));
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log_path = data_dir.join(format!("serve-{}-{n}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(EXE);
         command

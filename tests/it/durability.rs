@@ -1,0 +1,361 @@
+//! Durability with real processes: a server killed with SIGKILL mid-run leaves the run to be
+//! taken over, and it completes exactly once with every row; two servers on one PostgreSQL
+//! execute each due run exactly once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use base64::Engine as _;
+use exportd::auth::Role;
+use exportd::pb;
+use serde_json::json;
+
+use crate::catalog::{customers_entity, write};
+use crate::common::*;
+use crate::process::{ServeProcess, run};
+
+fn token(env: &str) -> String {
+    let roles = BTreeMap::from([(env.to_string(), Role::Admin)]);
+    exportd::auth::jwt::sign_hs256(HS_SECRET.as_bytes(), "durability", &roles, Duration::from_secs(3600)).unwrap()
+}
+
+fn server_env(database_url: &str, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
+    let mut envs = vec![
+        ("EXPORTD_DATABASE_URL", database_url.to_string()),
+        ("EXPORTD_JWT_HS256_SECRET", HS_SECRET.to_string()),
+        (
+            "EXPORTD_SEALING_KEYS",
+            format!(
+                "test1:{}",
+                base64::engine::general_purpose::STANDARD.encode(SEALING_KEY)
+            ),
+        ),
+        ("EXPORTD_LOG_FILTER", "info,sqlx=warn,sea_orm=warn".to_string()),
+    ];
+    envs.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    envs
+}
+
+fn start(dir: &std::path::Path, envs: &[(&'static str, String)]) -> ServeProcess {
+    let borrowed: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ServeProcess::start(dir, &[], &borrowed)
+}
+
+async fn clients(addr: &str, env: &str) -> (Catalog, Connections, Exports) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let authed = tonic::service::interceptor::InterceptedService::new(channel, Bearer(Some(token(env))));
+    (
+        pb::catalog_service_client::CatalogServiceClient::new(authed.clone()).max_encoding_message_size(64 << 20),
+        pb::connection_service_client::ConnectionServiceClient::new(authed.clone()),
+        pb::export_service_client::ExportServiceClient::new(authed),
+    )
+}
+
+fn create_environment(dir: &std::path::Path, envs: &[(&'static str, String)], id: &str) {
+    let borrowed: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, err) = run(
+        &[
+            "environment",
+            "create",
+            id,
+            "--kind",
+            "b2c",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        &borrowed,
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Polls a run until `done` holds (bounded).
+async fn wait_run(
+    exports: &mut Exports,
+    name: &str,
+    what: &str,
+    done: impl Fn(&pb::ExportRun) -> bool,
+) -> pb::ExportRun {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(run) = exports
+            .get_export_run(pb::GetExportRunRequest { name: name.into() })
+            .await
+        {
+            let run = run.into_inner();
+            if done(&run) {
+                return run;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run {name} never reached: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every data row of the partitions model.json points to, as (key, row) — read back from disk.
+fn exported_keys(root: &std::path::Path, export: &str) -> Vec<String> {
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join(export).join("model.json")).unwrap()).unwrap();
+    let mut keys = Vec::new();
+    for entity in model["entities"].as_array().unwrap() {
+        for partition in entity["partitions"].as_array().unwrap() {
+            let path = partition["location"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("file://")
+                .unwrap()
+                .to_string();
+            let mut reader = csv::Reader::from_path(path).unwrap();
+            for record in reader.records() {
+                keys.push(record.unwrap()[0].to_string());
+            }
+        }
+    }
+    keys
+}
+
+#[tokio::test]
+async fn a_run_killed_mid_way_is_taken_over_and_completes_exactly_once() {
+    const RECORDS: usize = 150_000;
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(dir.path()).await;
+    let envs = server_env(
+        &database_url,
+        &[("EXPORTD_RUN_LEASE_SECONDS", "2"), ("EXPORTD_WORKERS", "1")],
+    );
+    create_environment(dir.path(), &envs, "acme");
+    let root = dir.path().join("out");
+
+    let first = start(dir.path(), &envs);
+    let (mut catalog, mut connections, mut exports) = clients(&first.addr, "acme").await;
+    catalog
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    let messages: Vec<pb::WriteRecordsRequest> = (0..RECORDS / 10_000)
+        .map(|m| {
+            let records = (m * 10_000..(m + 1) * 10_000)
+                .map(|i| json!({"id": format!("k{i:07}"), "email": format!("u{i}@x.io"), "ltv": i as f64, "country": "ID"}))
+                .collect();
+            write("environments/acme/entities/customers", records, &[])
+        })
+        .collect();
+    catalog.write_records(tokio_stream::iter(messages)).await.unwrap();
+    let mut files = local_files("acme", "files", "Files", true);
+    files
+        .connection
+        .as_mut()
+        .unwrap()
+        .config
+        .insert("root".into(), root.display().to_string());
+    connections.create_connection(files).await.unwrap();
+    exports
+        .create_export(pb::CreateExportRequest {
+            parent: "environments/acme".into(),
+            export_id: "lake".into(),
+            export: Some(pb::Export {
+                display_name: "Lake".into(),
+                connection: "environments/acme/connections/files".into(),
+                kind: pb::ExportKind::DataOut as i32,
+                entities: vec!["environments/acme/entities/customers".into()],
+                // Many small partitions (each synced to disk when it closes) make a run long
+                // enough to be killed half-way on any backend.
+                settings: [("max_rows_per_file".to_string(), "1000".to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started = exports
+        .run_export(pb::RunExportRequest {
+            name: "environments/acme/exports/lake".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Kill the server while the run is visibly under way (the watch shows progress as soon as
+    // it is stored).
+    let mut watch = exports
+        .watch_export_run(pb::WatchExportRunRequest {
+            name: started.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut running = started.clone();
+    while let Some(update) = watch.message().await.unwrap() {
+        running = update;
+        if running.state != pb::RunState::Queued as i32
+            && (running.records_exported > 0 || running.state != pb::RunState::Running as i32)
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        running.state,
+        pb::RunState::Running as i32,
+        "the run finished before the kill; make it longer"
+    );
+    first.signal("KILL");
+    assert_eq!(first.wait(), None, "killed by a signal");
+
+    // Another process on the same database takes the same run over once its lease expires.
+    let second = start(dir.path(), &envs);
+    let (_, _, mut exports) = clients(&second.addr, "acme").await;
+    let done = wait_run(&mut exports, &started.name, "a terminal state", |r| {
+        !matches!(
+            pb::RunState::try_from(r.state),
+            Ok(pb::RunState::Queued | pb::RunState::Running | pb::RunState::WaitingForDependencies)
+        )
+    })
+    .await;
+    assert_eq!(done.state, pb::RunState::Succeeded as i32, "{done:?}");
+    assert_eq!(done.attempt, 2, "the same run continued as its second attempt");
+    assert_eq!(done.records_exported, RECORDS as i64);
+    let runs = exports
+        .list_export_runs(pb::ListExportRunsRequest {
+            parent: "environments/acme/exports/lake".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert_eq!(runs.len(), 1, "exactly one run");
+    let keys = exported_keys(&root, "lake");
+    let unique: HashSet<&String> = keys.iter().collect();
+    assert_eq!(keys.len(), RECORDS, "every row exactly once");
+    assert_eq!(unique.len(), RECORDS);
+    second.signal("TERM");
+    assert_eq!(second.wait(), Some(0));
+}
+
+#[tokio::test]
+async fn two_servers_on_one_postgres_execute_each_due_run_exactly_once() {
+    if backend() != "postgres" {
+        // Several servers share one database only on PostgreSQL; SQLite is the embedded,
+        // single-process default.
+        return;
+    }
+    const EXPORTS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(dir.path()).await;
+    let envs = server_env(&database_url, &[("EXPORTD_WORKERS", "2")]);
+    create_environment(dir.path(), &envs, "acme");
+    let root = dir.path().join("out");
+    let one = start(dir.path(), &envs);
+    let two = start(dir.path(), &envs);
+    let (mut catalog, mut connections, mut exports) = clients(&one.addr, "acme").await;
+    catalog
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    let records = (0..10).map(|i| json!({"id": format!("k{i}")})).collect();
+    catalog
+        .write_records(tokio_stream::iter(vec![write(
+            "environments/acme/entities/customers",
+            records,
+            &[],
+        )]))
+        .await
+        .unwrap();
+    let mut files = local_files("acme", "files", "Files", true);
+    files
+        .connection
+        .as_mut()
+        .unwrap()
+        .config
+        .insert("root".into(), root.display().to_string());
+    connections.create_connection(files).await.unwrap();
+    for i in 0..EXPORTS {
+        exports
+            .create_export(pb::CreateExportRequest {
+                parent: "environments/acme".into(),
+                export_id: format!("e{i:03}"),
+                export: Some(pb::Export {
+                    display_name: format!("Export {i}"),
+                    connection: "environments/acme/connections/files".into(),
+                    kind: pb::ExportKind::DataOut as i32,
+                    entities: vec!["environments/acme/entities/customers".into()],
+                    schedule: Some(pb::Schedule {
+                        enabled: true,
+                        trigger: Some(pb::schedule::Trigger::Cron(pb::CronSchedule {
+                            expression: "0 3 * * *".into(),
+                            time_zone: String::new(),
+                        })),
+                        next_run_time: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // As after downtime: every schedule's occurrence is due now.
+    {
+        use sea_orm::{ConnectionTrait, Database};
+        let db = Database::connect(&database_url).await.unwrap();
+        let now = chrono::Utc::now().timestamp_micros() - 1_000_000;
+        db.execute_unprepared(&format!("UPDATE exports SET next_run_at = {now}"))
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let runs = loop {
+        let runs = exports
+            .list_export_runs(pb::ListExportRunsRequest {
+                parent: "environments/acme/exports/-".into(),
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        let done = runs
+            .iter()
+            .filter(|r| r.state == pb::RunState::Succeeded as i32)
+            .count();
+        if done >= EXPORTS {
+            break runs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {done} of {EXPORTS} runs succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(runs.len(), EXPORTS, "one run per due export, never two");
+    let per_export: HashSet<&String> = runs.iter().map(|r| &r.export).collect();
+    assert_eq!(per_export.len(), EXPORTS);
+    assert!(
+        runs.iter()
+            .all(|r| r.attempt == 1 && r.trigger == pb::RunTrigger::Schedule as i32)
+    );
+    one.signal("TERM");
+    two.signal("TERM");
+    let (logs_one, logs_two) = (one.logs(), two.logs());
+    let ended = |logs: &str| logs.matches("run ended").count();
+    assert_eq!(
+        ended(&logs_one) + ended(&logs_two),
+        EXPORTS,
+        "each run executed exactly once"
+    );
+    assert!(
+        ended(&logs_one) > 0 && ended(&logs_two) > 0,
+        "both servers executed runs"
+    );
+    assert_eq!(one.wait(), Some(0));
+    assert_eq!(two.wait(), Some(0));
+}
