@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use exportd::pb;
+use prost_types::value::Kind;
+use std::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -183,4 +185,83 @@ pub fn customer(i: usize) -> (String, String, String, f64, bool, String) {
 
 pub fn table_row(cells: &[String]) -> String {
     format!("| {} |", cells.join(" | "))
+}
+
+pub const BATCH: usize = 5000;
+
+fn value(kind: Kind) -> prost_types::Value {
+    prost_types::Value { kind: Some(kind) }
+}
+
+pub fn record(i: usize) -> prost_types::Struct {
+    let (id, email, country, ltv, vip, signup) = customer(i);
+    prost_types::Struct {
+        fields: [
+            ("id".to_string(), value(Kind::StringValue(id))),
+            ("email".to_string(), value(Kind::StringValue(email))),
+            ("country".to_string(), value(Kind::StringValue(country))),
+            ("ltv".to_string(), value(Kind::NumberValue(ltv))),
+            ("vip".to_string(), value(Kind::BoolValue(vip))),
+            ("signup".to_string(), value(Kind::StringValue(signup))),
+        ]
+        .into(),
+    }
+}
+
+pub fn entity_request() -> pb::CreateEntityRequest {
+    let field = |name: &str, t: pb::FieldType| pb::EntityField {
+        name: name.into(),
+        r#type: t as i32,
+        ..Default::default()
+    };
+    pb::CreateEntityRequest {
+        parent: "environments/bench".into(),
+        entity_id: "customers".into(),
+        entity: Some(pb::Entity {
+            display_name: "Customers".into(),
+            kind: pb::EntityKind::Profile as i32,
+            fields: vec![
+                field("id", pb::FieldType::String),
+                field("email", pb::FieldType::String),
+                field("country", pb::FieldType::String),
+                field("ltv", pb::FieldType::Double),
+                field("vip", pb::FieldType::Bool),
+                field("signup", pb::FieldType::Timestamp),
+            ],
+            primary_key: "id".into(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Streams `n` records in messages of BATCH; returns the seconds the RPC took.
+pub async fn write_records(server: &Server, n: usize) -> f64 {
+    let mut catalog = server.catalog("bench").await;
+    catalog.create_entity(entity_request()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    // Messages are built on another thread while earlier ones are sent.
+    std::thread::spawn(move || {
+        let mut start = 0;
+        while start < n {
+            let end = (start + BATCH).min(n);
+            let message = pb::WriteRecordsRequest {
+                entity: "environments/bench/entities/customers".into(),
+                upserts: (start..end).map(record).collect(),
+                deletes: vec![],
+            };
+            if tx.blocking_send(message).is_err() {
+                return;
+            }
+            start = end;
+        }
+    });
+    let started = Instant::now();
+    let response = catalog
+        .write_records(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(response.upserted as usize, n);
+    seconds
 }

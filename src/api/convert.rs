@@ -500,6 +500,7 @@ pub fn export(export: &crate::domain::export::Export, view: &ExportView) -> pb::
             export: name.clone(),
             state: run_state(run.state) as i32,
             end_time: opt_timestamp(run.end_time),
+            error: run.error.as_ref().map(run_error),
             ..Default::default()
         }),
         your_permission: if view.may_edit {

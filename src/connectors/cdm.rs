@@ -652,13 +652,26 @@ impl CdmFolderWriter {
     fn write_checked_rows(&mut self, rows: &[Vec<Value>]) -> io::Result<()> {
         let max_rows = self.options.max_rows_per_file;
         let mut scratch = Vec::new();
+        // JSON columns hold JSON text: the string "true" must not read back as the boolean.
+        let json_columns: Vec<bool> = self
+            .current
+            .as_ref()
+            .map(|c| {
+                c.entity
+                    .attributes
+                    .iter()
+                    .map(|a| a.data_type == CdmType::Json)
+                    .collect()
+            })
+            .unwrap_or_default();
         for row in rows {
             if self.current.as_ref().is_some_and(|entity| entity.open.is_none()) {
                 self.open_partition()?;
             }
             let partition = self.open_partition_mut()?;
-            for value in row {
-                write_value(&mut partition.csv, value, &mut scratch).map_err(csv_error)?;
+            for (i, value) in row.iter().enumerate() {
+                let as_json = json_columns.get(i).copied().unwrap_or(false);
+                write_value(&mut partition.csv, value, as_json, &mut scratch).map_err(csv_error)?;
             }
             partition.csv.write_record(None::<&[u8]>).map_err(csv_error)?;
             partition.rows += 1;
@@ -917,13 +930,18 @@ impl Write for Encoded {
     }
 }
 
-fn write_value<W: Write>(csv: &mut csv::Writer<W>, value: &Value, scratch: &mut Vec<u8>) -> csv::Result<()> {
+fn write_value<W: Write>(
+    csv: &mut csv::Writer<W>,
+    value: &Value,
+    as_json: bool,
+    scratch: &mut Vec<u8>,
+) -> csv::Result<()> {
     match value {
         Value::Null => csv.write_field(b""),
-        Value::String(text) => csv.write_field(text.as_bytes()),
+        Value::String(text) if !as_json => csv.write_field(text.as_bytes()),
         Value::Bool(true) => csv.write_field(b"true"),
         Value::Bool(false) => csv.write_field(b"false"),
-        Value::Number(_) | Value::Array(_) | Value::Object(_) => {
+        Value::String(_) | Value::Number(_) | Value::Array(_) | Value::Object(_) => {
             scratch.clear();
             serde_json::to_writer(&mut *scratch, value).map_err(io::Error::from)?;
             csv.write_field(&scratch[..])

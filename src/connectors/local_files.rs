@@ -58,10 +58,11 @@ impl Connector for LocalFiles {
             .get("folder")
             .cloned()
             .unwrap_or_else(|| run.export_id.to_string());
+        let shown = root.display().to_string();
         let storage = tokio::task::spawn_blocking(move || LocalStorage::new(root))
             .await
             .map_err(|e| Failure::Permanent { message: e.to_string() })?
-            .map_err(|e| io_failure("cannot open the export folder", e))?;
+            .map_err(|e| io_failure(&format!("cannot open the export folder {shown}"), e))?;
         let writer = CdmFolderWriter::new(
             Box::new(storage),
             &folder,

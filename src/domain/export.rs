@@ -157,6 +157,8 @@ pub struct LastRun {
     pub id: String,
     pub state: RunState,
     pub end_time: Option<Micros>,
+    /// Why it failed, when it did.
+    pub error: Option<super::run::RunError>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::Engine;
 use crate::domain::export::Export;
+use crate::domain::run::RunState;
 use crate::error::Result;
 
 impl Engine {
@@ -47,7 +48,12 @@ impl Engine {
                 continue;
             };
             let waiting = self.refreshing_dependencies(&stored.export).await?;
-            if waiting != run.waiting_for && self.store.set_waiting(&run.name, &waiting).await? {
+            if waiting != run.waiting_for
+                && self
+                    .store
+                    .set_waiting(&run.name, RunState::WaitingForDependencies, &waiting)
+                    .await?
+            {
                 self.run_changed(&run.name.to_string());
                 if waiting.is_empty() {
                     released += 1;

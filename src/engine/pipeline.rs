@@ -184,7 +184,7 @@ impl Engine {
             Checked::Go(plan) => *plan,
             Checked::Wait(waiting_for) => {
                 tracing::info!(run = %run.name, ?waiting_for, "waiting for dependencies being refreshed");
-                return match self.store.set_waiting(&run.name, &waiting_for).await {
+                return match self.store.set_waiting(&run.name, RunState::Running, &waiting_for).await {
                     Ok(_) => Outcome::Requeued,
                     Err(e) => {
                         self.fail(run, control, progress, "validate", error_of("validate", &e))
@@ -415,7 +415,7 @@ impl Engine {
                 }
                 Err(Stop::ShuttingDown) => {
                     sink.abort().await;
-                    return match self.store.set_waiting(&run.name, &[]).await {
+                    return match self.store.set_waiting(&run.name, RunState::Running, &[]).await {
                         Ok(_) => Outcome::Requeued,
                         Err(_) => Outcome::Abandoned,
                     };
@@ -434,7 +434,7 @@ impl Engine {
             return match stop {
                 Stop::Cancelled => self.cancelled(progress),
                 Stop::Lost => Outcome::Abandoned,
-                _ => match self.store.set_waiting(&run.name, &[]).await {
+                _ => match self.store.set_waiting(&run.name, RunState::Running, &[]).await {
                     Ok(_) => Outcome::Requeued,
                     Err(_) => Outcome::Abandoned,
                 },
@@ -558,7 +558,14 @@ impl Engine {
     ) -> Outcome {
         tracing::warn!(run = %run.name, task, reason = %error.reason, message = %error.message, "run failed");
         progress.end(task, RunState::Failed, error.message.clone());
-        progress.close_open_tasks(RunState::Cancelled);
+        // Tasks that ran beside the failing one were stopped; those that never started stay
+        // QUEUED (they did not run).
+        for other in &mut progress.tasks {
+            if other.state == RunState::Running.number() {
+                other.state = RunState::Cancelled.number();
+                other.end_time = Some(now_micros());
+            }
+        }
         Outcome::Finished(Box::new(Finish {
             state: RunState::Failed,
             tasks: progress.tasks,

@@ -65,6 +65,10 @@ fn to_domain(model: Model, sources: &[export_source::Model]) -> Result<Export> {
             id: id.clone(),
             state: RunState::from_number(state).ok_or_else(|| corrupt("last run state"))?,
             end_time: model.last_run_end,
+            error: model
+                .last_run_error
+                .as_deref()
+                .and_then(|e| serde_json::from_str(e).ok()),
         }),
         _ => None,
     };
@@ -159,6 +163,7 @@ impl Store {
             model.last_run_id = Set(None);
             model.last_run_state = Set(None);
             model.last_run_end = Set(None);
+            model.last_run_error = Set(None);
             model.creator = Set(export.creator.clone());
             model.create_time = Set(export.create_time);
             model.update_time = Set(export.update_time);

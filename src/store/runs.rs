@@ -280,11 +280,7 @@ impl Store {
             .col_expr(Column::LeaseExpiresAt, Expr::val(now + lease.as_micros() as i64))
             .col_expr(
                 Column::Attempt,
-                Expr::val(if takeover {
-                    model.attempt + 1
-                } else {
-                    std::cmp::max(model.attempt, 1)
-                }),
+                Expr::val(if takeover { model.attempt + 1 } else { model.attempt }),
             )
             .col_expr(Column::Tasks, Expr::val(json(&Task::fresh_list())))
             .col_expr(Column::RecordsTotal, Expr::val(0i64))
@@ -394,6 +390,14 @@ impl Store {
             return Ok(None);
         }
         mirror_on_export(&txn, name, finish.state, Some(end)).await?;
+        if let Some(error) = &finish.error {
+            export_model::Entity::update_many()
+                .col_expr(export_model::Column::LastRunError, Expr::val(json(error)))
+                .filter(export_model::Column::Env.eq(&name.env))
+                .filter(export_model::Column::Id.eq(&name.export))
+                .exec(&txn)
+                .await?;
+        }
         if let Some(sync_state) = &finish.sync_state {
             export_model::Entity::update_many()
                 .col_expr(Alias::new("sync_state"), Expr::val(json(sync_state)))
@@ -425,15 +429,21 @@ impl Store {
                 for task in tasks.iter_mut().filter(|t| t.state == RunState::Queued.number()) {
                     task.state = RunState::Cancelled.number();
                 }
-                Table::update_many()
+                let cancelled = Table::update_many()
                     .col_expr(Column::State, Expr::val(RunState::Cancelled.number()))
                     .col_expr(Column::Tasks, Expr::val(json(&tasks)))
                     .col_expr(Column::EndTime, Expr::val(end))
                     .col_expr(Column::CancelRequested, Expr::val(true))
                     .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
                     .filter(pk(name))
+                    .filter(Column::Revision.eq(run.revision))
                     .exec(&txn)
                     .await?;
+                if cancelled.rows_affected == 0 {
+                    // A worker claimed it meanwhile: flag it for that worker instead.
+                    drop(txn);
+                    return Box::pin(self.cancel_run(name)).await;
+                }
                 mirror_on_export(&txn, name, RunState::Cancelled, Some(end)).await?;
                 start_catch_up(&txn, &name.export_name()).await?;
             }
@@ -481,9 +491,11 @@ impl Store {
             .collect()
     }
 
-    /// Moves a run between QUEUED and WAITING_FOR_DEPENDENCIES (waiting when `waiting_for` is
-    /// not empty). Only a run still in one of those two states is changed.
-    pub async fn set_waiting(&self, name: &RunName, waiting_for: &[String]) -> Result<bool> {
+    /// Sends a run back to the queue: WAITING_FOR_DEPENDENCIES when `waiting_for` is not
+    /// empty, else QUEUED, with fresh tasks. Only a run still in state `from` is changed (a
+    /// worker passes RUNNING, the release of waiting runs passes WAITING_FOR_DEPENDENCIES), so
+    /// a run claimed meanwhile is never pulled back from under its worker.
+    pub async fn set_waiting(&self, name: &RunName, from: RunState, waiting_for: &[String]) -> Result<bool> {
         let state = if waiting_for.is_empty() {
             RunState::Queued
         } else {
@@ -493,15 +505,12 @@ impl Store {
         let result = Table::update_many()
             .col_expr(Column::State, Expr::val(state.number()))
             .col_expr(Column::WaitingFor, Expr::val(json(&waiting_for)))
+            .col_expr(Column::Tasks, Expr::val(json(&Task::fresh_list())))
             .col_expr(Column::LeaseOwner, Expr::val(Option::<String>::None))
             .col_expr(Column::LeaseExpiresAt, Expr::val(Option::<i64>::None))
             .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
             .filter(pk(name))
-            .filter(Column::State.is_in([
-                RunState::Queued.number(),
-                RunState::WaitingForDependencies.number(),
-                RunState::Running.number(),
-            ]))
+            .filter(Column::State.eq(from.number()))
             .exec(&txn)
             .await?;
         if result.rows_affected > 0 {
@@ -657,7 +666,7 @@ async fn insert_run(
         warnings: Set("[]".into()),
         error: Set(None),
         skip_reason: Set(None),
-        attempt: Set(0),
+        attempt: Set(1),
         waiting_for: Set(json(&waiting_for)),
         create_time: Set(now_micros()),
         start_time: Set(None),
@@ -696,6 +705,7 @@ async fn mirror_on_export(
         .col_expr(export_model::Column::LastRunId, Expr::val(run.id.clone()))
         .col_expr(export_model::Column::LastRunState, Expr::val(state.number()))
         .col_expr(export_model::Column::LastRunEnd, Expr::val(end))
+        .col_expr(export_model::Column::LastRunError, Expr::val(Option::<String>::None))
         .filter(export_model::Column::Env.eq(&run.env))
         .filter(export_model::Column::Id.eq(&run.export));
     if state == RunState::Succeeded {

@@ -3,6 +3,7 @@ mod common;
 
 mod auth;
 mod catalog;
+mod cdm_output;
 mod cli;
 mod connections;
 mod durability;
@@ -11,3 +12,4 @@ mod environments;
 mod exports;
 mod process;
 mod roles;
+mod runs;

@@ -82,6 +82,15 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // Why the latest run failed (JSON), shown on the export's `last_run`.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Alias::new("exports"))
+                    .add_column(ColumnDef::new(Alias::new("last_run_error")).text().null())
+                    .to_owned(),
+            )
+            .await?;
 
         // Named leases: the one active scheduler among replicas.
         manager

@@ -31,6 +31,8 @@ pub struct Model {
     /// The API's RunState number of the latest run; None = never run.
     pub last_run_state: Option<i32>,
     pub last_run_end: Option<i64>,
+    /// JSON of the latest run\'s failure (see `domain::run::RunError`).
+    pub last_run_error: Option<String>,
     pub creator: String,
     pub create_time: i64,
     pub update_time: i64,
