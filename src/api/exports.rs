@@ -13,7 +13,7 @@ use crate::auth::{Principal, Role};
 use crate::connectors::registry;
 use crate::domain::catalog::{Entity, Segment};
 use crate::domain::connection::{Connection, check_display_name};
-use crate::domain::environment::Environment;
+use crate::domain::environment::EnvironmentKind;
 use crate::domain::export::{
     self, CatalogFacts, Export, ExportState, FieldMapping, RunState, default_schedule, parse_sources, segment_facts,
     segment_warnings,
@@ -95,17 +95,29 @@ pub struct ExportApi {
     state: State,
 }
 
+/// The environment of a request, as exports need it.
+struct Place {
+    env: String,
+    kind: EnvironmentKind,
+}
+
 impl ExportApi {
     pub fn new(state: State) -> Self {
         ExportApi { state }
     }
 
-    async fn environment(&self, env: &str) -> Result<Environment> {
-        self.state
+    /// The environment exports are shown and validated in: its id and kind.
+    async fn environment(&self, env: &str) -> Result<Place> {
+        let kind = self
+            .state
             .store
-            .get_environment(env)
+            .environment_kind(env)
             .await?
-            .ok_or_else(|| Error::not_found("environment", format!("environments/{env}")))
+            .ok_or_else(|| Error::not_found("environment", format!("environments/{env}")))?;
+        Ok(Place {
+            env: env.to_string(),
+            kind,
+        })
     }
 
     /// Loads an export for an edit: NOT_FOUND if missing, then the policy with what the
@@ -157,12 +169,7 @@ impl ExportApi {
 
     /// The whole validation of an export as it would be stored: INVALID_ARGUMENT with every
     /// problem, then eligibility (FAILED_PRECONDITION).
-    async fn validate(
-        &self,
-        environment: &Environment,
-        export: &Export,
-        connection: Option<&Connection>,
-    ) -> Result<()> {
+    async fn validate(&self, environment: &Place, export: &Export, connection: Option<&Connection>) -> Result<()> {
         let (entities, segments) = self.catalog_facts(export).await?;
         let catalog = CatalogFacts {
             entities: &entities,
@@ -182,7 +189,7 @@ impl ExportApi {
 
     /// Exports as `role` sees them: permission, member counts and limit warnings. The
     /// segments of all of them are read in one query.
-    async fn show(&self, role: Role, environment: &Environment, items: &[StoredExport]) -> Result<Vec<pb::Export>> {
+    async fn show(&self, role: Role, environment: &Place, items: &[StoredExport]) -> Result<Vec<pb::Export>> {
         let mut ids: Vec<String> = items
             .iter()
             .flat_map(|s| s.export.segments.iter().map(|n| n.id.clone()))
@@ -192,7 +199,7 @@ impl ExportApi {
         let segments: HashMap<SegmentName, Segment> = self
             .state
             .store
-            .segments_by_ids(&environment.id, &ids)
+            .segments_by_ids(&environment.env, &ids)
             .await?
             .into_iter()
             .map(|s| (s.name.clone(), s))
@@ -225,7 +232,7 @@ impl ExportApi {
             .collect()
     }
 
-    async fn show_one(&self, role: Role, environment: &Environment, stored: StoredExport) -> Result<pb::Export> {
+    async fn show_one(&self, role: Role, environment: &Place, stored: StoredExport) -> Result<pb::Export> {
         Ok(self
             .show(role, environment, std::slice::from_ref(&stored))
             .await?

@@ -28,6 +28,10 @@ pub struct Store {
     writer: DatabaseConnection,
     reader: DatabaseConnection,
     pub sealer: Sealer,
+    /// Environment kinds, which never change once an environment exists: read on every export
+    /// request, so kept after the first read.
+    environment_kinds:
+        std::sync::RwLock<std::collections::HashMap<String, crate::domain::environment::EnvironmentKind>>,
 }
 
 impl Store {
@@ -51,7 +55,12 @@ impl Store {
         } else {
             writer.clone()
         };
-        Ok(Store { writer, reader, sealer })
+        Ok(Store {
+            writer,
+            reader,
+            sealer,
+            environment_kinds: Default::default(),
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), String> {
