@@ -255,7 +255,8 @@ impl ExportApi {
         if text.is_empty() {
             return Err(Error::invalid(
                 field,
-                "a connection is required (environments/{environment}/connections/{connection})",
+                "a connection is required (environments/{environment}/connections/{connection}); \
+                 DetachConnection removes an export's connection",
             ));
         }
         let name = ConnectionName::parse(field, text)?;
@@ -282,6 +283,7 @@ impl ExportApi {
         request_ids::check_format(&request.request_id)?;
         let input = required("export", &request.export)?;
         let id = id_or_generate("export_id", &request.export_id, "export")?;
+        let environment = self.environment(&parent.env).await?;
         let connection = self
             .attachable_connection(
                 &principal,
@@ -291,7 +293,6 @@ impl ExportApi {
                 Facts::connection,
             )
             .await?;
-        let environment = self.environment(&parent.env).await?;
 
         let mut violations = Vec::new();
         let kind = convert::export_kind_from_pb(input.kind);

@@ -2182,6 +2182,7 @@ async fn next_run_times_are_local_clock_times() {
             .unwrap()
             .next_run_time
             .expect("a timed schedule has a next run");
+        assert_eq!((next.seconds % 60, next.nanos), (0, 0), "{zone}: whole minutes");
         let next = Utc.timestamp_opt(next.seconds, next.nanos as u32).unwrap();
         assert!(next > now, "{zone}: {next} is in the future");
         assert!(next - now <= chrono::Duration::days(32), "{zone}: {next}");
