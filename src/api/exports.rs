@@ -233,11 +233,10 @@ impl ExportApi {
     }
 
     async fn show_one(&self, role: Role, environment: &Place, stored: StoredExport) -> Result<pb::Export> {
-        Ok(self
-            .show(role, environment, std::slice::from_ref(&stored))
+        self.show(role, environment, std::slice::from_ref(&stored))
             .await?
             .pop()
-            .expect("one in, one out"))
+            .ok_or_else(|| Error::internal("an export was lost while converting it"))
     }
 
     /// The connection an export is to be attached to: named, in the export's environment, and
