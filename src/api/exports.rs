@@ -13,7 +13,7 @@ use crate::auth::{Principal, Role};
 use crate::connectors::registry;
 use crate::domain::catalog::{Entity, Segment};
 use crate::domain::connection::{Connection, check_display_name};
-use crate::domain::environment::Environment;
+use crate::domain::environment::EnvironmentKind;
 use crate::domain::export::{
     self, CatalogFacts, Export, ExportState, FieldMapping, RunState, default_schedule, parse_sources, segment_facts,
     segment_warnings,
@@ -96,6 +96,12 @@ pub struct ExportApi {
     runs: super::runs::Runs,
 }
 
+/// The environment of a request, as exports need it.
+struct Place {
+    env: String,
+    kind: EnvironmentKind,
+}
+
 impl ExportApi {
     pub fn new(state: State) -> Self {
         ExportApi {
@@ -104,12 +110,18 @@ impl ExportApi {
         }
     }
 
-    async fn environment(&self, env: &str) -> Result<Environment> {
-        self.state
+    /// The environment exports are shown and validated in: its id and kind.
+    async fn environment(&self, env: &str) -> Result<Place> {
+        let kind = self
+            .state
             .store
-            .get_environment(env)
+            .environment_kind(env)
             .await?
-            .ok_or_else(|| Error::not_found("environment", format!("environments/{env}")))
+            .ok_or_else(|| Error::not_found("environment", format!("environments/{env}")))?;
+        Ok(Place {
+            env: env.to_string(),
+            kind,
+        })
     }
 
     /// Loads an export for an edit: NOT_FOUND if missing, then the policy with what the
@@ -161,12 +173,7 @@ impl ExportApi {
 
     /// The whole validation of an export as it would be stored: INVALID_ARGUMENT with every
     /// problem, then eligibility (FAILED_PRECONDITION).
-    async fn validate(
-        &self,
-        environment: &Environment,
-        export: &Export,
-        connection: Option<&Connection>,
-    ) -> Result<()> {
+    async fn validate(&self, environment: &Place, export: &Export, connection: Option<&Connection>) -> Result<()> {
         let (entities, segments) = self.catalog_facts(export).await?;
         let catalog = CatalogFacts {
             entities: &entities,
@@ -186,7 +193,7 @@ impl ExportApi {
 
     /// Exports as `role` sees them: permission, member counts and limit warnings. The
     /// segments of all of them are read in one query.
-    async fn show(&self, role: Role, environment: &Environment, items: &[StoredExport]) -> Result<Vec<pb::Export>> {
+    async fn show(&self, role: Role, environment: &Place, items: &[StoredExport]) -> Result<Vec<pb::Export>> {
         let mut ids: Vec<String> = items
             .iter()
             .flat_map(|s| s.export.segments.iter().map(|n| n.id.clone()))
@@ -196,7 +203,7 @@ impl ExportApi {
         let segments: HashMap<SegmentName, Segment> = self
             .state
             .store
-            .segments_by_ids(&environment.id, &ids)
+            .segments_by_ids(&environment.env, &ids)
             .await?
             .into_iter()
             .map(|s| (s.name.clone(), s))
@@ -229,12 +236,11 @@ impl ExportApi {
             .collect()
     }
 
-    async fn show_one(&self, role: Role, environment: &Environment, stored: StoredExport) -> Result<pb::Export> {
-        Ok(self
-            .show(role, environment, std::slice::from_ref(&stored))
+    async fn show_one(&self, role: Role, environment: &Place, stored: StoredExport) -> Result<pb::Export> {
+        self.show(role, environment, std::slice::from_ref(&stored))
             .await?
             .pop()
-            .expect("one in, one out"))
+            .ok_or_else(|| Error::internal("an export was lost while converting it"))
     }
 
     /// The connection an export is to be attached to: named, in the export's environment, and
@@ -252,7 +258,8 @@ impl ExportApi {
         if text.is_empty() {
             return Err(Error::invalid(
                 field,
-                "a connection is required (environments/{environment}/connections/{connection})",
+                "a connection is required (environments/{environment}/connections/{connection}); \
+                 DetachConnection removes an export's connection",
             ));
         }
         let name = ConnectionName::parse(field, text)?;
@@ -279,6 +286,7 @@ impl ExportApi {
         request_ids::check_format(&request.request_id)?;
         let input = required("export", &request.export)?;
         let id = id_or_generate("export_id", &request.export_id, "export")?;
+        let environment = self.environment(&parent.env).await?;
         let connection = self
             .attachable_connection(
                 &principal,
@@ -288,7 +296,6 @@ impl ExportApi {
                 Facts::connection,
             )
             .await?;
-        let environment = self.environment(&parent.env).await?;
 
         let mut violations = Vec::new();
         let kind = convert::export_kind_from_pb(input.kind);

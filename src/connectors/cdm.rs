@@ -1361,7 +1361,7 @@ mod tests {
                 "",
                 "",
                 "",
-                "plain string in a json column",
+                "\"plain string in a json column\"",
             ],
             vec!["c5", "crlf\r\nend and ünïcödé", "0", "0.1", "false", "", "", "{}"],
         ]

@@ -23,7 +23,8 @@
 use std::fmt;
 
 use chrono::{
-    DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Utc, Weekday,
+    DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Timelike, Utc,
+    Weekday,
 };
 use chrono_tz::Tz;
 use croner::Cron;
@@ -491,7 +492,10 @@ impl CronPlan {
         let horizon = start.checked_add_signed(TimeDelta::days(CRON_HORIZON_DAYS))?;
         // croner only handles years 1..=5000.
         let floor = NaiveDate::from_ymd_opt(1, 1, 1)?.and_hms_opt(0, 0, 0)?;
-        let mut cursor = start.max(floor);
+        // croner keeps the fraction of a second of its starting point in what it finds; cron
+        // times are whole minutes, so start from a whole second (an occurrence at or before
+        // `after` is dropped by `earliest_after`).
+        let mut cursor = start.max(floor).with_nanosecond(0)?;
         let last_year = horizon.year().min(croner::YEAR_UPPER_LIMIT);
         if cursor.year() > last_year {
             return None;
@@ -772,6 +776,26 @@ mod tests {
         assert_eq!(
             c.next_run_time(utc("2026-03-06T11:00:00Z")),
             Some(utc("2026-03-08T23:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn next_runs_are_whole_minutes_whatever_the_fraction_of_now() {
+        let c = cron("0 6 * * *", "Europe/Paris");
+        assert_eq!(
+            c.next_run_time(utc("2026-03-06T11:00:00.991583Z")),
+            Some(utc("2026-03-07T05:00:00Z"))
+        );
+        // An occurrence in the same second, but before `after`, is not returned.
+        let every_minute = cron("* * * * *", "");
+        assert_eq!(
+            every_minute.next_run_time(utc("2026-03-06T11:00:00.5Z")),
+            Some(utc("2026-03-06T11:01:00Z"))
+        );
+        let r = rec(recurrence(Frequency::Daily, "06:00", "Europe/Paris"));
+        assert_eq!(
+            r.next_run_time(utc("2026-03-06T11:00:00.991583Z")),
+            Some(utc("2026-03-07T05:00:00Z"))
         );
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::catalog::CatalogApi;
@@ -120,7 +121,14 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
 
     let (stop, mut stopped) = watch::channel(false);
     let engine = state.engine.clone();
-    let incoming = TcpListenerStream::new(listener);
+    // Small gRPC frames must not wait for the peer's delayed ACK (Nagle): tonic sets
+    // TCP_NODELAY only on listeners it binds itself, not on an incoming stream.
+    let incoming = TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    });
     let task = tokio::spawn(async move {
         let signal = {
             let mut stopped = stopped.clone();

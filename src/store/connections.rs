@@ -229,8 +229,9 @@ impl Store {
                 let mut err = Error::precondition(
                     "CONNECTION_IN_USE",
                     format!(
-                        "connection '{name}' is used by {} export(s): {}; delete or detach them first, or delete with `force` to detach them",
+                        "connection '{name}' is used by {} {}: {}; delete or detach them first, or delete with `force` to detach them",
                         users.len(),
+                        if users.len() == 1 { "export" } else { "exports" },
                         list.join(", ")
                     ),
                 )

@@ -72,6 +72,22 @@ impl Store {
             .transpose()
     }
 
+    /// The kind of an environment (None if it does not exist). Kinds are immutable, so a kind
+    /// once read is answered from memory.
+    pub async fn environment_kind(&self, id: &str) -> Result<Option<EnvironmentKind>> {
+        if let Some(kind) = self.environment_kinds.read().expect("kinds lock").get(id) {
+            return Ok(Some(*kind));
+        }
+        let Some(env) = self.get_environment(id).await? else {
+            return Ok(None);
+        };
+        self.environment_kinds
+            .write()
+            .expect("kinds lock")
+            .insert(env.id.clone(), env.kind);
+        Ok(Some(env.kind))
+    }
+
     /// Environments by id, optionally only those in `ids`; returns one page and the total.
     pub async fn list_environments(
         &self,

@@ -1,10 +1,10 @@
 //! Exports and what they read (`export_sources`).
 //!
-//! An export row carries its definition as JSON documents (field mappings, settings, schedule)
-//! beside the columns that lists filter and sort on; its entities and segments are rows of
-//! `export_sources`, so that "which exports read this?" is an indexed lookup. Reads return the
-//! export with its connection (one LEFT JOIN), and a page of a list loads the sources of all
-//! its exports in one more query.
+//! An export row carries its whole definition (field mappings, settings, schedule, and the ids
+//! of its entities and segments, as JSON) beside the columns that lists filter and sort on, so
+//! that reading an export is one row. Its entities and segments are also rows of
+//! `export_sources`, written in the same transaction: the index behind "which exports read
+//! this?" (DeleteEntity, DeleteSegment). Connections are read in one batched query per page.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -49,17 +49,18 @@ pub struct ExportQuery<'a> {
     pub page: Page,
 }
 
-fn to_domain(model: Model, sources: &[export_source::Model]) -> Result<Export> {
+fn to_domain(model: Model) -> Result<Export> {
     let corrupt = |what: &str| Error::internal(format!("export '{}' has a corrupt {what}", model.id));
-    let mut entities = Vec::new();
-    let mut segments = Vec::new();
-    for source in sources {
-        match source.source_kind.as_str() {
-            ENTITY => entities.push(EntityName::new(&model.env, &source.source_id)),
-            SEGMENT => segments.push(SegmentName::new(&model.env, &source.source_id)),
-            _ => return Err(corrupt("source")),
-        }
-    }
+    let entities = serde_json::from_str::<Vec<String>>(&model.entities)
+        .map_err(|_| corrupt("entity list"))?
+        .into_iter()
+        .map(|id| EntityName::new(&model.env, id))
+        .collect();
+    let segments = serde_json::from_str::<Vec<String>>(&model.segments)
+        .map_err(|_| corrupt("segment list"))?
+        .into_iter()
+        .map(|id| SegmentName::new(&model.env, id))
+        .collect();
     let last_run = match (&model.last_run_id, model.last_run_state) {
         (Some(id), Some(state)) => Some(LastRun {
             id: id.clone(),
@@ -107,6 +108,8 @@ fn definition(export: &Export) -> ActiveModel {
         description: Set(export.description.clone()),
         connection_id: Set(export.connection.as_ref().map(|c| c.id.clone())),
         kind: Set(export_kind_str(export.kind).to_string()),
+        entities: Set(json(&export.entities.iter().map(|e| &e.id).collect::<Vec<_>>())),
+        segments: Set(json(&export.segments.iter().map(|s| &s.id).collect::<Vec<_>>())),
         field_mappings: Set(json(&export.field_mappings)),
         settings: Set(json(&export.settings)),
         sync_mode: Set(sync_mode_str(export.sync_mode).to_string()),
@@ -119,15 +122,14 @@ fn definition(export: &Export) -> ActiveModel {
 }
 
 fn source_rows(export: &Export) -> Vec<export_source::ActiveModel> {
-    let row = |kind: &str, id: &str, position: usize| export_source::ActiveModel {
+    let row = |kind: &str, id: &str| export_source::ActiveModel {
         env: Set(export.name.env.clone()),
         export: Set(export.name.id.clone()),
         source_kind: Set(kind.to_string()),
         source_id: Set(id.to_string()),
-        position: Set(position as i32),
     };
-    let entities = export.entities.iter().enumerate().map(|(i, e)| row(ENTITY, &e.id, i));
-    let segments = export.segments.iter().enumerate().map(|(i, s)| row(SEGMENT, &s.id, i));
+    let entities = export.entities.iter().map(|e| row(ENTITY, &e.id));
+    let segments = export.segments.iter().map(|s| row(SEGMENT, &s.id));
     entities.chain(segments).collect()
 }
 
@@ -191,12 +193,18 @@ impl Store {
     }
 
     pub async fn get_export(&self, name: &ExportName) -> Result<Option<StoredExport>> {
+        // One export: its connection comes in the same query.
         let row = Table::find_by_id((name.env.clone(), name.id.clone()))
             .find_also_related(connection::Entity)
             .one(self.reader())
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(assemble(self.reader(), &name.env, vec![row]).await?.pop())
+        let Some((model, connection)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(StoredExport {
+            export: to_domain(model)?,
+            connection: connection.map(super::connections::to_domain).transpose()?,
+        }))
     }
 
     pub async fn export_or_not_found(&self, name: &ExportName) -> Result<StoredExport> {
@@ -211,36 +219,60 @@ impl Store {
             return Ok(Vec::new());
         }
         let rows = Table::find()
-            .find_also_related(connection::Entity)
             .filter(Column::Env.eq(env))
             .filter(Column::Id.is_in(ids.iter().cloned()))
             .all(self.reader())
             .await?;
-        assemble(self.reader(), env, rows).await
+        with_connections(self.reader(), env, rows).await
     }
 
     /// One page of exports matching the filter, in the requested order, and the number of all
     /// matches.
+    ///
+    /// The page is read in two steps: the ids of the page in order, then their rows by primary
+    /// key. A sort that no index serves (e.g. by connection display name) then moves narrow
+    /// records, not whole exports; and a query planner cannot pick the sort's index to fetch
+    /// the page's rows (a scan of every export) over 100 key lookups. Connections are joined
+    /// only when the filter or the order reads them.
     pub async fn list_exports(&self, query: &ExportQuery<'_>) -> Result<(Vec<StoredExport>, u64)> {
-        let mut condition = Condition::all().add(Expr::col((Table, Column::Env)).eq(query.env));
+        let mut condition = Condition::all().add(export_col(Column::Env).eq(query.env));
         if let Some(filter) = query.filter {
             condition = condition.add(to_condition(filter, &filter_leaf));
         }
-        // The same LEFT JOIN as the page, so that `connection_type` filters the same way; a
-        // database drops the join when the filter does not use it (unique key, no columns).
-        let total = Table::find()
-            .join(JoinType::LeftJoin, Relation::Connection.def())
-            .filter(condition.clone())
-            .count(self.reader())
-            .await?;
-        let select = Table::find().find_also_related(connection::Entity).filter(condition);
-        let select = apply_order(select, query.order, &sort_column, vec![Expr::col((Table, Column::Id))]);
-        let rows = select
-            .offset(query.page.offset)
-            .limit(query.page.limit)
-            .all(self.reader())
-            .await?;
-        Ok((assemble(self.reader(), query.env, rows).await?, total))
+        let filter_joins = query.filter.is_some_and(reads_connection);
+        let order_joins = query
+            .order
+            .iter()
+            .any(|k| matches!(k.field.as_str(), "connection" | "connection_type"));
+        let ids_of = |join: bool| {
+            let select = Table::find().select_only().column(Column::Id).filter(condition.clone());
+            if join {
+                select.join(JoinType::LeftJoin, Relation::Connection.def())
+            } else {
+                select
+            }
+        };
+        let total = ids_of(filter_joins).count(self.reader()).await?;
+        let ids: Vec<String> = apply_order(
+            ids_of(filter_joins || order_joins),
+            query.order,
+            &sort_column,
+            vec![export_col(Column::Id)],
+        )
+        .offset(query.page.offset)
+        .limit(query.page.limit)
+        .into_tuple()
+        .all(self.reader())
+        .await?;
+        let mut rows: HashMap<String, StoredExport> = self
+            .exports_by_ids(query.env, &ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.export.name.id.clone(), s))
+            .collect();
+        // An export deleted between the two reads is left out of the page.
+        let page = ids.iter().filter_map(|id| rows.remove(id)).collect();
+        Ok((page, total))
     }
 
     /// Writes a changed export if its revision is still `export.revision` (else ABORTED, as an
@@ -410,32 +442,29 @@ impl Store {
     }
 }
 
-/// Loads the sources of `rows` (one query) and makes domain exports of them, in row order.
-async fn assemble(
-    db: &impl ConnectionTrait,
-    env: &str,
-    rows: Vec<(Model, Option<connection::Model>)>,
-) -> Result<Vec<StoredExport>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<String> = rows.iter().map(|(m, _)| m.id.clone()).collect();
-    let mut sources: HashMap<String, Vec<export_source::Model>> = HashMap::new();
-    for source in export_source::Entity::find()
-        .filter(export_source::Column::Env.eq(env))
-        .filter(export_source::Column::Export.is_in(ids))
-        .order_by_asc(export_source::Column::Position)
-        .all(db)
-        .await?
-    {
-        sources.entry(source.export.clone()).or_default().push(source);
-    }
+/// Makes domain exports of `rows`, in row order, with their connections (one query for all).
+async fn with_connections(db: &impl ConnectionTrait, env: &str, rows: Vec<Model>) -> Result<Vec<StoredExport>> {
+    let mut ids: Vec<&String> = rows.iter().filter_map(|m| m.connection_id.as_ref()).collect();
+    ids.sort();
+    ids.dedup();
+    let connections: HashMap<String, Connection> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        connection::Entity::find()
+            .filter(connection::Column::Env.eq(env))
+            .filter(connection::Column::Id.is_in(ids.into_iter().cloned()))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|m| super::connections::to_domain(m).map(|c| (c.name.id.clone(), c)))
+            .collect::<Result<_>>()?
+    };
     rows.into_iter()
-        .map(|(model, connection)| {
-            let own = sources.remove(&model.id).unwrap_or_default();
+        .map(|model| {
+            let connection = model.connection_id.as_ref().and_then(|id| connections.get(id)).cloned();
             Ok(StoredExport {
-                export: to_domain(model, &own)?,
-                connection: connection.map(super::connections::to_domain).transpose()?,
+                export: to_domain(model)?,
+                connection,
             })
         })
         .collect()
@@ -556,6 +585,15 @@ pub(crate) async fn detach_all(db: &impl ConnectionTrait, connection: &Connectio
         .exec(db)
         .await?;
     Ok(())
+}
+
+/// Whether a filter compares a column of the connection (so the query must join it).
+fn reads_connection(filter: &Filter) -> bool {
+    match filter {
+        Filter::And(a, b) | Filter::Or(a, b) => reads_connection(a) || reads_connection(b),
+        Filter::Not(inner) => reads_connection(inner),
+        Filter::Compare { field, .. } => field == "connection_type",
+    }
 }
 
 fn connection_col(column: connection::Column) -> Expr {

@@ -32,6 +32,10 @@ pub struct Store {
     reader: DatabaseConnection,
     pub sealer: Sealer,
     statistics: statistics::Statistics,
+    /// Environment kinds, which never change once an environment exists: read on every export
+    /// request, so kept after the first read.
+    environment_kinds:
+        std::sync::RwLock<std::collections::HashMap<String, crate::domain::environment::EnvironmentKind>>,
 }
 
 impl Store {
@@ -60,6 +64,7 @@ impl Store {
             reader,
             sealer,
             statistics: statistics::Statistics::default(),
+            environment_kinds: Default::default(),
         })
     }
 

@@ -2182,6 +2182,7 @@ async fn next_run_times_are_local_clock_times() {
             .unwrap()
             .next_run_time
             .expect("a timed schedule has a next run");
+        assert_eq!((next.seconds % 60, next.nanos), (0, 0), "{zone}: whole minutes");
         let next = Utc.timestamp_opt(next.seconds, next.nanos as u32).unwrap();
         assert!(next > now, "{zone}: {next} is in the future");
         assert!(next - now <= chrono::Duration::days(32), "{zone}: {next}");
@@ -2224,5 +2225,159 @@ async fn next_run_times_are_local_clock_times() {
     let next = Utc.timestamp_opt(next.seconds, 0).unwrap();
     assert_eq!(next.minute(), 15);
     assert!(next - Utc::now() <= chrono::Duration::hours(1));
+    t.stop().await;
+}
+/// Latency and throughput of ListExports and GetExport over 10,000 exports on SQLite, under 8
+/// concurrent clients (a smoke test for development; the benchmark proper is BENCHMARKS.md's).
+/// Run with `cargo test --release --test it ten_thousand -- --ignored --nocapture`.
+/// `EXPORTD_PERF_ONLY=<order_by>` (and `EXPORTD_PERF_FILTER`) runs one list load only, for a
+/// profiler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn list_and_get_over_ten_thousand_exports() {
+    use std::time::{Duration, Instant};
+
+    use exportd::domain::connection_type::{ExportKind, SyncMode};
+    use exportd::domain::export::{Export, ExportState, default_schedule};
+    use exportd::domain::names::{ConnectionName, EntityName, SegmentName};
+
+    let t = acme().await;
+    let store = t.state.store.clone();
+    let now = exportd::domain::time::now_micros();
+    for i in 0..10_000usize {
+        let segment = i % 3 == 0;
+        let detached = i % 50 == 0;
+        let export = Export {
+            name: ExportName::new("acme", format!("x{i:05}")),
+            display_name: format!("Export {}", (i * 7919) % 10_000),
+            description: String::new(),
+            connection: (!detached).then(|| ConnectionName::new("acme", ["files", "private", "mc"][i % 3])),
+            kind: if segment {
+                ExportKind::Segment
+            } else {
+                ExportKind::DataOut
+            },
+            entities: if segment {
+                vec![]
+            } else {
+                vec![EntityName::new("acme", "customers")]
+            },
+            segments: if segment {
+                vec![SegmentName::new("acme", "vip"), SegmentName::new("acme", "france")]
+            } else {
+                vec![]
+            },
+            field_mappings: vec![],
+            settings: Default::default(),
+            sync_mode: SyncMode::Full,
+            schedule: default_schedule(),
+            next_run_at: None,
+            state: if detached {
+                ExportState::Detached
+            } else {
+                ExportState::Active
+            },
+            last_refreshed_time: None,
+            last_run: None,
+            creator: "bench".into(),
+            create_time: now + i as i64,
+            update_time: now + i as i64,
+            revision: 0,
+        };
+        store.create_export(&export, None).await.unwrap();
+        if i % 4 == 0 {
+            let state = RunState::ALL[i % 7];
+            store
+                .record_last_run(&export.name, "r", state, Some(now + i as i64))
+                .await
+                .unwrap();
+        }
+    }
+    fn summary(mut times: Vec<Duration>, elapsed: Duration) -> String {
+        times.sort();
+        format!(
+            "{:.0} req/s, p50 {:?}, p99 {:?}",
+            times.len() as f64 / elapsed.as_secs_f64(),
+            times[times.len() / 2],
+            times[times.len() * 99 / 100]
+        )
+    }
+    async fn load(t: &TestServer, filter: &str, order_by: &str, rounds: usize) -> (Vec<Duration>, Duration) {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let mut client = t.exports("acme", Role::Contributor).await;
+            let (filter, order_by) = (filter.to_string(), order_by.to_string());
+            tasks.push(tokio::spawn(async move {
+                let mut times = Vec::new();
+                for _ in 0..rounds {
+                    let started = Instant::now();
+                    let page = client
+                        .list_exports(pb::ListExportsRequest {
+                            parent: ACME.into(),
+                            page_size: 100,
+                            filter: filter.clone(),
+                            order_by: order_by.clone(),
+                            page_token: String::new(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert_eq!(page.exports.len(), 100);
+                    times.push(started.elapsed());
+                }
+                times
+            }));
+        }
+        let mut times = Vec::new();
+        for task in tasks {
+            times.extend(task.await.unwrap());
+        }
+        (times, started.elapsed())
+    }
+    if let Ok(order_by) = std::env::var("EXPORTD_PERF_ONLY") {
+        let filter = std::env::var("EXPORTD_PERF_FILTER").unwrap_or_default();
+        let (times, elapsed) = load(&t, &filter, &order_by, 400).await;
+        println!("ListExports {filter:?} {order_by:?}: {}", summary(times, elapsed));
+        return;
+    }
+    for (filter, order_by) in [
+        ("", ""),
+        ("kind = SEGMENT", "display_name"),
+        ("state = ACTIVE AND status != FAILED", "create_time desc"),
+        ("display_name:\"12\"", "update_time"),
+        ("kind = SEGMENT", "schedule desc"),
+        ("", "status"),
+        ("", "connection"),
+        ("connection_type = \"local-files\"", "connection_type, create_time desc"),
+    ] {
+        load(&t, filter, order_by, 5).await;
+        let (times, elapsed) = load(&t, filter, order_by, 100).await;
+        println!("ListExports {filter:?} {order_by:?}: {}", summary(times, elapsed));
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let mut client = t.exports("acme", Role::Contributor).await;
+        tasks.push(tokio::spawn(async move {
+            let mut times = Vec::new();
+            for i in 0..1000 {
+                let started = Instant::now();
+                client
+                    .get_export(pb::GetExportRequest {
+                        name: export_name("acme", &format!("x{:05}", (i * 37 + c * 1000) % 10_000)),
+                    })
+                    .await
+                    .unwrap();
+                times.push(started.elapsed());
+            }
+            times
+        }));
+    }
+    let mut times = Vec::new();
+    for task in tasks {
+        times.extend(task.await.unwrap());
+    }
+    println!("GetExport: {}", summary(times, started.elapsed()));
     t.stop().await;
 }

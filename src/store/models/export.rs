@@ -13,6 +13,10 @@ pub struct Model {
     pub connection_id: Option<String>,
     /// `DATA_OUT` or `SEGMENT`.
     pub kind: String,
+    /// JSON array of entity ids, in the order given (also rows of `export_sources`).
+    pub entities: String,
+    /// JSON array of segment ids, in the order given (also rows of `export_sources`).
+    pub segments: String,
     /// JSON array of `{source_field, target_field}`.
     pub field_mappings: String,
     /// JSON object of target-specific settings.

@@ -14,8 +14,6 @@ pub struct Model {
     pub source_kind: String,
     #[sea_orm(primary_key, auto_increment = false)]
     pub source_id: String,
-    /// The source's place in the export's list, which keeps the order the client gave.
-    pub position: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
