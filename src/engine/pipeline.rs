@@ -25,6 +25,7 @@ use crate::domain::connection::Connection;
 use crate::domain::connection_type::{ExportKind, SyncMode};
 use crate::domain::eligibility::{SEGMENT_OVER_LIMIT, SEGMENT_UNDER_MINIMUM};
 use crate::domain::export::{self, CatalogFacts, Export, ExportState, Warning};
+use crate::domain::names::ExportName;
 use crate::domain::run::{Counts, Run, RunError, RunState, Task};
 use crate::domain::time::{now_micros, to_datetime};
 use crate::error::{Error, ErrorCode};
@@ -61,10 +62,14 @@ enum Source {
         since: Option<i64>,
         until: i64,
     },
-    Segment {
+    /// Every member of the segment.
+    Segment { segment: Segment },
+    /// Incremental: members who joined or whose records changed after `since`, then those who
+    /// left, against the snapshot taken at run start.
+    SegmentChanges {
         segment: Segment,
-        since: Option<i64>,
-        until: i64,
+        export: ExportName,
+        since: i64,
     },
 }
 
@@ -72,6 +77,8 @@ struct Part {
     schema: PartSchema,
     /// For each column, the record field it is read from.
     fields: Vec<String>,
+    /// The record field holding the key (filled in for deletions and departures).
+    key_field: String,
     source: Source,
 }
 
@@ -332,15 +339,22 @@ impl Engine {
                         .get(&segment.entity)
                         .cloned()
                         .ok_or_else(|| missing("entity", &segment.entity))?;
-                    let until = entity.change_seq;
                     let key = format!("segment:{}", segment.name.id);
-                    let since = if incremental {
-                        delivered.get(&key).copied()
+                    sync_state.insert(key.clone(), entity.change_seq);
+                    let source = if incremental {
+                        self.store.snapshot_members(&export.name, &segment).await?;
+                        let since = delivered.get(&key).copied().unwrap_or(0);
+                        Source::SegmentChanges {
+                            segment: segment.clone(),
+                            export: export.name.clone(),
+                            since,
+                        }
                     } else {
-                        None
+                        Source::Segment {
+                            segment: segment.clone(),
+                        }
                     };
-                    sync_state.insert(key, until);
-                    parts.push(segment_part(&export, segment, entity, since, until, incremental));
+                    parts.push(segment_part(&export, segment, entity, source, incremental));
                 }
             }
         }
@@ -485,24 +499,29 @@ impl Engine {
         let (tx, mut rx) = mpsc::channel::<crate::error::Result<(usize, Vec<Vec<Value>>)>>(2);
         let store = self.store.clone();
         let fields = part.fields.clone();
+        let key_column = part.fields.iter().position(|f| *f == part.key_field);
         let incremental = part.schema.incremental;
         let reader = tokio::spawn(async move {
-            let mut after: Option<String> = None;
-            loop {
-                let batch = read_batch(&store, &part.source, after.as_deref()).await;
-                let records = match batch {
-                    Ok(records) => records,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+            // Phase 0 reads the records; incremental segment parts then (phase 1) the members
+            // who left.
+            for phase in 0..2 {
+                let mut after: Option<String> = None;
+                loop {
+                    let batch = read_batch(&store, &part.source, phase, after.as_deref()).await;
+                    let records = match batch {
+                        Ok(records) => records,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    let Some(last) = records.last() else { break };
+                    after = Some(last.key.clone());
+                    let read = records.len();
+                    let rows = rows_of(&records, &fields, key_column, incremental);
+                    if tx.send(Ok((read, rows))).await.is_err() {
                         return;
                     }
-                };
-                let Some(last) = records.last() else { return };
-                after = Some(last.key.clone());
-                let read = records.len();
-                let rows = rows_of(&records, &part.source, &fields, incremental);
-                if tx.send(Ok((read, rows))).await.is_err() {
-                    return;
                 }
             }
         });
@@ -647,19 +666,13 @@ fn entity_part(entity: Entity, since: Option<i64>, until: i64, incremental: bool
             incremental,
         },
         fields,
+        key_field: entity.primary_key.clone(),
         source: Source::Entity { entity, since, until },
     }
 }
 
 /// A segment part: the mapped target fields (or, without mappings, every field of the entity).
-fn segment_part(
-    export: &Export,
-    segment: Segment,
-    entity: Entity,
-    since: Option<i64>,
-    until: i64,
-    incremental: bool,
-) -> Part {
+fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Source, incremental: bool) -> Part {
     let pairs: Vec<(String, String)> = if export.field_mappings.is_empty() {
         entity.fields.iter().map(|f| (f.name.clone(), f.name.clone())).collect()
     } else {
@@ -686,64 +699,79 @@ fn segment_part(
             incremental,
         },
         fields: pairs.into_iter().map(|(source, _)| source).collect(),
-        source: Source::Segment { segment, since, until },
+        key_field: entity.primary_key.clone(),
+        source,
     }
 }
 
-/// The next batch of a part's source after `after` (keyset order).
+/// The next batch of a part's source after `after` (keyset order). Phase 1 exists only for
+/// incremental segment parts: the members who left, as key-only deletions.
 async fn read_batch(
     store: &crate::store::Store,
     source: &Source,
+    phase: u8,
     after: Option<&str>,
 ) -> crate::error::Result<Vec<StoredRecord>> {
-    match source {
+    match (source, phase) {
         // Full export: live records.
-        Source::Entity {
-            entity,
-            since: None,
-            until,
-        } => {
-            let _ = until;
-            store.read_records(&entity.name, after, BATCH).await
-        }
+        (
+            Source::Entity {
+                entity, since: None, ..
+            },
+            0,
+        ) => store.read_records(&entity.name, after, BATCH).await,
         // Incremental: everything written since the last delivery, tombstones included.
-        Source::Entity {
-            entity,
-            since: Some(since),
-            until,
-        } => store.read_changes(&entity.name, *since, *until, after, BATCH).await,
-        Source::Segment { segment, .. } => store.read_members(segment, after, BATCH).await,
+        (
+            Source::Entity {
+                entity,
+                since: Some(since),
+                until,
+            },
+            0,
+        ) => store.read_changes(&entity.name, *since, *until, after, BATCH).await,
+        (Source::Segment { segment }, 0) => store.read_members(segment, after, BATCH).await,
+        (Source::SegmentChanges { segment, export, since }, 0) => {
+            store
+                .joined_or_changed_members(export, segment, *since, after, BATCH)
+                .await
+        }
+        (Source::SegmentChanges { segment, export, .. }, 1) => Ok(store
+            .left_members(export, segment, after, BATCH)
+            .await?
+            .into_iter()
+            .map(|key| StoredRecord {
+                key,
+                data: Default::default(),
+                seq: 0,
+                deleted: true,
+            })
+            .collect()),
+        _ => Ok(Vec::new()),
     }
 }
 
-/// Rows in column order (then `_deleted` for incremental parts). Incremental segment parts send
-/// only members whose records changed since the last delivery.
-fn rows_of(records: &[StoredRecord], source: &Source, fields: &[String], incremental: bool) -> Vec<Vec<Value>> {
-    let changed = |r: &StoredRecord| match source {
-        Source::Segment {
-            since: Some(since),
-            until,
-            ..
-        } => r.seq > *since && r.seq <= *until,
-        _ => true,
-    };
+/// Rows in column order (then `_deleted` for incremental parts). A deletion keeps only its key.
+fn rows_of(
+    records: &[StoredRecord],
+    fields: &[String],
+    key_column: Option<usize>,
+    incremental: bool,
+) -> Vec<Vec<Value>> {
     records
         .iter()
-        .filter(|r| changed(r))
         .map(|r| {
-            let mut row: Vec<Value> = fields
-                .iter()
-                .map(|f| r.data.get(f).cloned().unwrap_or(Value::Null))
-                .collect();
-            if r.deleted {
-                // A tombstone keeps only its key.
-                row = fields.iter().map(|_| Value::Null).collect();
-                if let Source::Entity { entity, .. } = source
-                    && let Some(i) = fields.iter().position(|f| *f == entity.primary_key)
-                {
+            let mut row: Vec<Value> = if r.deleted {
+                let mut row = vec![Value::Null; fields.len()];
+                if let Some(i) = key_column {
                     row[i] = Value::String(r.key.clone());
                 }
-            }
+                row
+            } else {
+                fields
+                    .iter()
+                    .map(|f| r.data.get(f).cloned().unwrap_or(Value::Null))
+                    .collect()
+            };
             if incremental {
                 row.push(Value::Bool(r.deleted));
             }

@@ -370,6 +370,8 @@ impl Store {
     /// Deletes an export (and its sources) if its revision is still `revision`.
     pub async fn delete_export(&self, export: &Export) -> Result<()> {
         let txn = self.writer().begin().await?;
+        // The run history goes with the export; a running run must be cancelled first.
+        super::runs::delete_runs_of(&txn, &export.name).await?;
         export_source::Entity::delete_many()
             .filter(export_source::Column::Env.eq(&export.name.env))
             .filter(export_source::Column::Export.eq(&export.name.id))

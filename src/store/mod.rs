@@ -10,6 +10,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
 
 pub mod connections;
+pub mod delivered;
 pub mod entities;
 pub mod environments;
 pub mod exports;

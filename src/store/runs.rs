@@ -406,6 +406,9 @@ impl Store {
                 .exec(&txn)
                 .await?;
         }
+        if finish.state == RunState::Succeeded {
+            super::delivered::promote_snapshots(&txn, &name.export_name()).await?;
+        }
         let catch_up = start_catch_up(&txn, &name.export_name()).await?;
         txn.commit().await?;
         Ok(catch_up)
@@ -775,4 +778,26 @@ impl Store {
         };
         Ok(self.list_exports(&query).await?.0)
     }
+}
+
+/// Deletes an export's runs (its history) inside the transaction that deletes the export.
+/// Refused while one is running: its worker would go on writing to the target.
+pub(crate) async fn delete_runs_of(db: &impl ConnectionTrait, export: &ExportName) -> Result<()> {
+    if let Some(active) = active_run_on(db, export).await?
+        && active.state == RunState::Running
+    {
+        return Err(Error::precondition(
+            "RUN_ACTIVE",
+            format!("export '{export}' has a running run ({}); cancel it, or wait for it to end, before deleting the export", active.name),
+        )
+        .with_meta("export", export.to_string())
+        .with_meta("active_run", active.name.to_string())
+        .with_precondition("RUN_ACTIVE", active.name.to_string(), "the run is RUNNING"));
+    }
+    Table::delete_many()
+        .filter(Column::Env.eq(&export.env))
+        .filter(Column::Export.eq(&export.id))
+        .exec(db)
+        .await?;
+    super::delivered::forget(db, export).await
 }

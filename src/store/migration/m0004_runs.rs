@@ -92,6 +92,30 @@ impl MigrationTrait for Migration {
             )
             .await?;
 
+        // The members an incremental segment export has delivered (state 0), and the snapshot
+        // a running run compares them with (state 1), so that members who joined, changed or
+        // left are sent — and only those.
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("delivered_members"))
+                    .col(id("env"))
+                    .col(id("export"))
+                    .col(id("segment"))
+                    .col(ColumnDef::new(Alias::new("state")).small_integer().not_null())
+                    .col(id("key"))
+                    .primary_key(
+                        Index::create()
+                            .col(Alias::new("env"))
+                            .col(Alias::new("export"))
+                            .col(Alias::new("segment"))
+                            .col(Alias::new("state"))
+                            .col(Alias::new("key")),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+
         // Named leases: the one active scheduler among replicas.
         manager
             .create_table(
