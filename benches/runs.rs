@@ -148,7 +148,7 @@ fn data_out_benchmark(runtime: &tokio::runtime::Runtime, backend: &str, n: usize
     println!(
         "{}",
         table_row(&[
-            format!("{tool}"),
+            tool.to_string(),
             backend.into(),
             format!("{baseline:.2}"),
             format!("{:.0}", n as f64 / baseline),
