@@ -33,7 +33,7 @@ use crate::store::records::StoredRecord;
 use crate::store::runs::Finish;
 
 /// Records per read (and per write to the sink).
-const BATCH: u64 = 5000;
+const BATCH: u64 = 10_000;
 /// Counts are stored at least this often while a run works (and on every task change).
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -518,7 +518,7 @@ impl Engine {
                     let Some(last) = records.last() else { break };
                     after = Some(last.key.clone());
                     let read = records.len();
-                    let rows = rows_of(&records, &fields, key_column, incremental);
+                    let rows = rows_of(records, &fields, key_column, incremental);
                     if tx.send(Ok((read, rows))).await.is_err() {
                         return;
                     }
@@ -752,25 +752,22 @@ async fn read_batch(
 
 /// Rows in column order (then `_deleted` for incremental parts). A deletion keeps only its key.
 fn rows_of(
-    records: &[StoredRecord],
+    records: Vec<StoredRecord>,
     fields: &[String],
     key_column: Option<usize>,
     incremental: bool,
 ) -> Vec<Vec<Value>> {
     records
-        .iter()
-        .map(|r| {
+        .into_iter()
+        .map(|mut r| {
             let mut row: Vec<Value> = if r.deleted {
                 let mut row = vec![Value::Null; fields.len()];
                 if let Some(i) = key_column {
-                    row[i] = Value::String(r.key.clone());
+                    row[i] = Value::String(std::mem::take(&mut r.key));
                 }
                 row
             } else {
-                fields
-                    .iter()
-                    .map(|f| r.data.get(f).cloned().unwrap_or(Value::Null))
-                    .collect()
+                fields.iter().map(|f| r.data.remove(f).unwrap_or(Value::Null)).collect()
             };
             if incremental {
                 row.push(Value::Bool(r.deleted));

@@ -124,8 +124,15 @@ impl Store {
         if let Some(after) = after_key {
             query = query.filter(Column::Key.gt(after));
         }
-        let models = query.order_by_asc(Column::Key).limit(limit).all(self.reader()).await?;
-        models.into_iter().map(to_stored).collect()
+        let rows: Vec<(String, String, i64, bool)> = query
+            .select_only()
+            .columns([Column::Key, Column::Data, Column::Seq, Column::Deleted])
+            .order_by_asc(Column::Key)
+            .limit(limit)
+            .into_tuple()
+            .all(self.reader())
+            .await?;
+        rows.into_iter().map(to_stored).collect()
     }
 
     /// Records written (upserted or deleted) after change sequence `since`, up to `until`, in
@@ -146,8 +153,15 @@ impl Store {
         if let Some(after) = after_key {
             query = query.filter(Column::Key.gt(after));
         }
-        let models = query.order_by_asc(Column::Key).limit(limit).all(self.reader()).await?;
-        models.into_iter().map(to_stored).collect()
+        let rows: Vec<(String, String, i64, bool)> = query
+            .select_only()
+            .columns([Column::Key, Column::Data, Column::Seq, Column::Deleted])
+            .order_by_asc(Column::Key)
+            .limit(limit)
+            .into_tuple()
+            .all(self.reader())
+            .await?;
+        rows.into_iter().map(to_stored).collect()
     }
 
     /// Which of `keys` are live records of the entity.
@@ -180,21 +194,16 @@ impl Store {
     }
 }
 
-fn to_stored(model: super::models::record::Model) -> Result<StoredRecord> {
-    let data = match serde_json::from_str::<Value>(&model.data) {
+fn to_stored((key, data, seq, deleted): (String, String, i64, bool)) -> Result<StoredRecord> {
+    let data = match serde_json::from_str::<Value>(&data) {
         Ok(Value::Object(map)) => map,
-        _ => {
-            return Err(Error::internal(format!(
-                "record '{}' of '{}' is corrupt",
-                model.key, model.entity
-            )));
-        }
+        _ => return Err(Error::internal(format!("record '{key}' is corrupt"))),
     };
     Ok(StoredRecord {
-        key: model.key,
+        key,
         data,
-        seq: model.seq,
-        deleted: model.deleted,
+        seq,
+        deleted,
     })
 }
 
