@@ -131,6 +131,22 @@ impl Error {
         .with_meta("current_etag", current)
     }
 
+    /// A resource cannot go while others depend on it: FAILED_PRECONDITION with every user as a
+    /// violation. `what` names the resource (`entity`), `relation` what each user does with it
+    /// (`uses`), `remedy` what to do about it.
+    pub fn in_use(reason: &'static str, what: &str, name: &str, users: &[String], relation: &str, remedy: &str) -> Self {
+        let mut err = Error::precondition(
+            reason,
+            format!("{what} '{name}' is used by {}; {remedy}", users.join(", ")),
+        )
+        .with_meta("name", name)
+        .with_meta("used_by", users.join(","));
+        for user in users {
+            err = err.with_precondition(reason, user.clone(), format!("{relation} {what} '{name}'"));
+        }
+        err
+    }
+
     /// A rule about the resource's state forbids the request.
     pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
         Error::new(ErrorCode::FailedPrecondition, reason, message)

@@ -226,21 +226,8 @@ impl Store {
         if !users.is_empty() {
             if !force {
                 let list: Vec<String> = users.iter().map(|u| u.to_string()).collect();
-                let mut err = Error::precondition(
-                    "CONNECTION_IN_USE",
-                    format!(
-                        "connection '{name}' is used by {} {}: {}; delete or detach them first, or delete with `force` to detach them",
-                        users.len(),
-                        if users.len() == 1 { "export" } else { "exports" },
-                        list.join(", ")
-                    ),
-                )
-                .with_meta("name", name.to_string())
-                .with_meta("used_by", list.join(","));
-                for user in &list {
-                    err = err.with_precondition("CONNECTION_IN_USE", user.clone(), format!("exports to '{name}'"));
-                }
-                return Err(err);
+                let remedy = "delete or detach them first, or delete with `force` to detach them";
+                return Err(Error::in_use("CONNECTION_IN_USE", "connection", &name.to_string(), &list, "exports to", remedy));
             }
             super::exports::detach_all(&txn, name).await?;
         }

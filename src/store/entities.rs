@@ -93,19 +93,8 @@ impl Store {
         let mut users = users;
         users.extend(super::exports_using(&txn, &name.env, super::ExportSource::Entity(&name.id)).await?);
         if !users.is_empty() {
-            let mut err = Error::precondition(
-                "ENTITY_IN_USE",
-                format!(
-                    "entity '{name}' is used by {}; delete or change them first",
-                    users.join(", ")
-                ),
-            )
-            .with_meta("name", name.to_string())
-            .with_meta("used_by", users.join(","));
-            for user in &users {
-                err = err.with_precondition("ENTITY_IN_USE", user.clone(), format!("uses entity '{name}'"));
-            }
-            return Err(err);
+            let remedy = "delete or change them first";
+            return Err(Error::in_use("ENTITY_IN_USE", "entity", &name.to_string(), &users, "uses", remedy));
         }
         record::Entity::delete_many()
             .filter(record::Column::Env.eq(&name.env))

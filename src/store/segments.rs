@@ -143,19 +143,8 @@ impl Store {
         let txn = self.writer().begin().await?;
         let users = super::exports_using(&txn, &name.env, super::ExportSource::Segment(&name.id)).await?;
         if !users.is_empty() {
-            let mut err = Error::precondition(
-                "SEGMENT_IN_USE",
-                format!(
-                    "segment '{name}' is used by {}; change or delete them first",
-                    users.join(", ")
-                ),
-            )
-            .with_meta("name", name.to_string())
-            .with_meta("used_by", users.join(","));
-            for user in &users {
-                err = err.with_precondition("SEGMENT_IN_USE", user.clone(), format!("exports segment '{name}'"));
-            }
-            return Err(err);
+            let remedy = "change or delete them first";
+            return Err(Error::in_use("SEGMENT_IN_USE", "segment", &name.to_string(), &users, "exports", remedy));
         }
         segment_member::Entity::delete_many()
             .filter(segment_member::Column::Env.eq(&name.env))
