@@ -25,7 +25,9 @@ fn serve_echo() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("echo listening on {}", listener.local_addr().unwrap());
         let (reporter, service) = tonic_health::server::health_reporter();
-        reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
@@ -72,7 +74,12 @@ where
     let seconds = started.elapsed().as_secs_f64();
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pick = |p: f64| all[((all.len() as f64 - 1.0) * p).round() as usize];
-    Load { requests: all.len(), seconds, p50_ms: pick(0.5), p99_ms: pick(0.99) }
+    Load {
+        requests: all.len(),
+        seconds,
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+    }
 }
 
 fn print(what: &str, load: &Load, note: String) {
@@ -106,7 +113,9 @@ fn main() {
     let echo_addr = {
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(echo.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        std::io::BufReader::new(echo.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         line.trim().strip_prefix("echo listening on ").unwrap().to_string()
     };
 
@@ -130,7 +139,12 @@ fn main() {
                 .await
                 .unwrap();
         }
-        server.catalog("bench").await.create_entity(entity_request()).await.unwrap();
+        server
+            .catalog("bench")
+            .await
+            .create_entity(entity_request())
+            .await
+            .unwrap();
         let mut client = pb::export_service_client::ExportServiceClient::new(server.authed("bench").await);
         for i in 0..exports {
             client
@@ -139,7 +153,10 @@ fn main() {
                     export_id: format!("x{i:05}"),
                     export: Some(pb::Export {
                         display_name: format!("Export {}", (i * 7919) % exports),
-                        connection: format!("environments/bench/connections/{}", if i % 2 == 0 { "files" } else { "private" }),
+                        connection: format!(
+                            "environments/bench/connections/{}",
+                            if i % 2 == 0 { "files" } else { "private" }
+                        ),
                         kind: pb::ExportKind::DataOut as i32,
                         entities: vec!["environments/bench/entities/customers".into()],
                         ..Default::default()
@@ -152,17 +169,35 @@ fn main() {
     });
 
     println!("{exports} exports on SQLite; {concurrency} concurrent clients over 4 connections; {seconds} s per row\n");
-    println!("{}", table_row(&["what".into(), "requests/s".into(), "p50 ms".into(), "p99 ms".into(), "notes".into()]));
+    println!(
+        "{}",
+        table_row(&[
+            "what".into(),
+            "requests/s".into(),
+            "p50 ms".into(),
+            "p99 ms".into(),
+            "notes".into()
+        ])
+    );
     println!("|---|---|---|---|---|");
     runtime.block_on(async {
         let mut channels = Vec::new();
         for _ in 0..4 {
-            channels.push(tonic::transport::Endpoint::from_shared(format!("http://{echo_addr}")).unwrap().connect().await.unwrap());
+            channels.push(
+                tonic::transport::Endpoint::from_shared(format!("http://{echo_addr}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
         }
         let echo_load = load(concurrency, seconds, move |i| {
             let mut client = tonic_health::pb::health_client::HealthClient::new(channels[i % 4].clone());
             async move {
-                client.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+                client
+                    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                    .await
+                    .unwrap();
             }
         })
         .await;
@@ -170,7 +205,9 @@ fn main() {
 
         let mut clients = Vec::new();
         for _ in 0..4 {
-            clients.push(pb::export_service_client::ExportServiceClient::new(server.authed("bench").await));
+            clients.push(pb::export_service_client::ExportServiceClient::new(
+                server.authed("bench").await,
+            ));
         }
         let get_clients = clients.clone();
         let get_load = load(concurrency, seconds, move |i| {
@@ -181,8 +218,13 @@ fn main() {
             }
         })
         .await;
-        let ratio = (get_load.requests as f64 / get_load.seconds) / (echo_load.requests as f64 / echo_load.seconds) * 100.0;
-        print("GetExport", &get_load, format!("{ratio:.0}% of the echo server's throughput"));
+        let ratio =
+            (get_load.requests as f64 / get_load.seconds) / (echo_load.requests as f64 / echo_load.seconds) * 100.0;
+        print(
+            "GetExport",
+            &get_load,
+            format!("{ratio:.0}% of the echo server's throughput"),
+        );
 
         for (filter, order) in [
             ("", "display_name"),
@@ -209,7 +251,11 @@ fn main() {
                 }
             })
             .await;
-            print(&format!("ListExports page of 100, filter `{filter}`, order `{order}`"), &list_load, String::new());
+            print(
+                &format!("ListExports page of 100, filter `{filter}`, order `{order}`"),
+                &list_load,
+                String::new(),
+            );
         }
     });
     let _ = echo.kill();

@@ -134,7 +134,14 @@ impl Error {
     /// A resource cannot go while others depend on it: FAILED_PRECONDITION with every user as a
     /// violation. `what` names the resource (`entity`), `relation` what each user does with it
     /// (`uses`), `remedy` what to do about it.
-    pub fn in_use(reason: &'static str, what: &str, name: &str, users: &[String], relation: &str, remedy: &str) -> Self {
+    pub fn in_use(
+        reason: &'static str,
+        what: &str,
+        name: &str,
+        users: &[String],
+        relation: &str,
+        remedy: &str,
+    ) -> Self {
         let mut err = Error::precondition(
             reason,
             format!("{what} '{name}' is used by {}; {remedy}", users.join(", ")),

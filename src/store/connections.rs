@@ -227,7 +227,14 @@ impl Store {
             if !force {
                 let list: Vec<String> = users.iter().map(|u| u.to_string()).collect();
                 let remedy = "delete or detach them first, or delete with `force` to detach them";
-                return Err(Error::in_use("CONNECTION_IN_USE", "connection", &name.to_string(), &list, "exports to", remedy));
+                return Err(Error::in_use(
+                    "CONNECTION_IN_USE",
+                    "connection",
+                    &name.to_string(),
+                    &list,
+                    "exports to",
+                    remedy,
+                ));
             }
             super::exports::detach_all(&txn, name).await?;
         }

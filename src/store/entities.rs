@@ -94,7 +94,14 @@ impl Store {
         users.extend(super::exports_using(&txn, &name.env, super::ExportSource::Entity(&name.id)).await?);
         if !users.is_empty() {
             let remedy = "delete or change them first";
-            return Err(Error::in_use("ENTITY_IN_USE", "entity", &name.to_string(), &users, "uses", remedy));
+            return Err(Error::in_use(
+                "ENTITY_IN_USE",
+                "entity",
+                &name.to_string(),
+                &users,
+                "uses",
+                remedy,
+            ));
         }
         record::Entity::delete_many()
             .filter(record::Column::Env.eq(&name.env))

@@ -144,7 +144,14 @@ impl Store {
         let users = super::exports_using(&txn, &name.env, super::ExportSource::Segment(&name.id)).await?;
         if !users.is_empty() {
             let remedy = "change or delete them first";
-            return Err(Error::in_use("SEGMENT_IN_USE", "segment", &name.to_string(), &users, "exports", remedy));
+            return Err(Error::in_use(
+                "SEGMENT_IN_USE",
+                "segment",
+                &name.to_string(),
+                &users,
+                "exports",
+                remedy,
+            ));
         }
         segment_member::Entity::delete_many()
             .filter(segment_member::Column::Env.eq(&name.env))
