@@ -13,3 +13,4 @@ mod exports;
 mod process;
 mod roles;
 mod runs;
+mod scheduler;
