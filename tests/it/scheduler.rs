@@ -64,7 +64,7 @@ async fn a_due_schedule_fires_once_and_never_piles_up_behind_an_active_run() {
     let next = created
         .schedule
         .as_ref()
-        .and_then(|s| s.next_run_time.clone())
+        .and_then(|s| s.next_run_time)
         .expect("a cron schedule has a next time");
 
     // Downtime: many occurrences missed; one run comes of them, and the next time moves on.
