@@ -63,6 +63,12 @@ impl Connector for LocalFiles {
             .await
             .map_err(|e| Failure::Permanent { message: e.to_string() })?
             .map_err(|e| io_failure(&format!("cannot open the export folder {shown}"), e))?;
+        // An earlier attempt of this very run may have committed before its process died
+        // (between the commit and recording the outcome): its files are complete and must not
+        // be rewritten; this attempt reads its records again (for its counts) and keeps them.
+        if let Some(summary) = committed_by_this_run(&storage, &folder, run.run_id) {
+            return Ok(Box::new(AlreadyCommitted { summary }));
+        }
         let writer = CdmFolderWriter::new(
             Box::new(storage),
             &folder,
@@ -169,4 +175,61 @@ impl Sink for CdmSink {
             let _ = tokio::task::spawn_blocking(move || writer.abort()).await;
         }
     }
+}
+
+/// What an existing model.json shows of a run that committed it, if `run_id` did.
+fn committed_by_this_run(storage: &LocalStorage, folder: &str, run_id: &str) -> Option<SinkSummary> {
+    use super::cdm::{CdmStorage, MODEL_JSON};
+    let model_path = format!("{folder}/{MODEL_JSON}");
+    let bytes = storage.read_file(&model_path).ok()??;
+    let model: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let committed_by = model["annotations"]
+        .as_array()?
+        .iter()
+        .find(|a| a["name"] == "runId")
+        .and_then(|a| a["value"].as_str())?;
+    if committed_by != run_id {
+        return None;
+    }
+    let mut files = Vec::new();
+    let mut bytes_total = 0;
+    for entity in model["entities"].as_array()? {
+        for partition in entity["partitions"].as_array()? {
+            let location = partition["location"].as_str()?;
+            let path = location.strip_prefix("file://").unwrap_or(location);
+            bytes_total += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            files.push(location.to_string());
+        }
+    }
+    Some(SinkSummary {
+        files,
+        bytes: bytes_total,
+        location: storage.location(&model_path),
+    })
+}
+
+/// The sink of an attempt whose run was already committed by an earlier attempt.
+struct AlreadyCommitted {
+    summary: SinkSummary,
+}
+
+#[async_trait]
+impl Sink for AlreadyCommitted {
+    async fn begin_part(&mut self, _: &PartSchema) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn write_rows(&mut self, _: Vec<Vec<Value>>) -> Result<u64, Failure> {
+        Ok(self.summary.bytes)
+    }
+
+    async fn end_part(&mut self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<SinkSummary, Failure> {
+        Ok(self.summary)
+    }
+
+    async fn abort(self: Box<Self>) {}
 }

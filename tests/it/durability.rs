@@ -359,3 +359,42 @@ async fn two_servers_on_one_postgres_execute_each_due_run_exactly_once() {
     assert_eq!(one.wait(), Some(0));
     assert_eq!(two.wait(), Some(0));
 }
+
+#[tokio::test]
+async fn a_run_whose_process_died_after_committing_is_not_written_twice() {
+    use sea_orm::{ConnectionTrait, Database};
+    let t = crate::runs::setup(Options::default().var("EXPORTD_RUN_LEASE_SECONDS", "2")).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    let export = crate::runs::create_export(
+        &mut exports,
+        crate::exports::data_out("acme", "lake", "Lake", "files", &[crate::catalog::CUSTOMERS]),
+    )
+    .await;
+    let first = run_export(&mut exports, &export.name).await;
+    let done = wait_for_end(&mut exports, &first.name).await;
+    assert_eq!(done.state, pb::RunState::Succeeded as i32);
+    let root = crate::runs::out(&t);
+    let model = std::fs::read(root.join("lake/model.json")).unwrap();
+
+    // As if the process had died between the commit and recording it: the run is RUNNING
+    // under a lease nobody renews.
+    let db = Database::connect(&t.database_url).await.unwrap();
+    db.execute_unprepared(&format!(
+        "UPDATE runs SET state = 3, end_time = NULL, lease_owner = 'dead', lease_expires_at = 0 WHERE id = '{}'",
+        first.name.rsplit('/').next().unwrap()
+    ))
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    t.state.engine.wake_workers();
+
+    let retried = wait_for_run(&mut exports, &first.name, |r| r.attempt == 2 && is_terminal(r)).await;
+    assert_eq!(retried.state, pb::RunState::Succeeded as i32, "{retried:?}");
+    assert_eq!(retried.records_exported, 10);
+    assert_eq!(
+        std::fs::read(root.join("lake/model.json")).unwrap(),
+        model,
+        "the committed export is left as it was"
+    );
+    t.stop().await;
+}
