@@ -95,24 +95,31 @@ impl Store {
             revision: Set(1),
         };
         let name = connection.name.to_string();
-        let txn = self.writer().begin().await?;
-        let mut outcome = None;
-        if let Some(key) = &request {
-            outcome = request_ids::lookup(&txn, &env, key.method, key.request_id, key.hash).await?;
-        }
-        if outcome.is_none() {
-            Entity::insert(model).exec(&txn).await.map_err(|e| {
-                if super::is_unique_violation(&e) {
-                    Error::already_exists("connection", name.clone())
-                } else {
-                    e.into()
-                }
-            })?;
+        let attempt = async {
+            let txn = self.writer().begin().await?;
+            let mut outcome = None;
             if let Some(key) = &request {
-                request_ids::record(&txn, &env, key.method, key.request_id, key.hash, &name).await?;
+                outcome = request_ids::lookup(&txn, &env, key.method, key.request_id, key.hash).await?;
             }
-        }
-        txn.commit().await?;
+            if outcome.is_none() {
+                Entity::insert(model).exec(&txn).await.map_err(|e| {
+                    if super::is_unique_violation(&e) {
+                        Error::already_exists("connection", name.clone())
+                    } else {
+                        e.into()
+                    }
+                })?;
+                if let Some(key) = &request {
+                    request_ids::record(&txn, &env, key.method, key.request_id, key.hash, &name).await?;
+                }
+            }
+            txn.commit().await?;
+            Ok::<_, Error>(outcome)
+        };
+        let outcome = match attempt.await {
+            Ok(outcome) => outcome,
+            Err(e) => Some(request_ids::first_result_or(e, self.writer(), &env, request.as_ref()).await?),
+        };
         let name = match outcome {
             Some(existing) => ConnectionName::parse("request_id", &existing)?,
             None => connection.name.clone(),

@@ -151,40 +151,47 @@ impl Store {
     pub async fn create_export(&self, export: &Export, request: Option<RequestKey<'_>>) -> Result<StoredExport> {
         let env = export.name.env.clone();
         let name = export.name.to_string();
-        let txn = self.writer().begin().await?;
-        let mut outcome = None;
-        if let Some(key) = &request {
-            outcome = request_ids::lookup(&txn, &env, key.method, key.request_id, key.hash).await?;
-        }
-        if outcome.is_none() {
-            hold_sources(&txn, export).await?;
-            let mut model = definition(export);
-            model.env = Set(env.clone());
-            model.id = Set(export.name.id.clone());
-            model.last_refreshed_time = Set(None);
-            model.last_run_id = Set(None);
-            model.last_run_state = Set(None);
-            model.last_run_end = Set(None);
-            model.last_run_error = Set(None);
-            model.creator = Set(export.creator.clone());
-            model.create_time = Set(export.create_time);
-            model.update_time = Set(export.update_time);
-            model.revision = Set(1);
-            Table::insert(model)
-                .exec(&txn)
-                .await
-                .map_err(|e| map_write_error(e, export))?;
-            let rows = source_rows(export);
-            if !rows.is_empty() {
-                export_source::Entity::insert_many(rows)
-                    .exec_without_returning(&txn)
-                    .await?;
-            }
+        let attempt = async {
+            let txn = self.writer().begin().await?;
+            let mut outcome = None;
             if let Some(key) = &request {
-                request_ids::record(&txn, &env, key.method, key.request_id, key.hash, &name).await?;
+                outcome = request_ids::lookup(&txn, &env, key.method, key.request_id, key.hash).await?;
             }
-        }
-        txn.commit().await?;
+            if outcome.is_none() {
+                hold_sources(&txn, export).await?;
+                let mut model = definition(export);
+                model.env = Set(env.clone());
+                model.id = Set(export.name.id.clone());
+                model.last_refreshed_time = Set(None);
+                model.last_run_id = Set(None);
+                model.last_run_state = Set(None);
+                model.last_run_end = Set(None);
+                model.last_run_error = Set(None);
+                model.creator = Set(export.creator.clone());
+                model.create_time = Set(export.create_time);
+                model.update_time = Set(export.update_time);
+                model.revision = Set(1);
+                Table::insert(model)
+                    .exec(&txn)
+                    .await
+                    .map_err(|e| map_write_error(e, export))?;
+                let rows = source_rows(export);
+                if !rows.is_empty() {
+                    export_source::Entity::insert_many(rows)
+                        .exec_without_returning(&txn)
+                        .await?;
+                }
+                if let Some(key) = &request {
+                    request_ids::record(&txn, &env, key.method, key.request_id, key.hash, &name).await?;
+                }
+            }
+            txn.commit().await?;
+            Ok::<_, Error>(outcome)
+        };
+        let outcome = match attempt.await {
+            Ok(outcome) => outcome,
+            Err(e) => Some(request_ids::first_result_or(e, self.writer(), &env, request.as_ref()).await?),
+        };
         let name = match outcome {
             Some(existing) => ExportName::parse("request_id", &existing)?,
             None => export.name.clone(),

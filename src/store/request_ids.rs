@@ -65,3 +65,20 @@ pub async fn record(
     Entity::insert(row).exec(db).await?;
     Ok(())
 }
+
+/// After a create with a request id failed: on PostgreSQL a concurrent request with the same id
+/// may have won (this one then fails on a unique index); its result is the answer to both.
+/// Otherwise the failure stands.
+pub async fn first_result_or(
+    failure: Error,
+    db: &impl ConnectionTrait,
+    env: &str,
+    key: Option<&super::connections::RequestKey<'_>>,
+) -> Result<String> {
+    if let Some(key) = key
+        && let Some(existing) = lookup(db, env, key.method, key.request_id, key.hash).await?
+    {
+        return Ok(existing);
+    }
+    Err(failure)
+}

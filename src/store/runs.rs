@@ -144,6 +144,28 @@ impl Store {
         waiting_for: &[String],
         request: Option<RequestKey<'_>>,
     ) -> Result<Run> {
+        match self
+            .create_run_once(export, trigger, waiting_for, request.as_ref())
+            .await
+        {
+            Ok(run) => Ok(run),
+            Err(e) => {
+                let existing = request_ids::first_result_or(e, self.writer(), &export.env, request.as_ref()).await?;
+                let name = RunName::parse("request_id", &existing)?;
+                self.get_run(&name)
+                    .await?
+                    .ok_or_else(|| Error::not_found("export run", existing))
+            }
+        }
+    }
+
+    async fn create_run_once(
+        &self,
+        export: &ExportName,
+        trigger: RunTrigger,
+        waiting_for: &[String],
+        request: Option<&RequestKey<'_>>,
+    ) -> Result<Run> {
         let txn = self.writer().begin().await?;
         if let Some(key) = &request
             && let Some(existing) = request_ids::lookup(&txn, &export.env, key.method, key.request_id, key.hash).await?

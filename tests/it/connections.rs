@@ -667,3 +667,24 @@ async fn tenants_are_isolated() {
     assert_eq!(count(&mut globex, "globex").await, 0);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_retries_with_one_request_id_create_one_connection() {
+    let t = TestServer::start().await;
+    let mut request = local_files("acme", "", "Files", false);
+    request.request_id = "7d0e6a52-0000-4000-8000-000000000001".into();
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let mut client = t.connections("acme", Role::Admin).await;
+        let request = request.clone();
+        calls.push(tokio::spawn(async move { client.create_connection(request).await.map(|r| r.into_inner().name) }));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for call in calls {
+        names.insert(call.await.unwrap().expect("every retry gets the first result"));
+    }
+    assert_eq!(names.len(), 1, "{names:?}");
+    let mut admin = t.connections("acme", Role::Admin).await;
+    assert_eq!(count(&mut admin, "acme").await, 1);
+    t.stop().await;
+}
