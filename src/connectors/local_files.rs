@@ -47,9 +47,9 @@ impl Connector for LocalFiles {
 
     async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure> {
         let settings = run.settings;
-        if settings.get("format").is_some_and(|f| f != "csv") {
+        if let Some(format) = settings.get("format").filter(|f| *f != "csv") {
             return Err(Failure::Permanent {
-                message: "format 'parquet' is not supported by this version of exportd yet; use csv".into(),
+                message: format!("format '{format}' is not supported by this version of exportd yet; use csv"),
             });
         }
         let options = csv_options(settings);

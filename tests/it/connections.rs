@@ -677,7 +677,9 @@ async fn concurrent_retries_with_one_request_id_create_one_connection() {
     for _ in 0..8 {
         let mut client = t.connections("acme", Role::Admin).await;
         let request = request.clone();
-        calls.push(tokio::spawn(async move { client.create_connection(request).await.map(|r| r.into_inner().name) }));
+        calls.push(tokio::spawn(async move {
+            client.create_connection(request).await.map(|r| r.into_inner().name)
+        }));
     }
     let mut names = std::collections::BTreeSet::new();
     for call in calls {

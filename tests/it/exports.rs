@@ -2381,3 +2381,19 @@ async fn list_and_get_over_ten_thousand_exports() {
     println!("GetExport: {}", summary(times, started.elapsed()));
     t.stop().await;
 }
+
+#[tokio::test]
+async fn formats_other_than_csv_are_refused_when_saved() {
+    let t = acme().await;
+    let mut admin = t.exports("acme", Role::Admin).await;
+    let mut request = data_out("acme", "pq", "Parquet", "files", &[CUSTOMERS]);
+    request
+        .export
+        .as_mut()
+        .unwrap()
+        .settings
+        .insert("format".into(), "parquet".into());
+    let status = expect_code(admin.create_export(request).await, Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), vec!["export.settings.format"]);
+    t.stop().await;
+}
