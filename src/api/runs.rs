@@ -2,8 +2,6 @@
 //! WatchExportRun and CancelExportRun. A run is recorded (a row) before this returns; workers
 //! execute it.
 
-use std::time::Duration;
-
 use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -42,8 +40,6 @@ const FILTER_FIELDS: &[FilterField] = &[
     },
 ];
 const ENUM_PREFIXES: &[(&str, &str)] = &[("state", "RUN_STATE_"), ("trigger", "RUN_TRIGGER_")];
-/// A watcher re-reads its run at least this often (runs executed by another process).
-const WATCH_POLL: Duration = Duration::from_millis(500);
 
 pub struct Runs {
     state: State,
@@ -207,47 +203,29 @@ impl Runs {
     ) -> Result<ReceiverStream<std::result::Result<pb::ExportRun, Status>>> {
         let name = RunName::parse("name", &request.name)?;
         policy::authorize(&principal, &name.env, Action::WatchExportRun, Facts::default())?;
-        let first = self.state.store.run_or_not_found(&name).await?;
+        let mut subscription = self.state.engine.watch_run(&name).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let engine = self.state.engine.clone();
-        let store = self.state.store.clone();
-        let key = name.to_string();
         tokio::spawn(async move {
-            let mut changes = engine.subscribe_run_changes();
-            let mut last = first.revision;
-            let mut terminal = first.state.is_terminal();
-            if tx.send(Ok(convert::run(&first))).await.is_err() {
-                return;
-            }
-            while !terminal {
+            loop {
+                let run = subscription.borrow_and_update().clone();
+                let terminal = run.state.is_terminal();
+                if tx.send(Ok(convert::run(&run))).await.is_err() || terminal {
+                    return;
+                }
                 tokio::select! {
-                    changed = changes.recv() => {
-                        match changed {
-                            Ok(changed) if changed != key => continue,
-                            _ => {}
+                    changed = subscription.changed() => {
+                        if changed.is_err() {
+                            // The reader stopped (the server is stopping, or the run vanished).
+                            let _ = tx.send(Err(Status::unavailable("the run can no longer be watched here; watch again"))).await;
+                            return;
                         }
                     }
-                    _ = tokio::time::sleep(WATCH_POLL) => {}
                     _ = engine.stopping() => {
                         let _ = tx.send(Err(Status::unavailable("the server is shutting down; watch again"))).await;
                         return;
                     }
                     _ = tx.closed() => return,
-                }
-                let run = match store.get_run(&name).await {
-                    Ok(Some(run)) => run,
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx.send(Err(super::status::to_status(e))).await;
-                        return;
-                    }
-                };
-                if run.revision != last {
-                    last = run.revision;
-                    terminal = run.state.is_terminal();
-                    if tx.send(Ok(convert::run(&run))).await.is_err() {
-                        return;
-                    }
                 }
             }
         });

@@ -21,6 +21,7 @@ pub mod dependencies;
 pub mod executor;
 pub mod pipeline;
 pub mod retry;
+pub mod run_watch;
 pub mod scheduler;
 pub mod segments;
 pub mod system_refresh;
@@ -42,6 +43,8 @@ pub struct Engine {
     run_changes: broadcast::Sender<String>,
     /// Cancellation signals of the runs this process is executing.
     running: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Runs being watched, by name (one reader per run, however many watchers).
+    watches: Mutex<HashMap<String, watch::Receiver<crate::domain::run::Run>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -59,6 +62,7 @@ impl Engine {
             schedules_changed: Notify::new(),
             run_changes,
             running: Mutex::new(HashMap::new()),
+            watches: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
         })
     }
