@@ -1519,3 +1519,28 @@ async fn a_target_error_fails_the_run_saying_what_and_where() {
     assert!(error.message.contains(&root.display().to_string()), "{}", error.message);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn many_watchers_of_one_run_all_see_it_end() {
+    let t = setup(api_only()).await;
+    let mut admin = t.exports("acme", Role::Admin).await;
+    create_export(&mut admin, data_out("acme", "out", "Out", "files", &[CUSTOMERS])).await;
+    let run = run_export(&mut admin, &export_name("acme", "out")).await;
+    let mut watchers = Vec::new();
+    for _ in 0..50 {
+        let mut client = t.exports("acme", Role::Viewer).await;
+        let name = run.name.clone();
+        watchers.push(tokio::spawn(async move { watch_to_end(&mut client, &name).await }));
+    }
+    // Every watcher has its first message (QUEUED) before the run is cancelled.
+    wait_for_run(&mut admin, &run.name, |r| r.state == pb::RunState::Queued as i32).await;
+    admin
+        .cancel_export_run(pb::CancelExportRunRequest { name: run.name.clone() })
+        .await
+        .unwrap();
+    for watcher in watchers {
+        let messages = watcher.await.unwrap();
+        assert_eq!(messages.last().unwrap().state, pb::RunState::Cancelled as i32);
+    }
+    t.stop().await;
+}
