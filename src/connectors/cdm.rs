@@ -630,6 +630,13 @@ impl CdmFolderWriter {
         self.abort_inner()
     }
 
+    /// Walks away without touching anything: for a worker that lost its run to another, whose
+    /// attempt now writes the same run folder. Files this writer left are that attempt's to
+    /// overwrite.
+    pub fn abandon(mut self) {
+        self.done = true;
+    }
+
     fn check_usable(&self) -> io::Result<()> {
         if let Some(reason) = &self.invalid {
             return Err(invalid_input(reason.clone()));

@@ -175,6 +175,12 @@ impl Sink for CdmSink {
             let _ = tokio::task::spawn_blocking(move || writer.abort()).await;
         }
     }
+
+    async fn abandon(mut self: Box<Self>) {
+        if let Some(writer) = self.writer.take() {
+            writer.abandon();
+        }
+    }
 }
 
 /// What an existing model.json shows of a run that committed it, if `run_id` did.

@@ -132,6 +132,9 @@ pub trait Sink: Send {
     async fn end_part(&mut self) -> Result<(), Failure>;
     async fn commit(self: Box<Self>) -> Result<SinkSummary, Failure>;
     async fn abort(self: Box<Self>);
+    /// Stops without cleaning up: the run now belongs to another worker, which writes to the
+    /// same place.
+    async fn abandon(self: Box<Self>) {}
 }
 
 /// A type from the catalogue whose connector has not been built yet: it says so plainly

@@ -434,7 +434,10 @@ impl Engine {
                         Err(_) => Outcome::Abandoned,
                     };
                 }
-                Err(Stop::Lost) => return Outcome::Abandoned,
+                Err(Stop::Lost) => {
+                    sink.abandon().await;
+                    return Outcome::Abandoned;
+                }
             }
         }
         let read = progress.counts.total;
@@ -444,10 +447,13 @@ impl Engine {
         progress.start("finalize", "committing");
         self.flush(run, control, &mut progress).await;
         if let Some(stop) = interrupted(self, control) {
+            if let Stop::Lost = stop {
+                sink.abandon().await;
+                return Outcome::Abandoned;
+            }
             sink.abort().await;
             return match stop {
                 Stop::Cancelled => self.cancelled(progress),
-                Stop::Lost => Outcome::Abandoned,
                 _ => match self.store.set_waiting(&run.name, RunState::Running, &[]).await {
                     Ok(_) => Outcome::Requeued,
                     Err(_) => Outcome::Abandoned,
