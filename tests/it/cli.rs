@@ -238,3 +238,117 @@ async fn secrets_never_reach_responses_logs_or_the_database() {
         db.close().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn run_export_starts_a_run_and_follows_it_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(dir.path()).await;
+    let envs = [("EXPORTD_DATABASE_URL", database_url.as_str())];
+    let data_dir = dir.path().to_str().unwrap();
+    let server = ServeProcess::start(dir.path(), &["--dev"], &envs);
+    let token = server.token.clone().unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let authed = tonic::service::interceptor::InterceptedService::new(channel, Bearer(Some(token.clone())));
+    let mut catalog = pb::catalog_service_client::CatalogServiceClient::new(authed.clone());
+    let mut exports = pb::export_service_client::ExportServiceClient::new(authed);
+    let mut connections = client(&server.addr, &token).await;
+    catalog
+        .create_entity(crate::catalog::customers_entity(
+            "demo",
+            "customers",
+            pb::EntityKind::Profile,
+        ))
+        .await
+        .unwrap();
+    catalog
+        .write_records(tokio_stream::iter(vec![crate::catalog::write(
+            "environments/demo/entities/customers",
+            crate::catalog::ten_customers(),
+            &[],
+        )]))
+        .await
+        .unwrap();
+    connections
+        .create_connection(local_files("demo", "files", "Files", false))
+        .await
+        .unwrap();
+    let webhook = pb::CreateConnectionRequest {
+        parent: "environments/demo".into(),
+        connection_id: "hook".into(),
+        connection: Some(pb::Connection {
+            display_name: "Hook".into(),
+            r#type: "webhook".into(),
+            config: [("url".to_string(), "http://127.0.0.1:9/none".to_string())].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    connections.create_connection(webhook).await.unwrap();
+    for (id, connection) in [("lake", "files"), ("hooked", "hook")] {
+        exports
+            .create_export(crate::exports::data_out(
+                "demo",
+                id,
+                id,
+                connection,
+                &["environments/demo/entities/customers"],
+            ))
+            .await
+            .unwrap();
+    }
+
+    // The token comes from EXPORTD_TOKEN; the exit code says whether the run succeeded.
+    let with_token = [
+        ("EXPORTD_DATABASE_URL", database_url.as_str()),
+        ("EXPORTD_TOKEN", token.as_str()),
+    ];
+    let (code, out, err) = run(
+        &[
+            "run-export",
+            "environments/demo/exports/lake",
+            "--watch",
+            "--server",
+            &server.addr,
+            "--data-dir",
+            data_dir,
+        ],
+        &with_token,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SUCCEEDED: 10 records"), "{out}");
+    assert!(err.contains("RUNNING"), "progress is shown while it waits: {err}");
+    let (code, out, _) = run(
+        &[
+            "run-export",
+            "environments/demo/exports/hooked",
+            "--watch",
+            "--server",
+            &server.addr,
+            "--data-dir",
+            data_dir,
+        ],
+        &with_token,
+    );
+    assert_ne!(code, 0);
+    assert!(out.contains("FAILED") && out.contains("not yet supported"), "{out}");
+    // A wrong name is refused by the server, with its reason.
+    let (code, _, err) = run(
+        &[
+            "run-export",
+            "environments/demo/exports/nope",
+            "--server",
+            &server.addr,
+            "--data-dir",
+            data_dir,
+        ],
+        &with_token,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("NotFound"), "{err}");
+    server.signal("TERM");
+    assert_eq!(server.wait(), Some(0));
+}
