@@ -3,7 +3,7 @@
 //! records changed, then those who left (delivered but no longer in the snapshot); on success
 //! the snapshot becomes the delivered set (state 0), in the transaction that ends the run.
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, Statement};
 
 use super::Store;
 use super::records::StoredRecord;
@@ -13,24 +13,6 @@ use crate::error::{Error, Result};
 
 const DELIVERED: i32 = 0;
 const PENDING: i32 = 1;
-
-/// `?` placeholders for SQLite, `$n` for PostgreSQL.
-fn sql(backend: DbBackend, text: &str) -> String {
-    if backend != DbBackend::Postgres {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    let mut n = 0;
-    for c in text.chars() {
-        if c == '?' {
-            n += 1;
-            out.push_str(&format!("${n}"));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 impl Store {
     /// Takes the snapshot of the segment's current members for a run of `export`.
@@ -48,7 +30,7 @@ impl Store {
         };
         db.execute_raw(Statement::from_sql_and_values(
             backend,
-            sql(
+            super::placeholders(
                 backend,
                 "DELETE FROM delivered_members WHERE env = ? AND export = ? AND segment = ? AND state = ?",
             ),
@@ -57,7 +39,7 @@ impl Store {
         .await?;
         db.execute_raw(Statement::from_sql_and_values(
             backend,
-            sql(
+            super::placeholders(
                 backend,
                 "INSERT INTO delivered_members (env, export, segment, state, key) \
                  SELECT ?, ?, ?, ?, m.key FROM segment_members m \
@@ -85,7 +67,7 @@ impl Store {
         limit: u64,
     ) -> Result<Vec<StoredRecord>> {
         let backend = self.backend();
-        let text = sql(
+        let text = super::placeholders(
             backend,
             "SELECT r.key, r.data, r.seq FROM delivered_members p \
              JOIN records r ON r.env = p.env AND r.entity = ? AND r.key = p.key \
@@ -137,7 +119,7 @@ impl Store {
         limit: u64,
     ) -> Result<Vec<String>> {
         let backend = self.backend();
-        let text = sql(
+        let text = super::placeholders(
             backend,
             "SELECT d.key FROM delivered_members d \
              LEFT JOIN delivered_members p ON p.env = d.env AND p.export = d.export AND p.segment = d.segment \
@@ -175,7 +157,7 @@ pub(crate) async fn promote_snapshots(db: &impl ConnectionTrait, export: &Export
     // Only segments with a snapshot are replaced.
     db.execute_raw(Statement::from_sql_and_values(
         backend,
-        sql(
+        super::placeholders(
             backend,
             "DELETE FROM delivered_members WHERE env = ? AND export = ? AND state = 0 AND segment IN \
              (SELECT DISTINCT segment FROM delivered_members WHERE env = ? AND export = ? AND state = ?)",
@@ -189,7 +171,7 @@ pub(crate) async fn promote_snapshots(db: &impl ConnectionTrait, export: &Export
     .await?;
     db.execute_raw(Statement::from_sql_and_values(
         backend,
-        sql(
+        super::placeholders(
             backend,
             "UPDATE delivered_members SET state = 0 WHERE env = ? AND export = ? AND state = ?",
         ),
@@ -205,7 +187,7 @@ pub(crate) async fn forget(db: &impl ConnectionTrait, export: &ExportName) -> Re
     let backend = db.get_database_backend();
     db.execute_raw(Statement::from_sql_and_values(
         backend,
-        sql(backend, "DELETE FROM delivered_members WHERE env = ? AND export = ?"),
+        super::placeholders(backend, "DELETE FROM delivered_members WHERE env = ? AND export = ?"),
         vec![export.env.clone().into(), export.id.clone().into()],
     ))
     .await?;

@@ -150,3 +150,21 @@ pub(crate) fn key_in(backend: DbBackend, table: &str, keys: &[&str]) -> sea_orm:
     };
     sea_orm::sea_query::Expr::cust_with_values(sql, [keys])
 }
+
+/// `?` placeholders for SQLite, `$n` for PostgreSQL.
+pub(crate) fn placeholders(backend: DbBackend, text: &str) -> String {
+    if backend != DbBackend::Postgres {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut n = 0;
+    for c in text.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

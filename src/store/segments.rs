@@ -5,7 +5,7 @@
 //! and drops the old one. Readers always see a complete member list, and no long write
 //! transaction holds the database while millions of records are evaluated.
 
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, Order, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, TransactionTrait,
@@ -182,26 +182,25 @@ impl Store {
         if keys.is_empty() {
             return Ok(());
         }
+        // The keys travel as one JSON parameter (one bind per chunk, not one per key).
+        let backend = self.backend();
+        let source = match backend {
+            sea_orm::DbBackend::Postgres => "SELECT ?, ?, ?, k FROM json_array_elements_text(CAST(? AS json)) AS k",
+            _ => "SELECT ?, ?, ?, value FROM json_each(?) WHERE true",
+        };
+        let sql = super::placeholders(
+            backend,
+            &format!("INSERT INTO segment_members (env, segment, generation, key) {source} ON CONFLICT DO NOTHING"),
+        );
         let txn = self.writer().begin().await?;
         for chunk in keys.chunks(INSERT_CHUNK) {
-            let rows = chunk.iter().map(|key| segment_member::ActiveModel {
-                env: Set(name.env.clone()),
-                segment: Set(name.id.clone()),
-                generation: Set(generation.0),
-                key: Set(key.clone()),
-            });
-            segment_member::Entity::insert_many(rows)
-                .on_conflict(
-                    OnConflict::columns([
-                        segment_member::Column::Env,
-                        segment_member::Column::Segment,
-                        segment_member::Column::Generation,
-                        segment_member::Column::Key,
-                    ])
-                    .do_nothing()
-                    .to_owned(),
-                )
-                .exec_without_returning(&txn)
+            let values: Vec<sea_orm::Value> = vec![
+                name.env.clone().into(),
+                name.id.clone().into(),
+                generation.0.into(),
+                serde_json::to_string(chunk).expect("keys serialize").into(),
+            ];
+            txn.execute_raw(sea_orm::Statement::from_sql_and_values(backend, sql.clone(), values))
                 .await?;
         }
         txn.commit().await?;
