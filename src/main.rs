@@ -111,6 +111,11 @@ struct UpdateEnvironment {
     no_system_refresh: bool,
 }
 
+/// Under load glibc's malloc took a fifth of the server's CPU (arena locks, consolidation);
+/// mimalloc's thread-local heaps do the same work for much less (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
-    TransactionTrait,
 };
 
 use super::list::{SortColumn, apply_order, compare, contains_ci, to_condition};
@@ -118,7 +117,7 @@ impl Store {
         };
         let outcome = match attempt.await {
             Ok(outcome) => outcome,
-            Err(e) => Some(request_ids::first_result_or(e, self.writer(), &env, request.as_ref()).await?),
+            Err(e) => Some(request_ids::first_result_or(e, self.primary(), &env, request.as_ref()).await?),
         };
         let name = match outcome {
             Some(existing) => ConnectionName::parse("request_id", &existing)?,
@@ -192,9 +191,9 @@ impl Store {
             .filter(Column::Env.eq(&connection.name.env))
             .filter(Column::Id.eq(&connection.name.id))
             .filter(Column::Revision.eq(connection.revision))
-            .exec(self.writer())
+            .exec(&self.writer())
             .await?;
-        let current = get_connection_on(self.writer(), &connection.name)
+        let current = get_connection_on(self.primary(), &connection.name)
             .await?
             .ok_or_else(|| Error::not_found("connection", connection.name.to_string()))?;
         if result.rows_affected == 0 {

@@ -18,7 +18,7 @@ impl Store {
     /// Takes the snapshot of the segment's current members for a run of `export`.
     pub async fn snapshot_members(&self, export: &ExportName, segment: &Segment) -> Result<()> {
         let backend = self.backend();
-        let db = self.writer();
+        let db = &self.writer();
         let values = |extra: Vec<sea_orm::Value>| {
             let mut v: Vec<sea_orm::Value> = vec![
                 export.env.clone().into(),

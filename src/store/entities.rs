@@ -46,7 +46,7 @@ impl Store {
             create_time: Set(now),
             update_time: Set(now),
         };
-        Table::insert(model).exec(self.writer()).await.map_err(|e| {
+        Table::insert(model).exec(&self.writer()).await.map_err(|e| {
             if super::is_unique_violation(&e) {
                 Error::already_exists("entity", entity.name.to_string())
             } else {
@@ -81,7 +81,7 @@ impl Store {
     /// Deletes an entity with its records, unless segments (or, through `users`, exports) use it.
     pub async fn delete_entity(&self, name: &EntityName) -> Result<()> {
         use super::models::{record, segment};
-        let txn = sea_orm::TransactionTrait::begin(self.writer()).await?;
+        let txn = self.writer().begin().await?;
         let users: Vec<String> = segment::Entity::find()
             .filter(segment::Column::Env.eq(&name.env))
             .filter(segment::Column::Entity.eq(&name.id))
@@ -133,8 +133,8 @@ impl Store {
                 .col_expr(Column::LastRefreshTime, Expr::val(now_micros()))
                 .filter(Column::Refreshing.eq(true));
         }
-        let result = update.exec(self.writer()).await?;
-        let entity = get_entity_on(self.writer(), name)
+        let result = update.exec(&self.writer()).await?;
+        let entity = get_entity_on(self.primary(), name)
             .await?
             .ok_or_else(|| Error::not_found("entity", name.to_string()))?;
         if result.rows_affected == 0 && !refreshing {

@@ -52,7 +52,7 @@ impl Store {
             update_time: Set(now),
             revision: Set(1),
         };
-        match Entity::insert(model).exec(self.writer()).await {
+        match Entity::insert(model).exec(&self.writer()).await {
             Ok(_) => {}
             Err(e) if super::is_unique_violation(&e) => {
                 return Err(Error::already_exists("environment", format!("environments/{id}")));
@@ -121,7 +121,7 @@ impl Store {
             revision: Set(environment.revision + 1),
             ..Default::default()
         };
-        model.update(self.writer()).await?;
+        model.update(&self.writer()).await?;
         self.get_environment(&environment.id)
             .await?
             .ok_or_else(|| Error::not_found("environment", format!("environments/{}", environment.id)))

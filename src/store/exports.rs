@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, RelationTrait, TransactionTrait,
+    QueryOrder, QuerySelect, RelationTrait,
 };
 
 use super::connections::RequestKey;
@@ -190,7 +190,7 @@ impl Store {
         };
         let outcome = match attempt.await {
             Ok(outcome) => outcome,
-            Err(e) => Some(request_ids::first_result_or(e, self.writer(), &env, request.as_ref()).await?),
+            Err(e) => Some(request_ids::first_result_or(e, self.primary(), &env, request.as_ref()).await?),
         };
         let name = match outcome {
             Some(existing) => ExportName::parse("request_id", &existing)?,
@@ -200,6 +200,12 @@ impl Store {
     }
 
     pub async fn get_export(&self, name: &ExportName) -> Result<Option<StoredExport>> {
+        self.cache
+            .get_or_fetch(format!("export {name}"), || self.read_export(name))
+            .await
+    }
+
+    async fn read_export(&self, name: &ExportName) -> Result<Option<StoredExport>> {
         // One export: its connection comes in the same query.
         let row = Table::find_by_id((name.env.clone(), name.id.clone()))
             .find_also_related(connection::Entity)
@@ -242,6 +248,14 @@ impl Store {
     /// the page's rows (a scan of every export) over 100 key lookups. Connections are joined
     /// only when the filter or the order reads them.
     pub async fn list_exports(&self, query: &ExportQuery<'_>) -> Result<(Vec<StoredExport>, u64)> {
+        let key = format!(
+            "exports {} {:?} {:?} {:?}",
+            query.env, query.filter, query.order, query.page
+        );
+        self.cache.get_or_fetch(key, || self.read_exports(query)).await
+    }
+
+    async fn read_exports(&self, query: &ExportQuery<'_>) -> Result<(Vec<StoredExport>, u64)> {
         let mut condition = Condition::all().add(export_col(Column::Env).eq(query.env));
         if let Some(filter) = query.filter {
             condition = condition.add(to_condition(filter, &filter_leaf));
@@ -417,7 +431,7 @@ impl Store {
         if state == RunState::Succeeded {
             update = update.col_expr(Column::LastRefreshedTime, Expr::val(end_time));
         }
-        let result = update.exec(self.writer()).await?;
+        let result = update.exec(&self.writer()).await?;
         if result.rows_affected == 0 {
             return Err(Error::not_found("export", name.to_string()));
         }
@@ -442,6 +456,12 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        self.cache
+            .get_or_fetch(format!("segments {env} {ids:?}"), || self.read_segments(env, ids))
+            .await
+    }
+
+    async fn read_segments(&self, env: &str, ids: &[String]) -> Result<Vec<crate::domain::catalog::Segment>> {
         let models = segment::Entity::find()
             .filter(segment::Column::Env.eq(env))
             .filter(segment::Column::Id.is_in(ids.iter().cloned()))

@@ -9,6 +9,7 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
 
+mod changes;
 pub mod connections;
 pub mod delivered;
 pub mod entities;
@@ -26,13 +27,20 @@ pub mod segments;
 mod statistics;
 pub mod system_refreshes;
 
+pub use changes::{WriteTxn, Writer};
 pub use secrets::Sealer;
+
+/// Cached reads kept at most (see `changes`); SQLite only.
+const READ_CACHE_ENTRIES: usize = 16_384;
 
 pub struct Store {
     writer: DatabaseConnection,
     reader: DatabaseConnection,
     pub sealer: Sealer,
     statistics: statistics::Statistics,
+    changes: std::sync::Arc<changes::Changes>,
+    /// Reads served without the database while nothing was written since (SQLite only).
+    cache: changes::ReadCache,
     /// Environment kinds, which never change once an environment exists: read on every export
     /// request, so kept after the first read.
     environment_kinds:
@@ -60,11 +68,15 @@ impl Store {
         } else {
             writer.clone()
         };
+        let changes = std::sync::Arc::new(changes::Changes::default());
+        let cache = changes::ReadCache::new(changes.clone(), if is_sqlite { READ_CACHE_ENTRIES } else { 0 });
         Ok(Store {
             writer,
             reader,
             sealer,
             statistics: statistics::Statistics::default(),
+            changes,
+            cache,
             environment_kinds: Default::default(),
         })
     }
@@ -75,8 +87,20 @@ impl Store {
             .map_err(|e| format!("database migration failed: {e}"))
     }
 
-    /// The connection for writes and for reads that must see them (one writer on SQLite).
-    pub fn writer(&self) -> &DatabaseConnection {
+    /// The connection for writes (one writer on SQLite). Every write goes through it: the
+    /// read cache learns from it that data changed.
+    pub fn writer(&self) -> Writer<'_> {
+        Writer::new(&self.writer, &self.changes)
+    }
+
+    /// The write connection for writes to tables that no cached read depends on (leases):
+    /// they leave the read cache alone.
+    pub(crate) fn untracked_writer(&self) -> Writer<'_> {
+        Writer::untracked(&self.writer)
+    }
+
+    /// The write connection for reads that must see the latest writes.
+    pub fn primary(&self) -> &DatabaseConnection {
         &self.writer
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 
@@ -150,7 +150,7 @@ impl Store {
         {
             Ok(run) => Ok(run),
             Err(e) => {
-                let existing = request_ids::first_result_or(e, self.writer(), &export.env, request.as_ref()).await?;
+                let existing = request_ids::first_result_or(e, self.primary(), &export.env, request.as_ref()).await?;
                 let name = RunName::parse("request_id", &existing)?;
                 self.get_run(&name)
                     .await?
@@ -223,7 +223,7 @@ impl Store {
     pub async fn get_run(&self, name: &RunName) -> Result<Option<Run>> {
         Table::find()
             .filter(pk(name))
-            .one(self.writer())
+            .one(self.primary())
             .await?
             .map(to_domain)
             .transpose()
@@ -237,7 +237,7 @@ impl Store {
 
     /// The queued, waiting or running run of an export, if any.
     pub async fn active_run(&self, export: &ExportName) -> Result<Option<Run>> {
-        active_run_on(self.writer(), export).await
+        active_run_on(self.primary(), export).await
     }
 
     pub async fn list_runs(&self, query: &RunQuery<'_>) -> Result<(Vec<Run>, u64)> {
@@ -287,7 +287,7 @@ impl Store {
             select = select.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
         let Some(model) = select.one(&txn).await? else {
-            txn.commit().await?;
+            txn.commit_unchanged().await?;
             return Ok(None);
         };
         let takeover = model.state == RunState::Running.number();
@@ -340,7 +340,7 @@ impl Store {
             .filter(pk(name))
             .filter(Column::LeaseOwner.eq(owner))
             .filter(Column::State.eq(RunState::Running.number()))
-            .exec(self.writer())
+            .exec(&self.writer())
             .await?;
         if result.rows_affected == 0 {
             return Ok(LeaseStatus::Lost);
@@ -350,7 +350,7 @@ impl Store {
             .column(Column::CancelRequested)
             .filter(pk(name))
             .into_tuple::<bool>()
-            .one(self.writer())
+            .one(self.primary())
             .await?
             .unwrap_or(false);
         Ok(LeaseStatus::Held { cancel_requested })
@@ -376,7 +376,7 @@ impl Store {
             .filter(pk(name))
             .filter(Column::LeaseOwner.eq(owner))
             .filter(Column::State.eq(RunState::Running.number()))
-            .exec(self.writer())
+            .exec(&self.writer())
             .await?;
         Ok(result.rows_affected > 0)
     }
@@ -509,7 +509,7 @@ impl Store {
         }
         select
             .order_by_asc(Column::CreateTime)
-            .all(self.writer())
+            .all(self.primary())
             .await?
             .into_iter()
             .map(to_domain)
@@ -566,7 +566,7 @@ impl Store {
     pub async fn acquire_lease(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
         let now = now_micros();
         let expires = now + ttl.as_micros() as i64;
-        let txn = self.writer().begin().await?;
+        let txn = self.untracked_writer().begin().await?;
         let mut select = lease::Entity::find_by_id(name.to_string());
         if self.backend() == DbBackend::Postgres {
             select = select.lock(LockType::Update);
@@ -611,7 +611,7 @@ impl Store {
             .column(export_model::Column::Id)
             .filter(Expr::col(Alias::new("catch_up_trigger")).is_not_null())
             .into_tuple()
-            .all(self.writer())
+            .all(self.primary())
             .await?;
         let mut started = Vec::new();
         for (env, id) in pending {

@@ -61,7 +61,7 @@ impl Store {
             .filter(export::Column::State.eq(ExportState::Active.as_str()))
             .order_by_asc(export::Column::NextRunAt)
             .limit(limit)
-            .all(self.writer())
+            .all(self.primary())
             .await?;
         Ok(models
             .into_iter()
@@ -87,7 +87,7 @@ impl Store {
             .filter(export::Column::Env.eq(&due.name.env))
             .filter(export::Column::Id.eq(&due.name.id))
             .filter(export::Column::NextRunAt.eq(due.due_at))
-            .exec(self.writer())
+            .exec(&self.writer())
             .await?;
         Ok(result.rows_affected == 1)
     }
@@ -95,7 +95,7 @@ impl Store {
     pub async fn due_environments(&self, now: Micros) -> Result<Vec<DueEnvironment>> {
         let models = environment::Entity::find()
             .filter(environment::Column::NextSystemRefreshAt.lte(now))
-            .all(self.writer())
+            .all(self.primary())
             .await?;
         Ok(models
             .into_iter()
@@ -120,7 +120,7 @@ impl Store {
             .col_expr(environment::Column::NextSystemRefreshAt, Expr::val(next))
             .filter(environment::Column::Id.eq(&due.id))
             .filter(environment::Column::NextSystemRefreshAt.eq(due.due_at))
-            .exec(self.writer())
+            .exec(&self.writer())
             .await?;
         Ok(result.rows_affected == 1)
     }
@@ -130,7 +130,7 @@ impl Store {
         let models = export::Entity::find()
             .filter(export::Column::Env.eq(env))
             .filter(export::Column::State.eq(ExportState::Active.as_str()))
-            .all(self.writer())
+            .all(self.primary())
             .await?;
         Ok(models
             .into_iter()

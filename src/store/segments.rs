@@ -8,7 +8,7 @@
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, Order, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect,
 };
 
 use super::Store;
@@ -68,7 +68,7 @@ impl Store {
             update_time: Set(now),
             revision: Set(1),
         };
-        Table::insert(model).exec(self.writer()).await.map_err(|e| {
+        Table::insert(model).exec(&self.writer()).await.map_err(|e| {
             if super::is_unique_violation(&e) {
                 Error::already_exists("segment", segment.name.to_string())
             } else {
@@ -83,7 +83,7 @@ impl Store {
     }
 
     pub async fn segment_or_not_found(&self, name: &SegmentName) -> Result<Segment> {
-        get_segment_on(self.writer(), name)
+        get_segment_on(self.primary(), name)
             .await?
             .ok_or_else(|| Error::not_found("segment", name.to_string()))
     }
@@ -127,7 +127,7 @@ impl Store {
             .filter(Column::Env.eq(&segment.name.env))
             .filter(Column::Id.eq(&segment.name.id))
             .filter(Column::Revision.eq(segment.revision))
-            .exec(self.writer())
+            .exec(&self.writer())
             .await?;
         if result.rows_affected == 0 {
             return Err(Error::precondition(
@@ -255,7 +255,7 @@ impl Store {
             .filter(segment_member::Column::Env.eq(&name.env))
             .filter(segment_member::Column::Segment.eq(&name.id))
             .filter(segment_member::Column::Generation.eq(generation.0))
-            .exec(self.writer())
+            .exec(&self.writer())
             .await?;
         Ok(())
     }
@@ -345,7 +345,7 @@ impl Store {
                 .col_expr(Column::LastRefreshTime, Expr::val(now))
                 .filter(Column::Refreshing.eq(true));
         }
-        let result = update.exec(self.writer()).await?;
+        let result = update.exec(&self.writer()).await?;
         let segment = self.segment_or_not_found(name).await?;
         if result.rows_affected == 0 && !refreshing {
             return Err(super::entities::not_refreshing(&name.to_string()));

@@ -60,7 +60,7 @@ fn to_domain(model: Model) -> SystemRefresh {
 impl Store {
     /// Records a new RUNNING system refresh, unless one is already running in the environment.
     pub async fn start_system_refresh(&self, name: &SystemRefreshName) -> Result<SystemRefresh> {
-        let txn = sea_orm::TransactionTrait::begin(self.writer()).await?;
+        let txn = self.writer().begin().await?;
         let running = Table::find()
             .filter(Column::Env.eq(&name.env))
             .filter(Column::State.eq(SystemRefreshState::Running.as_str()))
@@ -95,7 +95,7 @@ impl Store {
 
     pub async fn get_system_refresh(&self, name: &SystemRefreshName) -> Result<Option<SystemRefresh>> {
         Ok(Table::find_by_id((name.env.clone(), name.id.clone()))
-            .one(self.writer())
+            .one(self.primary())
             .await?
             .map(to_domain))
     }
@@ -111,7 +111,7 @@ impl Store {
             .col_expr(Column::SegmentsRefreshed, Expr::val(segments_refreshed))
             .filter(Column::Env.eq(&name.env))
             .filter(Column::Id.eq(&name.id))
-            .exec(self.writer())
+            .exec(&self.writer())
             .await?;
         Ok(())
     }
@@ -133,7 +133,7 @@ impl Store {
             )
             .filter(Column::Env.eq(&name.env))
             .filter(Column::Id.eq(&name.id))
-            .exec(self.writer())
+            .exec(&self.writer())
             .await?;
         self.system_refresh_or_not_found(name).await
     }
@@ -142,7 +142,7 @@ impl Store {
     pub async fn running_system_refreshes(&self) -> Result<Vec<SystemRefresh>> {
         Ok(Table::find()
             .filter(Column::State.eq(SystemRefreshState::Running.as_str()))
-            .all(self.writer())
+            .all(self.primary())
             .await?
             .into_iter()
             .map(to_domain)

@@ -2397,3 +2397,87 @@ async fn formats_other_than_csv_are_refused_when_saved() {
     assert_eq!(bad_fields(&status), vec!["export.settings.format"]);
     t.stop().await;
 }
+
+/// Reads are served from a cache on SQLite; every kind of write an export's view depends on
+/// must show in the very next read (each read below is repeated first, so it was cached).
+#[tokio::test]
+async fn reads_show_every_change_at_once() {
+    let t = acme().await;
+    let mut admin = t.exports("acme", Role::Admin).await;
+    let mut contributor = t.exports("acme", Role::Contributor).await;
+    let export = create(
+        &mut admin,
+        segment_export("acme", "vips", "VIPs", "files", &[VIP], &[("email", "email")]),
+    )
+    .await;
+    let read_twice = |client: &mut Exports| {
+        let mut client = client.clone();
+        let name = export.name.clone();
+        async move {
+            let first = get(&mut client, &name).await;
+            let listed = list_exports(&mut client).await;
+            assert_eq!(get(&mut client, &name).await, first);
+            assert_eq!(list_exports(&mut client).await, listed);
+            (first, listed)
+        }
+    };
+    let (before, _) = read_twice(&mut admin).await;
+    assert_eq!(before.segment_member_counts[VIP], 5);
+    let (seen, _) = read_twice(&mut contributor).await;
+    assert_eq!(seen.your_permission, pb::Permission::Edit as i32);
+
+    // The connection is renamed and no longer shared with contributors.
+    let mut connections = t.connections("acme", Role::Admin).await;
+    connections
+        .update_connection(pb::UpdateConnectionRequest {
+            connection: Some(pb::Connection {
+                name: conn_name("acme", "files"),
+                display_name: "Lake".into(),
+                contributors_can_use: false,
+                ..Default::default()
+            }),
+            update_mask: mask(&["display_name", "contributors_can_use"]),
+        })
+        .await
+        .unwrap();
+    let (after, listed) = read_twice(&mut admin).await;
+    assert_eq!(after.connection_display_name, "Lake");
+    assert_eq!(listed[0].connection_display_name, "Lake");
+    let (seen, listed) = read_twice(&mut contributor).await;
+    assert_eq!(seen.your_permission, pb::Permission::View as i32);
+    assert_eq!(listed[0].your_permission, pb::Permission::View as i32);
+
+    // Records leave the catalog, and with them the segment's members.
+    let mut catalog = t.catalog("acme", Role::Admin).await;
+    catalog
+        .write_records(tokio_stream::iter(vec![write(CUSTOMERS, vec![], &["c00", "c02"])]))
+        .await
+        .unwrap();
+    let (after, listed) = read_twice(&mut admin).await;
+    assert_eq!(after.segment_member_counts[VIP], 3);
+    assert_eq!(listed[0].segment_member_counts[VIP], 3);
+
+    // A detach changes the export itself.
+    admin
+        .detach_connection(pb::DetachConnectionRequest {
+            name: export.name.clone(),
+        })
+        .await
+        .unwrap();
+    let (after, listed) = read_twice(&mut admin).await;
+    assert_eq!(after.state, pb::ExportState::Detached as i32);
+    assert_eq!(listed[0].state, pb::ExportState::Detached as i32);
+    t.stop().await;
+}
+
+async fn list_exports(exports: &mut Exports) -> Vec<pb::Export> {
+    exports
+        .list_exports(pb::ListExportsRequest {
+            parent: ACME.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .exports
+}

@@ -1,0 +1,329 @@
+//! Write tracking and the read cache it makes safe.
+//!
+//! Every write of this process goes through a [`Writer`] (a statement) or a [`WriteTxn`] (a
+//! transaction). Each holds a [`WriteGuard`]: while one exists the data may be changing, and
+//! when it goes away (after the commit) the store's *generation* moves on. A cached read is
+//! tagged with the generation it was read at and is served only while the generation is still
+//! the same — so any write, of anything, makes every cached read stale, and a read that overlapped
+//! a write is never cached at all.
+//!
+//! The cache is used only where this process sees every write: SQLite, whose database file
+//! belongs to one server. (The `environment` CLI commands write only environments, which are not
+//! cached.) With PostgreSQL other replicas write too, so reads always go to the database.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult, QueryResult, Statement,
+    TransactionTrait,
+};
+
+/// The store's write counters.
+#[derive(Default)]
+pub(crate) struct Changes {
+    /// Moves on when a write ends.
+    generation: AtomicU64,
+    /// Writes in progress.
+    writing: AtomicU64,
+}
+
+impl Changes {
+    /// The generation, if no write is in progress.
+    fn quiet_generation(&self) -> Option<u64> {
+        let generation = self.generation.load(SeqCst);
+        (self.writing.load(SeqCst) == 0).then_some(generation)
+    }
+
+    fn guard(self: &Arc<Self>) -> WriteGuard {
+        self.writing.fetch_add(1, SeqCst);
+        WriteGuard {
+            changes: self.clone(),
+            changed: true,
+        }
+    }
+}
+
+/// Marks a write in progress; its end moves the generation on (unless it changed nothing).
+pub(crate) struct WriteGuard {
+    changes: Arc<Changes>,
+    changed: bool,
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        // Generation first: a reader that then sees no write in progress also sees the new one.
+        if self.changed {
+            self.changes.generation.fetch_add(1, SeqCst);
+        }
+        self.changes.writing.fetch_sub(1, SeqCst);
+    }
+}
+
+/// The write connection for one statement (or a transaction, with [`Writer::begin`]).
+pub struct Writer<'a> {
+    db: &'a DatabaseConnection,
+    /// None for writes to tables that no cached read depends on (leases).
+    guard: Option<WriteGuard>,
+}
+
+impl<'a> Writer<'a> {
+    pub(crate) fn new(db: &'a DatabaseConnection, changes: &Arc<Changes>) -> Self {
+        Writer {
+            db,
+            guard: Some(changes.guard()),
+        }
+    }
+
+    pub(crate) fn untracked(db: &'a DatabaseConnection) -> Self {
+        Writer { db, guard: None }
+    }
+
+    pub async fn begin(self) -> Result<WriteTxn, DbErr> {
+        Ok(WriteTxn {
+            txn: self.db.begin().await?,
+            guard: self.guard,
+        })
+    }
+
+    /// The pool underneath, for PostgreSQL-only bulk paths (COPY) that sea-orm does not offer.
+    pub fn postgres_pool(&self) -> &sea_orm::sqlx::PgPool {
+        self.db.get_postgres_connection_pool()
+    }
+}
+
+/// A write transaction: the guard is released only after commit or rollback.
+pub struct WriteTxn {
+    txn: DatabaseTransaction,
+    guard: Option<WriteGuard>,
+}
+
+impl WriteTxn {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.txn.commit().await
+    }
+
+    /// Commits a transaction that only read (it looked for work and found none): cached reads
+    /// stay valid.
+    pub async fn commit_unchanged(mut self) -> Result<(), DbErr> {
+        if let Some(guard) = self.guard.as_mut() {
+            guard.changed = false;
+        }
+        self.txn.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        self.txn.rollback().await
+    }
+}
+
+impl Deref for WriteTxn {
+    type Target = DatabaseTransaction;
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
+}
+
+/// Both wrappers are connections, delegating to what they wrap.
+macro_rules! delegate_connection {
+    ($type:ty, $field:ident) => {
+        #[async_trait::async_trait]
+        impl ConnectionTrait for $type {
+            fn get_database_backend(&self) -> DbBackend {
+                self.$field.get_database_backend()
+            }
+            async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+                self.$field.execute_raw(stmt).await
+            }
+            async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+                self.$field.execute_unprepared(sql).await
+            }
+            async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+                self.$field.query_one_raw(stmt).await
+            }
+            async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+                self.$field.query_all_raw(stmt).await
+            }
+            fn support_returning(&self) -> bool {
+                self.$field.support_returning()
+            }
+        }
+    };
+}
+delegate_connection!(Writer<'_>, db);
+delegate_connection!(WriteTxn, txn);
+
+type Cached = Arc<dyn Any + Send + Sync>;
+
+/// Reads tagged with the generation they were read at.
+pub(crate) struct ReadCache {
+    changes: Arc<Changes>,
+    /// 0 disables the cache.
+    capacity: usize,
+    entries: Mutex<HashMap<String, (u64, Cached)>>,
+}
+
+impl ReadCache {
+    pub(crate) fn new(changes: Arc<Changes>, capacity: usize) -> Self {
+        ReadCache {
+            changes,
+            capacity,
+            entries: Mutex::default(),
+        }
+    }
+
+    /// The value of `key` as of the current generation: from the cache if it was read since the
+    /// last write, else from `fetch` (and kept if no write overlapped the read).
+    pub(crate) async fn get_or_fetch<T, E, F, Fut>(&self, key: String, fetch: F) -> Result<T, E>
+    where
+        T: Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if self.capacity == 0 {
+            return fetch().await;
+        }
+        let before = self.changes.quiet_generation();
+        if let Some(generation) = before
+            && let Some(value) = self.lookup::<T>(&key, generation)
+        {
+            return Ok(value);
+        }
+        let value = fetch().await?;
+        if let Some(generation) = before
+            && self.changes.quiet_generation() == Some(generation)
+        {
+            self.keep(key, generation, Arc::new(value.clone()));
+        }
+        Ok(value)
+    }
+
+    fn lookup<T: Clone + 'static>(&self, key: &str, generation: u64) -> Option<T> {
+        let entries = self.entries.lock().expect("read cache lock");
+        let (tag, value) = entries.get(key)?;
+        if *tag != generation {
+            return None;
+        }
+        value.downcast_ref::<T>().cloned()
+    }
+
+    fn keep(&self, key: String, generation: u64, value: Cached) {
+        let mut entries = self.entries.lock().expect("read cache lock");
+        if entries.len() >= self.capacity {
+            // Stale entries go first; if the cache is full of current ones, start over.
+            entries.retain(|_, (tag, _)| *tag == generation);
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (generation, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn cache() -> (Arc<Changes>, ReadCache) {
+        let changes = Arc::new(Changes::default());
+        (changes.clone(), ReadCache::new(changes, 4))
+    }
+
+    async fn read(cache: &ReadCache, key: &str, fetches: &AtomicUsize, value: u32) -> u32 {
+        cache
+            .get_or_fetch(key.to_string(), || async {
+                fetches.fetch_add(1, SeqCst);
+                Ok::<_, ()>(value)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_read_is_served_from_the_cache_until_a_write_ends() {
+        let (changes, cache) = cache();
+        let fetches = AtomicUsize::new(0);
+        assert_eq!(read(&cache, "a", &fetches, 1).await, 1);
+        assert_eq!(read(&cache, "a", &fetches, 2).await, 1, "served from the cache");
+        assert_eq!(fetches.load(SeqCst), 1);
+        drop(changes.guard());
+        assert_eq!(read(&cache, "a", &fetches, 3).await, 3, "a write made it stale");
+        assert_eq!(fetches.load(SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_changed_nothing_keeps_cached_reads() {
+        let (changes, cache) = cache();
+        let fetches = AtomicUsize::new(0);
+        read(&cache, "a", &fetches, 1).await;
+        let mut looked_for_work = changes.guard();
+        looked_for_work.changed = false;
+        drop(looked_for_work);
+        assert_eq!(read(&cache, "a", &fetches, 2).await, 1);
+        assert_eq!(fetches.load(SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn reads_during_a_write_are_not_kept() {
+        let (changes, cache) = cache();
+        let fetches = AtomicUsize::new(0);
+        let write = changes.guard();
+        assert_eq!(read(&cache, "a", &fetches, 1).await, 1);
+        assert_eq!(read(&cache, "a", &fetches, 2).await, 2);
+        drop(write);
+        assert_eq!(read(&cache, "a", &fetches, 3).await, 3);
+        assert_eq!(read(&cache, "a", &fetches, 4).await, 3);
+        assert_eq!(fetches.load(SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_a_write_overlapped_is_not_kept() {
+        let (changes, cache) = cache();
+        let value = cache
+            .get_or_fetch("a".to_string(), || async {
+                drop(changes.guard()); // a write starts and ends while the database is read
+                Ok::<_, ()>(1)
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, 1);
+        let fetches = AtomicUsize::new(0);
+        assert_eq!(read(&cache, "a", &fetches, 2).await, 2);
+        assert_eq!(fetches.load(SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_drops_stale_entries_then_starts_over() {
+        let (changes, cache) = cache();
+        let fetches = AtomicUsize::new(0);
+        for key in ["a", "b", "c", "d"] {
+            read(&cache, key, &fetches, 1).await;
+        }
+        assert_eq!(cache.entries.lock().unwrap().len(), 4);
+        drop(changes.guard());
+        read(&cache, "e", &fetches, 1).await;
+        assert_eq!(cache.entries.lock().unwrap().len(), 1, "the stale entries made room");
+        for key in ["f", "g", "h", "i"] {
+            read(&cache, key, &fetches, 1).await;
+        }
+        assert_eq!(
+            cache.entries.lock().unwrap().len(),
+            1,
+            "full of current entries: started over"
+        );
+    }
+
+    #[tokio::test]
+    async fn capacity_zero_always_reads() {
+        let cache = ReadCache::new(Arc::new(Changes::default()), 0);
+        let fetches = AtomicUsize::new(0);
+        read(&cache, "a", &fetches, 1).await;
+        read(&cache, "a", &fetches, 1).await;
+        assert_eq!(fetches.load(SeqCst), 2);
+    }
+}
