@@ -513,18 +513,26 @@ impl Engine {
             for phase in 0..2 {
                 let mut after: Option<String> = None;
                 loop {
-                    let batch = read_batch(&store, &part.source, phase, after.as_deref()).await;
-                    let records = match batch {
-                        Ok(records) => records,
+                    let batch = read_rows(
+                        &store,
+                        &part.source,
+                        phase,
+                        after.as_deref(),
+                        &fields,
+                        key_column,
+                        incremental,
+                    );
+                    let (read, rows, last_key) = match batch.await {
+                        Ok(batch) => batch,
                         Err(e) => {
                             let _ = tx.send(Err(e)).await;
                             return;
                         }
                     };
-                    let Some(last) = records.last() else { break };
-                    after = Some(last.key.clone());
-                    let read = records.len();
-                    let rows = rows_of(records, &fields, key_column, incremental);
+                    if read == 0 {
+                        break;
+                    }
+                    after = last_key;
                     if tx.send(Ok((read, rows))).await.is_err() {
                         return;
                     }
@@ -708,6 +716,42 @@ fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Sourc
         key_field: entity.primary_key.clone(),
         source,
     }
+}
+
+/// The next batch of a part's rows after `after` (keyset order): how many records were read,
+/// their rows, and the last key. Full exports of an entity read rows directly (no record maps).
+async fn read_rows(
+    store: &crate::store::Store,
+    source: &Source,
+    phase: u8,
+    after: Option<&str>,
+    fields: &[String],
+    key_column: Option<usize>,
+    incremental: bool,
+) -> crate::error::Result<(usize, Vec<Vec<Value>>, Option<String>)> {
+    if let (
+        Source::Entity {
+            entity, since: None, ..
+        },
+        0,
+    ) = (source, phase)
+    {
+        let mut batch = store.read_record_rows(&entity.name, fields, after, BATCH).await?;
+        if incremental {
+            // The first delivery of an incremental export: every record, none deleted.
+            for row in &mut batch.rows {
+                row.push(Value::Bool(false));
+            }
+        }
+        return Ok((batch.rows.len(), batch.rows, batch.last_key));
+    }
+    let records = read_batch(store, source, phase, after).await?;
+    let last_key = records.last().map(|r| r.key.clone());
+    Ok((
+        records.len(),
+        rows_of(records, fields, key_column, incremental),
+        last_key,
+    ))
 }
 
 /// The next batch of a part's source after `after` (keyset order). Phase 1 exists only for

@@ -18,6 +18,7 @@ pub mod exports;
 pub mod list;
 pub mod migration;
 pub mod models;
+pub mod record_rows;
 pub mod records;
 pub mod request_ids;
 pub mod runs;
