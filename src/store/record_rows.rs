@@ -6,7 +6,6 @@
 //! one per line (stored documents are compact JSON, which never holds a raw line break), and
 //! each document is parsed straight into the row's cells: no map, no per-row hand-off.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -75,18 +74,28 @@ impl Store {
     }
 }
 
-/// Where each field goes in a row.
+/// Where each field goes in a row: field names sorted, for a binary search per key (cheaper
+/// than hashing every key of every record).
 struct ColumnIndex<'a> {
-    positions: HashMap<&'a str, usize>,
+    positions: Vec<(&'a str, usize)>,
     width: usize,
 }
 
 impl<'a> ColumnIndex<'a> {
     fn new(fields: &'a [String]) -> Self {
+        let mut positions: Vec<(&str, usize)> = fields.iter().enumerate().map(|(i, f)| (f.as_str(), i)).collect();
+        positions.sort_unstable();
         ColumnIndex {
-            positions: fields.iter().enumerate().map(|(i, f)| (f.as_str(), i)).collect(),
+            positions,
             width: fields.len(),
         }
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.positions
+            .binary_search_by(|(name, _)| (*name).cmp(key))
+            .ok()
+            .map(|found| self.positions[found].1)
     }
 
     fn row(&self, document: &str) -> Result<Vec<Value>> {
@@ -148,7 +157,7 @@ impl<'de> Visitor<'de> for KeySeed<'_, '_> {
     }
 
     fn visit_str<E>(self, key: &str) -> std::result::Result<Option<usize>, E> {
-        Ok(self.0.positions.get(key).copied())
+        Ok(self.0.position(key))
     }
 }
 
