@@ -763,13 +763,7 @@ async fn read_batch(
     after: Option<&str>,
 ) -> crate::error::Result<Vec<StoredRecord>> {
     match (source, phase) {
-        // Full export: live records.
-        (
-            Source::Entity {
-                entity, since: None, ..
-            },
-            0,
-        ) => store.read_records(&entity.name, after, BATCH).await,
+        // (Full exports of an entity are read as rows by `read_rows`.)
         // Incremental: everything written since the last delivery, tombstones included.
         (
             Source::Entity {

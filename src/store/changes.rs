@@ -14,7 +14,6 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
-use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
@@ -89,14 +88,10 @@ impl<'a> Writer<'a> {
             guard: self.guard,
         })
     }
-
-    /// The pool underneath, for PostgreSQL-only bulk paths (COPY) that sea-orm does not offer.
-    pub fn postgres_pool(&self) -> &sea_orm::sqlx::PgPool {
-        self.db.get_postgres_connection_pool()
-    }
 }
 
-/// A write transaction: the guard is released only after commit or rollback.
+/// A write transaction: the guard is released only when it ends (commit, or the rollback of
+/// a dropped transaction).
 pub struct WriteTxn {
     txn: DatabaseTransaction,
     guard: Option<WriteGuard>,
@@ -114,17 +109,6 @@ impl WriteTxn {
             guard.changed = false;
         }
         self.txn.commit().await
-    }
-
-    pub async fn rollback(self) -> Result<(), DbErr> {
-        self.txn.rollback().await
-    }
-}
-
-impl Deref for WriteTxn {
-    type Target = DatabaseTransaction;
-    fn deref(&self) -> &DatabaseTransaction {
-        &self.txn
     }
 }
 
