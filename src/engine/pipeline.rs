@@ -29,6 +29,7 @@ use crate::domain::names::ExportName;
 use crate::domain::run::{Counts, Run, RunError, RunState, Task};
 use crate::domain::time::{now_micros, to_datetime};
 use crate::error::{Error, ErrorCode};
+use crate::store::record_rows::DocumentBatch;
 use crate::store::records::StoredRecord;
 use crate::store::runs::Finish;
 
@@ -502,9 +503,10 @@ impl Engine {
         part: Part,
     ) -> Result<(), Stop> {
         sink.begin_part(&part.schema).await.map_err(Stop::Failed)?;
-        let (tx, mut rx) = mpsc::channel::<crate::error::Result<(usize, Vec<Vec<Value>>)>>(2);
+        let (tx, mut rx) = mpsc::channel::<crate::error::Result<(usize, Batch)>>(2);
         let store = self.store.clone();
         let fields = part.fields.clone();
+        let columns = part.fields.clone();
         let key_column = part.fields.iter().position(|f| *f == part.key_field);
         let incremental = part.schema.incremental;
         let reader = tokio::spawn(async move {
@@ -541,10 +543,11 @@ impl Engine {
         });
         let result = async {
             while let Some(batch) = rx.recv().await {
-                let (read, rows) = batch.map_err(Stop::Store)?;
+                let (read, batch) = batch.map_err(Stop::Store)?;
                 if let Some(stop) = interrupted(self, control) {
                     return Err(stop);
                 }
+                let rows = batch.into_rows(&columns, incremental).map_err(Stop::Store)?;
                 progress.counts.total += read as i64;
                 let written = rows.len() as i64;
                 let bytes = sink.write_rows(rows).await.map_err(Stop::Failed)?;
@@ -718,8 +721,34 @@ fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Sourc
     }
 }
 
+/// A batch on its way from the reader to the sink: rows, or a full export's stored documents,
+/// which the writing side parses so that the reader is already fetching the next batch.
+enum Batch {
+    Rows(Vec<Vec<Value>>),
+    Documents(DocumentBatch),
+}
+
+impl Batch {
+    fn into_rows(self, fields: &[String], incremental: bool) -> crate::error::Result<Vec<Vec<Value>>> {
+        match self {
+            Batch::Rows(rows) => Ok(rows),
+            Batch::Documents(documents) => {
+                let mut rows = documents.rows(fields)?;
+                if incremental {
+                    // The first delivery of an incremental export: every record, none deleted.
+                    for row in &mut rows {
+                        row.push(Value::Bool(false));
+                    }
+                }
+                Ok(rows)
+            }
+        }
+    }
+}
+
 /// The next batch of a part's rows after `after` (keyset order): how many records were read,
-/// their rows, and the last key. Full exports of an entity read rows directly (no record maps).
+/// the batch, and the last key. Full exports of an entity read stored documents directly (no
+/// record maps).
 async fn read_rows(
     store: &crate::store::Store,
     source: &Source,
@@ -728,7 +757,7 @@ async fn read_rows(
     fields: &[String],
     key_column: Option<usize>,
     incremental: bool,
-) -> crate::error::Result<(usize, Vec<Vec<Value>>, Option<String>)> {
+) -> crate::error::Result<(usize, Batch, Option<String>)> {
     if let (
         Source::Entity {
             entity, since: None, ..
@@ -736,20 +765,15 @@ async fn read_rows(
         0,
     ) = (source, phase)
     {
-        let mut batch = store.read_record_rows(&entity.name, fields, after, BATCH).await?;
-        if incremental {
-            // The first delivery of an incremental export: every record, none deleted.
-            for row in &mut batch.rows {
-                row.push(Value::Bool(false));
-            }
-        }
-        return Ok((batch.rows.len(), batch.rows, batch.last_key));
+        let mut batch = store.read_record_documents(&entity.name, after, BATCH).await?;
+        let last_key = batch.last_key.take();
+        return Ok((batch.count, Batch::Documents(batch), last_key));
     }
     let records = read_batch(store, source, phase, after).await?;
     let last_key = records.last().map(|r| r.key.clone());
     Ok((
         records.len(),
-        rows_of(records, fields, key_column, incremental),
+        Batch::Rows(rows_of(records, fields, key_column, incremental)),
         last_key,
     ))
 }
