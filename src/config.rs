@@ -119,7 +119,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     },
     SettingDoc {
         key: "log_filter",
-        default: "info,sqlx=warn",
+        default: "info,sqlx=warn,sea_orm=warn",
         description: "tracing filter (RUST_LOG syntax)",
     },
     SettingDoc {
