@@ -1,7 +1,9 @@
 //! Export management benchmark (issue 4): GetExport and ListExports (pages of 100 out of
 //! 10,000 exports, sorted and filtered) on SQLite under a concurrent load generator — requests/s
 //! and p50/p99 — side by side, in the same run, with a bare tonic unary echo server (the gRPC
-//! health check of a process that serves nothing else).
+//! health check of a process that serves nothing else). Every row is measured twice on the same
+//! database: by a server whose reads all go to the database (`read_cache_entries = 0`, as right
+//! after a write), then by a server with the read cache (nothing written meanwhile).
 //!
 //! Run: `cargo bench --bench exports` (BENCH_EXPORTS, BENCH_SECONDS, BENCH_CONCURRENCY).
 
@@ -95,6 +97,92 @@ fn print(what: &str, load: &Load, note: String) {
     );
 }
 
+const LISTS: [(&str, &str); 3] = [
+    ("", "display_name"),
+    ("state = ACTIVE AND kind = DATA_OUT", "create_time desc"),
+    ("display_name:\"export 1\"", "connection, display_name desc"),
+];
+
+fn list_request(filter: &str, order: &str) -> pb::ListExportsRequest {
+    pb::ListExportsRequest {
+        parent: "environments/bench".into(),
+        page_size: 100,
+        filter: filter.to_string(),
+        order_by: order.to_string(),
+        ..Default::default()
+    }
+}
+
+/// GetExport and the ListExports rows against `server`. Each client walks its own stretch of
+/// the exports, so concurrent clients read different ones. With the read cache (`source`
+/// "read cache"), every export and list is read once first, so the timed reads are repeats.
+async fn measure_reads(
+    server: &Server,
+    exports: usize,
+    concurrency: usize,
+    seconds: u64,
+    source: &str,
+    ratio_to_echo: &dyn Fn(&Load) -> f64,
+) {
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(pb::export_service_client::ExportServiceClient::new(
+            server.authed("bench").await,
+        ));
+    }
+    let export_name = move |i: usize| {
+        let (client, n) = (i / 1_000_000, i % 1_000_000);
+        format!(
+            "environments/bench/exports/x{:05}",
+            (client * exports / concurrency + n) % exports
+        )
+    };
+    if source == "read cache" {
+        let mut client = clients[0].clone();
+        for i in 0..exports {
+            let name = format!("environments/bench/exports/x{i:05}");
+            client.get_export(pb::GetExportRequest { name }).await.unwrap();
+        }
+        for (filter, order) in LISTS {
+            client.list_exports(list_request(filter, order)).await.unwrap();
+        }
+    }
+    let get_clients = clients.clone();
+    let get_load = load(concurrency, seconds, move |i| {
+        let mut client = get_clients[i % 4].clone();
+        let name = export_name(i);
+        async move {
+            client.get_export(pb::GetExportRequest { name }).await.unwrap();
+        }
+    })
+    .await;
+    print(
+        &format!("GetExport ({source})"),
+        &get_load,
+        format!("{:.0}% of the echo server's throughput", ratio_to_echo(&get_load)),
+    );
+    for (filter, order) in LISTS {
+        let list_clients = clients.clone();
+        let list_load = load(concurrency, seconds, move |i| {
+            let mut client = list_clients[i % 4].clone();
+            async move {
+                let page = client
+                    .list_exports(list_request(filter, order))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(!page.exports.is_empty());
+            }
+        })
+        .await;
+        print(
+            &format!("ListExports ({source}) page of 100, filter `{filter}`, order `{order}`"),
+            &list_load,
+            String::new(),
+        );
+    }
+}
+
 fn main() {
     if std::env::var("BENCH_ROLE").as_deref() == Ok("echo") {
         return serve_echo();
@@ -119,7 +207,12 @@ fn main() {
         line.trim().strip_prefix("echo listening on ").unwrap().to_string()
     };
 
-    let server = Server::start("sqlite", &[("EXPORTD_WORKERS", "0")]);
+    // First a server whose every read goes to the database; later the same database under a
+    // server with the read cache.
+    let server = Server::start(
+        "sqlite",
+        &[("EXPORTD_WORKERS", "0"), ("EXPORTD_READ_CACHE_ENTRIES", "0")],
+    );
     server.create_environment("bench", "b2c");
     runtime.block_on(async {
         let mut connections = pb::connection_service_client::ConnectionServiceClient::new(server.authed("bench").await);
@@ -203,64 +296,13 @@ fn main() {
         .await;
         print("bare tonic unary echo (health check)", &echo_load, "baseline".into());
 
-        let mut clients = Vec::new();
-        for _ in 0..4 {
-            clients.push(pb::export_service_client::ExportServiceClient::new(
-                server.authed("bench").await,
-            ));
-        }
-        // Two rounds: the first reads every export for the first time since they were written
-        // (each a database read), the second finds them in the read cache.
-        for round in ["first reads after the writes", "repeated reads"] {
-            let get_clients = clients.clone();
-            let get_load = load(concurrency, seconds, move |i| {
-                let mut client = get_clients[i % 4].clone();
-                let name = format!("environments/bench/exports/x{:05}", (i * 31) % exports);
-                async move {
-                    client.get_export(pb::GetExportRequest { name }).await.unwrap();
-                }
-            })
-            .await;
-            let ratio =
-                (get_load.requests as f64 / get_load.seconds) / (echo_load.requests as f64 / echo_load.seconds) * 100.0;
-            print(
-                &format!("GetExport, {round}"),
-                &get_load,
-                format!("{ratio:.0}% of the echo server's throughput"),
-            );
-        }
-
-        for (filter, order) in [
-            ("", "display_name"),
-            ("state = ACTIVE AND kind = DATA_OUT", "create_time desc"),
-            ("display_name:\"export 1\"", "connection, display_name desc"),
-        ] {
-            let list_clients = clients.clone();
-            let list_load = load(concurrency, seconds, move |i| {
-                let mut client = list_clients[i % 4].clone();
-                let (filter, order) = (filter.to_string(), order.to_string());
-                async move {
-                    let page = client
-                        .list_exports(pb::ListExportsRequest {
-                            parent: "environments/bench".into(),
-                            page_size: 100,
-                            filter,
-                            order_by: order,
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap()
-                        .into_inner();
-                    assert!(!page.exports.is_empty());
-                }
-            })
-            .await;
-            print(
-                &format!("ListExports page of 100, filter `{filter}`, order `{order}`"),
-                &list_load,
-                String::new(),
-            );
-        }
+        let ratio_to_echo = |load: &Load| {
+            (load.requests as f64 / load.seconds) / (echo_load.requests as f64 / echo_load.seconds) * 100.0
+        };
+        measure_reads(&server, exports, concurrency, seconds, "database", &ratio_to_echo).await;
+        let (data_dir, database_url) = server.stop();
+        let server = Server::start_on(data_dir, database_url, &[("EXPORTD_WORKERS", "0")]);
+        measure_reads(&server, exports, concurrency, seconds, "read cache", &ratio_to_echo).await;
     });
     let _ = echo.kill();
     let _ = echo.wait();

@@ -11,6 +11,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 
+/// Reads the SQLite store keeps in memory between writes, unless configured.
+pub const DEFAULT_READ_CACHE_ENTRIES: usize = 16_384;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -38,6 +41,8 @@ pub struct Settings {
     pub run_lease_seconds: u64,
     pub exports_root: PathBuf,
     pub shutdown_grace_seconds: u64,
+    /// Reads kept between writes on SQLite (0: none).
+    pub read_cache_entries: usize,
 }
 
 #[derive(Clone, Default)]
@@ -187,6 +192,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "30",
         description: "how long shutdown waits for in-flight RPCs and runs",
     },
+    SettingDoc {
+        key: "read_cache_entries",
+        default: "16384",
+        description: "SQLite only: reads served from memory until the next write (0: every read goes to the database)",
+    },
 ];
 
 /// Values from any one source; later sources override earlier ones field by field.
@@ -211,6 +221,7 @@ pub struct Layer {
     pub run_lease_seconds: Option<u64>,
     pub exports_root: Option<PathBuf>,
     pub shutdown_grace_seconds: Option<u64>,
+    pub read_cache_entries: Option<usize>,
 }
 
 macro_rules! overlay {
@@ -241,7 +252,8 @@ impl Layer {
             workers,
             run_lease_seconds,
             exports_root,
-            shutdown_grace_seconds
+            shutdown_grace_seconds,
+            read_cache_entries
         );
         self
     }
@@ -264,7 +276,8 @@ impl Layer {
                 | "max_message_bytes"
                 | "workers"
                 | "run_lease_seconds"
-                | "shutdown_grace_seconds" => toml::Value::Integer(
+                | "shutdown_grace_seconds"
+                | "read_cache_entries" => toml::Value::Integer(
                     raw.trim()
                         .parse()
                         .map_err(|_| format!("{var}: '{raw}' is not a whole number"))?,
@@ -413,6 +426,7 @@ impl Settings {
             workers,
             run_lease_seconds,
             shutdown_grace_seconds: layer.shutdown_grace_seconds.unwrap_or(30),
+            read_cache_entries: layer.read_cache_entries.unwrap_or(DEFAULT_READ_CACHE_ENTRIES),
         })
     }
 

@@ -223,7 +223,7 @@ fn init_logging(settings: &Settings) {
 /// key is fine here.
 async fn open_store(settings: &Settings) -> Result<Store, String> {
     let sealer = Sealer::new(settings.sealing_keys.clone(), settings.sealing_key_id.clone())?;
-    let store = Store::open(&settings.database_url, sealer).await?;
+    let store = Store::open(&settings.database_url, sealer, settings.read_cache_entries).await?;
     store.migrate().await?;
     Ok(store)
 }

@@ -56,7 +56,7 @@ impl RunningServer {
 pub async fn open_state(settings: Settings) -> Result<State, String> {
     settings.check_can_serve()?;
     let sealer = Sealer::new(settings.sealing_keys.clone(), settings.sealing_key_id.clone())?;
-    let store = Store::open(&settings.database_url, sealer).await?;
+    let store = Store::open(&settings.database_url, sealer, settings.read_cache_entries).await?;
     store.migrate().await?;
     let store = Arc::new(store);
     let settings = Arc::new(settings);

@@ -25,14 +25,12 @@ pub mod runs;
 pub mod schedules;
 pub mod secrets;
 pub mod segments;
+mod sqlite_plans;
 mod statistics;
 pub mod system_refreshes;
 
 pub use changes::{WriteTxn, Writer};
 pub use secrets::Sealer;
-
-/// Cached reads kept at most (see `changes`); SQLite only.
-const READ_CACHE_ENTRIES: usize = 16_384;
 
 pub struct Store {
     writer: DatabaseConnection,
@@ -49,8 +47,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects to `url` (`sqlite://…` or `postgres://…`). Does not migrate.
-    pub async fn open(url: &str, sealer: Sealer) -> Result<Store, String> {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`). Does not migrate. On SQLite, up to
+    /// `read_cache_entries` reads are served from memory until the next write (see `changes`);
+    /// PostgreSQL is shared by replicas, so it is always read.
+    pub async fn open(url: &str, sealer: Sealer, read_cache_entries: usize) -> Result<Store, String> {
         let shown = crate::config::redact_url(url);
         if let Some(path) = sqlite_path(url)
             && let Some(parent) = std::path::Path::new(&path).parent()
@@ -70,7 +70,7 @@ impl Store {
             writer.clone()
         };
         let changes = std::sync::Arc::new(changes::Changes::default());
-        let cache = changes::ReadCache::new(changes.clone(), if is_sqlite { READ_CACHE_ENTRIES } else { 0 });
+        let cache = changes::ReadCache::new(changes.clone(), if is_sqlite { read_cache_entries } else { 0 });
         Ok(Store {
             writer,
             reader,
@@ -144,6 +144,9 @@ async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, 
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true)
                 .create_if_missing(true)
+        })
+        .map_sqlx_sqlite_pool_opts(|pool| {
+            pool.after_connect(|connection, _| Box::pin(sqlite_plans::enable_stable_plans(connection)))
         });
     Database::connect(options).await
 }

@@ -166,7 +166,7 @@ async fn a_run_killed_mid_way_is_taken_over_and_completes_exactly_once() {
                 entities: vec!["environments/acme/entities/customers".into()],
                 // Many small partitions (each synced to disk when it closes) make a run long
                 // enough to be killed half-way on any backend.
-                settings: [("max_rows_per_file".to_string(), "1000".to_string())].into(),
+                settings: [("max_rows_per_file".to_string(), "200".to_string())].into(),
                 ..Default::default()
             }),
             ..Default::default()

@@ -261,6 +261,7 @@ workers = {{ int64 .Values.config.workers }}
 {{- end }}
 run_lease_seconds = {{ int64 .Values.config.runLeaseSeconds }}
 shutdown_grace_seconds = {{ int64 .Values.config.shutdownGraceSeconds }}
+read_cache_entries = {{ int64 .Values.config.readCacheEntries }}
 {{- with .Values.config.exportsRoot }}
 exports_root = {{ . | toJson }}
 {{- end }}
