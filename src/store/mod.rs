@@ -94,8 +94,8 @@ impl Store {
         Writer::new(&self.writer, &self.changes)
     }
 
-    /// The write connection for writes to tables that no cached read depends on (leases):
-    /// they leave the read cache alone.
+    /// The write connection for writes to tables that no cached read depends on (leases, run
+    /// progress): they leave the read cache alone.
     pub(crate) fn untracked_writer(&self) -> Writer<'_> {
         Writer::untracked(&self.writer)
     }

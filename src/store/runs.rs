@@ -376,7 +376,9 @@ impl Store {
             .filter(pk(name))
             .filter(Column::LeaseOwner.eq(owner))
             .filter(Column::State.eq(RunState::Running.number()))
-            .exec(&self.writer())
+            // Only the runs table changes, which no cached read uses: progress written every
+            // second must not empty the read cache for exports while runs execute.
+            .exec(&self.untracked_writer())
             .await?;
         Ok(result.rows_affected > 0)
     }
