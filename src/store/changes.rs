@@ -9,7 +9,7 @@
 //!
 //! Cached reads read only exports, connections and segments (`get_export`, `list_exports`,
 //! `segments_by_ids`). Writes to tables none of them reads — the scheduler's lease, and a
-//! running export's progress in the runs table, written every second — go through the
+//! running export's progress in the runs table, written every half second — go through the
 //! *untracked* writer and leave the cache alone; a cached read of any other table must not be
 //! added without tracking its writes.
 //!

@@ -376,7 +376,7 @@ impl Store {
             .filter(pk(name))
             .filter(Column::LeaseOwner.eq(owner))
             .filter(Column::State.eq(RunState::Running.number()))
-            // Only the runs table changes, which no cached read uses: progress written every
+            // Only the runs table changes, which no cached read uses: progress written twice a
             // second must not empty the read cache for exports while runs execute.
             .exec(&self.untracked_writer())
             .await?;
