@@ -154,8 +154,17 @@ pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
 
 /// A new, empty PostgreSQL database; returns its URL.
 pub fn fresh_postgres(prefix: &str) -> String {
-    let name = format!("{prefix}_{}", std::process::id());
-    psql(PG_ADMIN, &format!("DROP DATABASE IF EXISTS {name}"));
+    let pid = std::process::id();
+    let name = format!("{prefix}_{pid}");
+    // Databases of earlier bench runs (another process id) are dropped, so runs leave at most
+    // their own behind.
+    let stale = psql(
+        PG_ADMIN,
+        &format!("SELECT datname FROM pg_database WHERE datname LIKE '{prefix}\\_%' AND datname NOT LIKE '%\\_{pid}'"),
+    );
+    for old in stale.lines().chain([name.as_str()]) {
+        psql(PG_ADMIN, &format!("DROP DATABASE IF EXISTS \"{old}\""));
+    }
     psql(PG_ADMIN, &format!("CREATE DATABASE {name}"));
     format!("postgres://postgres@127.0.0.1:5432/{name}")
 }
