@@ -8,10 +8,11 @@
 //! a write is never cached at all.
 //!
 //! Cached reads read only exports, connections and segments (`get_export`, `list_exports`,
-//! `segments_by_ids`). Writes to tables none of them reads — the scheduler's lease, and a
-//! running export's progress in the runs table, written every half second — go through the
-//! *untracked* writer and leave the cache alone; a cached read of any other table must not be
-//! added without tracking its writes.
+//! `segments_by_ids`). Writes to tables none of them reads — the scheduler's lease, a running
+//! export's progress in the runs table (written every half second), and batches of records
+//! that delete nothing (records and entities only) — go through the *untracked* writer and
+//! leave the cache alone; a cached read of any other table must not be added without tracking
+//! its writes.
 //!
 //! The cache is used only where this process sees every write: SQLite, whose database file
 //! belongs to one server. (The `environment` CLI commands write only environments, which are not
@@ -72,7 +73,7 @@ impl Drop for WriteGuard {
 /// The write connection for one statement (or a transaction, with [`Writer::begin`]).
 pub struct Writer<'a> {
     db: &'a DatabaseConnection,
-    /// None for writes to tables that no cached read depends on (leases, run progress).
+    /// None for writes to tables that no cached read depends on (leases, run progress, records).
     guard: Option<WriteGuard>,
 }
 

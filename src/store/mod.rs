@@ -95,7 +95,7 @@ impl Store {
     }
 
     /// The write connection for writes to tables that no cached read depends on (leases, run
-    /// progress): they leave the read cache alone.
+    /// progress, record upserts): they leave the read cache alone.
     pub(crate) fn untracked_writer(&self) -> Writer<'_> {
         Writer::untracked(&self.writer)
     }

@@ -63,7 +63,15 @@ impl Store {
             });
         }
         let backend = self.backend();
-        let txn = self.writer().begin().await?;
+        // Upserts change only records and their entity, which no cached read uses: a backend
+        // publishing records all day leaves exports cached. Deletes also take keys out of
+        // segments, whose member counts cached export reads show.
+        let writer = if batch.deletes.is_empty() {
+            self.untracked_writer()
+        } else {
+            self.writer()
+        };
+        let txn = writer.begin().await?;
         let seq = super::entities::next_change_seq(&txn, entity).await?;
 
         // The upsert reports, per row, what it replaced: nothing (0), a tombstone (1) or a live
