@@ -205,10 +205,17 @@ impl ReadCache {
     fn keep(&self, key: String, generation: u64, value: Cached) {
         let mut entries = self.entries.lock().expect("read cache lock");
         if entries.len() >= self.capacity {
-            // Stale entries go first; if the cache is full of current ones, start over.
+            // Stale entries go first. If the cache is full of current ones, half of them go
+            // (whichever the map yields first): a working set larger than the cache then keeps
+            // finding half of the cache, where starting over would empty it time and again.
             entries.retain(|_, (tag, _)| *tag == generation);
             if entries.len() >= self.capacity {
-                entries.clear();
+                let mut to_drop = (entries.len() / 2).max(1);
+                entries.retain(|_, _| {
+                    let keep = to_drop == 0;
+                    to_drop = to_drop.saturating_sub(1);
+                    keep
+                });
             }
         }
         entries.insert(key, (generation, value));
@@ -289,7 +296,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_cache_drops_stale_entries_then_starts_over() {
+    async fn a_full_cache_drops_stale_entries_then_half_of_the_current_ones() {
         let (changes, cache) = cache();
         let fetches = AtomicUsize::new(0);
         for key in ["a", "b", "c", "d"] {
@@ -304,8 +311,16 @@ mod tests {
         }
         assert_eq!(
             cache.entries.lock().unwrap().len(),
-            1,
-            "full of current entries: started over"
+            3,
+            "full of current entries: half of them made room"
+        );
+        let before = fetches.load(SeqCst);
+        for key in ["e", "f", "g", "h", "i"] {
+            read(&cache, key, &fetches, 1).await;
+        }
+        assert!(
+            fetches.load(SeqCst) - before < 5,
+            "some of the entries kept were served from the cache"
         );
     }
 
