@@ -114,14 +114,14 @@ fn list_request(filter: &str, order: &str) -> pb::ListExportsRequest {
 }
 
 /// GetExport and the ListExports rows against `server`. Each client walks its own stretch of
-/// the exports, so concurrent clients read different ones. With the read cache (`source`
-/// "read cache"), every export and list is read once first, so the timed reads are repeats.
+/// the exports, so concurrent clients read different ones. Against a server with the read
+/// cache (`cached`), every export and list is read once first, so the timed reads are repeats.
 async fn measure_reads(
     server: &Server,
     exports: usize,
     concurrency: usize,
     seconds: u64,
-    source: &str,
+    cached: bool,
     ratio_to_echo: &dyn Fn(&Load) -> f64,
 ) {
     let mut clients = Vec::new();
@@ -137,7 +137,8 @@ async fn measure_reads(
             (client * exports / concurrency + n) % exports
         )
     };
-    if source == "read cache" {
+    let source = if cached { "read cache" } else { "database" };
+    if cached {
         let mut client = clients[0].clone();
         for i in 0..exports {
             let name = format!("environments/bench/exports/x{i:05}");
@@ -299,10 +300,10 @@ fn main() {
         let ratio_to_echo = |load: &Load| {
             (load.requests as f64 / load.seconds) / (echo_load.requests as f64 / echo_load.seconds) * 100.0
         };
-        measure_reads(&server, exports, concurrency, seconds, "database", &ratio_to_echo).await;
+        measure_reads(&server, exports, concurrency, seconds, false, &ratio_to_echo).await;
         let (data_dir, database_url) = server.stop();
         let server = Server::start_on(data_dir, database_url, &[("EXPORTD_WORKERS", "0")]);
-        measure_reads(&server, exports, concurrency, seconds, "read cache", &ratio_to_echo).await;
+        measure_reads(&server, exports, concurrency, seconds, true, &ratio_to_echo).await;
     });
     let _ = echo.kill();
     let _ = echo.wait();
