@@ -14,6 +14,24 @@ fn state_name(state: i32) -> &'static str {
         .unwrap_or("UNKNOWN")
 }
 
+/// What a watcher sees of a run: its step (state and current task, which decides when a new
+/// line is due) and the whole line with the counts.
+fn progress_line(run: &pb::ExportRun) -> (String, String) {
+    let task = run
+        .tasks
+        .iter()
+        .rev()
+        .find(|t| t.state != pb::RunState::Queued as i32)
+        .map(|t| format!("{} ({})", t.name, t.message))
+        .unwrap_or_default();
+    let state = state_name(run.state);
+    let line = format!(
+        "{state} · {task} · {} of {} records · {} bytes",
+        run.records_exported, run.records_total, run.bytes_written
+    );
+    (format!("{state} {task}"), line)
+}
+
 /// Starts a run of `export` and, with `watch`, shows its progress until it ends. Returns
 /// whether it succeeded (without `watch`: whether it was accepted).
 pub async fn run_export(server: &str, token: &str, export: &str, watch: bool) -> Result<bool, String> {
@@ -61,38 +79,26 @@ pub async fn run_export(server: &str, token: &str, export: &str, watch: bool) ->
         .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
-    let mut last = run;
-    // Without a terminal, progress goes to stderr as lines, one per change of state or task.
+    // Without a terminal, progress goes to stderr as lines, one per change of state or task,
+    // starting with the run as it was accepted.
     let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut shown = String::new();
+    let mut show = |update: &pb::ExportRun| {
+        let (step, line) = progress_line(update);
+        if plain && step != shown {
+            eprintln!("{line}");
+            shown = step;
+        }
+        bar.set_message(line);
+    };
+    show(&run);
+    let mut last = run;
     while let Some(update) = stream
         .message()
         .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
     {
-        let task = update
-            .tasks
-            .iter()
-            .rev()
-            .find(|t| t.state != pb::RunState::Queued as i32)
-            .map(|t| format!("{} ({})", t.name, t.message))
-            .unwrap_or_default();
-        let line = format!(
-            "{} · {} · {} of {} records · {} bytes",
-            state_name(update.state),
-            task,
-            update.records_exported,
-            update.records_total,
-            update.bytes_written
-        );
-        if plain {
-            let step = format!("{} {task}", state_name(update.state));
-            if step != shown {
-                eprintln!("{line}");
-                shown = step;
-            }
-        }
-        bar.set_message(line);
+        show(&update);
         last = update;
     }
     bar.finish_and_clear();
