@@ -320,7 +320,8 @@ impl CatalogApi {
         let entity = &entities[&message.entity];
         let mut upserts = Vec::with_capacity(message.upserts.len());
         for (i, record) in message.upserts.into_iter().enumerate() {
-            let record = validate_record(entity, &format!("upserts[{i}]"), convert::struct_to_json(record))
+            let fields = record.fields.into_iter().map(|(k, v)| (k, convert::value_to_json(v)));
+            let record = validate_record(entity, || format!("upserts[{i}]"), fields)
                 .map_err(|v| Error::invalid_fields(vec![v]))?;
             upserts.push(record);
         }

@@ -371,7 +371,7 @@ pub fn struct_to_json(value: prost_types::Struct) -> serde_json::Map<String, ser
     value.fields.into_iter().map(|(k, v)| (k, value_to_json(v))).collect()
 }
 
-fn value_to_json(value: prost_types::Value) -> serde_json::Value {
+pub fn value_to_json(value: prost_types::Value) -> serde_json::Value {
     use prost_types::value::Kind;
     match value.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,

@@ -2,7 +2,7 @@
 //! validation live here as pure functions.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::connection_type::SegmentType;
 use super::names::{EntityName, SegmentName};
@@ -227,20 +227,29 @@ pub fn validate_schema(prefix: &str, fields: &[(String, Option<FieldType>)], pri
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidRecord {
     pub key: String,
-    pub data: Map<String, Value>,
+    /// The record as a JSON object, its fields in the order they were given (a Struct gives
+    /// them sorted by name). Written once here, stored as it is.
+    pub json: String,
 }
 
 /// Validates one record against the schema. `path` names the record in errors (e.g.
-/// `upserts[3]`). Absent and null fields are fine; present ones must match their type; unknown
-/// fields are errors; the primary key is required. Numbers are normalised to the field's type.
-pub fn validate_record(entity: &Entity, path: &str, record: Map<String, Value>) -> Result<ValidRecord, FieldViolation> {
+/// `upserts[3]`; built only for an error). Absent and null fields are fine; present ones must
+/// match their type; unknown fields are errors; the primary key is required. Numbers are
+/// normalised to the field's type. `fields` are distinct names, as in a map.
+pub fn validate_record(
+    entity: &Entity,
+    path: impl Fn() -> String,
+    fields: impl IntoIterator<Item = (String, Value)>,
+) -> Result<ValidRecord, FieldViolation> {
     let bad = |field: &str, description: String| FieldViolation {
-        field: format!("{path}.{field}"),
+        field: format!("{}.{field}", path()),
         description,
     };
-    let mut data = Map::with_capacity(record.len());
+    // Serialised as it goes: no map is built just to be written out.
+    let mut json = Vec::with_capacity(192);
+    json.push(b'{');
     let mut key = None;
-    for (name, value) in record {
+    for (name, value) in fields {
         let Some(field) = entity.field(&name) else {
             return Err(bad(
                 &name,
@@ -263,8 +272,14 @@ pub fn validate_record(entity: &Entity, path: &str, record: Map<String, Value>) 
                 _ => String::new(),
             });
         }
-        data.insert(name, value);
+        if json.len() > 1 {
+            json.push(b',');
+        }
+        serde_json::to_writer(&mut json, &name).expect("strings serialize");
+        json.push(b':');
+        serde_json::to_writer(&mut json, &value).expect("JSON values serialize");
     }
+    json.push(b'}');
     let key = key.filter(|k| !k.is_empty()).ok_or_else(|| {
         bad(
             &entity.primary_key,
@@ -280,7 +295,8 @@ pub fn validate_record(entity: &Entity, path: &str, record: Map<String, Value>) 
             format!("keys are at most {MAX_KEY_LEN} bytes"),
         ));
     }
-    Ok(ValidRecord { key, data })
+    let json = String::from_utf8(json).expect("serde_json writes UTF-8");
+    Ok(ValidRecord { key, json })
 }
 
 /// Converts a value to its field's type, or says what was expected.
@@ -327,7 +343,7 @@ fn normalise(ty: FieldType, value: Value) -> Result<Value, &'static str> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Map, json};
 
     use super::*;
 
@@ -369,14 +385,17 @@ mod tests {
     fn valid_records_are_normalised() {
         let r = validate_record(
             &entity(),
-            "upserts[0]",
+            || "upserts[0]".into(),
             record(json!({"id": 42.0, "ltv": 500, "email": null, "props": {"a": [1]}})),
         )
         .unwrap();
         assert_eq!(r.key, "42");
-        assert_eq!(r.data["id"], json!(42));
-        assert_eq!(r.data["ltv"], json!(500.0));
-        let big = validate_record(&entity(), "u", record(json!({"id": "9007199254740993"}))).unwrap();
+        let data: Value = serde_json::from_str(&r.json).unwrap();
+        assert_eq!(
+            data,
+            json!({"id": 42, "ltv": 500.0, "email": null, "props": {"a": [1]}})
+        );
+        let big = validate_record(&entity(), || "u".into(), record(json!({"id": "9007199254740993"}))).unwrap();
         assert_eq!(big.key, "9007199254740993");
     }
 
@@ -392,7 +411,7 @@ mod tests {
             (json!({"id": 1, "colour": "red"}), "upserts[1].colour"),
         ];
         for (value, field) in cases {
-            let err = validate_record(&entity(), "upserts[1]", record(value.clone())).unwrap_err();
+            let err = validate_record(&entity(), || "upserts[1]".into(), record(value.clone())).unwrap_err();
             assert_eq!(err.field, field, "{value}");
         }
     }

@@ -18,6 +18,8 @@ pub mod exports;
 pub mod list;
 pub mod migration;
 pub mod models;
+mod pg_copy;
+mod pg_nodelay;
 pub mod record_rows;
 pub mod records;
 pub mod request_ids;
@@ -147,6 +149,9 @@ async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, 
         })
         .map_sqlx_sqlite_pool_opts(|pool| {
             pool.after_connect(|connection, _| Box::pin(sqlite_plans::enable_stable_plans(connection)))
+        })
+        .map_sqlx_postgres_pool_opts(|pool| {
+            pool.after_connect(|connection, _| Box::pin(pg_nodelay::enable_nodelay(connection)))
         });
     Database::connect(options).await
 }

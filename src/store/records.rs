@@ -3,6 +3,9 @@
 //! One `WriteRecords` message is one transaction: it takes the entity's next change sequence
 //! (which also serialises writers of that entity), upserts and tombstones its rows with that
 //! sequence, removes deleted keys from the entity's segments, and adjusts the counts.
+//!
+//! On PostgreSQL the upserts of a message first go in by one COPY, which holds as long as none
+//! of their keys is stored yet; otherwise they are upserted (see `copy_new_records`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,6 +16,7 @@ use serde_json::{Map, Value};
 use super::Store;
 use super::models::record::{Column, Entity as Table};
 use super::models::{segment, segment_member};
+use super::pg_copy::{Copied, CopyTxn, push_copy_text};
 use crate::domain::catalog::ValidRecord;
 use crate::domain::names::EntityName;
 use crate::error::{Error, Result};
@@ -21,6 +25,8 @@ use crate::error::{Error, Result};
 const INSERT_CHUNK: usize = 5000;
 /// Keys per `IN (…)` list.
 const KEY_CHUNK: usize = 5000;
+/// Rows per piece of a COPY's data.
+const COPY_SLICE: usize = 500;
 
 /// What one message changes.
 #[derive(Debug, Default)]
@@ -62,56 +68,44 @@ impl Store {
                 keep.contains(&(i - 1))
             });
         }
-        let backend = self.backend();
-        // Upserts change only records and their entity, which no cached read uses: a backend
-        // publishing records all day leaves exports cached. Deletes also take keys out of
-        // segments, whose member counts cached export reads show.
-        let writer = if batch.deletes.is_empty() {
-            self.untracked_writer()
-        } else {
-            self.writer()
-        };
-        let txn = writer.begin().await?;
-        let seq = super::entities::next_change_seq(&txn, entity).await?;
-
-        // The upsert reports, per row, what it replaced: nothing (0), a tombstone (1) or a live
-        // record (2). Only the first two add a record.
-        let mut added = 0i64;
-        for chunk in batch.upserts.chunks(INSERT_CHUNK) {
-            added += upsert_chunk(&txn, backend, entity, seq, chunk).await?;
-        }
-
-        let mut deleted = 0;
-        if !batch.deletes.is_empty() {
-            batch.deletes.sort();
-            batch.deletes.dedup();
-            for chunk in batch.deletes.chunks(KEY_CHUNK) {
-                let result = Table::update_many()
-                    .col_expr(Column::Deleted, Expr::val(true))
-                    .col_expr(Column::Data, Expr::val("{}"))
-                    .col_expr(Column::Seq, Expr::val(seq))
-                    .filter(Column::Env.eq(&entity.env))
-                    .filter(Column::Entity.eq(&entity.id))
-                    .filter(Column::Deleted.eq(false))
-                    .filter(super::key_in(
-                        backend,
-                        "records",
-                        &chunk.iter().map(String::as_str).collect::<Vec<_>>(),
-                    ))
-                    .exec(&txn)
-                    .await?;
-                deleted += result.rows_affected as i64;
+        let outcome = if self.is_postgres() {
+            let pool = self.primary().get_postgres_connection_pool();
+            // First bet that every key is new, for one COPY (see `copy_new_records`); if one is
+            // stored already, that transaction ends and the batch is upserted in another.
+            let txn = CopyTxn::begin(pool).await?;
+            match apply_batch(&txn, Some(&txn), entity, &mut batch).await? {
+                Some(outcome) => {
+                    txn.commit().await?;
+                    outcome
+                }
+                None => {
+                    txn.rollback().await?;
+                    let txn = CopyTxn::begin(pool).await?;
+                    let outcome = apply_batch(&txn, None, entity, &mut batch)
+                        .await?
+                        .ok_or_else(|| Error::internal("an upsert reported a conflict"))?;
+                    txn.commit().await?;
+                    outcome
+                }
             }
-            remove_from_segments(&txn, backend, entity, &batch.deletes).await?;
-        }
-        super::entities::record_write(&txn, entity, added - deleted, seq).await?;
-        txn.commit().await?;
+        } else {
+            // Upserts change only records and their entity, which no cached read uses: a
+            // backend publishing records all day leaves exports cached. Deletes also take keys
+            // out of segments, whose member counts cached export reads show.
+            let writer = if batch.deletes.is_empty() {
+                self.untracked_writer()
+            } else {
+                self.writer()
+            };
+            let txn = writer.begin().await?;
+            let outcome = apply_batch(&txn, None, entity, &mut batch)
+                .await?
+                .ok_or_else(|| Error::internal("an upsert reported a conflict"))?;
+            txn.commit().await?;
+            outcome
+        };
         self.wrote_rows("records", batch.upserts.len() as u64);
-        Ok(BatchOutcome {
-            upserted: batch.upserts.len() as i64,
-            deleted,
-            change_seq: seq,
-        })
+        Ok(outcome)
     }
 
     /// Up to `limit` live records after `after_key`, in key order (keyset paging: memory does
@@ -199,6 +193,108 @@ impl Store {
     }
 }
 
+/// One batch inside `txn`. With a `copier` (on PostgreSQL, that same transaction) the upserts
+/// are inserted by COPY; None means that one of their keys was stored already, and `txn` is
+/// aborted.
+async fn apply_batch(
+    txn: &impl ConnectionTrait,
+    copier: Option<&CopyTxn>,
+    entity: &EntityName,
+    batch: &mut RecordBatch,
+) -> Result<Option<BatchOutcome>> {
+    let backend = txn.get_database_backend();
+    let seq = super::entities::next_change_seq(txn, entity).await?;
+
+    // How many upserted keys became live records that were not before.
+    let added = match copier {
+        Some(copier) => match copy_new_records(copier, entity, seq, &batch.upserts).await? {
+            Copied::Rows(rows) => rows as i64,
+            Copied::Conflict => return Ok(None),
+        },
+        None => upsert_all(txn, backend, entity, seq, &batch.upserts).await?,
+    };
+
+    let mut deleted = 0;
+    if !batch.deletes.is_empty() {
+        batch.deletes.sort();
+        batch.deletes.dedup();
+        for chunk in batch.deletes.chunks(KEY_CHUNK) {
+            let result = Table::update_many()
+                .col_expr(Column::Deleted, Expr::val(true))
+                .col_expr(Column::Data, Expr::val("{}"))
+                .col_expr(Column::Seq, Expr::val(seq))
+                .filter(Column::Env.eq(&entity.env))
+                .filter(Column::Entity.eq(&entity.id))
+                .filter(Column::Deleted.eq(false))
+                .filter(super::key_in(
+                    backend,
+                    "records",
+                    &chunk.iter().map(String::as_str).collect::<Vec<_>>(),
+                ))
+                .exec(txn)
+                .await?;
+            deleted += result.rows_affected as i64;
+        }
+        remove_from_segments(txn, backend, entity, &batch.deletes).await?;
+    }
+    super::entities::record_write(txn, entity, added - deleted, seq).await?;
+    Ok(Some(BatchOutcome {
+        upserted: batch.upserts.len() as i64,
+        deleted,
+        change_seq: seq,
+    }))
+}
+
+/// Inserts the records with one COPY, betting that none of their keys is stored yet (the
+/// common case of a backend publishing new records): COPY inserts a page at a time, several
+/// times faster than an upsert. Writers of an entity take turns (its change sequence row is
+/// locked), so a key can only collide with a committed record; then the COPY fails as a whole
+/// (`Copied::Conflict`), which costs at most the part of one COPY before the first stored key.
+async fn copy_new_records(txn: &CopyTxn, entity: &EntityName, seq: i64, records: &[ValidRecord]) -> Result<Copied> {
+    if records.is_empty() {
+        return Ok(Copied::Rows(0));
+    }
+    let mut prefix = String::new();
+    push_copy_text(&mut prefix, &entity.env);
+    prefix.push('\t');
+    push_copy_text(&mut prefix, &entity.id);
+    prefix.push('\t');
+    let suffix = format!("\t{seq}\tf\t0\n");
+    // Made slice by slice while the server reads the one before.
+    let slices = records.chunks(COPY_SLICE).map(move |slice| {
+        let mut rows = String::with_capacity(slice.len() * 200);
+        for record in slice {
+            rows.push_str(&prefix);
+            push_copy_text(&mut rows, &record.key);
+            rows.push('\t');
+            push_copy_text(&mut rows, &record.json);
+            rows.push_str(&suffix);
+        }
+        rows
+    });
+    Ok(txn
+        .copy_in(
+            "COPY records (env, entity, key, data, seq, deleted, prev_state) FROM STDIN",
+            slices,
+        )
+        .await?)
+}
+
+/// Upserts in chunks; returns how many rows became live records that were not before.
+async fn upsert_all(
+    txn: &impl ConnectionTrait,
+    backend: DbBackend,
+    entity: &EntityName,
+    seq: i64,
+    records: &[ValidRecord],
+) -> Result<i64> {
+    let mut added = 0;
+    for chunk in records.chunks(INSERT_CHUNK) {
+        added += upsert_chunk(txn, backend, entity, seq, chunk).await?;
+    }
+    Ok(added)
+}
+
 fn to_stored((key, data, seq, deleted): (String, String, i64, bool)) -> Result<StoredRecord> {
     let data = match serde_json::from_str::<Value>(&data) {
         Ok(Value::Object(map)) => map,
@@ -232,7 +328,7 @@ async fn upsert_chunk(
         rows.push_str("{\"k\":");
         rows.push_str(&serde_json::to_string(&record.key).expect("strings serialize"));
         rows.push_str(",\"d\":");
-        rows.push_str(&serde_json::to_string(&record.data).expect("maps serialize"));
+        rows.push_str(&record.json);
         rows.push('}');
     }
     rows.push(']');

@@ -305,6 +305,48 @@ async fn records_upsert_delete_and_count_with_a_rising_change_sequence() {
     t.stop().await;
 }
 
+/// Keys and values keep every character, whether a message inserts new records (on
+/// PostgreSQL one COPY, whose text format gives tab, newline and backslash a meaning) or
+/// replaces stored ones (an upsert).
+#[tokio::test]
+async fn records_keep_every_character_when_inserted_and_when_replaced() {
+    let t = TestServer::start().await;
+    let mut admin = t.catalog("acme", Role::Admin).await;
+    admin
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    let awkward = ["tab\there", "new\nline\r\n", "back\\slash\\N", "quote\"d ü 😀", "plain"];
+    let records = |suffix: &str| -> Vec<serde_json::Value> {
+        awkward
+            .iter()
+            .map(|key| json!({"id": key, "email": format!("{key}{suffix}"), "country": "\\t"}))
+            .collect()
+    };
+    let name = exportd::domain::names::EntityName::new("acme", "customers");
+    for (round, suffix) in [(1, "@new"), (2, "@replaced")] {
+        let totals = write_all(&mut admin, vec![write(CUSTOMERS, records(suffix), &[])])
+            .await
+            .unwrap();
+        assert_eq!(totals.upserted, awkward.len() as i64, "round {round}");
+        assert_eq!(get_entity(&mut admin, CUSTOMERS).await.record_count, 5, "round {round}");
+        let stored = t.state.store.read_records(&name, None, 100).await.unwrap();
+        let mut expected: Vec<&str> = awkward.to_vec();
+        expected.sort();
+        assert_eq!(stored.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), expected);
+        for record in &stored {
+            assert_eq!(record.data["id"], json!(record.key), "round {round}");
+            assert_eq!(
+                record.data["email"],
+                json!(format!("{}{suffix}", record.key)),
+                "round {round}"
+            );
+            assert_eq!(record.data["country"], json!("\\t"), "round {round}");
+        }
+    }
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn a_bad_message_ends_the_stream_and_earlier_messages_stay_committed() {
     let t = TestServer::start().await;
