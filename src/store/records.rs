@@ -280,7 +280,8 @@ async fn copy_new_records(txn: &CopyTxn, entity: &EntityName, seq: i64, records:
         .await?)
 }
 
-/// Upserts in chunks; returns how many rows became live records that were not before.
+/// Upserts in chunks; returns how many rows became live records that were not before. Each
+/// row notes what it replaced (`prev_state`: 0 nothing, 1 a tombstone, 2 a live record).
 async fn upsert_all(
     txn: &impl ConnectionTrait,
     backend: DbBackend,
@@ -288,33 +289,53 @@ async fn upsert_all(
     seq: i64,
     records: &[ValidRecord],
 ) -> Result<i64> {
-    let mut added = 0;
-    for chunk in records.chunks(INSERT_CHUNK) {
-        added += upsert_chunk(txn, backend, entity, seq, chunk).await?;
+    if backend == DbBackend::Postgres {
+        let mut added = 0;
+        for chunk in records.chunks(INSERT_CHUNK) {
+            added += upsert_chunk_postgres(txn, entity, seq, chunk).await?;
+        }
+        return Ok(added);
     }
-    Ok(added)
+    for chunk in sqlite_chunks(records) {
+        upsert_chunk_sqlite(txn, entity, seq, chunk).await?;
+    }
+    // Every row this batch wrote has its sequence; counted in the database, not row by row
+    // through a RETURNING clause (each returned row would cross from sqlx's SQLite thread).
+    let sql = "SELECT count(*) FROM records WHERE env = ? AND entity = ? AND seq = ? AND prev_state < 2";
+    let values: Vec<sea_orm::Value> = vec![entity.env.clone().into(), entity.id.clone().into(), seq.into()];
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?;
+    Ok(row.map(|r| r.try_get_by_index::<i64>(0)).transpose()?.unwrap_or(0))
 }
 
-fn to_stored((key, data, seq, deleted): (String, String, i64, bool)) -> Result<StoredRecord> {
-    let data = match serde_json::from_str::<Value>(&data) {
-        Ok(Value::Object(map)) => map,
-        _ => return Err(Error::internal(format!("record '{key}' is corrupt"))),
-    };
-    Ok(StoredRecord {
-        key,
-        data,
-        seq,
-        deleted,
+/// Rows per SQLite upsert statement (a power of two).
+const SQLITE_UPSERT_ROWS: usize = 2048;
+
+/// The records in pieces whose sizes are powers of two up to `SQLITE_UPSERT_ROWS`. Each size is
+/// its own statement text, which sqlx keeps prepared per connection: this way at most ten of
+/// them ever exist, whatever sizes the batches come in.
+fn sqlite_chunks(records: &[ValidRecord]) -> impl Iterator<Item = &[ValidRecord]> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size = SQLITE_UPSERT_ROWS.min(1 << rest.len().ilog2());
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
     })
 }
 
-/// The upsert of one chunk, with the rows passed as ONE JSON parameter: the database parses it
-/// natively, so a chunk costs one bind instead of one per value. Each row reports what it
-/// replaced (`prev_state`: 0 nothing, 1 a tombstone, 2 a live record); returns how many rows
-/// became live records that were not before.
-async fn upsert_chunk(
+/// What an upsert sets `prev_state` to for a row that existed.
+const PREVIOUS_STATE: &str = "CASE WHEN records.deleted THEN 1 ELSE 2 END";
+
+/// The upsert of one chunk on PostgreSQL, with the rows passed as ONE JSON parameter: the
+/// database parses it natively, so a chunk costs one bind instead of one per value. Returns
+/// how many rows became live records that were not before.
+async fn upsert_chunk_postgres(
     db: &impl ConnectionTrait,
-    backend: DbBackend,
     entity: &EntityName,
     seq: i64,
     chunk: &[ValidRecord],
@@ -332,47 +353,67 @@ async fn upsert_chunk(
         rows.push('}');
     }
     rows.push(']');
-    const PREVIOUS: &str = "CASE WHEN records.deleted THEN 1 ELSE 2 END";
     let values: Vec<sea_orm::Value> = vec![
         entity.env.clone().into(),
         entity.id.clone().into(),
         seq.into(),
         rows.into(),
     ];
-    match backend {
-        DbBackend::Postgres => {
-            let sql = format!(
-                "WITH up AS (INSERT INTO records (env, entity, key, data, seq, deleted, prev_state) \
-                 SELECT $1, $2, x.k, x.d::text, $3, false, 0 FROM json_to_recordset($4::json) AS x(k text, d json) \
-                 ON CONFLICT (env, entity, key) DO UPDATE SET data = excluded.data, seq = excluded.seq, \
-                 deleted = false, prev_state = {PREVIOUS} RETURNING prev_state) \
-                 SELECT count(*) FILTER (WHERE prev_state < 2) AS added FROM up"
-            );
-            let row = db
-                .query_one_raw(Statement::from_sql_and_values(backend, sql, values))
-                .await?;
-            Ok(row.map(|r| r.try_get_by_index::<i64>(0)).transpose()?.unwrap_or(0))
-        }
-        _ => {
-            // `WHERE true` keeps SQLite's parser from reading ON CONFLICT as part of the join.
-            let sql = format!(
-                "INSERT INTO records (env, entity, key, data, seq, deleted, prev_state) \
-                 SELECT ?, ?, json_extract(value, '$.k'), json_extract(value, '$.d'), ?, 0, 0 FROM json_each(?) WHERE true \
-                 ON CONFLICT (env, entity, key) DO UPDATE SET data = excluded.data, seq = excluded.seq, \
-                 deleted = 0, prev_state = {PREVIOUS} RETURNING prev_state"
-            );
-            let rows = db
-                .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
-                .await?;
-            let mut added = 0;
-            for row in rows {
-                if row.try_get_by_index::<i32>(0)? < 2 {
-                    added += 1;
-                }
-            }
-            Ok(added)
-        }
+    let sql = format!(
+        "WITH up AS (INSERT INTO records (env, entity, key, data, seq, deleted, prev_state) \
+         SELECT $1, $2, x.k, x.d::text, $3, false, 0 FROM json_to_recordset($4::json) AS x(k text, d json) \
+         ON CONFLICT (env, entity, key) DO UPDATE SET data = excluded.data, seq = excluded.seq, \
+         deleted = false, prev_state = {PREVIOUS_STATE} RETURNING prev_state) \
+         SELECT count(*) FILTER (WHERE prev_state < 2) AS added FROM up"
+    );
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
+        .await?;
+    Ok(row.map(|r| r.try_get_by_index::<i64>(0)).transpose()?.unwrap_or(0))
+}
+
+/// The upsert of one chunk on SQLite: one multi-row VALUES with each key and record bound as it
+/// is (SQLite takes bound text without parsing it, where JSON passed whole would be parsed and
+/// each record re-serialised). Parameters are anonymous (`?`): sqlx looks a numbered one (`?7`) up by
+/// name, which SQLite finds by a linear search, so thousands of them would cost quadratic time.
+async fn upsert_chunk_sqlite(
+    db: &impl ConnectionTrait,
+    entity: &EntityName,
+    seq: i64,
+    chunk: &[ValidRecord],
+) -> Result<()> {
+    let mut sql = String::with_capacity(400 + chunk.len() * 8);
+    // `WHERE true` keeps SQLite's parser from reading ON CONFLICT as part of the join.
+    sql.push_str(
+        "WITH batch (env, entity, seq) AS (SELECT ?, ?, ?) \
+         INSERT INTO records (env, entity, key, data, seq, deleted, prev_state) \
+         SELECT batch.env, batch.entity, row.column1, row.column2, batch.seq, 0, 0 FROM batch, (VALUES ",
+    );
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(3 + 2 * chunk.len());
+    values.extend([entity.env.clone().into(), entity.id.clone().into(), seq.into()]);
+    for (i, record) in chunk.iter().enumerate() {
+        sql.push_str(if i == 0 { "(?, ?)" } else { ",(?, ?)" });
+        values.push(record.key.clone().into());
+        values.push(record.json.clone().into());
     }
+    sql.push_str(") AS row WHERE true ON CONFLICT (env, entity, key) DO UPDATE SET data = excluded.data, seq = excluded.seq, deleted = 0, prev_state = ");
+    sql.push_str(PREVIOUS_STATE);
+    db.execute_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values))
+        .await?;
+    Ok(())
+}
+
+fn to_stored((key, data, seq, deleted): (String, String, i64, bool)) -> Result<StoredRecord> {
+    let data = match serde_json::from_str::<Value>(&data) {
+        Ok(Value::Object(map)) => map,
+        _ => return Err(Error::internal(format!("record '{key}' is corrupt"))),
+    };
+    Ok(StoredRecord {
+        key,
+        data,
+        seq,
+        deleted,
+    })
 }
 
 /// A deleted record leaves every segment of its entity.
@@ -416,4 +457,37 @@ async fn remove_from_segments(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_upserts_come_in_few_distinct_sizes() {
+        let record = |i: usize| ValidRecord {
+            key: format!("k{i}"),
+            json: "{}".into(),
+        };
+        for n in [0, 1, 3, 511, 512, 513, 5000] {
+            let records: Vec<ValidRecord> = (0..n).map(record).collect();
+            let sizes: Vec<usize> = sqlite_chunks(&records).map(<[ValidRecord]>::len).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(
+                sizes.iter().all(|s| s.is_power_of_two() && *s <= SQLITE_UPSERT_ROWS),
+                "{n}: {sizes:?}"
+            );
+            let full = n / SQLITE_UPSERT_ROWS;
+            assert_eq!(
+                sizes.len(),
+                full + (n % SQLITE_UPSERT_ROWS).count_ones() as usize,
+                "{n}: {sizes:?}"
+            );
+        }
+        let keys: Vec<String> = sqlite_chunks(&(0..5).map(record).collect::<Vec<_>>())
+            .flatten()
+            .map(|r| r.key.clone())
+            .collect();
+        assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4"], "in order, each once");
+    }
 }
