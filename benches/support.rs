@@ -169,6 +169,12 @@ pub fn fresh_postgres(prefix: &str) -> String {
     format!("postgres://postgres@127.0.0.1:5432/{name}")
 }
 
+/// Writes PostgreSQL's dirty pages out now, so that a measurement does not pay for a checkpoint
+/// that an earlier one made due (each run writes gigabytes of WAL).
+pub fn checkpoint_postgres() {
+    psql(PG_ADMIN, "CHECKPOINT");
+}
+
 pub fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql").args([url, "-Atqc", sql]).output().expect("psql");
     assert!(
