@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult, QueryResult, Statement,
-    TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult, QueryResult,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 
 /// The store's write counters.
@@ -89,9 +89,18 @@ impl<'a> Writer<'a> {
         Writer { db, guard: None }
     }
 
+    /// On SQLite the transaction takes the write lock at once (`BEGIN IMMEDIATE`). A deferred
+    /// one reads first and asks for the lock at its first write; if another process (the
+    /// `exportd environment` CLI, an operator's `sqlite3`) wrote in between, SQLite cannot
+    /// upgrade it and fails with "database is locked" without waiting. An immediate one waits
+    /// for the lock like any statement does.
     pub async fn begin(self) -> Result<WriteTxn, DbErr> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
         Ok(WriteTxn {
-            txn: self.db.begin().await?,
+            txn: self.db.begin_with_options(options).await?,
             guard: self.guard,
         })
     }
