@@ -236,6 +236,34 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
+    /// A transaction that read first and writes later must not fail because another process
+    /// wrote in between (it would with SQLite's default deferred transactions): it holds the
+    /// write lock from its start, and the other writer waits for it instead.
+    #[tokio::test]
+    async fn a_sqlite_write_transaction_is_not_broken_by_another_process_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("locks.db").display());
+        let ours = super::super::connect(&url, 1).await.unwrap();
+        ours.execute_unprepared("CREATE TABLE t (v INTEGER)").await.unwrap();
+        // The other process: another connection that does not wait for locks at all.
+        let theirs = super::super::connect(&url, 1).await.unwrap();
+        theirs.execute_unprepared("PRAGMA busy_timeout = 0").await.unwrap();
+
+        let txn = Writer::untracked(&ours).begin().await.unwrap();
+        txn.execute_unprepared("SELECT count(*) FROM t").await.unwrap();
+        let their_write = theirs.execute_unprepared("INSERT INTO t VALUES (2)").await;
+        assert!(their_write.is_err(), "the other writer has to wait for our transaction");
+        txn.execute_unprepared("INSERT INTO t VALUES (1)").await.unwrap();
+        txn.commit().await.unwrap();
+        theirs.execute_unprepared("INSERT INTO t VALUES (2)").await.unwrap();
+        let rows = ours
+            .query_all_raw(Statement::from_string(DbBackend::Sqlite, "SELECT v FROM t ORDER BY v"))
+            .await
+            .unwrap();
+        let values: Vec<i32> = rows.iter().map(|r| r.try_get_by_index(0).unwrap()).collect();
+        assert_eq!(values, [1, 2]);
+    }
+
     fn cache() -> (Arc<Changes>, ReadCache) {
         let changes = Arc::new(Changes::default());
         (changes.clone(), ReadCache::new(changes, 4))
