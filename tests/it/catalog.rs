@@ -172,6 +172,18 @@ async fn get_entity(catalog: &mut Catalog, name: &str) -> pb::Entity {
         .into_inner()
 }
 
+/// A test server whose environment `acme` has the PROFILE entity `customers`, and an admin's
+/// catalog client.
+async fn server_with_customers() -> (TestServer, Catalog) {
+    let t = TestServer::start().await;
+    let mut admin = t.catalog("acme", Role::Admin).await;
+    admin
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    (t, admin)
+}
+
 pub const CUSTOMERS: &str = "environments/acme/entities/customers";
 
 #[tokio::test]
@@ -241,12 +253,7 @@ async fn entities_are_created_listed_and_validated() {
 
 #[tokio::test]
 async fn records_upsert_delete_and_count_with_a_rising_change_sequence() {
-    let t = TestServer::start().await;
-    let mut admin = t.catalog("acme", Role::Admin).await;
-    admin
-        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
-        .await
-        .unwrap();
+    let (t, mut admin) = server_with_customers().await;
     let totals = write_all(
         &mut admin,
         vec![
@@ -310,12 +317,7 @@ async fn records_upsert_delete_and_count_with_a_rising_change_sequence() {
 /// or mixed with tombstones.
 #[tokio::test]
 async fn large_messages_count_new_replaced_and_revived_records_exactly() {
-    let t = TestServer::start().await;
-    let mut admin = t.catalog("acme", Role::Admin).await;
-    admin
-        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
-        .await
-        .unwrap();
+    let (t, mut admin) = server_with_customers().await;
     let customers = |range: std::ops::Range<usize>, country: &str| -> Vec<serde_json::Value> {
         range
             .map(|i| json!({"id": format!("k{i:05}"), "country": country}))
@@ -360,12 +362,7 @@ async fn large_messages_count_new_replaced_and_revived_records_exactly() {
 /// replaces stored ones (an upsert).
 #[tokio::test]
 async fn records_keep_every_character_when_inserted_and_when_replaced() {
-    let t = TestServer::start().await;
-    let mut admin = t.catalog("acme", Role::Admin).await;
-    admin
-        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
-        .await
-        .unwrap();
+    let (t, mut admin) = server_with_customers().await;
     let awkward = ["tab\there", "new\nline\r\n", "back\\slash\\N", "quote\"d ü 😀", "plain"];
     let records = |suffix: &str| -> Vec<serde_json::Value> {
         awkward
@@ -399,12 +396,7 @@ async fn records_keep_every_character_when_inserted_and_when_replaced() {
 
 #[tokio::test]
 async fn a_bad_message_ends_the_stream_and_earlier_messages_stay_committed() {
-    let t = TestServer::start().await;
-    let mut admin = t.catalog("acme", Role::Admin).await;
-    admin
-        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
-        .await
-        .unwrap();
+    let (t, mut admin) = server_with_customers().await;
     let cases: Vec<(serde_json::Value, &str)> = vec![
         (json!({"email": "x@y"}), "upserts[1].id"),
         (json!({"id": "z1", "ltv": "lots"}), "upserts[1].ltv"),
@@ -458,12 +450,7 @@ async fn a_bad_message_ends_the_stream_and_earlier_messages_stay_committed() {
 
 #[tokio::test]
 async fn rules_give_exact_member_counts() {
-    let t = TestServer::start().await;
-    let mut admin = t.catalog("acme", Role::Admin).await;
-    admin
-        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
-        .await
-        .unwrap();
+    let (t, mut admin) = server_with_customers().await;
     let mut customers = ten_customers();
     customers.push(json!({"id": "n1"})); // every other field null
     write_all(&mut admin, vec![write(CUSTOMERS, customers, &[])])
@@ -495,12 +482,7 @@ async fn rules_give_exact_member_counts() {
 
 #[tokio::test]
 async fn bad_rules_say_where_and_create_nothing() {
-    let t = TestServer::start().await;
-    let mut admin = t.catalog("acme", Role::Admin).await;
-    admin
-        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
-        .await
-        .unwrap();
+    let (t, mut admin) = server_with_customers().await;
     for (rule, fragment) in [
         ("ltv > ", "line 1"),
         ("shoe_size > 40", "unknown field 'shoe_size'"),
@@ -541,12 +523,7 @@ async fn bad_rules_say_where_and_create_nothing() {
 
 #[tokio::test]
 async fn pushed_members_are_replaced_as_a_whole_and_unknown_keys_change_nothing() {
-    let t = TestServer::start().await;
-    let mut admin = t.catalog("acme", Role::Admin).await;
-    admin
-        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
-        .await
-        .unwrap();
+    let (t, mut admin) = server_with_customers().await;
     write_all(&mut admin, vec![write(CUSTOMERS, ten_customers(), &[])])
         .await
         .unwrap();
@@ -654,12 +631,7 @@ async fn pushed_members_are_replaced_as_a_whole_and_unknown_keys_change_nothing(
 
 #[tokio::test]
 async fn refresh_state_moves_through_start_and_complete() {
-    let t = TestServer::start().await;
-    let mut admin = t.catalog("acme", Role::Admin).await;
-    admin
-        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
-        .await
-        .unwrap();
+    let (t, mut admin) = server_with_customers().await;
     write_all(&mut admin, vec![write(CUSTOMERS, ten_customers()[..5].to_vec(), &[])])
         .await
         .unwrap();
@@ -728,12 +700,7 @@ async fn refresh_state_moves_through_start_and_complete() {
 
 #[tokio::test]
 async fn a_system_refresh_recomputes_rule_segments() {
-    let t = TestServer::start().await;
-    let mut admin = t.catalog("acme", Role::Admin).await;
-    admin
-        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
-        .await
-        .unwrap();
+    let (t, mut admin) = server_with_customers().await;
     let segment = create_rule_segment(&mut admin, "acme", "fr", "customers", "country == \"FR\"")
         .await
         .unwrap();
