@@ -9,15 +9,40 @@ use crate::domain::export::Export;
 use crate::domain::run::RunState;
 use crate::error::Result;
 
+/// What is being refreshed in one environment, as read at one moment.
+pub(crate) struct Refreshing {
+    entities: Vec<String>,
+    segments: Vec<String>,
+}
+
+impl Refreshing {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entities.is_empty() && self.segments.is_empty()
+    }
+}
+
 impl Engine {
     /// Names of the export's dependencies that are being refreshed now.
     pub async fn refreshing_dependencies(&self, export: &Export) -> Result<Vec<String>> {
-        let env = &export.name.env;
-        let entities = self.store.refreshing_entities(env).await?;
-        let segments = self.store.refreshing_segments(env).await?;
-        if entities.is_empty() && segments.is_empty() {
+        let refreshing = self.refreshing_in(&export.name.env).await?;
+        self.dependencies_among(&refreshing, export).await
+    }
+
+    /// The entities and segments of `env` being refreshed now.
+    pub(crate) async fn refreshing_in(&self, env: &str) -> Result<Refreshing> {
+        Ok(Refreshing {
+            entities: self.store.refreshing_entities(env).await?,
+            segments: self.store.refreshing_segments(env).await?,
+        })
+    }
+
+    /// Names of the export's dependencies among what `refreshing` lists.
+    pub(crate) async fn dependencies_among(&self, refreshing: &Refreshing, export: &Export) -> Result<Vec<String>> {
+        let Refreshing { entities, segments } = refreshing;
+        if refreshing.is_empty() {
             return Ok(Vec::new());
         }
+        let env = &export.name.env;
         let mut waiting = Vec::new();
         for entity in &export.entities {
             if entities.contains(&entity.id) {

@@ -4,10 +4,12 @@
 //! A due export that has a run active gets one pending catch-up instead of a second run; after
 //! downtime every missed occurrence of an export collapses into one run.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::Engine;
+use super::dependencies::Refreshing;
 use crate::domain::run::RunTrigger;
 use crate::domain::time::now_micros;
 use crate::error::Result;
@@ -47,15 +49,26 @@ impl Engine {
         loop {
             let due = self.store.due_exports(now, PASS).await?;
             let count = due.len();
+            // What is refreshing, read once per environment for a batch of due exports; an
+            // export is read only when something in its environment is refreshing (rarely).
+            let mut refreshing: HashMap<String, Refreshing> = HashMap::new();
             for export in due {
                 // Whoever advances the stored next time owns this occurrence.
                 if !self.store.advance_export_schedule(&export, now).await? {
                     continue;
                 }
-                let Some(stored) = self.store.get_export(&export.name).await? else {
-                    continue;
+                let env = &export.name.env;
+                if !refreshing.contains_key(env) {
+                    refreshing.insert(env.clone(), self.refreshing_in(env).await?);
+                }
+                let waiting = if refreshing[env].is_empty() {
+                    Vec::new()
+                } else {
+                    let Some(stored) = self.store.get_export(&export.name).await? else {
+                        continue;
+                    };
+                    self.dependencies_among(&refreshing[env], &stored.export).await?
                 };
-                let waiting = self.refreshing_dependencies(&stored.export).await?;
                 match self
                     .store
                     .create_or_catch_up(&export.name, RunTrigger::Schedule, &waiting)

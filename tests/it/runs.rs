@@ -124,14 +124,14 @@ async fn cancel(client: &mut Exports, name: &str) -> pb::ExportRun {
         .into_inner()
 }
 
-async fn start_refresh(catalog: &mut Catalog, name: &str) {
+pub async fn start_refresh(catalog: &mut Catalog, name: &str) {
     catalog
         .start_refresh(pb::StartRefreshRequest { name: name.into() })
         .await
         .unwrap();
 }
 
-async fn complete_refresh(catalog: &mut Catalog, name: &str) {
+pub async fn complete_refresh(catalog: &mut Catalog, name: &str) {
     catalog
         .complete_refresh(pb::CompleteRefreshRequest { name: name.into() })
         .await

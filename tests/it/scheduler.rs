@@ -12,7 +12,9 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::catalog::CUSTOMERS;
 use crate::common::*;
 use crate::exports::data_out;
-use crate::runs::{api_only, create_export, list_runs, setup, with_schedule, yearly_cron};
+use crate::runs::{
+    ORDERS, api_only, complete_refresh, create_export, list_runs, setup, start_refresh, with_schedule, yearly_cron,
+};
 
 /// Makes every timed schedule (exports and environments) due as of a minute ago.
 async fn time_passes(t: &TestServer) {
@@ -119,6 +121,43 @@ async fn a_due_schedule_fires_once_and_never_piles_up_behind_an_active_run() {
     assert_eq!(runs[0].state, pb::RunState::Queued as i32);
     assert_eq!(runs[0].trigger, pb::RunTrigger::Schedule as i32);
     assert_eq!(runs[1].state, pb::RunState::Cancelled as i32);
+    t.stop().await;
+}
+
+/// A schedule that comes due while what the export reads is being refreshed fires a run that
+/// waits for the refresh; an export over an entity that is not refreshing runs at once.
+#[tokio::test]
+async fn a_due_schedule_waits_for_its_refreshing_dependencies() {
+    let t = setup(api_only()).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    let mut catalog = t.catalog("acme", Role::Admin).await;
+    for (id, entity) in [("customers-nightly", CUSTOMERS), ("orders-nightly", ORDERS)] {
+        create_export(
+            &mut exports,
+            with_schedule(data_out("acme", id, id, "files", &[entity]), yearly_cron()),
+        )
+        .await;
+    }
+    start_refresh(&mut catalog, CUSTOMERS).await;
+    time_passes(&t).await;
+    let runs = wait_for_runs(&mut exports, "trigger = SCHEDULE", 2).await;
+    let state_of = |export: &str| {
+        let run = runs
+            .iter()
+            .find(|r| r.name.contains(&format!("/exports/{export}/")))
+            .unwrap();
+        (run_state(run), run.waiting_for.clone())
+    };
+    assert_eq!(
+        state_of("customers-nightly"),
+        (pb::RunState::WaitingForDependencies, vec![CUSTOMERS.to_string()])
+    );
+    assert_eq!(state_of("orders-nightly"), (pb::RunState::Queued, vec![]));
+
+    // The refresh completes: the waiting run is released.
+    complete_refresh(&mut catalog, CUSTOMERS).await;
+    let runs = wait_for_runs(&mut exports, "state = QUEUED", 2).await;
+    assert_eq!(runs.len(), 2);
     t.stop().await;
 }
 
