@@ -367,7 +367,7 @@ pub fn segment(segment: &crate::domain::catalog::Segment) -> pb::Segment {
 }
 
 /// A protobuf Struct as a JSON object (numbers are doubles, as in JSON).
-pub fn struct_to_json(value: prost_types::Struct) -> serde_json::Map<String, serde_json::Value> {
+fn struct_to_json(value: prost_types::Struct) -> serde_json::Map<String, serde_json::Value> {
     value.fields.into_iter().map(|(k, v)| (k, value_to_json(v))).collect()
 }
 

@@ -21,7 +21,7 @@ use crate::domain::catalog::ValidRecord;
 use crate::domain::names::EntityName;
 use crate::error::{Error, Result};
 
-/// Rows per INSERT statement.
+/// Rows per PostgreSQL upsert statement.
 const INSERT_CHUNK: usize = 5000;
 /// Keys per `IN (…)` list.
 const KEY_CHUNK: usize = 5000;
@@ -81,9 +81,7 @@ impl Store {
                 None => {
                     txn.rollback().await?;
                     let txn = CopyTxn::begin(pool).await?;
-                    let outcome = apply_batch(&txn, None, entity, &mut batch)
-                        .await?
-                        .ok_or_else(|| Error::internal("an upsert reported a conflict"))?;
+                    let outcome = upsert_batch(&txn, entity, &mut batch).await?;
                     txn.commit().await?;
                     outcome
                 }
@@ -98,9 +96,7 @@ impl Store {
                 self.writer()
             };
             let txn = writer.begin().await?;
-            let outcome = apply_batch(&txn, None, entity, &mut batch)
-                .await?
-                .ok_or_else(|| Error::internal("an upsert reported a conflict"))?;
+            let outcome = upsert_batch(&txn, entity, &mut batch).await?;
             txn.commit().await?;
             outcome
         };
@@ -191,6 +187,17 @@ impl Store {
             _ => "other",
         }
     }
+}
+
+/// One batch inside `txn`, its upserts by upsert statements.
+async fn upsert_batch(
+    txn: &impl ConnectionTrait,
+    entity: &EntityName,
+    batch: &mut RecordBatch,
+) -> Result<BatchOutcome> {
+    apply_batch(txn, None, entity, batch)
+        .await?
+        .ok_or_else(|| Error::internal("an upsert reported a conflict"))
 }
 
 /// One batch inside `txn`. With a `copier` (on PostgreSQL, that same transaction) the upserts
@@ -313,7 +320,7 @@ async fn upsert_all(
 const SQLITE_UPSERT_ROWS: usize = 2048;
 
 /// The records in pieces whose sizes are powers of two up to `SQLITE_UPSERT_ROWS`. Each size is
-/// its own statement text, which sqlx keeps prepared per connection: this way at most ten of
+/// its own statement text, which sqlx keeps prepared per connection: this way at most twelve of
 /// them ever exist, whatever sizes the batches come in.
 fn sqlite_chunks(records: &[ValidRecord]) -> impl Iterator<Item = &[ValidRecord]> {
     let mut rest = records;
