@@ -43,6 +43,10 @@ pub struct Settings {
     pub shutdown_grace_seconds: u64,
     /// Reads kept between writes on SQLite (0: none).
     pub read_cache_entries: usize,
+    /// How long one evaluation of a segment rule over its entity may take.
+    pub rule_evaluation_budget_seconds: u64,
+    /// Batches of rule evaluation that may run at once (on the blocking pool).
+    pub rule_evaluation_threads: usize,
 }
 
 #[derive(Clone, Default)]
@@ -197,6 +201,16 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "16384",
         description: "SQLite only: reads served from memory until the next write (0: every read goes to the database)",
     },
+    SettingDoc {
+        key: "rule_evaluation_budget_seconds",
+        default: "600",
+        description: "how long evaluating one segment rule over its entity may take before the create, update or refresh fails",
+    },
+    SettingDoc {
+        key: "rule_evaluation_threads",
+        default: "(number of cores)",
+        description: "segment rule evaluations running at once, off the threads that answer RPCs",
+    },
 ];
 
 /// Values from any one source; later sources override earlier ones field by field.
@@ -222,6 +236,8 @@ pub struct Layer {
     pub exports_root: Option<PathBuf>,
     pub shutdown_grace_seconds: Option<u64>,
     pub read_cache_entries: Option<usize>,
+    pub rule_evaluation_budget_seconds: Option<u64>,
+    pub rule_evaluation_threads: Option<usize>,
 }
 
 macro_rules! overlay {
@@ -253,7 +269,9 @@ impl Layer {
             run_lease_seconds,
             exports_root,
             shutdown_grace_seconds,
-            read_cache_entries
+            read_cache_entries,
+            rule_evaluation_budget_seconds,
+            rule_evaluation_threads
         );
         self
     }
@@ -277,7 +295,9 @@ impl Layer {
                 | "workers"
                 | "run_lease_seconds"
                 | "shutdown_grace_seconds"
-                | "read_cache_entries" => toml::Value::Integer(
+                | "read_cache_entries"
+                | "rule_evaluation_budget_seconds"
+                | "rule_evaluation_threads" => toml::Value::Integer(
                     raw.trim()
                         .parse()
                         .map_err(|_| format!("{var}: '{raw}' is not a whole number"))?,
@@ -406,6 +426,10 @@ impl Settings {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
         let run_lease_seconds = layer.run_lease_seconds.unwrap_or(30);
+        let rule_evaluation_budget_seconds = layer.rule_evaluation_budget_seconds.unwrap_or(600);
+        if rule_evaluation_budget_seconds == 0 {
+            return Err("rule_evaluation_budget_seconds must be at least 1".into());
+        }
         if run_lease_seconds < 2 {
             return Err("run_lease_seconds must be at least 2".into());
         }
@@ -427,6 +451,11 @@ impl Settings {
             run_lease_seconds,
             shutdown_grace_seconds: layer.shutdown_grace_seconds.unwrap_or(30),
             read_cache_entries: layer.read_cache_entries.unwrap_or(DEFAULT_READ_CACHE_ENTRIES),
+            rule_evaluation_budget_seconds,
+            rule_evaluation_threads: layer
+                .rule_evaluation_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+                .max(1),
         })
     }
 

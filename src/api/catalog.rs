@@ -389,9 +389,8 @@ impl CatalogApi {
             update_time: now,
             revision: 1,
         };
-        let created = self.state.store.create_segment(&segment).await?;
-        // A rule segment has its members from the start.
-        let created = self.state.engine.recompute_segment(&created, false).await?;
+        // A rule segment has its members from the start: it is stored once they are computed.
+        let created = self.state.engine.create_segment(&segment, &entity).await?;
         tracing::info!(segment = %created.name, members = created.member_count, "segment created");
         Ok(convert::segment(&created))
     }
@@ -465,12 +464,7 @@ impl CatalogApi {
                 _ => unreachable!("mask::paths admits only the listed paths"),
             }
         }
-        let updated = self.state.store.update_segment(&segment).await?;
-        let updated = if rule_changed {
-            self.state.engine.recompute_segment(&updated, false).await?
-        } else {
-            updated
-        };
+        let updated = self.state.engine.update_segment(&segment, rule_changed).await?;
         Ok(convert::segment(&updated))
     }
 
@@ -559,7 +553,7 @@ impl CatalogApi {
                 let updated = self
                     .state
                     .store
-                    .commit_members(&segment.name, generation, false)
+                    .commit_members(&segment.name, generation, false, None)
                     .await?;
                 tracing::info!(segment = %updated.name, members = updated.member_count, "segment members replaced");
                 Ok(convert::segment(&updated))

@@ -31,6 +31,8 @@ pub struct Engine {
     pub settings: Arc<Settings>,
     /// This process, as lease owner (workers append their number).
     pub instance: String,
+    /// Batches of rule evaluation running at once on the blocking pool (segments.rs).
+    rule_permits: tokio::sync::Semaphore,
     /// One recomputation of a segment at a time (per process).
     segment_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Flips to true when the process is shutting down; background work stops at a safe point.
@@ -53,6 +55,7 @@ impl Engine {
         let (shutdown, _) = watch::channel(false);
         let (run_changes, _) = broadcast::channel(1024);
         Arc::new(Engine {
+            rule_permits: tokio::sync::Semaphore::new(settings.rule_evaluation_threads.max(1)),
             store,
             settings,
             instance: generate_id("exportd"),

@@ -79,7 +79,14 @@ impl Engine {
                 self.store.set_segment_refreshing(&segment.name, true).await?;
             }
             for segment in &segments {
-                self.recompute_segment(segment, true).await?;
+                if let Err(e) = self.recompute_segment(segment, true).await {
+                    // A shutdown leaves the refresh to be resumed; any other failure ends it,
+                    // and nothing may go on waiting for what it did not finish.
+                    if !self.is_stopping() {
+                        self.store.abandon_entity_refresh(&entity.name).await?;
+                    }
+                    return Err(e);
+                }
                 refreshed += 1;
                 self.store.system_refresh_progress(name, refreshed).await?;
             }

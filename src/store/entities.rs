@@ -143,6 +143,33 @@ impl Store {
         Ok(entity)
     }
 
+    /// Ends the refresh of an entity and its segments without completing it (their last
+    /// refresh time stays), as a failed system refresh leaves them: nothing waits on them any
+    /// more, and they keep the members of their last completed refresh.
+    pub async fn abandon_entity_refresh(&self, name: &EntityName) -> Result<()> {
+        use super::models::segment;
+        let txn = self.writer().begin().await?;
+        let now = now_micros();
+        Table::update_many()
+            .col_expr(Column::Refreshing, Expr::val(false))
+            .col_expr(Column::UpdateTime, Expr::val(now))
+            .filter(Column::Env.eq(&name.env))
+            .filter(Column::Id.eq(&name.id))
+            .filter(Column::Refreshing.eq(true))
+            .exec(&txn)
+            .await?;
+        segment::Entity::update_many()
+            .col_expr(segment::Column::Refreshing, Expr::val(false))
+            .col_expr(segment::Column::UpdateTime, Expr::val(now))
+            .filter(segment::Column::Env.eq(&name.env))
+            .filter(segment::Column::Entity.eq(&name.id))
+            .filter(segment::Column::Refreshing.eq(true))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
     /// Entities of an environment that are being refreshed, by id.
     pub async fn refreshing_entities(&self, env: &str) -> Result<Vec<String>> {
         Ok(Table::find()

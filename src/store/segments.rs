@@ -47,34 +47,90 @@ pub(crate) fn to_domain(model: Model) -> Result<Segment> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Generation(pub i64);
 
+impl Generation {
+    /// A generation for a segment that does not exist yet: random, so that the rows of two
+    /// attempts at creating the same segment (an abandoned one, another process's) never mix.
+    /// Later generations count up from it.
+    pub fn unique() -> Generation {
+        use rand::Rng;
+        Generation(rand::thread_rng().gen_range(1..(1i64 << 40)))
+    }
+}
+
+fn stored_rule(definition: &SegmentDefinition) -> Option<String> {
+    match definition {
+        SegmentDefinition::Rule(rule) => Some(rule.clone()),
+        SegmentDefinition::Pushed => None,
+    }
+}
+
+fn concurrent_change(name: &SegmentName) -> Error {
+    Error::precondition(
+        "CONCURRENT_CHANGE",
+        format!("segment '{name}' changed while it was being updated; retry"),
+    )
+}
+
+async fn count_generation(db: &impl ConnectionTrait, name: &SegmentName, generation: Generation) -> Result<i64> {
+    Ok(segment_member::Entity::find()
+        .filter(segment_member::Column::Env.eq(&name.env))
+        .filter(segment_member::Column::Segment.eq(&name.id))
+        .filter(segment_member::Column::Generation.eq(generation.0))
+        .count(db)
+        .await? as i64)
+}
+
+async fn insert_segment(
+    db: &impl ConnectionTrait,
+    segment: &Segment,
+    generation: Generation,
+    member_count: i64,
+) -> Result<()> {
+    let now = now_micros();
+    let model = ActiveModel {
+        env: Set(segment.name.env.clone()),
+        id: Set(segment.name.id.clone()),
+        display_name: Set(segment.display_name.clone()),
+        entity: Set(segment.entity.id.clone()),
+        segment_type: Set(segment_type_str(segment.segment_type).to_string()),
+        rule: Set(stored_rule(&segment.definition)),
+        member_count: Set(member_count),
+        generation: Set(generation.0),
+        refreshing: Set(false),
+        last_refresh_time: Set(None),
+        create_time: Set(now),
+        update_time: Set(now),
+        revision: Set(1),
+    };
+    Table::insert(model).exec(db).await.map_err(|e| {
+        if super::is_unique_violation(&e) {
+            Error::already_exists("segment", segment.name.to_string())
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
+}
+
 impl Store {
+    /// Creates a segment without members (pushed members arrive later).
     pub async fn create_segment(&self, segment: &Segment) -> Result<Segment> {
-        let now = now_micros();
-        let model = ActiveModel {
-            env: Set(segment.name.env.clone()),
-            id: Set(segment.name.id.clone()),
-            display_name: Set(segment.display_name.clone()),
-            entity: Set(segment.entity.id.clone()),
-            segment_type: Set(segment_type_str(segment.segment_type).to_string()),
-            rule: Set(match &segment.definition {
-                SegmentDefinition::Rule(rule) => Some(rule.clone()),
-                SegmentDefinition::Pushed => None,
-            }),
-            member_count: Set(0),
-            generation: Set(0),
-            refreshing: Set(false),
-            last_refresh_time: Set(None),
-            create_time: Set(now),
-            update_time: Set(now),
-            revision: Set(1),
-        };
-        Table::insert(model).exec(&self.writer()).await.map_err(|e| {
-            if super::is_unique_violation(&e) {
-                Error::already_exists("segment", segment.name.to_string())
-            } else {
-                e.into()
-            }
-        })?;
+        let writer = self.writer();
+        insert_segment(&writer, segment, Generation(0), 0).await?;
+        self.segment_or_not_found(&segment.name).await
+    }
+
+    /// Creates a segment whose members were already written as `generation`, in one
+    /// transaction: the segment appears with its members or not at all.
+    pub async fn create_segment_with_members(&self, segment: &Segment, generation: Generation) -> Result<Segment> {
+        let txn = self.writer().begin().await?;
+        let count = count_generation(&txn, &segment.name, generation).await?;
+        if let Err(e) = insert_segment(&txn, segment, generation, count).await {
+            drop(txn);
+            self.drop_generation(&segment.name, generation).await?;
+            return Err(e);
+        }
+        txn.commit().await?;
         self.segment_or_not_found(&segment.name).await
     }
 
@@ -115,13 +171,7 @@ impl Store {
     pub async fn update_segment(&self, segment: &Segment) -> Result<Segment> {
         let result = Table::update_many()
             .col_expr(Column::DisplayName, Expr::val(segment.display_name.clone()))
-            .col_expr(
-                Column::Rule,
-                Expr::val(match &segment.definition {
-                    SegmentDefinition::Rule(rule) => Some(rule.clone()),
-                    SegmentDefinition::Pushed => None,
-                }),
-            )
+            .col_expr(Column::Rule, Expr::val(stored_rule(&segment.definition)))
             .col_expr(Column::UpdateTime, Expr::val(now_micros()))
             .col_expr(Column::Revision, Expr::val(segment.revision + 1))
             .filter(Column::Env.eq(&segment.name.env))
@@ -130,10 +180,7 @@ impl Store {
             .exec(&self.writer())
             .await?;
         if result.rows_affected == 0 {
-            return Err(Error::precondition(
-                "CONCURRENT_CHANGE",
-                format!("segment '{}' changed while it was being updated; retry", segment.name),
-            ));
+            return Err(concurrent_change(&segment.name));
         }
         self.segment_or_not_found(&segment.name).await
     }
@@ -210,19 +257,18 @@ impl Store {
 
     /// Switches a segment to a fully written generation and drops the previous one. With
     /// `complete_refresh`, also ends the segment's refresh.
+    /// Switches a segment to `generation`. With `changed`, the segment's display name and rule
+    /// are stored in the same transaction (checked against the revision it was read at), so a
+    /// new rule and its members are seen together.
     pub async fn commit_members(
         &self,
         name: &SegmentName,
         generation: Generation,
         complete_refresh: bool,
+        changed: Option<&Segment>,
     ) -> Result<Segment> {
         let txn = self.writer().begin().await?;
-        let count = segment_member::Entity::find()
-            .filter(segment_member::Column::Env.eq(&name.env))
-            .filter(segment_member::Column::Segment.eq(&name.id))
-            .filter(segment_member::Column::Generation.eq(generation.0))
-            .count(&txn)
-            .await? as i64;
+        let count = count_generation(&txn, name, generation).await?;
         let now = now_micros();
         let mut update = Table::update_many()
             .col_expr(Column::Generation, Expr::val(generation.0))
@@ -235,9 +281,21 @@ impl Store {
                 .col_expr(Column::Refreshing, Expr::val(false))
                 .col_expr(Column::LastRefreshTime, Expr::val(now));
         }
+        if let Some(segment) = changed {
+            update = update
+                .col_expr(Column::DisplayName, Expr::val(segment.display_name.clone()))
+                .col_expr(Column::Rule, Expr::val(stored_rule(&segment.definition)))
+                .col_expr(Column::Revision, Expr::val(segment.revision + 1))
+                .filter(Column::Revision.eq(segment.revision));
+        }
         let result = update.exec(&txn).await?;
         if result.rows_affected == 0 {
-            return Err(Error::not_found("segment", name.to_string()));
+            drop(txn);
+            self.drop_generation(name, generation).await?;
+            return Err(match (changed, self.get_segment(name).await?) {
+                (Some(_), Some(_)) => concurrent_change(name),
+                _ => Error::not_found("segment", name.to_string()),
+            });
         }
         segment_member::Entity::delete_many()
             .filter(segment_member::Column::Env.eq(&name.env))
@@ -249,7 +307,6 @@ impl Store {
         self.segment_or_not_found(name).await
     }
 
-    /// Forgets a generation that will not be committed.
     pub async fn drop_generation(&self, name: &SegmentName, generation: Generation) -> Result<()> {
         segment_member::Entity::delete_many()
             .filter(segment_member::Column::Env.eq(&name.env))

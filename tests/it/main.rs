@@ -12,5 +12,6 @@ mod environments;
 mod exports;
 mod process;
 mod roles;
+mod rule_limits;
 mod runs;
 mod scheduler;
