@@ -14,7 +14,9 @@ use crate::engine::retry::Failure;
 
 pub mod cdm;
 pub mod local_files;
+pub mod parquet_partition;
 pub mod registry;
+pub mod storage;
 
 /// Everything a connector may know about its connection.
 pub struct Target<'a> {
