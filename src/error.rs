@@ -55,6 +55,18 @@ pub struct Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How many items of a list an error message names; the details carry more (see
+/// `api::status`), and the message says how many it leaves out.
+const LISTED_IN_MESSAGE: usize = 10;
+
+/// ` (and N more)` after the first [`LISTED_IN_MESSAGE`] of `total` items, else nothing.
+fn and_more(total: usize) -> String {
+    match total.saturating_sub(LISTED_IN_MESSAGE) {
+        0 => String::new(),
+        more => format!(" (and {more} more)"),
+    }
+}
+
 impl Error {
     pub fn new(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> Self {
         Error {
@@ -86,8 +98,12 @@ impl Error {
             [] => "invalid request".to_string(),
             [one] => format!("invalid {}: {}", one.field, one.description),
             many => {
-                let parts: Vec<String> = many.iter().map(|v| format!("{}: {}", v.field, v.description)).collect();
-                format!("invalid request: {}", parts.join("; "))
+                let parts: Vec<String> = many
+                    .iter()
+                    .take(LISTED_IN_MESSAGE)
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect();
+                format!("invalid request: {}{}", parts.join("; "), and_more(many.len()))
             }
         };
         let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
@@ -142,12 +158,18 @@ impl Error {
         relation: &str,
         remedy: &str,
     ) -> Self {
+        let listed = &users[..users.len().min(LISTED_IN_MESSAGE)];
         let mut err = Error::precondition(
             reason,
-            format!("{what} '{name}' is used by {}; {remedy}", users.join(", ")),
+            format!(
+                "{what} '{name}' is used by {}{}; {remedy}",
+                listed.join(", "),
+                and_more(users.len())
+            ),
         )
         .with_meta("name", name)
-        .with_meta("used_by", users.join(","));
+        .with_meta("used_by", listed.join(","))
+        .with_meta("used_by_count", users.len().to_string());
         for user in users {
             err = err.with_precondition(reason, user.clone(), format!("{relation} {what} '{name}'"));
         }

@@ -7,7 +7,7 @@ use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{State, convert, mask, principal, required, respond};
+use super::{State, convert, mask, pages, principal, required, respond};
 use crate::auth::policy::{self, Action, Facts};
 use crate::auth::{Principal, Role};
 use crate::connectors::registry;
@@ -394,9 +394,11 @@ impl ExportApi {
             page,
         };
         let (items, total) = self.state.store.list_exports(&query).await?;
+        let mut exports = self.show(role, &environment, &items).await?;
+        pages::fit(&mut exports);
         Ok(pb::ListExportsResponse {
-            next_page_token: paging::next_token(page, items.len(), total, &fingerprint),
-            exports: self.show(role, &environment, &items).await?,
+            next_page_token: paging::next_token(page, exports.len(), total, &fingerprint),
+            exports,
             total_size: total.min(i32::MAX as u64) as i32,
         })
     }

@@ -19,7 +19,11 @@ pub fn check_format(request_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// A digest of the request body, to tell a retry from a different request with the same id.
+/// A digest of the request, to tell a retry from a different request with the same id.
+/// `encoded_request` must be canonical: the decoded request encoded again, which gives the same
+/// bytes for the same request however the client encoded it (fields in number order, unknown
+/// fields dropped, and map entries in key order, since every protobuf map is a BTreeMap; see
+/// build.rs).
 pub fn request_hash(encoded_request: &[u8]) -> String {
     hex::encode(Sha256::digest(encoded_request))
 }
