@@ -56,15 +56,17 @@ pub struct Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How many items of a list an error message names; the details carry more (see
-/// `api::status`), and the message says how many it leaves out.
+/// `api::status`).
 const LISTED_IN_MESSAGE: usize = 10;
 
-/// ` (and N more)` after the first [`LISTED_IN_MESSAGE`] of `total` items, else nothing.
-fn and_more(total: usize) -> String {
-    match total.saturating_sub(LISTED_IN_MESSAGE) {
-        0 => String::new(),
-        more => format!(" (and {more} more)"),
+/// The first items of a list of `total`, joined; for more than [`LISTED_IN_MESSAGE`], their
+/// number first (`252 resources, the first 10: a, b, …`), so that a message cut short still
+/// says how many there are. `first` holds at most [`LISTED_IN_MESSAGE`] items.
+fn listing(total: usize, first: &[String], noun: &str, separator: &str) -> String {
+    if total <= LISTED_IN_MESSAGE {
+        return first.join(separator);
     }
+    format!("{total} {noun}, the first {}: {}", first.len(), first.join(separator))
 }
 
 impl Error {
@@ -98,12 +100,12 @@ impl Error {
             [] => "invalid request".to_string(),
             [one] => format!("invalid {}: {}", one.field, one.description),
             many => {
-                let parts: Vec<String> = many
+                let first: Vec<String> = many
                     .iter()
                     .take(LISTED_IN_MESSAGE)
                     .map(|v| format!("{}: {}", v.field, v.description))
                     .collect();
-                format!("invalid request: {}{}", parts.join("; "), and_more(many.len()))
+                format!("invalid request: {}", listing(many.len(), &first, "problems", "; "))
             }
         };
         let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
@@ -162,9 +164,8 @@ impl Error {
         let mut err = Error::precondition(
             reason,
             format!(
-                "{what} '{name}' is used by {}{}; {remedy}",
-                listed.join(", "),
-                and_more(users.len())
+                "{what} '{name}' is used by {}; {remedy}",
+                listing(users.len(), listed, "resources", ", ")
             ),
         )
         .with_meta("name", name)

@@ -72,12 +72,25 @@ fn message_name<U>() -> &'static str {
     full.rsplit("::").next().unwrap_or(full)
 }
 
+/// How much of the field path of a decode error the message shows (a deeply nested message
+/// has a path as deep as it is).
+const SHOWN_PATH_CHARS: usize = 200;
+
 fn malformed<U>(error: prost::DecodeError) -> Error {
     let name = message_name::<U>();
-    Error::new(
-        ErrorCode::InvalidArgument,
-        "MALFORMED_MESSAGE",
-        format!("the message is not a valid exportd.v1.{name}: {error}"),
-    )
-    .with_meta("message_type", format!("exportd.v1.{name}"))
+    // prost says "failed to decode Protobuf message: <path>: <problem>"; the problem first.
+    let text = error.to_string();
+    let text = text.strip_prefix("failed to decode Protobuf message: ").unwrap_or(&text);
+    let message = match text.rsplit_once(": ") {
+        Some((path, problem)) => {
+            let mut path: String = path.chars().take(SHOWN_PATH_CHARS).collect();
+            if path.len() < text.len() - problem.len() - 2 {
+                path.push('…');
+            }
+            format!("the message is not a valid exportd.v1.{name}: {problem} (in {path})")
+        }
+        None => format!("the message is not a valid exportd.v1.{name}: {text}"),
+    };
+    Error::new(ErrorCode::InvalidArgument, "MALFORMED_MESSAGE", message)
+        .with_meta("message_type", format!("exportd.v1.{name}"))
 }
