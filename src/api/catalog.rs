@@ -60,7 +60,16 @@ impl CatalogApi {
     ) -> Result<pb::ListEnvironmentsResponse> {
         let fingerprint = paging::fingerprint(&["environments"]);
         let page = paging::parse(request.page_size, &request.page_token, &fingerprint)?;
-        let ids: Option<Vec<String>> = (!principal.has_wildcard()).then(|| principal.roles.keys().cloned().collect());
+        // A token may name anything in `roles`; only ids can be environments (and a NUL, say,
+        // is not a value PostgreSQL would even compare).
+        let ids: Option<Vec<String>> = (!principal.has_wildcard()).then(|| {
+            principal
+                .roles
+                .keys()
+                .filter(|id| crate::domain::names::is_valid_id(id))
+                .cloned()
+                .collect()
+        });
         let (items, total) = self
             .state
             .store

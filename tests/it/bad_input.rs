@@ -967,6 +967,15 @@ fn corpus(t: &TestServer) -> Vec<Case> {
         .says("at most 100000 items"),
         malformed("CatalogService/SetSegmentMembers", "garbage bytes", vec![0x0a, 0xff]),
         bad(
+            "CatalogService/SetSegmentMembers",
+            "a message over the 16 MiB limit",
+            pb::SetSegmentMembersRequest {
+                segment: VIP.into(),
+                keys: vec![long(17 << 20)],
+            },
+        )
+        .status(Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
+        bad(
             "CatalogService/ListEligibleSegments",
             "a setting over 4,096 characters",
             pb::ListEligibleSegmentsRequest {
@@ -1260,5 +1269,85 @@ async fn refused_requests_leave_the_connection_usable() {
     raw::unary(channel, Some(&token), method, list)
         .await
         .expect("the same connection still answers");
+    t.stop().await;
+}
+
+/// The operator's way to set a system refresh schedule refuses what the API refuses.
+#[tokio::test]
+async fn the_cli_refuses_a_system_refresh_cron_that_never_matches() {
+    let t = TestServer::start().await;
+    let mut catalog = t.catalog("acme", Role::Admin).await;
+    let get = pb::GetEnvironmentRequest { name: ACME.into() };
+    let before = catalog.get_environment(get.clone()).await.unwrap().into_inner();
+    let data_dir = t.data_dir.path().to_str().unwrap().to_string();
+    let envs = [("EXPORTD_DATABASE_URL", t.database_url.as_str())];
+    let (code, _, err) = crate::process::run(
+        &[
+            "environment",
+            "update",
+            "acme",
+            "--system-refresh-cron",
+            "0 0 31 2 *",
+            "--time-zone",
+            "UTC",
+            "--data-dir",
+            &data_dir,
+        ],
+        &envs,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("cron.expression") && err.contains("never matches"), "{err}");
+    let after = catalog.get_environment(get).await.unwrap().into_inner();
+    assert_eq!(after, before, "nothing was stored");
+    t.stop().await;
+}
+
+/// A stream message over the size limit ends the stream with RESOURCE_EXHAUSTED (it used to be
+/// CANCELLED), saying how many earlier messages were committed; those stay.
+#[tokio::test]
+async fn a_stream_message_over_the_limit_ends_the_stream_saying_what_was_committed() {
+    let t = acme().await;
+    let token = t.token(&[("acme", Role::Admin)]);
+    let messages = vec![
+        write(CUSTOMERS, vec![json!({"id": "c42", "email": "new@example.com"})], &[]).encode_to_vec(),
+        write(CUSTOMERS, vec![], &[&long(17 << 20)]).encode_to_vec(),
+    ];
+    let status = raw::client_streaming(
+        t.channel().await,
+        Some(&token),
+        "/exportd.v1.CatalogService/WriteRecords",
+        messages,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "MESSAGE_TOO_LARGE");
+    let details = status.get_error_details();
+    assert_eq!(details.error_info().unwrap().metadata["committed_messages"], "1");
+    let mut catalog = t.catalog("acme", Role::Admin).await;
+    let entity = catalog
+        .get_entity(pb::GetEntityRequest { name: CUSTOMERS.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(entity.record_count, 11, "the first message was committed");
+    t.stop().await;
+}
+
+/// A token whose `roles` name something that is no environment id (here with a NUL, which
+/// PostgreSQL cannot compare) lists the environments it does name, alike on both databases.
+#[tokio::test]
+async fn roles_that_are_not_environment_ids_are_ignored() {
+    let t = TestServer::start().await;
+    let roles = [("acme".to_string(), Role::Viewer), ("glo\0bex".to_string(), Role::Admin)].into();
+    let token = exportd::auth::jwt::sign_hs256(HS_SECRET.as_bytes(), "tester", &roles, Duration::from_secs(600)).unwrap();
+    let mut catalog = t.catalog_with(Some(token)).await;
+    let listed = catalog
+        .list_environments(pb::ListEnvironmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<String> = listed.environments.into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["environments/acme"]);
     t.stop().await;
 }
