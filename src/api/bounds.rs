@@ -408,6 +408,7 @@ impl Bounded for pb::ListEligibleSegmentsRequest {
     fn bounds(&self, b: &mut Bounds, prefix: &str) {
         b.text(prefix, "connection", &self.connection, limit::NAME);
         b.map(prefix, "settings", self.settings.iter(), limit::MAP_KEY, limit::CONFIG_VALUE);
+        page(b, prefix, &self.page_token);
     }
 }
 

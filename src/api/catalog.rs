@@ -621,6 +621,10 @@ impl CatalogApi {
         if !violations.is_empty() {
             return Err(Error::invalid_fields(violations));
         }
+        // A page token holds for the same connection and settings (they decide eligibility).
+        let settings_text: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let fingerprint = paging::fingerprint(&[&request.connection, &settings_text.join("\n")]);
+        let page = paging::parse(request.page_size, &request.page_token, &fingerprint)?;
         let environment = self.environment_or_not_found(&name.env).await?;
         let destination = Destination {
             environment_kind: environment.kind,
@@ -628,9 +632,12 @@ impl CatalogApi {
             target: settings.get("target").map(String::as_str),
             profile_limit: connection.effective_profile_limit(spec),
         };
-        let (segments, _) = self.state.store.list_segments(&name.env, 0, u64::MAX >> 1).await?;
-        Ok(pb::ListEligibleSegmentsResponse {
-            segments: segments
+        let (segments, total) = self
+            .state
+            .store
+            .list_segments(&name.env, page.offset, page.limit)
+            .await?;
+        let mut segments: Vec<pb::SegmentEligibility> = segments
                 .iter()
                 .map(|s| {
                     let facts = SegmentFacts {
@@ -651,7 +658,12 @@ impl CatalogApi {
                         r#type: convert::segment_type(s.segment_type) as i32,
                     }
                 })
-                .collect(),
+                .collect();
+        pages::fit(&mut segments);
+        Ok(pb::ListEligibleSegmentsResponse {
+            next_page_token: paging::next_token(page, segments.len(), total, &fingerprint),
+            segments,
+            total_size: total.min(i32::MAX as u64) as i32,
         })
     }
 

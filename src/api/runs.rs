@@ -127,7 +127,9 @@ impl Runs {
         }
         tracing::info!(env = %parent.env, runs = runs.len(), "run all");
         self.state.engine.wake_workers();
-        Ok(pb::RunAllExportsResponse { runs })
+        let started_count = runs.len().min(i32::MAX as usize) as i32;
+        pages::fit(&mut runs);
+        Ok(pb::RunAllExportsResponse { runs, started_count })
     }
 
     pub async fn list(

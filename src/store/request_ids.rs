@@ -10,10 +10,11 @@ use crate::error::{Error, Result};
 
 /// A request id as it arrives: empty = none.
 pub fn check_format(request_id: &str) -> Result<()> {
-    if request_id.len() > 128 || request_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    let bound = crate::domain::bounds::REQUEST_ID.max;
+    if request_id.chars().count() > bound || request_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(Error::invalid(
             "request_id",
-            "at most 128 printable characters without spaces (a UUID is best)",
+            format!("at most {bound} printable characters without spaces (a UUID is best)"),
         ));
     }
     Ok(())

@@ -981,6 +981,7 @@ fn corpus(t: &TestServer) -> Vec<Case> {
             pb::ListEligibleSegmentsRequest {
                 connection: FILES.into(),
                 settings: [("target".to_string(), long(4_097))].into(),
+                ..Default::default()
             },
         )
         .field("settings.target"),
@@ -990,6 +991,7 @@ fn corpus(t: &TestServer) -> Vec<Case> {
             pb::ListEligibleSegmentsRequest {
                 connection: FILES.into(),
                 settings: entries(65),
+                ..Default::default()
             },
         )
         .field("settings"),

@@ -116,3 +116,122 @@ async fn an_error_naming_hundreds_of_users_fits_a_c_core_client_and_counts_the_r
         .unwrap();
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_schedule_batch_whose_answer_would_exceed_four_mib_is_refused_and_changes_nothing() {
+    let t = acme_with_large_exports().await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    let names: Vec<String> = (0..EXPORTS)
+        .map(|i| format!("environments/acme/exports/{}", long_id(i)))
+        .collect();
+    let status = expect_code(
+        exports
+            .update_export_schedules(pb::UpdateExportSchedulesRequest {
+                parent: ACME.into(),
+                names: names.clone(),
+                mode: pb::ScheduleUpdateMode::KeepIndividualSchedules as i32,
+                enabled: false,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&status), ["names"]);
+    assert!(status.message().contains("name fewer exports"), "{}", status.message());
+    let first = exports
+        .get_export(pb::GetExportRequest { name: names[0].clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.schedule.unwrap().enabled, "nothing was switched off");
+    // A batch whose answer fits is fine.
+    let answer = exports
+        .update_export_schedules(pb::UpdateExportSchedulesRequest {
+            parent: ACME.into(),
+            names: names[..100].to_vec(),
+            mode: pb::ScheduleUpdateMode::KeepIndividualSchedules as i32,
+            enabled: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.exports.len(), 100);
+    assert!(answer.exports.iter().all(|e| !e.schedule.as_ref().unwrap().enabled));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn eligible_segments_are_paged_like_every_list() {
+    let t = acme().await;
+    let mut catalog = t.catalog("acme", Role::Viewer).await;
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = catalog
+            .list_eligible_segments(pb::ListEligibleSegmentsRequest {
+                connection: "environments/acme/connections/files".into(),
+                page_size: 1,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.total_size, 2);
+        assert_eq!(page.segments.len(), 1);
+        seen.extend(page.segments.into_iter().map(|s| s.segment));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    seen.sort();
+    assert_eq!(seen, ["environments/acme/segments/france", "environments/acme/segments/vip"]);
+    // A token is bound to the settings it was made with.
+    let first = catalog
+        .list_eligible_segments(pb::ListEligibleSegmentsRequest {
+            connection: "environments/acme/connections/files".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = expect_code(
+        catalog
+            .list_eligible_segments(pb::ListEligibleSegmentsRequest {
+                connection: "environments/acme/connections/files".into(),
+                settings: [("folder".to_string(), "elsewhere".to_string())].into(),
+                page_size: 1,
+                page_token: first.next_page_token,
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&status), ["page_token"]);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn run_all_says_how_many_runs_it_started() {
+    let t = acme().await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    for id in ["one", "two"] {
+        exports
+            .create_export(data_out("acme", id, id, "files", &[CUSTOMERS]))
+            .await
+            .unwrap();
+    }
+    let answer = exports
+        .run_all_exports(pb::RunAllExportsRequest { parent: ACME.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.started_count, 2);
+    assert_eq!(answer.runs.len(), 2);
+    for run in &answer.runs {
+        wait_for_end(&mut exports, &run.name).await;
+    }
+    t.stop().await;
+}
