@@ -77,7 +77,6 @@ pub fn check_decoded(message: &dyn Any) -> Result<(), Error> {
     Ok(())
 }
 
-
 /// Requests that name one resource and nothing else.
 macro_rules! name_only {
     ($($request:ty => $field:ident),* $(,)?) => {
@@ -127,7 +126,13 @@ fn list_query(b: &mut Bounds, prefix: &str, filter: &str, order_by: &str) {
 
 fn update_mask(b: &mut Bounds, prefix: &str, mask: &Option<prost_types::FieldMask>) {
     if let Some(mask) = mask {
-        b.texts(prefix, "update_mask.paths", &mask.paths, limit::MASK_PATHS, limit::MASK_PATH);
+        b.texts(
+            prefix,
+            "update_mask.paths",
+            &mask.paths,
+            limit::MASK_PATHS,
+            limit::MASK_PATH,
+        );
     }
 }
 
@@ -181,8 +186,20 @@ impl Bounded for pb::Connection {
         b.text(prefix, "display_name", &self.display_name, limit::DISPLAY_NAME);
         b.text(prefix, "description", &self.description, limit::DESCRIPTION);
         b.text(prefix, "type", &self.r#type, limit::ID);
-        b.map(prefix, "config", self.config.iter(), limit::MAP_KEY, limit::CONFIG_VALUE);
-        b.map(prefix, "secrets", self.secrets.iter(), limit::MAP_KEY, limit::SECRET_VALUE);
+        b.map(
+            prefix,
+            "config",
+            self.config.iter(),
+            limit::MAP_KEY,
+            limit::CONFIG_VALUE,
+        );
+        b.map(
+            prefix,
+            "secrets",
+            self.secrets.iter(),
+            limit::MAP_KEY,
+            limit::SECRET_VALUE,
+        );
         b.text(prefix, "etag", &self.etag, limit::ETAG);
     }
 }
@@ -240,16 +257,39 @@ impl Bounded for pb::Export {
         b.text(prefix, "display_name", &self.display_name, limit::DISPLAY_NAME);
         b.text(prefix, "description", &self.description, limit::DESCRIPTION);
         b.text(prefix, "connection", &self.connection, limit::NAME);
-        b.texts(prefix, "entities", &self.entities, limit::SOURCES_PER_EXPORT, limit::NAME);
-        b.texts(prefix, "segments", &self.segments, limit::SOURCES_PER_EXPORT, limit::NAME);
-        if b.count(prefix, "field_mappings", self.field_mappings.len(), limit::FIELD_MAPPINGS) {
+        b.texts(
+            prefix,
+            "entities",
+            &self.entities,
+            limit::SOURCES_PER_EXPORT,
+            limit::NAME,
+        );
+        b.texts(
+            prefix,
+            "segments",
+            &self.segments,
+            limit::SOURCES_PER_EXPORT,
+            limit::NAME,
+        );
+        if b.count(
+            prefix,
+            "field_mappings",
+            self.field_mappings.len(),
+            limit::FIELD_MAPPINGS,
+        ) {
             for (i, mapping) in self.field_mappings.iter().enumerate() {
                 let at = format!("{}[{i}]", limit::path(prefix, "field_mappings"));
                 b.text(&at, "source_field", &mapping.source_field, limit::MAPPED_FIELD);
                 b.text(&at, "target_field", &mapping.target_field, limit::MAPPED_FIELD);
             }
         }
-        b.map(prefix, "settings", self.settings.iter(), limit::MAP_KEY, limit::CONFIG_VALUE);
+        b.map(
+            prefix,
+            "settings",
+            self.settings.iter(),
+            limit::MAP_KEY,
+            limit::CONFIG_VALUE,
+        );
         if let Some(schedule) = &self.schedule {
             b.nested(prefix, "schedule", schedule);
         }
@@ -363,7 +403,13 @@ impl Bounded for pb::WriteRecordsRequest {
             );
             return;
         }
-        b.texts(prefix, "deletes", &self.deletes, limit::RECORDS_PER_MESSAGE, limit::RECORD_KEY);
+        b.texts(
+            prefix,
+            "deletes",
+            &self.deletes,
+            limit::RECORDS_PER_MESSAGE,
+            limit::RECORD_KEY,
+        );
     }
 }
 
@@ -400,14 +446,26 @@ impl Bounded for pb::UpdateSegmentRequest {
 impl Bounded for pb::SetSegmentMembersRequest {
     fn bounds(&self, b: &mut Bounds, prefix: &str) {
         b.text(prefix, "segment", &self.segment, limit::NAME);
-        b.texts(prefix, "keys", &self.keys, limit::MEMBER_KEYS_PER_MESSAGE, limit::RECORD_KEY);
+        b.texts(
+            prefix,
+            "keys",
+            &self.keys,
+            limit::MEMBER_KEYS_PER_MESSAGE,
+            limit::RECORD_KEY,
+        );
     }
 }
 
 impl Bounded for pb::ListEligibleSegmentsRequest {
     fn bounds(&self, b: &mut Bounds, prefix: &str) {
         b.text(prefix, "connection", &self.connection, limit::NAME);
-        b.map(prefix, "settings", self.settings.iter(), limit::MAP_KEY, limit::CONFIG_VALUE);
+        b.map(
+            prefix,
+            "settings",
+            self.settings.iter(),
+            limit::MAP_KEY,
+            limit::CONFIG_VALUE,
+        );
         page(b, prefix, &self.page_token);
     }
 }

@@ -159,7 +159,6 @@ impl CatalogApi {
     }
 }
 
-
 /// A WriteRecords message that passed validation, waiting for its transaction.
 struct PreparedMessage {
     name: EntityName,
@@ -638,27 +637,27 @@ impl CatalogApi {
             .list_segments(&name.env, page.offset, page.limit)
             .await?;
         let mut segments: Vec<pb::SegmentEligibility> = segments
-                .iter()
-                .map(|s| {
-                    let facts = SegmentFacts {
-                        name: s.name.to_string(),
-                        display_name: s.display_name.clone(),
-                        segment_type: s.segment_type,
-                        member_count: s.member_count,
-                    };
-                    let assessment = destination.assess(&facts);
-                    pb::SegmentEligibility {
-                        segment: facts.name,
-                        display_name: facts.display_name,
-                        eligible: assessment.eligible,
-                        reason: assessment.reason,
-                        member_count: facts.member_count,
-                        over_limit: assessment.over_limit,
-                        under_minimum: assessment.under_minimum,
-                        r#type: convert::segment_type(s.segment_type) as i32,
-                    }
-                })
-                .collect();
+            .iter()
+            .map(|s| {
+                let facts = SegmentFacts {
+                    name: s.name.to_string(),
+                    display_name: s.display_name.clone(),
+                    segment_type: s.segment_type,
+                    member_count: s.member_count,
+                };
+                let assessment = destination.assess(&facts);
+                pb::SegmentEligibility {
+                    segment: facts.name,
+                    display_name: facts.display_name,
+                    eligible: assessment.eligible,
+                    reason: assessment.reason,
+                    member_count: facts.member_count,
+                    over_limit: assessment.over_limit,
+                    under_minimum: assessment.under_minimum,
+                    r#type: convert::segment_type(s.segment_type) as i32,
+                }
+            })
+            .collect();
         pages::fit(&mut segments);
         Ok(pb::ListEligibleSegmentsResponse {
             next_page_token: paging::next_token(page, segments.len(), total, &fingerprint),

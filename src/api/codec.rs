@@ -80,7 +80,9 @@ fn malformed<U>(error: prost::DecodeError) -> Error {
     let name = message_name::<U>();
     // prost says "failed to decode Protobuf message: <path>: <problem>"; the problem first.
     let text = error.to_string();
-    let text = text.strip_prefix("failed to decode Protobuf message: ").unwrap_or(&text);
+    let text = text
+        .strip_prefix("failed to decode Protobuf message: ")
+        .unwrap_or(&text);
     let message = match text.rsplit_once(": ") {
         Some((path, problem)) => {
             let mut path: String = path.chars().take(SHOWN_PATH_CHARS).collect();

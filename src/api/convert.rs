@@ -371,10 +371,12 @@ pub fn segment(segment: &crate::domain::catalog::Segment) -> pb::Segment {
 pub struct NonFiniteNumber;
 
 /// A protobuf Struct as a JSON object (numbers are doubles, as in JSON).
-fn struct_to_json(
-    value: prost_types::Struct,
-) -> Result<serde_json::Map<String, serde_json::Value>, NonFiniteNumber> {
-    value.fields.into_iter().map(|(k, v)| Ok((k, value_to_json(v)?))).collect()
+fn struct_to_json(value: prost_types::Struct) -> Result<serde_json::Map<String, serde_json::Value>, NonFiniteNumber> {
+    value
+        .fields
+        .into_iter()
+        .map(|(k, v)| Ok((k, value_to_json(v)?)))
+        .collect()
 }
 
 pub fn value_to_json(value: prost_types::Value) -> Result<serde_json::Value, NonFiniteNumber> {
@@ -393,12 +395,9 @@ pub fn value_to_json(value: prost_types::Value) -> Result<serde_json::Value, Non
         Some(Kind::StringValue(s)) => serde_json::Value::String(s),
         Some(Kind::BoolValue(b)) => serde_json::Value::Bool(b),
         Some(Kind::StructValue(s)) => serde_json::Value::Object(struct_to_json(s)?),
-        Some(Kind::ListValue(l)) => serde_json::Value::Array(
-            l.values
-                .into_iter()
-                .map(value_to_json)
-                .collect::<Result<_, _>>()?,
-        ),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.into_iter().map(value_to_json).collect::<Result<_, _>>()?)
+        }
     })
 }
 

@@ -114,7 +114,10 @@ fn sent_size(status: &Status) -> usize {
     if status.add_header(&mut headers).is_err() {
         return usize::MAX;
     }
-    headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum()
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
 }
 
 fn build(err: &Error, shown: Shown) -> Status {
@@ -138,7 +141,11 @@ fn build(err: &Error, shown: Shown) -> Status {
         details.add_bad_request_violation(cut(&violation.field), cut(&violation.description));
     }
     for violation in preconditions {
-        details.add_precondition_failure_violation(cut(&violation.kind), cut(&violation.subject), cut(&violation.description));
+        details.add_precondition_failure_violation(
+            cut(&violation.kind),
+            cut(&violation.subject),
+            cut(&violation.description),
+        );
     }
     let mut message = shorten(&err.message, shown.message_chars);
     let omitted = omitted_fields + omitted_preconditions;
@@ -270,18 +277,25 @@ mod tests {
         let info = details.error_info().unwrap();
         let shown = details.bad_request().unwrap().field_violations.len();
         assert!(shown >= 1);
-        assert_eq!(
-            info.metadata["omitted_field_violations"],
-            (5_000 - shown).to_string()
+        assert_eq!(info.metadata["omitted_field_violations"], (5_000 - shown).to_string());
+        assert!(
+            status.message().contains("more violations are not shown"),
+            "{}",
+            status.message()
         );
-        assert!(status.message().contains("more violations are not shown"), "{}", status.message());
     }
 
     #[test]
     fn small_errors_are_unchanged() {
         let status = to_status(Error::invalid("display_name", "at most 200 characters (got 201)"));
-        assert_eq!(status.message(), "invalid display_name: at most 200 characters (got 201)");
-        assert_eq!(status.get_error_details().bad_request().unwrap().field_violations.len(), 1);
+        assert_eq!(
+            status.message(),
+            "invalid display_name: at most 200 characters (got 201)"
+        );
+        assert_eq!(
+            status.get_error_details().bad_request().unwrap().field_violations.len(),
+            1
+        );
     }
 
     #[test]
@@ -294,6 +308,9 @@ mod tests {
         let too_large = error_from_status(&Status::out_of_range(
             "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
         ));
-        assert_eq!((too_large.code, too_large.reason), (ErrorCode::ResourceExhausted, "MESSAGE_TOO_LARGE"));
+        assert_eq!(
+            (too_large.code, too_large.reason),
+            (ErrorCode::ResourceExhausted, "MESSAGE_TOO_LARGE")
+        );
     }
 }

@@ -140,7 +140,6 @@ impl Bounds {
         self.violations.push(FieldViolation { field, description });
     }
 
-
     /// A string field `field` of the message at `prefix`.
     pub fn text(&mut self, prefix: &str, field: &str, value: &str, bound: Text) {
         if let Some(description) = bound.problem(value) {
@@ -232,7 +231,10 @@ mod tests {
             Text::chars(3).problem("éééé").as_deref(),
             Some("at most 3 characters (got 4)")
         );
-        assert_eq!(Text::bytes(4).problem("ééé").as_deref(), Some("at most 4 bytes (got 6)"));
+        assert_eq!(
+            Text::bytes(4).problem("ééé").as_deref(),
+            Some("at most 4 bytes (got 6)")
+        );
         assert!(Text::chars(10).problem("a\0b").unwrap().contains("NUL"));
     }
 

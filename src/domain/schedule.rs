@@ -1150,7 +1150,10 @@ mod tests {
         }
         // Rare but real dates are fine.
         assert!(cron("0 0 29 2 *", "UTC").validate().is_empty());
-        assert!(cron("0 0 31 2 1", "UTC").validate().is_empty(), "day of month OR day of week");
+        assert!(
+            cron("0 0 31 2 1", "UTC").validate().is_empty(),
+            "day of month OR day of week"
+        );
     }
 
     #[test]

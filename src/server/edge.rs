@@ -87,7 +87,10 @@ const REQUEST_ID: &str = "x-request-id";
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
 fn metadata_bytes(headers: &http::HeaderMap) -> usize {
-    headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum()
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
 }
 
 fn metadata_too_large(size: usize) -> tonic::Status {

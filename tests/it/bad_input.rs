@@ -285,7 +285,11 @@ fn corpus(t: &TestServer) -> Vec<Case> {
         )
         .says("UTF-8"),
         // Field 1 (parent) claims 16 bytes and has one.
-        malformed("ConnectionService/CreateConnection", "a truncated message", vec![0x0a, 0x10, b'e']),
+        malformed(
+            "ConnectionService/CreateConnection",
+            "a truncated message",
+            vec![0x0a, 0x10, b'e'],
+        ),
         bad(
             "ConnectionService/GetConnection",
             "a name over 256 characters",
@@ -636,7 +640,9 @@ fn corpus(t: &TestServer) -> Vec<Case> {
         bad(
             "ExportService/RunAllExports",
             "a parent over 256 characters",
-            pb::RunAllExportsRequest { parent: name_over_256() },
+            pb::RunAllExportsRequest {
+                parent: name_over_256(),
+            },
         )
         .field("parent"),
         bad(
@@ -1012,7 +1018,9 @@ fn corpus(t: &TestServer) -> Vec<Case> {
         bad(
             "CatalogService/RunSystemRefresh",
             "a parent over 256 characters",
-            pb::RunSystemRefreshRequest { parent: name_over_256() },
+            pb::RunSystemRefreshRequest {
+                parent: name_over_256(),
+            },
         )
         .field("parent"),
         bad(
@@ -1122,8 +1130,16 @@ async fn snapshot(t: &TestServer) -> String {
         .await
         .unwrap()
         .into_inner();
-    let connections: Vec<String> = connections.connections.iter().map(|c| format!("{} {}", c.name, c.etag)).collect();
-    let exports: Vec<String> = exports_list.exports.iter().map(|e| format!("{} {}", e.name, e.etag)).collect();
+    let connections: Vec<String> = connections
+        .connections
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.etag))
+        .collect();
+    let exports: Vec<String> = exports_list
+        .exports
+        .iter()
+        .map(|e| format!("{} {}", e.name, e.etag))
+        .collect();
     let entities: Vec<String> = entities
         .entities
         .iter()
@@ -1213,7 +1229,10 @@ async fn every_bad_input_gets_its_precise_status_and_changes_nothing() {
             None => problems.push("no ErrorInfo".to_string()),
             Some(info) => {
                 if info.reason != case.reason || info.domain != "exportd.v1" {
-                    problems.push(format!("reason {} ({}), expected {}", info.reason, info.domain, case.reason));
+                    problems.push(format!(
+                        "reason {} ({}), expected {}",
+                        info.reason, info.domain, case.reason
+                    ));
                 }
             }
         }
@@ -1229,10 +1248,21 @@ async fn every_bad_input_gets_its_precise_status_and_changes_nothing() {
             problems.push(format!("{} bytes of trailers", trailer_bytes(&status)));
         }
         if !problems.is_empty() {
-            failures.push(format!("{label}: {} — got {:?}: {}", problems.join("; "), status.code(), status.message()));
+            failures.push(format!(
+                "{label}: {} — got {:?}: {}",
+                problems.join("; "),
+                status.code(),
+                status.message()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 
     assert_eq!(snapshot(&t).await, before, "a refused request changed something");
     t.stop().await;
@@ -1251,7 +1281,10 @@ async fn refused_requests_leave_the_connection_usable() {
     }
     .encode_to_vec();
     let method = "/exportd.v1.ConnectionService/ListConnections";
-    for bad_token in [format!("{token}{}", long(20 << 10)), format!("{token}{}", long(500 << 10))] {
+    for bad_token in [
+        format!("{token}{}", long(20 << 10)),
+        format!("{token}{}", long(500 << 10)),
+    ] {
         let status = raw::unary(channel.clone(), Some(&bad_token), method, list.clone())
             .await
             .unwrap_err();
@@ -1298,7 +1331,10 @@ async fn the_cli_refuses_a_system_refresh_cron_that_never_matches() {
         &envs,
     );
     assert_ne!(code, 0);
-    assert!(err.contains("cron.expression") && err.contains("never matches"), "{err}");
+    assert!(
+        err.contains("cron.expression") && err.contains("never matches"),
+        "{err}"
+    );
     let after = catalog.get_environment(get).await.unwrap().into_inner();
     assert_eq!(after, before, "nothing was stored");
     t.stop().await;
@@ -1341,8 +1377,13 @@ async fn a_stream_message_over_the_limit_ends_the_stream_saying_what_was_committ
 #[tokio::test]
 async fn roles_that_are_not_environment_ids_are_ignored() {
     let t = TestServer::start().await;
-    let roles = [("acme".to_string(), Role::Viewer), ("glo\0bex".to_string(), Role::Admin)].into();
-    let token = exportd::auth::jwt::sign_hs256(HS_SECRET.as_bytes(), "tester", &roles, Duration::from_secs(600)).unwrap();
+    let roles = [
+        ("acme".to_string(), Role::Viewer),
+        ("glo\0bex".to_string(), Role::Admin),
+    ]
+    .into();
+    let token =
+        exportd::auth::jwt::sign_hs256(HS_SECRET.as_bytes(), "tester", &roles, Duration::from_secs(600)).unwrap();
     let mut catalog = t.catalog_with(Some(token)).await;
     let listed = catalog
         .list_environments(pb::ListEnvironmentsRequest::default())

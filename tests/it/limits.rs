@@ -60,7 +60,11 @@ async fn list_pages_stay_under_four_mib_and_lose_nothing() {
             .await
             .unwrap_or_else(|s| panic!("page {pages}: {s:?}"))
             .into_inner();
-        assert!(page.encoded_len() <= CLIENT_LIMIT, "page {pages}: {} bytes", page.encoded_len());
+        assert!(
+            page.encoded_len() <= CLIENT_LIMIT,
+            "page {pages}: {} bytes",
+            page.encoded_len()
+        );
         assert_eq!(page.total_size as usize, EXPORTS);
         assert!(!page.exports.is_empty());
         for export in &page.exports {
@@ -96,7 +100,9 @@ async fn an_error_naming_hundreds_of_users_fits_a_c_core_client_and_counts_the_r
     // The segments of the entity (vip, france) and every export use it.
     let users = EXPORTS + 2;
     assert!(
-        status.message().contains(&format!("is used by {users} resources, the first 10: ")),
+        status
+            .message()
+            .contains(&format!("is used by {users} resources, the first 10: ")),
         "{}",
         status.message()
     );
@@ -187,7 +193,10 @@ async fn eligible_segments_are_paged_like_every_list() {
         token = page.next_page_token;
     }
     seen.sort();
-    assert_eq!(seen, ["environments/acme/segments/france", "environments/acme/segments/vip"]);
+    assert_eq!(
+        seen,
+        ["environments/acme/segments/france", "environments/acme/segments/vip"]
+    );
     // A token is bound to the settings it was made with.
     let first = catalog
         .list_eligible_segments(pb::ListEligibleSegmentsRequest {
