@@ -174,7 +174,7 @@ fn entity_with(edit: impl FnOnce(&mut pb::Entity)) -> pb::CreateEntityRequest {
     request
 }
 
-fn entries(n: usize) -> std::collections::BTreeMap<String, String> {
+fn entries<M: FromIterator<(String, String)>>(n: usize) -> M {
     (0..n).map(|i| (format!("k{i}"), "v".to_string())).collect()
 }
 
