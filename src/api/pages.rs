@@ -51,4 +51,31 @@ mod tests {
         fit(&mut small);
         assert_eq!(small.len(), 3);
     }
+
+    /// `fit` keeps at least one item; the bounds must make sure one item fits. The entity is the
+    /// largest resource they allow.
+    #[test]
+    fn the_largest_entity_the_bounds_allow_fits_one_answer() {
+        use crate::domain::bounds;
+        let wide = |bound: bounds::Text| "\u{1F600}".repeat(bound.max);
+        let entity = pb::Entity {
+            name: "n".repeat(bounds::NAME.max),
+            display_name: wide(bounds::DISPLAY_NAME),
+            primary_key: "k".repeat(bounds::FIELD_NAME.max),
+            fields: (0..bounds::ENTITY_FIELDS)
+                .map(|_| pb::EntityField {
+                    name: "f".repeat(bounds::FIELD_NAME.max),
+                    r#type: pb::FieldType::String as i32,
+                    description: wide(bounds::FIELD_DESCRIPTION),
+                    mapping: wide(bounds::FIELD_MAPPING_DETAILS),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert!(
+            entity.encoded_len() < MAX_ANSWER_BYTES - ENVELOPE_BYTES,
+            "{}",
+            entity.encoded_len()
+        );
+    }
 }

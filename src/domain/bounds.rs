@@ -8,8 +8,10 @@
 //! databases take exactly the same inputs.
 //!
 //! The bounds are chosen so that no single resource can outgrow an answer (4 MiB, see
-//! `api::pages`): the largest export, connection or entity these limits allow encodes to well
-//! under 4 MiB, so a list page always holds at least one item.
+//! `api::pages`): the largest export, connection or entity these limits allow (an entity of
+//! 1,000 fields with descriptions and mapping details of four-byte characters at their bounds
+//! is the largest, about 3.2 MB) encodes to less than 4 MiB, so a list page always holds at
+//! least one item.
 
 use crate::error::{Error, FieldViolation};
 
@@ -52,7 +54,7 @@ pub const ENTITY_FIELDS: usize = super::catalog::MAX_FIELDS;
 /// A schema field's name and the primary key (the name rule allows 128 characters).
 pub const FIELD_NAME: Text = Text::chars(128);
 /// A schema field's description and mapping details: with [`ENTITY_FIELDS`] fields, an entity
-/// stays well under an answer's 4 MiB.
+/// stays under an answer's 4 MiB.
 pub const FIELD_DESCRIPTION: Text = Text::chars(500);
 pub const FIELD_MAPPING_DETAILS: Text = Text::chars(256);
 pub const RULE: Text = Text::chars(super::rule::MAX_RULE_CHARS);
