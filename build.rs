@@ -23,6 +23,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // google.rpc types come from tonic-types, so error details and `ExportRun.error`
         // share one definition.
         .extern_path(".google.rpc", "::tonic_types::pb")
+        // Every map is a BTreeMap: prost then encodes map entries in key order, so a decoded
+        // request re-encodes to the same bytes however the client ordered them. The request-id
+        // fingerprint (store/request_ids.rs) relies on this; it also keeps answers stable.
+        .btree_map(".")
+        // Decoding goes through exportd's codec: a malformed message is INVALID_ARGUMENT, and
+        // every request is held to its size bounds before a handler sees it (api/codec.rs).
+        .codec_path("crate::api::codec::BoundedCodec")
         // Connection carries write-only secrets: its Debug is written by hand to redact them.
         .skip_debug(["exportd.v1.Connection"])
         .compile_fds(descriptors)?;

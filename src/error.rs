@@ -55,6 +55,20 @@ pub struct Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How many items of a list an error message names; the details carry more (see
+/// `api::status`).
+const LISTED_IN_MESSAGE: usize = 10;
+
+/// The first items of a list of `total`, joined; for more than [`LISTED_IN_MESSAGE`], their
+/// number first (`252 resources, the first 10: a, b, …`), so that a message cut short still
+/// says how many there are. `first` holds at most [`LISTED_IN_MESSAGE`] items.
+fn listing(total: usize, first: &[String], noun: &str, separator: &str) -> String {
+    if total <= LISTED_IN_MESSAGE {
+        return first.join(separator);
+    }
+    format!("{total} {noun}, the first {}: {}", first.len(), first.join(separator))
+}
+
 impl Error {
     pub fn new(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> Self {
         Error {
@@ -86,8 +100,12 @@ impl Error {
             [] => "invalid request".to_string(),
             [one] => format!("invalid {}: {}", one.field, one.description),
             many => {
-                let parts: Vec<String> = many.iter().map(|v| format!("{}: {}", v.field, v.description)).collect();
-                format!("invalid request: {}", parts.join("; "))
+                let first: Vec<String> = many
+                    .iter()
+                    .take(LISTED_IN_MESSAGE)
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect();
+                format!("invalid request: {}", listing(many.len(), &first, "problems", "; "))
             }
         };
         let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
@@ -142,12 +160,17 @@ impl Error {
         relation: &str,
         remedy: &str,
     ) -> Self {
+        let listed = &users[..users.len().min(LISTED_IN_MESSAGE)];
         let mut err = Error::precondition(
             reason,
-            format!("{what} '{name}' is used by {}; {remedy}", users.join(", ")),
+            format!(
+                "{what} '{name}' is used by {}; {remedy}",
+                listing(users.len(), listed, "resources", ", ")
+            ),
         )
         .with_meta("name", name)
-        .with_meta("used_by", users.join(","));
+        .with_meta("used_by", listed.join(","))
+        .with_meta("used_by_count", users.len().to_string());
         for user in users {
             err = err.with_precondition(reason, user.clone(), format!("{relation} {what} '{name}'"));
         }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{State, convert, mask, principal, required, respond};
+use super::{State, convert, mask, pages, principal, required, respond};
 use crate::api::status::to_status;
 use crate::auth::Principal;
 use crate::auth::policy::{self, Action, Facts};
@@ -22,7 +22,7 @@ use crate::domain::names::{
 use crate::domain::paging;
 use crate::domain::schedule::Trigger;
 use crate::domain::time::{from_datetime, now_micros, to_datetime};
-use crate::error::{Error, ErrorCode, FieldViolation, Result};
+use crate::error::{Error, FieldViolation, Result};
 use crate::pb;
 use crate::pb::catalog_service_server::CatalogService;
 use crate::store::records::RecordBatch;
@@ -60,21 +60,32 @@ impl CatalogApi {
     ) -> Result<pb::ListEnvironmentsResponse> {
         let fingerprint = paging::fingerprint(&["environments"]);
         let page = paging::parse(request.page_size, &request.page_token, &fingerprint)?;
-        let ids: Option<Vec<String>> = (!principal.has_wildcard()).then(|| principal.roles.keys().cloned().collect());
+        // A token may name anything in `roles`; only ids can be environments (and a NUL, say,
+        // is not a value PostgreSQL would even compare).
+        let ids: Option<Vec<String>> = (!principal.has_wildcard()).then(|| {
+            principal
+                .roles
+                .keys()
+                .filter(|id| crate::domain::names::is_valid_id(id))
+                .cloned()
+                .collect()
+        });
         let (items, total) = self
             .state
             .store
             .list_environments(ids.as_deref(), page.offset, page.limit)
             .await?;
+        let mut environments: Vec<pb::Environment> = items
+            .iter()
+            .map(|env| {
+                let role = principal.role_in(&env.id).map(|r| r.as_str()).unwrap_or_default();
+                convert::environment(env, role)
+            })
+            .collect();
+        pages::fit(&mut environments);
         Ok(pb::ListEnvironmentsResponse {
-            next_page_token: paging::next_token(page, items.len(), total, &fingerprint),
-            environments: items
-                .iter()
-                .map(|env| {
-                    let role = principal.role_in(&env.id).map(|r| r.as_str()).unwrap_or_default();
-                    convert::environment(env, role)
-                })
-                .collect(),
+            next_page_token: paging::next_token(page, environments.len(), total, &fingerprint),
+            environments,
         })
     }
 
@@ -147,11 +158,6 @@ impl CatalogApi {
         Ok(convert::environment(&updated, role.as_str()))
     }
 }
-
-/// Largest number of upserts plus deletes in one WriteRecords message (one transaction).
-const MAX_RECORDS_PER_MESSAGE: usize = 50_000;
-/// Largest number of keys in one SetSegmentMembers message.
-const MAX_KEYS_PER_MESSAGE: usize = 100_000;
 
 /// A WriteRecords message that passed validation, waiting for its transaction.
 struct PreparedMessage {
@@ -279,9 +285,11 @@ impl CatalogApi {
             .store
             .list_entities(&parent.env, page.offset, page.limit)
             .await?;
+        let mut entities: Vec<pb::Entity> = items.iter().map(convert::entity).collect();
+        pages::fit(&mut entities);
         Ok(pb::ListEntitiesResponse {
-            next_page_token: paging::next_token(page, items.len(), total, &fingerprint),
-            entities: items.iter().map(convert::entity).collect(),
+            next_page_token: paging::next_token(page, entities.len(), total, &fingerprint),
+            entities,
         })
     }
 
@@ -307,12 +315,8 @@ impl CatalogApi {
     ) -> Result<PreparedMessage> {
         let name = EntityName::parse("entity", &message.entity)?;
         policy::authorize(principal, &name.env, Action::WriteRecords, Facts::default())?;
-        if message.upserts.len() + message.deletes.len() > MAX_RECORDS_PER_MESSAGE {
-            return Err(Error::invalid(
-                "upserts",
-                format!("at most {MAX_RECORDS_PER_MESSAGE} upserts and deletes per message; split the batch"),
-            ));
-        }
+        // How many records a message carries and how long keys are: the request's bounds
+        // (api::bounds), checked as it was decoded.
         if !entities.contains_key(&message.entity) {
             let entity = state.store.entity_or_not_found(&name).await?;
             entities.insert(message.entity.clone(), entity);
@@ -320,13 +324,30 @@ impl CatalogApi {
         let entity = &entities[&message.entity];
         let mut upserts = Vec::with_capacity(message.upserts.len());
         for (i, record) in message.upserts.into_iter().enumerate() {
-            let fields = record.fields.into_iter().map(|(k, v)| (k, convert::value_to_json(v)));
-            let record = validate_record(entity, || format!("upserts[{i}]"), fields)
-                .map_err(|v| Error::invalid_fields(vec![v]))?;
-            upserts.push(record);
+            // A number JSON cannot hold stops the conversion and is reported as such (it would
+            // otherwise have been stored as null).
+            let mut non_finite = None;
+            let fields = record
+                .fields
+                .into_iter()
+                .map_while(|(k, v)| match convert::value_to_json(v) {
+                    Ok(json) => Some((k, json)),
+                    Err(convert::NonFiniteNumber) => {
+                        non_finite = Some(k);
+                        None
+                    }
+                });
+            let validated = validate_record(entity, || format!("upserts[{i}]"), fields);
+            if let Some(field) = non_finite {
+                return Err(Error::invalid(
+                    format!("upserts[{i}].{field}"),
+                    "NaN and ±Infinity are not numbers a record can hold (JSON has none); send a finite number or null",
+                ));
+            }
+            upserts.push(validated.map_err(|v| Error::invalid_fields(vec![v]))?);
         }
         for (i, key) in message.deletes.iter().enumerate() {
-            if key.is_empty() || key.len() > MAX_KEY_LEN {
+            if key.is_empty() {
                 return Err(Error::invalid(
                     format!("deletes[{i}]"),
                     format!("a key of 1 to {MAX_KEY_LEN} bytes"),
@@ -416,9 +437,11 @@ impl CatalogApi {
             .store
             .list_segments(&parent.env, page.offset, page.limit)
             .await?;
+        let mut segments: Vec<pb::Segment> = items.iter().map(convert::segment).collect();
+        pages::fit(&mut segments);
         Ok(pb::ListSegmentsResponse {
-            next_page_token: paging::next_token(page, items.len(), total, &fingerprint),
-            segments: items.iter().map(convert::segment).collect(),
+            next_page_token: paging::next_token(page, segments.len(), total, &fingerprint),
+            segments,
         })
     }
 
@@ -512,12 +535,6 @@ impl CatalogApi {
                         "every message of the stream must name the same segment",
                     ));
                 }
-                if message.keys.len() > MAX_KEYS_PER_MESSAGE {
-                    return Err(Error::invalid(
-                        "keys",
-                        format!("at most {MAX_KEYS_PER_MESSAGE} keys per message"),
-                    ));
-                }
                 let live = self.state.store.live_keys(&segment.entity, &message.keys).await?;
                 let unknown: Vec<(usize, &String)> = message
                     .keys
@@ -597,6 +614,10 @@ impl CatalogApi {
         if !violations.is_empty() {
             return Err(Error::invalid_fields(violations));
         }
+        // A page token holds for the same connection and settings (they decide eligibility).
+        let settings_text: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let fingerprint = paging::fingerprint(&[&request.connection, &settings_text.join("\n")]);
+        let page = paging::parse(request.page_size, &request.page_token, &fingerprint)?;
         let environment = self.environment_or_not_found(&name.env).await?;
         let destination = Destination {
             environment_kind: environment.kind,
@@ -604,30 +625,38 @@ impl CatalogApi {
             target: settings.get("target").map(String::as_str),
             profile_limit: connection.effective_profile_limit(spec),
         };
-        let (segments, _) = self.state.store.list_segments(&name.env, 0, u64::MAX >> 1).await?;
+        let (segments, total) = self
+            .state
+            .store
+            .list_segments(&name.env, page.offset, page.limit)
+            .await?;
+        let mut segments: Vec<pb::SegmentEligibility> = segments
+            .iter()
+            .map(|s| {
+                let facts = SegmentFacts {
+                    name: s.name.to_string(),
+                    display_name: s.display_name.clone(),
+                    segment_type: s.segment_type,
+                    member_count: s.member_count,
+                };
+                let assessment = destination.assess(&facts);
+                pb::SegmentEligibility {
+                    segment: facts.name,
+                    display_name: facts.display_name,
+                    eligible: assessment.eligible,
+                    reason: assessment.reason,
+                    member_count: facts.member_count,
+                    over_limit: assessment.over_limit,
+                    under_minimum: assessment.under_minimum,
+                    r#type: convert::segment_type(s.segment_type) as i32,
+                }
+            })
+            .collect();
+        pages::fit(&mut segments);
         Ok(pb::ListEligibleSegmentsResponse {
-            segments: segments
-                .iter()
-                .map(|s| {
-                    let facts = SegmentFacts {
-                        name: s.name.to_string(),
-                        display_name: s.display_name.clone(),
-                        segment_type: s.segment_type,
-                        member_count: s.member_count,
-                    };
-                    let assessment = destination.assess(&facts);
-                    pb::SegmentEligibility {
-                        segment: facts.name,
-                        display_name: facts.display_name,
-                        eligible: assessment.eligible,
-                        reason: assessment.reason,
-                        member_count: facts.member_count,
-                        over_limit: assessment.over_limit,
-                        under_minimum: assessment.under_minimum,
-                        r#type: convert::segment_type(s.segment_type) as i32,
-                    }
-                })
-                .collect(),
+            next_page_token: paging::next_token(page, segments.len(), total, &fingerprint),
+            segments,
+            total_size: total.min(i32::MAX as u64) as i32,
         })
     }
 
@@ -719,13 +748,11 @@ fn definition_from_pb(definition: &Option<pb::segment::Definition>, entity: &Ent
     }
 }
 
-/// A transport error while reading a client stream.
+/// A failure while reading a client stream: a message the codec refused (malformed, out of
+/// bounds), one over the size limit, or the client going away; reported with its own code and
+/// details.
 fn stream_error(status: Status) -> Error {
-    Error::new(
-        ErrorCode::Cancelled,
-        "STREAM_ERROR",
-        format!("the request stream failed: {}", status.message()),
-    )
+    crate::api::status::error_from_status(&status)
 }
 
 type Reply<T> = std::result::Result<Response<T>, Status>;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{State, convert, mask, principal, required, respond};
+use super::{State, convert, mask, pages, principal, required, respond};
 use crate::auth::policy::{self, Action, Facts};
 use crate::auth::{Principal, Role};
 use crate::connectors::{self, Target, registry};
@@ -169,12 +169,14 @@ impl ConnectionApi {
             page,
         };
         let (items, total) = self.state.store.list_connections(&query).await?;
+        let mut connections: Vec<pb::Connection> = items
+            .iter()
+            .map(|c| convert::connection(c, registry::find(&c.type_id)))
+            .collect();
+        pages::fit(&mut connections);
         Ok(pb::ListConnectionsResponse {
-            next_page_token: paging::next_token(page, items.len(), total, &fingerprint),
-            connections: items
-                .iter()
-                .map(|c| convert::connection(c, registry::find(&c.type_id)))
-                .collect(),
+            next_page_token: paging::next_token(page, connections.len(), total, &fingerprint),
+            connections,
             total_size: total as i32,
         })
     }

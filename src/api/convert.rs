@@ -366,15 +366,24 @@ pub fn segment(segment: &crate::domain::catalog::Segment) -> pb::Segment {
     }
 }
 
+/// A number JSON cannot carry (NaN, ±Infinity): refused rather than stored as null.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NonFiniteNumber;
+
 /// A protobuf Struct as a JSON object (numbers are doubles, as in JSON).
-fn struct_to_json(value: prost_types::Struct) -> serde_json::Map<String, serde_json::Value> {
-    value.fields.into_iter().map(|(k, v)| (k, value_to_json(v))).collect()
+fn struct_to_json(value: prost_types::Struct) -> Result<serde_json::Map<String, serde_json::Value>, NonFiniteNumber> {
+    value
+        .fields
+        .into_iter()
+        .map(|(k, v)| Ok((k, value_to_json(v)?)))
+        .collect()
 }
 
-pub fn value_to_json(value: prost_types::Value) -> serde_json::Value {
+pub fn value_to_json(value: prost_types::Value) -> Result<serde_json::Value, NonFiniteNumber> {
     use prost_types::value::Kind;
-    match value.kind {
+    Ok(match value.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) if !n.is_finite() => return Err(NonFiniteNumber),
         Some(Kind::NumberValue(n)) => {
             // Integral doubles become JSON integers, so that INT64 fields keep their exact form.
             if n.fract() == 0.0 && n.abs() < 9.0e15 {
@@ -385,9 +394,11 @@ pub fn value_to_json(value: prost_types::Value) -> serde_json::Value {
         }
         Some(Kind::StringValue(s)) => serde_json::Value::String(s),
         Some(Kind::BoolValue(b)) => serde_json::Value::Bool(b),
-        Some(Kind::StructValue(s)) => serde_json::Value::Object(struct_to_json(s)),
-        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.into_iter().map(value_to_json).collect()),
-    }
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(struct_to_json(s)?),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.into_iter().map(value_to_json).collect::<Result<_, _>>()?)
+        }
+    })
 }
 
 pub fn system_refresh(refresh: &crate::store::system_refreshes::SystemRefresh) -> pb::SystemRefresh {

@@ -7,7 +7,7 @@ use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{State, convert, mask, principal, required, respond};
+use super::{State, convert, mask, pages, principal, required, respond};
 use crate::auth::policy::{self, Action, Facts};
 use crate::auth::{Principal, Role};
 use crate::connectors::registry;
@@ -89,7 +89,7 @@ const UPDATABLE: &[&str] = &[
 ];
 const MAP_FIELDS: &[&str] = &["settings"];
 /// UpdateExportSchedules names at most this many exports (one transaction).
-const MAX_BATCH: usize = 1000;
+const MAX_BATCH: usize = crate::domain::bounds::EXPORTS_PER_BATCH;
 
 pub struct ExportApi {
     state: State,
@@ -394,9 +394,11 @@ impl ExportApi {
             page,
         };
         let (items, total) = self.state.store.list_exports(&query).await?;
+        let mut exports = self.show(role, &environment, &items).await?;
+        pages::fit(&mut exports);
         Ok(pb::ListExportsResponse {
-            next_page_token: paging::next_token(page, items.len(), total, &fingerprint),
-            exports: self.show(role, &environment, &items).await?,
+            next_page_token: paging::next_token(page, exports.len(), total, &fingerprint),
+            exports,
             total_size: total.min(i32::MAX as u64) as i32,
         })
     }
@@ -680,6 +682,7 @@ impl ExportApi {
             .map_err(|e| e.with_meta("export", name.to_string()))?;
             current.push(stored);
         }
+        check_answer_fits(&self.show(role, &environment, &current).await?)?;
         let now = to_datetime(now_micros());
         let mut changed = Vec::new();
         for stored in &current {
@@ -719,6 +722,28 @@ impl ExportApi {
             exports: self.show(role, &environment, &result).await?,
         })
     }
+}
+
+/// What a new schedule may add to an export as shown (a cron expression and time zone at
+/// their bounds, a next run time).
+const SCHEDULE_GROWTH_BYTES: usize = 512;
+
+/// UpdateExportSchedules answers with every export it names, so a batch whose answer would
+/// exceed an answer's 4 MiB is refused before anything changes.
+fn check_answer_fits(current: &[pb::Export]) -> Result<()> {
+    let size: usize = current.iter().map(|e| e.encoded_len() + SCHEDULE_GROWTH_BYTES).sum();
+    if size <= pages::MAX_ANSWER_BYTES {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "names",
+        format!(
+            "the answer for these {} exports would take about {size} bytes, over the {} bytes an answer may take; \
+             name fewer exports per request",
+            current.len(),
+            pages::MAX_ANSWER_BYTES
+        ),
+    ))
 }
 
 /// Contributors edit only attached exports whose connection is shared with them; the flag is

@@ -11,11 +11,14 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
+pub mod bounds;
 pub mod catalog;
+pub mod codec;
 pub mod connections;
 pub mod convert;
 pub mod exports;
 pub mod mask;
+pub mod pages;
 pub mod runs;
 pub mod status;
 

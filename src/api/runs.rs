@@ -7,7 +7,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::exports::editable;
-use super::{State, convert};
+use super::{State, convert, pages};
 use crate::auth::Principal;
 use crate::auth::policy::{self, Action, Facts};
 use crate::domain::export::{ExportState, RunState};
@@ -127,7 +127,9 @@ impl Runs {
         }
         tracing::info!(env = %parent.env, runs = runs.len(), "run all");
         self.state.engine.wake_workers();
-        Ok(pb::RunAllExportsResponse { runs })
+        let started_count = runs.len().min(i32::MAX as usize) as i32;
+        pages::fit(&mut runs);
+        Ok(pb::RunAllExportsResponse { runs, started_count })
     }
 
     pub async fn list(
@@ -167,9 +169,11 @@ impl Runs {
             page,
         };
         let (runs, total) = self.state.store.list_runs(&query).await?;
+        let mut runs: Vec<pb::ExportRun> = runs.iter().map(convert::run).collect();
+        pages::fit(&mut runs);
         Ok(pb::ListExportRunsResponse {
             next_page_token: paging::next_token(page, runs.len(), total, &fingerprint),
-            runs: runs.iter().map(convert::run).collect(),
+            runs,
         })
     }
 

@@ -123,6 +123,7 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         let data = jsonwebtoken::decode::<Claims>(token, &entry.key, &validation).map_err(token_error)?;
+        check_subject(&data.claims.sub)?;
         let mut roles = BTreeMap::new();
         for (env, role) in data.claims.roles {
             let role = Role::parse(&role).ok_or_else(|| {
@@ -139,6 +140,23 @@ impl Verifier {
             roles,
         })
     }
+}
+
+/// The longest `sub` accepted: it names the caller in `creator` fields and logs.
+pub const MAX_SUBJECT_CHARS: usize = 256;
+
+/// `sub` names the caller (creators, logs): a token must name someone, in printable text.
+fn check_subject(subject: &str) -> Result<()> {
+    let problem = if subject.trim().is_empty() {
+        "the token's `sub` claim is empty; it must name the caller".to_string()
+    } else if subject.chars().count() > MAX_SUBJECT_CHARS {
+        format!("the token's `sub` claim is longer than {MAX_SUBJECT_CHARS} characters")
+    } else if subject.chars().any(char::is_control) {
+        "the token's `sub` claim contains control characters".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(Error::unauthenticated("INVALID_TOKEN_CLAIMS", problem))
 }
 
 fn token_error(err: jsonwebtoken::errors::Error) -> Error {

@@ -1,6 +1,9 @@
 //! The tower layer that turns `authorization: Bearer <JWT>` into a [`Principal`] in the
 //! request's extensions, or answers UNAUTHENTICATED before any handler runs. Health and
 //! reflection are open.
+//!
+//! The layer does not know how errors become statuses (that is the API's one conversion): the
+//! server hands it that function.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,14 +21,22 @@ const OPEN_PREFIXES: &[&str] = &[
     "/grpc.reflection.v1alpha.",
 ];
 
+/// The largest `authorization` value read: a JWT is a few hundred bytes to a few KiB; a
+/// longer one is refused before it is parsed.
+pub const MAX_AUTHORIZATION_BYTES: usize = 16 * 1024;
+
+/// How an authentication failure is answered.
+pub type Respond = fn(Error) -> tonic::Status;
+
 #[derive(Clone)]
 pub struct AuthLayer {
     verifier: Arc<Verifier>,
+    respond: Respond,
 }
 
 impl AuthLayer {
-    pub fn new(verifier: Arc<Verifier>) -> Self {
-        AuthLayer { verifier }
+    pub fn new(verifier: Arc<Verifier>, respond: Respond) -> Self {
+        AuthLayer { verifier, respond }
     }
 }
 
@@ -36,6 +47,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             verifier: self.verifier.clone(),
+            respond: self.respond,
         }
     }
 }
@@ -44,6 +56,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     verifier: Arc<Verifier>,
+    respond: Respond,
 }
 
 impl<S, ReqBody> Service<http::Request<ReqBody>> for AuthService<S>
@@ -72,7 +85,7 @@ where
                 Box::pin(self.inner.call(request))
             }
             Err(err) => {
-                let response = crate::api::status::to_status(err).into_http();
+                let response = (self.respond)(err).into_http();
                 Box::pin(async move { Ok(response) })
             }
         }
@@ -83,6 +96,16 @@ fn authenticate(verifier: &Verifier, headers: &http::HeaderMap) -> Result<super:
     let value = headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
         Error::unauthenticated("MISSING_TOKEN", "this RPC needs `authorization: Bearer <JWT>` metadata")
     })?;
+    if value.len() > MAX_AUTHORIZATION_BYTES {
+        return Err(Error::unauthenticated(
+            "TOKEN_TOO_LARGE",
+            format!(
+                "the authorization metadata is {} bytes; at most {MAX_AUTHORIZATION_BYTES} are accepted",
+                value.len()
+            ),
+        )
+        .with_meta("limit_bytes", MAX_AUTHORIZATION_BYTES.to_string()));
+    }
     let text = value
         .to_str()
         .map_err(|_| Error::unauthenticated("INVALID_TOKEN", "the authorization metadata is not text"))?;

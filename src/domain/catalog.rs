@@ -289,11 +289,8 @@ pub fn validate_record(
             ),
         )
     })?;
-    if key.len() > MAX_KEY_LEN {
-        return Err(bad(
-            &entity.primary_key,
-            format!("keys are at most {MAX_KEY_LEN} bytes"),
-        ));
+    if let Some(problem) = super::bounds::RECORD_KEY.problem(&key) {
+        return Err(bad(&entity.primary_key, format!("keys: {problem}")));
     }
     let json = String::from_utf8(json).expect("serde_json writes UTF-8");
     Ok(ValidRecord { key, json })

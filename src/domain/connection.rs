@@ -61,19 +61,21 @@ pub fn validate(
     violations
 }
 
-/// Display names are required, at most 200 characters, and without control characters.
+/// Display names are required, within their bound (200 characters), and without control
+/// characters.
 pub fn check_display_name(field: &str, display_name: &str) -> Option<FieldViolation> {
     let problem = if display_name.trim().is_empty() {
-        Some("a display name is required")
-    } else if display_name.chars().count() > 200 {
-        Some("at most 200 characters")
-    } else if display_name.chars().any(char::is_control) {
-        Some("must not contain control characters")
+        Some("a display name is required".to_string())
     } else {
-        None
+        super::bounds::DISPLAY_NAME.problem(display_name).or_else(|| {
+            display_name
+                .chars()
+                .any(char::is_control)
+                .then(|| "must not contain control characters".to_string())
+        })
     };
-    problem.map(|p| FieldViolation {
+    problem.map(|description| FieldViolation {
         field: field.to_string(),
-        description: p.to_string(),
+        description,
     })
 }

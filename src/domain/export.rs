@@ -24,11 +24,11 @@ use super::schedule::{Schedule, Trigger};
 use super::time::{Micros, from_datetime};
 use crate::error::{Error, FieldViolation, Result};
 
-/// At most this many entities or segments per export: one run writes each as its own
-/// partition or audience, and far more than this is a sign of a mistake, not a use case.
-pub const MAX_SOURCES: usize = 100;
-pub const MAX_FIELD_MAPPINGS: usize = 500;
-pub const MAX_DESCRIPTION_CHARS: usize = 5_000;
+/// At most this many entities or segments per export (PRODUCT.md §3); the numbers are the
+/// request bounds' (`domain::bounds`).
+pub const MAX_SOURCES: usize = super::bounds::SOURCES_PER_EXPORT;
+pub const MAX_FIELD_MAPPINGS: usize = super::bounds::FIELD_MAPPINGS;
+pub const MAX_DESCRIPTION_CHARS: usize = super::bounds::DESCRIPTION.max;
 
 /// `schedule_sort` of an enabled export that follows system refreshes: after every timed one
 /// (it has no clock time), before those that are off (NULL).

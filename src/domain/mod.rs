@@ -1,5 +1,6 @@
 //! Pure rules: resource names, validation, eligibility, limits, schedules, list queries.
 //! Nothing here does I/O.
+pub mod bounds;
 pub mod catalog;
 pub mod connection;
 pub mod connection_type;

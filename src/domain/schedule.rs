@@ -145,9 +145,18 @@ impl Schedule {
 impl Trigger {
     /// All problems found (empty = valid). Never panics on any input.
     pub fn validate(&self) -> Vec<FieldViolation> {
-        match self.compile() {
-            Ok(_) => Vec::new(),
-            Err(violations) => violations,
+        match (self, self.compile()) {
+            // A well-formed pattern may still name no real date (`0 0 31 2 *`): shown as
+            // enabled, it would never run.
+            (Trigger::Cron(cron), Ok(Some(Plan::Cron(plan)))) if !plan.ever_matches() => vec![FieldViolation::new(
+                "cron.expression",
+                format!(
+                    "cron expression {:?} never matches a date (such as 31 February), so it would never run",
+                    cron.expression
+                ),
+            )],
+            (_, Ok(_)) => Vec::new(),
+            (_, Err(violations)) => violations,
         }
     }
 
@@ -485,6 +494,18 @@ impl CronPlan {
             .build()
             .parse(&format!("0 {} {first}-{last}", self.fields))
             .ok()
+    }
+
+    /// Whether the pattern matches any date at all. The Gregorian calendar repeats every 400
+    /// years, so a pattern that matches nothing in 400 years never does.
+    fn ever_matches(&self) -> bool {
+        let Some(cron) = self.bounded(2000, 2399) else {
+            return false;
+        };
+        let start = NaiveDate::from_ymd_opt(2000, 1, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc());
+        start.is_some_and(|start| cron.find_next_occurrence(&start, true).is_ok())
     }
 
     fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -1120,10 +1141,19 @@ mod tests {
     }
 
     #[test]
-    fn cron_that_never_matches_has_no_next_run() {
-        let s = cron("0 0 30 2 *", "UTC");
-        assert!(s.validate().is_empty());
-        assert_eq!(s.next_run_time(utc("2026-01-01T00:00:00Z")), None);
+    fn cron_that_never_matches_is_invalid_and_has_no_next_run() {
+        for expression in ["0 0 30 2 *", "0 0 31 2 *", "0 0 31 4,6,9,11 *"] {
+            let s = cron(expression, "UTC");
+            assert_eq!(fields(&s), ["cron.expression"], "{expression}");
+            assert!(s.validate()[0].description.contains("never matches"), "{expression}");
+            assert_eq!(s.next_run_time(utc("2026-01-01T00:00:00Z")), None);
+        }
+        // Rare but real dates are fine.
+        assert!(cron("0 0 29 2 *", "UTC").validate().is_empty());
+        assert!(
+            cron("0 0 31 2 1", "UTC").validate().is_empty(),
+            "day of month OR day of week"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The outermost layer: a request id per RPC (taken from `x-request-id` or generated), a
-//! tracing span around the call, one log line per RPC with its outcome, and an `ErrorInfo` on
-//! error statuses that tonic itself produced (decode errors, oversize messages).
+//! tracing span around the call, one log line per RPC with its outcome, an `ErrorInfo` on
+//! error statuses that tonic itself produced (decode errors, oversize messages), and the
+//! request metadata limit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,6 +81,29 @@ pub struct EdgeService<S> {
 
 const REQUEST_ID: &str = "x-request-id";
 
+/// The most request metadata (header names and values) an RPC may carry. HTTP/2 itself reads
+/// header blocks up to [`super::MAX_HEADER_LIST_BYTES`], so that up to there a request gets a
+/// gRPC answer on its own stream rather than a broken connection.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+
+fn metadata_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
+}
+
+fn metadata_too_large(size: usize) -> tonic::Status {
+    crate::api::status::to_status(
+        crate::error::Error::new(
+            crate::error::ErrorCode::ResourceExhausted,
+            "METADATA_TOO_LARGE",
+            format!("the request metadata is {size} bytes; at most {MAX_METADATA_BYTES} are accepted"),
+        )
+        .with_meta("limit_bytes", MAX_METADATA_BYTES.to_string()),
+    )
+}
+
 fn request_id_of(headers: &http::HeaderMap) -> String {
     headers
         .get(REQUEST_ID)
@@ -96,6 +120,7 @@ where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -109,6 +134,16 @@ where
         let request_id = request_id_of(request.headers());
         let method = request.uri().path().to_string();
         let span = tracing::info_span!("rpc", method = %method, request_id = %request_id, sub = tracing::field::Empty);
+        let metadata_size = metadata_bytes(request.headers());
+        if metadata_size > MAX_METADATA_BYTES {
+            let _entered = span.enter();
+            tracing::info!(grpc_code = ?tonic::Code::ResourceExhausted, metadata_size, "rpc");
+            let mut response = metadata_too_large(metadata_size).into_http::<ResBody>();
+            if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(REQUEST_ID, value);
+            }
+            return Box::pin(async move { Ok(response) });
+        }
         let future = {
             let _entered = span.enter();
             self.inner.call(request)

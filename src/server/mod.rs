@@ -26,6 +26,13 @@ use crate::store::{Sealer, Store};
 
 pub mod edge;
 
+/// The largest HTTP/2 header block (all of a request's metadata) the server reads. Metadata up
+/// to this size gets a gRPC answer on its own stream (the edge and auth layers refuse what is
+/// too large with RESOURCE_EXHAUSTED or UNAUTHENTICATED); beyond it, HTTP/2 refuses the stream
+/// itself (HTTP 431), or for a block too large to even buffer, closes the connection. hyper's
+/// default of 16 KiB would make that happen to any token a little over 16 KiB.
+pub const MAX_HEADER_LIST_BYTES: u32 = 1024 * 1024;
+
 /// A server that is running; dropping it does not stop it, [`RunningServer::shutdown`] does.
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -108,9 +115,10 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
     let in_flight = edge.in_flight.clone();
     let layers = tower::ServiceBuilder::new()
         .layer(edge)
-        .layer(AuthLayer::new(verifier))
+        .layer(AuthLayer::new(verifier, crate::api::status::to_status))
         .into_inner();
     let router = tonic::transport::Server::builder()
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .layer(layers)
         .add_service(health_service)
         .add_service(reflection_v1)

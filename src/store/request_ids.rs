@@ -10,16 +10,21 @@ use crate::error::{Error, Result};
 
 /// A request id as it arrives: empty = none.
 pub fn check_format(request_id: &str) -> Result<()> {
-    if request_id.len() > 128 || request_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    let bound = crate::domain::bounds::REQUEST_ID.max;
+    if request_id.chars().count() > bound || request_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(Error::invalid(
             "request_id",
-            "at most 128 printable characters without spaces (a UUID is best)",
+            format!("at most {bound} printable characters without spaces (a UUID is best)"),
         ));
     }
     Ok(())
 }
 
-/// A digest of the request body, to tell a retry from a different request with the same id.
+/// A digest of the request, to tell a retry from a different request with the same id.
+/// `encoded_request` must be canonical: the decoded request encoded again, which gives the same
+/// bytes for the same request however the client encoded it (fields in number order, unknown
+/// fields dropped, and map entries in key order, since every protobuf map is a BTreeMap; see
+/// build.rs).
 pub fn request_hash(encoded_request: &[u8]) -> String {
     hex::encode(Sha256::digest(encoded_request))
 }

@@ -76,6 +76,8 @@ async fn eligible(
         .list_eligible_segments(pb::ListEligibleSegmentsRequest {
             connection: connection.into(),
             settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            page_size: 1000,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -183,6 +185,7 @@ async fn b2b_people_targets_take_contact_segments_only() {
         .list_eligible_segments(pb::ListEligibleSegmentsRequest {
             connection: "environments/globex/connections/li".into(),
             settings: [("target".to_string(), "PLANETS".to_string())].into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

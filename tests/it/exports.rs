@@ -28,7 +28,7 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-fn pairs(items: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+fn pairs(items: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
     items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 

@@ -2,6 +2,7 @@
 mod common;
 
 mod auth;
+mod bad_input;
 mod catalog;
 mod cdm_output;
 mod cli;
@@ -10,7 +11,10 @@ mod durability;
 mod eligibility;
 mod environments;
 mod exports;
+mod limits;
 mod process;
+mod raw;
+mod request_ids;
 mod roles;
 mod rule_limits;
 mod runs;
