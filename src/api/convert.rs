@@ -529,7 +529,9 @@ pub fn run_trigger(trigger: crate::domain::run::RunTrigger) -> pb::RunTrigger {
 }
 
 /// A run as clients see it; a failure is a `google.rpc.Status` with an ErrorInfo saying where.
-pub fn run(run: &crate::domain::run::Run) -> pb::ExportRun {
+/// `may_see` says whether the caller may see a connection (by name): messages that name where
+/// a connection wrote are shown in full only then.
+pub fn run(run: &crate::domain::run::Run, may_see: &dyn Fn(&str) -> bool) -> pb::ExportRun {
     pb::ExportRun {
         name: run.name.to_string(),
         export: run.name.export_name().to_string(),
@@ -545,7 +547,7 @@ pub fn run(run: &crate::domain::run::Run) -> pb::ExportRun {
                     .unwrap_or(0),
                 start_time: opt_timestamp(t.start_time),
                 end_time: opt_timestamp(t.end_time),
-                message: t.message.clone(),
+                message: t.message_for(may_see).to_string(),
             })
             .collect(),
         records_total: run.counts.total,

@@ -3,13 +3,13 @@
 //! connectors. `registry` holds the catalogue of types.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::domain::catalog::FieldType;
 use crate::domain::connection::Connection;
+use crate::domain::output_area::LocalRoots;
 use crate::engine::retry::Failure;
 
 pub mod cdm;
@@ -21,8 +21,10 @@ pub struct Target<'a> {
     pub connection: &'a Connection,
     /// Opened secrets; never logged.
     pub secrets: &'a BTreeMap<String, String>,
-    /// Where `local-files` connections without `root` write.
-    pub exports_root: &'a Path,
+    /// Where `local-files` connections may write (the operator's exports root and allowed roots).
+    pub local_roots: LocalRoots<'a>,
+    /// The mode of files written to the server's file system.
+    pub export_file_mode: u32,
 }
 
 /// One step of a connection test.
@@ -117,8 +119,11 @@ pub struct PartSchema {
 pub struct SinkSummary {
     pub files: Vec<String>,
     pub bytes: u64,
-    /// Where to look, e.g. the URL of model.json.
+    /// Where to look, e.g. the URL of model.json: for callers who may see the connection.
     pub location: String,
+    /// The same, relative to the connection's root or prefix (`<export folder>/model.json`):
+    /// what everyone else is told.
+    pub location_in_connection: String,
 }
 
 /// Where one run's rows go. Parts are written one after another; `commit` makes the whole run
@@ -187,11 +192,3 @@ pub fn connector_for(type_id: &str) -> &'static dyn Connector {
     }
 }
 
-/// The folder a `local-files` connection writes under.
-pub fn local_root(connection: &Connection, exports_root: &Path) -> PathBuf {
-    connection
-        .config
-        .get("root")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| exports_root.to_path_buf())
-}

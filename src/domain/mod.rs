@@ -9,6 +9,7 @@ pub mod etag;
 pub mod export;
 pub mod list_query;
 pub mod names;
+pub mod output_area;
 pub mod paging;
 pub mod rule;
 pub mod run;

@@ -80,10 +80,32 @@ pub struct Task {
     pub state: i32,
     pub start_time: Option<Micros>,
     pub end_time: Option<Micros>,
+    /// What every caller reads: it names no location of the connection beyond the export's
+    /// own folder (relative to the connection's root or prefix).
+    pub message: String,
+    /// The message as callers who may see the connection read it (naming where it wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<ConnectionDetail>,
+}
+
+/// A message meant only for callers who may see a connection: contributors and viewers see
+/// a connection's details only when it is shared with contributors (PRODUCT.md §2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionDetail {
+    /// The connection's name.
+    pub connection: String,
     pub message: String,
 }
 
 impl Task {
+    /// The message for a caller; `may_see` says whether the caller may see a connection.
+    pub fn message_for(&self, may_see: impl Fn(&str) -> bool) -> &str {
+        match &self.detail {
+            Some(detail) if may_see(&detail.connection) => &detail.message,
+            _ => &self.message,
+        }
+    }
+
     pub fn fresh_list() -> Vec<Task> {
         TASKS
             .iter()
@@ -93,6 +115,7 @@ impl Task {
                 start_time: None,
                 end_time: None,
                 message: String::new(),
+                detail: None,
             })
             .collect()
     }
