@@ -64,8 +64,7 @@ pub fn create_file(path: &Path, mode: u32) -> io::Result<File> {
 
 /// Creates the folders of `path` that are missing below `base`, each with exactly `mode`.
 /// Nothing is created above `base`, which must exist: `path` must lie inside it, also once
-/// symbolic links are followed. Error messages name paths relative to `base` only, so that
-/// callers may show them to whoever may see the folder below it.
+/// symbolic links are followed. Error messages name no path: callers say which folder.
 pub fn create_folders_below(base: &Path, path: &Path, mode: u32) -> io::Result<()> {
     let relative = path.strip_prefix(base).map_err(|_| {
         io::Error::new(
@@ -87,7 +86,7 @@ pub fn create_folders_below(base: &Path, path: &Path, mode: u32) -> io::Result<(
         let Component::Normal(name) = component else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("`{}` is not a plain folder path", relative.display()),
+                "not a plain folder path",
             ));
         };
         current.push(name);
@@ -97,10 +96,7 @@ pub fn create_folders_below(base: &Path, path: &Path, mode: u32) -> io::Result<(
                 if !fs::canonicalize(&current)?.starts_with(&canonical_base) {
                     return Err(io::Error::new(
                         io::ErrorKind::PermissionDenied,
-                        format!(
-                            "`{}` is a symbolic link that leads elsewhere",
-                            current.strip_prefix(base).unwrap_or(&current).display()
-                        ),
+                        "a folder on the way is a symbolic link that leads elsewhere",
                     ));
                 }
             }

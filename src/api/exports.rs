@@ -231,6 +231,10 @@ impl ExportApi {
                     export,
                     &convert::ExportView {
                         connection: stored.connection.as_ref(),
+                        may_see_connection: stored
+                            .connection
+                            .as_ref()
+                            .is_some_and(|c| policy::can_see_connection(role, c.contributors_can_use)),
                         may_edit: policy::may_edit_export(role, editable(stored)),
                         member_counts,
                         warnings,

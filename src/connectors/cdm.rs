@@ -301,15 +301,21 @@ impl CdmStorage for LocalStorage {
     }
 
     fn location(&self, relative_path: &str) -> String {
-        let mut url = String::from("file://");
-        let root = url_path_bytes(&self.root);
-        percent_encode_into(root.strip_suffix(b"/").unwrap_or(&root), &mut url);
+        let mut url = file_url(&self.root);
         for segment in relative_path.split('/').filter(|s| !s.is_empty()) {
             url.push('/');
             percent_encode_into(segment.as_bytes(), &mut url);
         }
         url
     }
+}
+
+/// The `file://` URL of an absolute path, as partition locations are written.
+pub fn file_url(path: &Path) -> String {
+    let mut url = String::from("file://");
+    let bytes = url_path_bytes(path);
+    percent_encode_into(bytes.strip_suffix(b"/").unwrap_or(&bytes), &mut url);
+    url
 }
 
 /// A local file written to `<name>.tmp` and renamed to `<name>` when finished.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::cdm::{CdmAttribute, CdmEntity, CdmFolderWriter, CdmType, CsvOptions, LocalStorage};
+use super::cdm::{CdmAttribute, CdmEntity, CdmFolderWriter, CdmType, CsvOptions, LocalStorage, file_url};
 use super::{Check, Connector, PartSchema, RunTarget, Sink, SinkSummary, Target, TestReport, io_failure};
 use crate::domain::catalog::field_type_str;
 use crate::domain::output_area::{area_base, export_folder, local_area};
@@ -96,8 +96,6 @@ impl Connector for LocalFiles {
         TestReport { checks }
     }
 
-    /// Failures name no absolute path: a run's messages are read by callers who may not see
-    /// the connection (its root).
     async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure> {
         let settings = run.settings;
         if let Some(format) = settings.get("format").filter(|f| *f != "csv") {
@@ -113,19 +111,14 @@ impl Connector for LocalFiles {
         })?;
         let folder = export_folder(run.export_id, settings);
         let mode = run.target.export_file_mode;
+        let shown = area.display().to_string();
         let storage = tokio::task::spawn_blocking(move || {
             create_folders_below(&base, &area, folder_mode(mode))?;
             LocalStorage::new(area).map(|storage| storage.with_file_mode(mode))
         })
         .await
         .map_err(|e| Failure::Permanent { message: e.to_string() })?
-        .map_err(|e| {
-            let kind = e.kind();
-            io_failure(
-                "cannot create the connection's folder",
-                std::io::Error::new(kind, kind.to_string()),
-            )
-        })?;
+        .map_err(|e| io_failure(&format!("cannot create {shown}"), e))?;
         // An earlier attempt of this very run may have committed before its process died
         // (between the commit and recording the outcome): its files are complete and must not
         // be rewritten; this attempt reads its records again (for its counts) and keeps them.
@@ -142,6 +135,23 @@ impl Connector for LocalFiles {
         );
         Ok(Box::new(CdmSink { writer: Some(writer) }))
     }
+
+    fn private_locations(&self, target: &Target<'_>) -> Vec<String> {
+        locations_of(&local_area(target.connection, target.local_roots.exports_root))
+    }
+}
+
+/// The area as configured and as the file system resolves it, as paths and as `file://` URLs
+/// (partition locations and model.json's URL use the resolved one).
+fn locations_of(area: &Path) -> Vec<String> {
+    let mut paths = vec![area.to_path_buf()];
+    if let Ok(resolved) = std::fs::canonicalize(area) {
+        paths.push(resolved);
+    }
+    paths
+        .iter()
+        .flat_map(|path| [path.display().to_string(), file_url(path)])
+        .collect()
 }
 
 /// Writes, reads back and removes a small file: the folder takes files of the export mode.
@@ -245,7 +255,6 @@ impl Sink for CdmSink {
             files: summary.files,
             bytes: summary.bytes,
             location: summary.model_json_location,
-            location_in_connection: summary.model_json_path,
         })
     }
 
@@ -290,7 +299,6 @@ fn committed_by_this_run(storage: &LocalStorage, folder: &str, run_id: &str) -> 
         files,
         bytes: bytes_total,
         location: storage.location(&model_path),
-        location_in_connection: model_path,
     })
 }
 

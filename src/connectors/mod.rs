@@ -82,6 +82,13 @@ pub trait Connector: Send + Sync {
     /// Opens what one run writes through. Nothing is visible at the target until
     /// [`Sink::commit`].
     async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure>;
+
+    /// The beginnings of the paths and URLs that name where this connection writes (its
+    /// root, prefix, bucket): run messages read by callers who may not see the connection
+    /// name folders relative to them instead.
+    fn private_locations(&self, _target: &Target<'_>) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A run as a connector sees it.
@@ -119,11 +126,8 @@ pub struct PartSchema {
 pub struct SinkSummary {
     pub files: Vec<String>,
     pub bytes: u64,
-    /// Where to look, e.g. the URL of model.json: for callers who may see the connection.
+    /// Where to look, e.g. the URL of model.json.
     pub location: String,
-    /// The same, relative to the connection's root or prefix (`<export folder>/model.json`):
-    /// what everyone else is told.
-    pub location_in_connection: String,
 }
 
 /// Where one run's rows go. Parts are written one after another; `commit` makes the whole run

@@ -169,6 +169,7 @@ fn failure_error(task: &str, part: &str, failure: &Failure) -> RunError {
         message: failure.message().to_string(),
         task: task.into(),
         part: part.into(),
+        detail: None,
     }
 }
 
@@ -191,6 +192,7 @@ fn error_of(task: &str, err: &Error) -> RunError {
         message: err.message.clone(),
         task: task.to_string(),
         part: String::new(),
+        detail: None,
     }
 }
 
@@ -432,11 +434,19 @@ impl Engine {
             tokio::time::sleep,
         )
         .await;
+        // What the target says may name where the connection writes: callers who may not see
+        // the connection read it with folders relative to it (asked after opening, when the
+        // folders exist and resolve).
+        let locations = connector.private_locations(&run_target.target);
+        let connection_name = plan.connection.name.to_string();
+        let target_error = |task: &str, part: &str, failure: &Failure| {
+            failure_error(task, part, failure).concealing(&connection_name, &locations)
+        };
         let mut sink = match opened {
             Ok(sink) => sink,
             Err((failure, _)) => {
                 return self
-                    .fail(run, control, progress, "write", failure_error("write", "", &failure))
+                    .fail(run, control, progress, "write", target_error("write", "", &failure))
                     .await;
             }
         };
@@ -453,7 +463,7 @@ impl Engine {
                 Err(Stop::Failed(failure)) => {
                     sink.abort().await;
                     return self
-                        .fail(run, control, progress, "write", failure_error("write", &id, &failure))
+                        .fail(run, control, progress, "write", target_error("write", &id, &failure))
                         .await;
                 }
                 Err(Stop::Store(err)) => {
@@ -508,23 +518,18 @@ impl Engine {
                         control,
                         progress,
                         "finalize",
-                        failure_error("finalize", "", &failure),
+                        target_error("finalize", "", &failure),
                     )
                     .await;
             }
         };
         progress.counts.bytes = summary.bytes as i64;
-        // Where the files are is the connection's business: others learn the export's folder.
-        let committed = |location: &str| format!("committed {} files; see {location}", summary.files.len());
-        progress.end_with_detail(
-            "finalize",
-            RunState::Succeeded,
-            committed(&summary.location_in_connection),
-            Some(ConnectionDetail {
-                connection: plan.connection.name.to_string(),
-                message: committed(&summary.location),
-            }),
+        let (message, detail) = ConnectionDetail::split(
+            format!("committed {} files; see {}", summary.files.len(), summary.location),
+            &connection_name,
+            &locations,
         );
+        progress.end_with_detail("finalize", RunState::Succeeded, message, detail);
         Outcome::Finished(Box::new(Finish {
             state: RunState::Succeeded,
             tasks: progress.tasks,
@@ -636,8 +641,10 @@ impl Engine {
         task: &str,
         error: RunError,
     ) -> Outcome {
-        tracing::warn!(run = %run.name, task, reason = %error.reason, message = %error.message, "run failed");
-        progress.end(task, RunState::Failed, error.message.clone());
+        // The operator's log gets the full message.
+        let logged = error.detail.as_ref().map_or(&error.message, |d| &d.message);
+        tracing::warn!(run = %run.name, task, reason = %error.reason, message = %logged, "run failed");
+        progress.end_with_detail(task, RunState::Failed, error.message.clone(), error.detail.clone());
         // Tasks that ran beside the failing one were stopped; those that never started stay
         // QUEUED (they did not run).
         for other in &mut progress.tasks {

@@ -538,7 +538,7 @@ async fn test_connection_reports_each_check() {
     assert!(report.ok, "{report:?}");
     assert_eq!(
         report.checks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-        vec!["folder_exists", "folder_writable"]
+        vec!["root_allowed", "folder_exists", "folder_writable"]
     );
     assert!(root.is_dir());
 

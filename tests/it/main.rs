@@ -10,6 +10,7 @@ mod durability;
 mod eligibility;
 mod environments;
 mod exports;
+mod output_areas;
 mod process;
 mod roles;
 mod runs;
