@@ -523,7 +523,9 @@ fn parse_file_mode(text: &str) -> Result<u32, String> {
     }
     let mode = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
     if mode > 0o777 {
-        return Err(format!("export_file_mode: '{text}' may only set permission bits (at most 0777)"));
+        return Err(format!(
+            "export_file_mode: '{text}' may only set permission bits (at most 0777)"
+        ));
     }
     if mode & 0o600 != 0o600 {
         return Err(format!(
@@ -656,9 +658,10 @@ mod tests {
 
     #[test]
     fn dev_secrets_are_created_private_and_found_by_later_commands() {
-        let dir = tempfile::tempdir().unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("dev-data");
         let dev = Flags {
-            data_dir: Some(dir.path().into()),
+            data_dir: Some(dir.clone()),
             dev: true,
             ..Flags::default()
         };
@@ -667,20 +670,63 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(DEV_SECRETS_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
+            let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir.join(DEV_SECRETS_FILE)), 0o600);
+            assert_eq!(mode(&dir), 0o700, "the data dir is the server's alone");
         }
         let later = Flags {
-            data_dir: Some(dir.path().into()),
+            data_dir: Some(dir.clone()),
             ..Flags::default()
         };
         let second = Settings::load_with_env(&later, &env_of(&[])).unwrap();
         assert_eq!(first.jwt.hs256_secret, second.jwt.hs256_secret);
         assert_eq!(first.sealing_keys, second.sealing_keys);
         assert!(!format!("{second:?}").contains(&String::from_utf8(second.jwt.hs256_secret.clone().unwrap()).unwrap()));
+    }
+
+    #[test]
+    fn local_files_roots_default_to_the_exports_root_and_the_dev_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let flags = Flags {
+            data_dir: Some(data.join("./x/..")),
+            ..Flags::default()
+        };
+        let settings = Settings::load_with_env(&flags, &env_of(&[])).unwrap();
+        assert_eq!(settings.exports_root, data.join("exports"), "normalised");
+        assert_eq!(settings.allowed_roots, vec![data.join("exports")]);
+        assert_eq!(settings.export_file_mode, 0o600);
+        let dev = Flags {
+            dev: true,
+            ..flags.clone()
+        };
+        let settings = Settings::load_with_env(&dev, &env_of(&[])).unwrap();
+        assert_eq!(settings.allowed_roots, vec![data.join("exports"), data.clone()]);
+
+        let vars = env_of(&[
+            ("EXPORTD_ALLOWED_ROOTS", "/srv/a/, /srv/b/../c"),
+            ("EXPORTD_EXPORT_FILE_MODE", "640"),
+        ]);
+        let settings = Settings::load_with_env(&flags, &vars).unwrap();
+        assert_eq!(
+            settings.allowed_roots,
+            vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/c")]
+        );
+        assert_eq!(settings.export_file_mode, 0o640);
+        let vars = env_of(&[("EXPORTD_ALLOWED_ROOTS", "")]);
+        assert!(Settings::load_with_env(&flags, &vars).unwrap().allowed_roots.is_empty());
+        let vars = env_of(&[("EXPORTD_ALLOWED_ROOTS", "relative/path")]);
+        assert!(
+            Settings::load_with_env(&flags, &vars)
+                .unwrap_err()
+                .contains("allowed_roots")
+        );
+        for bad in ["0400", "rw", "0o600", "1777", "99"] {
+            let pairs = [("EXPORTD_EXPORT_FILE_MODE", bad)];
+            let vars = env_of(&pairs);
+            let err = Settings::load_with_env(&flags, &vars).unwrap_err();
+            assert!(err.contains("export_file_mode"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -84,10 +84,7 @@ pub fn create_folders_below(base: &Path, path: &Path, mode: u32) -> io::Result<(
     let mut current = base.to_path_buf();
     for component in relative.components() {
         let Component::Normal(name) = component else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a plain folder path",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a plain folder path"));
         };
         current.push(name);
         match fs::create_dir(&current) {

@@ -138,7 +138,11 @@ impl ConnectionApi {
             request_id: &request.request_id,
             hash: &hash,
         });
-        let created = self.state.store.create_connection(&draft, &secrets, key, &roots).await?;
+        let created = self
+            .state
+            .store
+            .create_connection(&draft, &secrets, key, &roots)
+            .await?;
         tracing::info!(connection = %created.name, r#type = %created.type_id, "connection created");
         Ok(convert::connection(&created, registry::find(&created.type_id)))
     }
@@ -233,7 +237,9 @@ impl ConnectionApi {
             return Err(Error::invalid_fields(violations));
         }
         // Where its exports write changes only with its configuration.
-        let moved = paths.iter().any(|p| p == "config" || mask::map_key(p, "config").is_some());
+        let moved = paths
+            .iter()
+            .any(|p| p == "config" || mask::map_key(p, "config").is_some());
         let roots = self.state.settings.local_roots();
         let updated = self
             .state

@@ -19,10 +19,10 @@ use crate::domain::paging;
 use crate::domain::run::{Run, RunTrigger};
 use crate::error::{Error, Result};
 use crate::pb;
+use crate::store::Store;
 use crate::store::connections::RequestKey;
 use crate::store::exports::StoredExport;
 use crate::store::request_ids;
-use crate::store::Store;
 use crate::store::runs::RunQuery;
 
 const FILTER_FIELDS: &[FilterField] = &[

@@ -732,7 +732,9 @@ impl CdmFolderWriter {
         if referenced.as_ref().is_some_and(|set| set.contains(&location)) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!("{relative_path} is part of the existing model.json and is never overwritten; use a new run id"),
+                format!(
+                    "{relative_path} is part of the existing model.json and is never overwritten; use a new run id"
+                ),
             ));
         }
         let file = storage.create_file(&relative_path)?;

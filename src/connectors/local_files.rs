@@ -71,11 +71,15 @@ impl Connector for LocalFiles {
         ));
         let mode = target.export_file_mode;
         let folder = area.clone();
-        let created = tokio::task::spawn_blocking(move || create_folders_below(&base, &folder, folder_mode(mode))).await;
+        let created =
+            tokio::task::spawn_blocking(move || create_folders_below(&base, &folder, folder_mode(mode))).await;
         match created {
             Ok(Ok(())) => checks.push(Check::pass("folder_exists", format!("folder {shown} exists"))),
             Ok(Err(e)) => {
-                checks.push(Check::fail("folder_exists", format!("cannot create folder {shown}: {e}")));
+                checks.push(Check::fail(
+                    "folder_exists",
+                    format!("cannot create folder {shown}: {e}"),
+                ));
                 return TestReport { checks };
             }
             Err(e) => {
@@ -164,7 +168,9 @@ fn write_probe(probe: &Path, mode: u32) -> std::io::Result<()> {
     let written = std::fs::read(probe)?;
     std::fs::remove_file(probe)?;
     if written.len() != b"exportd connection test".len() {
-        return Err(std::io::Error::other("the probe file read back differs from what was written"));
+        return Err(std::io::Error::other(
+            "the probe file read back differs from what was written",
+        ));
     }
     Ok(())
 }

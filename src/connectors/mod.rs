@@ -195,4 +195,3 @@ pub fn connector_for(type_id: &str) -> &'static dyn Connector {
         _ => &NotYetSupported,
     }
 }
-

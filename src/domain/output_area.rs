@@ -211,9 +211,11 @@ pub fn export_location(
     exports_root: &Path,
 ) -> Option<Location> {
     let mut location = connection_location(connection, exports_root)?;
-    location
-        .path
-        .extend(folder_segments(&export_folder(export_id, settings)).into_iter().map(str::to_string));
+    location.path.extend(
+        folder_segments(&export_folder(export_id, settings))
+            .into_iter()
+            .map(str::to_string),
+    );
     Some(location)
 }
 
@@ -221,7 +223,12 @@ pub fn export_location(
 /// None for targets that are not folders.
 pub fn connection_location(connection: &Connection, exports_root: &Path) -> Option<Location> {
     let config = |key: &str| connection.config.get(key).map(String::as_str).unwrap_or_default();
-    let strings = |text: &str| folder_segments(text).into_iter().map(str::to_string).collect::<Vec<_>>();
+    let strings = |text: &str| {
+        folder_segments(text)
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
     let (space, path) = match connection.type_id.as_str() {
         "local-files" => {
             let area = local_area(connection, exports_root);
@@ -333,7 +340,10 @@ mod tests {
     #[test]
     fn paths_are_normalised_lexically() {
         let base = Path::new("/srv/exportd");
-        assert_eq!(normalize(Path::new("data/./exports/"), base), PathBuf::from("/srv/exportd/data/exports"));
+        assert_eq!(
+            normalize(Path::new("data/./exports/"), base),
+            PathBuf::from("/srv/exportd/data/exports")
+        );
         assert_eq!(normalize(Path::new("/a/b/../c"), base), PathBuf::from("/a/c"));
         assert_eq!(normalize(Path::new("/../.."), base), PathBuf::from("/"));
     }
@@ -344,7 +354,9 @@ mod tests {
             assert!(check_relative_folder(good).is_ok(), "{good}");
         }
         let long = "x".repeat(MAX_SEGMENT_BYTES + 1);
-        for bad in [".", "./x", "x/./y", "x/..", "/abs", "a\nb", "a\\b", "", "/", "//", &long] {
+        for bad in [
+            ".", "./x", "x/./y", "x/..", "/abs", "a\nb", "a\\b", "", "/", "//", &long,
+        ] {
             assert!(check_relative_folder(bad).is_err(), "{bad:?}");
         }
         assert!(check_relative_folder(&"x".repeat(MAX_SEGMENT_BYTES)).is_ok());
@@ -372,20 +384,37 @@ mod tests {
         assert_eq!(at(Some("a")).overlap(&at(Some("a/b"))), Some(Overlap::Contains));
         assert_eq!(at(Some("ab")).overlap(&at(Some("a"))), None);
         // Another connection's root can reach into this one's area.
-        let inner = connection("acme", "inner", "local-files", &[("root", "/data/exports/acme/files/a")]);
+        let inner = connection(
+            "acme",
+            "inner",
+            "local-files",
+            &[("root", "/data/exports/acme/files/a")],
+        );
         let inner_at = export_location(&inner, "e", &settings(Some("b")), root).unwrap();
         assert_eq!(inner_at.overlap(&at(Some("a/b"))), Some(Overlap::Same));
 
-        let bucket = |prefix: &str, bucket: &str| connection("acme", "s", "s3", &[("bucket", bucket), ("prefix", prefix)]);
+        let bucket =
+            |prefix: &str, bucket: &str| connection("acme", "s", "s3", &[("bucket", bucket), ("prefix", prefix)]);
         let s3 = |c: &Connection, folder: &str| export_location(c, "e", &settings(Some(folder)), root).unwrap();
-        assert_eq!(s3(&bucket("p", "b1"), "x").overlap(&s3(&bucket("", "b1"), "p")), Some(Overlap::Inside));
+        assert_eq!(
+            s3(&bucket("p", "b1"), "x").overlap(&s3(&bucket("", "b1"), "p")),
+            Some(Overlap::Inside)
+        );
         assert_eq!(s3(&bucket("p", "b1"), "x").overlap(&s3(&bucket("p", "b2"), "x")), None);
         let sftp = |folder: &str, user: &str| {
-            connection("acme", "f", "sftp", &[("host", "Files.Example"), ("folder", folder), ("username", user)])
+            connection(
+                "acme",
+                "f",
+                "sftp",
+                &[("host", "Files.Example"), ("folder", folder), ("username", user)],
+            )
         };
         let at_sftp = |c: &Connection| export_location(c, "e", &BTreeMap::new(), root).unwrap();
         assert_eq!(at_sftp(&sftp("out", "a")).overlap(&at_sftp(&sftp("out", "b"))), None);
-        assert_eq!(at_sftp(&sftp("/out", "a")).overlap(&at_sftp(&sftp("/out", "b"))), Some(Overlap::Same));
+        assert_eq!(
+            at_sftp(&sftp("/out", "a")).overlap(&at_sftp(&sftp("/out", "b"))),
+            Some(Overlap::Same)
+        );
         let webhook = connection("acme", "w", "webhook", &[("url", "https://x")]);
         assert!(export_location(&webhook, "e", &BTreeMap::new(), root).is_none());
     }
@@ -448,6 +477,10 @@ mod tests {
         let (name, other, how) = first_overlap(&placed, &[&ExportName::new("acme", "b")]).unwrap();
         assert_eq!((name.id.as_str(), other.id.as_str(), how), ("b", "a", Overlap::Same));
         let violation = overlap_violation("export.settings.folder", name, other, how);
-        assert!(violation.description.contains("environments/acme/exports/a"), "{}", violation.description);
+        assert!(
+            violation.description.contains("environments/acme/exports/a"),
+            "{}",
+            violation.description
+        );
     }
 }

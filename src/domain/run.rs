@@ -124,11 +124,7 @@ impl ConnectionDetail {
 /// it (`lake/model.json`), the location itself "the connection's root". Longer locations are
 /// replaced first, so a URL goes before the path it contains.
 pub fn conceal(text: &str, locations: &[String]) -> String {
-    let mut needles: Vec<&str> = locations
-        .iter()
-        .map(String::as_str)
-        .filter(|l| l.len() > 1)
-        .collect();
+    let mut needles: Vec<&str> = locations.iter().map(String::as_str).filter(|l| l.len() > 1).collect();
     needles.sort_by_key(|l| std::cmp::Reverse(l.len()));
     let mut out = text.to_string();
     for needle in needles {
@@ -227,7 +223,10 @@ mod tests {
     fn concealed_messages_name_folders_relative_to_the_connection() {
         let locations = vec!["/srv/hidden root".to_string(), "file:///srv/hidden%20root".to_string()];
         assert_eq!(
-            conceal("committed 2 files; see file:///srv/hidden%20root/lake/model.json", &locations),
+            conceal(
+                "committed 2 files; see file:///srv/hidden%20root/lake/model.json",
+                &locations
+            ),
             "committed 2 files; see lake/model.json"
         );
         assert_eq!(
@@ -248,6 +247,9 @@ mod tests {
             }),
         };
         assert_eq!(task.message_for(|_| false), "see lake/model.json");
-        assert_eq!(task.message_for(|c| c.ends_with("/c")), "see file:///srv/lake/model.json");
+        assert_eq!(
+            task.message_for(|c| c.ends_with("/c")),
+            "see file:///srv/lake/model.json"
+        );
     }
 }

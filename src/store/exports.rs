@@ -167,8 +167,13 @@ impl Store {
             if outcome.is_none() {
                 hold_sources(&txn, export).await?;
                 placement::lock(&txn).await?;
-                placement::check_exports(&txn, Change::Export(export), placement.roots.exports_root, placement.field)
-                    .await?;
+                placement::check_exports(
+                    &txn,
+                    Change::Export(export),
+                    placement.roots.exports_root,
+                    placement.field,
+                )
+                .await?;
                 let mut model = definition(export);
                 model.env = Set(env.clone());
                 model.id = Set(export.name.id.clone());
@@ -319,8 +324,13 @@ impl Store {
         let txn = self.writer().begin().await?;
         if let Some(placement) = placement {
             placement::lock(&txn).await?;
-            placement::check_exports(&txn, Change::Export(export), placement.roots.exports_root, placement.field)
-                .await?;
+            placement::check_exports(
+                &txn,
+                Change::Export(export),
+                placement.roots.exports_root,
+                placement.field,
+            )
+            .await?;
         }
         let mut model = definition(export);
         model.update_time = Set(now_micros());

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 
 /// Key of the PostgreSQL advisory lock that serialises those writes (any fixed number that no
 /// other lock of the database uses: "exportd" in ASCII).
-const OUTPUT_AREAS_LOCK: i64 = 0x6578_706f_7274_64;
+const OUTPUT_AREAS_LOCK: i64 = i64::from_be_bytes(*b"\0exportd");
 
 /// Takes the output-area lock for the rest of the transaction. PostgreSQL: a
 /// transaction-scoped advisory lock, released at commit or rollback; SQLite has a single
@@ -84,7 +84,10 @@ pub(crate) async fn check_exports(
                 return Ok(());
             };
             // A connection gone meanwhile is reported by the write itself.
-            let Some(area) = connections.get(&name.id).and_then(|c| connection_location(c, exports_root)) else {
+            let Some(area) = connections
+                .get(&name.id)
+                .and_then(|c| connection_location(c, exports_root))
+            else {
                 return Ok(());
             };
             query = query
@@ -170,8 +173,16 @@ fn candidates(
 /// Refuses a `local-files` connection's `root` that is not under the operator's allowed
 /// roots, or reaches into another environment's area (INVALID_ARGUMENT on
 /// `connection.config.root`, naming nothing of the other environment).
-pub(crate) async fn check_root_of(db: &impl ConnectionTrait, connection: &Connection, roots: &LocalRoots<'_>) -> Result<()> {
-    let Some(root) = connection.config.get("root").filter(|_| connection.type_id == "local-files") else {
+pub(crate) async fn check_root_of(
+    db: &impl ConnectionTrait,
+    connection: &Connection,
+    roots: &LocalRoots<'_>,
+) -> Result<()> {
+    let Some(root) = connection
+        .config
+        .get("root")
+        .filter(|_| connection.type_id == "local-files")
+    else {
         return Ok(());
     };
     let configs: Vec<String> = connection::Entity::find()
@@ -187,7 +198,8 @@ pub(crate) async fn check_root_of(db: &impl ConnectionTrait, connection: &Connec
         .filter_map(|config| serde_json::from_str::<BTreeMap<String, String>>(config).ok())
         .filter_map(|config| config.get("root").map(|r| normalize(Path::new(r), Path::new("/"))))
         .collect();
-    check_root(&connection.name.env, root, roots, &foreign).map_err(|description| Error::invalid("connection.config.root", description))
+    check_root(&connection.name.env, root, roots, &foreign)
+        .map_err(|description| Error::invalid("connection.config.root", description))
 }
 
 /// The config key that decides where a storage connection's exports go (the field an

@@ -562,7 +562,11 @@ async fn test_connection_reports_each_check() {
     assert!(!report.ok);
     assert!(report.message.contains("folder_exists failed"), "{}", report.message);
     assert_eq!(
-        report.checks.iter().map(|c| (c.name.as_str(), c.ok)).collect::<Vec<_>>(),
+        report
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.ok))
+            .collect::<Vec<_>>(),
         vec![("root_allowed", true), ("folder_exists", false)]
     );
     t.stop().await;

@@ -965,7 +965,10 @@ async fn contributors_use_only_shared_connections() {
         status.message()
     );
     assert_eq!(missing.message(), status.message());
-    assert_eq!(error_details_without_connection(&missing), error_details_without_connection(&status));
+    assert_eq!(
+        error_details_without_connection(&missing),
+        error_details_without_connection(&status)
+    );
     // Admins see every connection: to them a missing one is a bad argument.
     let status = expect_code(
         admin

@@ -66,15 +66,18 @@ fn with_settings(mut request: pb::CreateExportRequest, settings: &[(&str, &str)]
 
 /// The keys of every row of the partitions the folder's model.json lists, sorted.
 fn exported_keys(folder: &Path) -> Vec<String> {
-    let model: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(folder.join("model.json")).unwrap()).unwrap();
+    let model: serde_json::Value = serde_json::from_slice(&std::fs::read(folder.join("model.json")).unwrap()).unwrap();
     let mut keys = Vec::new();
     for entity in model["entities"].as_array().unwrap() {
         for partition in entity["partitions"].as_array().unwrap() {
             let location = partition["location"].as_str().unwrap();
             let path = location.strip_prefix("file://").unwrap();
             let text = std::fs::read_to_string(path).unwrap();
-            keys.extend(text.lines().skip(1).map(|line| line.split(',').next().unwrap().to_string()));
+            keys.extend(
+                text.lines()
+                    .skip(1)
+                    .map(|line| line.split(',').next().unwrap().to_string()),
+            );
         }
     }
     keys.sort();
@@ -84,7 +87,12 @@ fn exported_keys(folder: &Path) -> Vec<String> {
 /// A local-files connection request whose root is `root` (any text).
 fn rooted(env: &str, id: &str, shared: bool, root: &str) -> pb::CreateConnectionRequest {
     let mut request = local_files(env, id, id, shared);
-    request.connection.as_mut().unwrap().config.insert("root".into(), root.into());
+    request
+        .connection
+        .as_mut()
+        .unwrap()
+        .config
+        .insert("root".into(), root.into());
     request
 }
 
@@ -136,7 +144,11 @@ async fn serve(
     if create_acme {
         state
             .store
-            .create_environment("acme", "Acme", exportd::domain::environment::EnvironmentKind::IndividualCustomers)
+            .create_environment(
+                "acme",
+                "Acme",
+                exportd::domain::environment::EnvironmentKind::IndividualCustomers,
+            )
             .await
             .unwrap();
     }
@@ -173,8 +185,14 @@ async fn exports_of_two_environments_with_the_same_id_or_folder_write_to_differe
     let globex = vec!["g0".to_string(), "g1".to_string(), "g2".to_string()];
     for folder in ["lake", "shared/cdm"] {
         assert_eq!(exported_keys(&exports_root(&t).join("acme/files").join(folder)), acme);
-        assert_eq!(exported_keys(&exports_root(&t).join("globex/files").join(folder)), globex);
-        assert!(!exports_root(&t).join(folder).exists(), "nothing is shared by the environments");
+        assert_eq!(
+            exported_keys(&exports_root(&t).join("globex/files").join(folder)),
+            globex
+        );
+        assert!(
+            !exports_root(&t).join(folder).exists(),
+            "nothing is shared by the environments"
+        );
     }
     t.stop().await;
 }
@@ -257,7 +275,9 @@ async fn a_contributor_cannot_reach_another_exports_folder() {
         assert_eq!(bad_fields(&status), vec!["export.settings.folder"]);
     }
     let unchanged = contributor
-        .get_export(pb::GetExportRequest { name: mine.name.clone() })
+        .get_export(pb::GetExportRequest {
+            name: mine.name.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -276,7 +296,10 @@ async fn a_root_may_only_be_set_under_the_operators_allowed_roots() {
     let mut admin = t.connections("acme", Role::Admin).await;
     let root = exports_root(&t);
     let own = root.join("acme/custom").display().to_string();
-    admin.create_connection(rooted("acme", "own", false, &own)).await.unwrap();
+    admin
+        .create_connection(rooted("acme", "own", false, &own))
+        .await
+        .unwrap();
     let refused = [
         t.data_dir.path().join("beside").display().to_string(),
         "/etc/cron.d".to_string(),
@@ -324,10 +347,15 @@ async fn a_root_may_only_be_set_under_the_operators_allowed_roots() {
     .await;
     let mut admin = t.connections("acme", Role::Admin).await;
     let inside = allowed.join("team-a").display().to_string();
-    admin.create_connection(rooted("acme", "team", false, &inside)).await.unwrap();
+    admin
+        .create_connection(rooted("acme", "team", false, &inside))
+        .await
+        .unwrap();
     let outside = exports_root(&t).join("acme/x").display().to_string();
     let status = expect_code(
-        admin.create_connection(rooted("acme", "default", false, &outside)).await,
+        admin
+            .create_connection(rooted("acme", "default", false, &outside))
+            .await,
         Code::InvalidArgument,
     );
     assert!(
@@ -435,7 +463,11 @@ async fn a_connection_change_that_makes_two_exports_meet_is_refused() {
         Code::InvalidArgument,
     );
     assert_eq!(bad_fields(&status), vec!["connection.config.root"]);
-    assert!(status.message().contains("environments/acme/exports/one"), "{}", status.message());
+    assert!(
+        status.message().contains("environments/acme/exports/one"),
+        "{}",
+        status.message()
+    );
     assert_eq!(get_connection(&mut connections, &before.name).await, before);
     // Moving an export onto the other connection is refused the same way.
     let two = export_name("acme", "two");
@@ -453,7 +485,11 @@ async fn a_connection_change_that_makes_two_exports_meet_is_refused() {
             .await,
         Code::InvalidArgument,
     );
-    assert!(status.message().contains("environments/acme/exports/one"), "{}", status.message());
+    assert!(
+        status.message().contains("environments/acme/exports/one"),
+        "{}",
+        status.message()
+    );
     t.stop().await;
 }
 
@@ -514,7 +550,11 @@ async fn a_duplicated_export_writes_to_its_own_folder() {
         Code::InvalidArgument,
     );
     assert_eq!(bad_fields(&status), vec!["export_id"]);
-    assert!(status.message().contains("environments/acme/exports/taken"), "{}", status.message());
+    assert!(
+        status.message().contains("environments/acme/exports/taken"),
+        "{}",
+        status.message()
+    );
     assert_eq!(export_ids(&mut admin, "acme").await, vec!["lake", "lake-copy", "taken"]);
     t.stop().await;
 }
@@ -537,7 +577,12 @@ async fn test_connection_and_runs_create_nothing_outside_the_allowed_roots() {
         .await
         .unwrap();
     connections
-        .create_connection(rooted("acme", "linked", true, &allowed.join("link/x").display().to_string()))
+        .create_connection(rooted(
+            "acme",
+            "linked",
+            true,
+            &allowed.join("link/x").display().to_string(),
+        ))
         .await
         .unwrap();
     t.exports("acme", Role::Admin)
@@ -575,7 +620,11 @@ async fn test_connection_and_runs_create_nothing_outside_the_allowed_roots() {
         .into_inner();
     assert!(!report.ok, "{report:?}");
     assert_eq!(
-        report.checks.iter().map(|c| (c.name.as_str(), c.ok)).collect::<Vec<_>>(),
+        report
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.ok))
+            .collect::<Vec<_>>(),
         vec![("root_allowed", true), ("folder_exists", false)]
     );
     assert!(files_under(&elsewhere).is_empty() && !elsewhere.join("x").exists());
@@ -605,7 +654,12 @@ async fn run_messages_name_a_connections_folder_only_to_callers_who_may_see_it()
     // A private root that cannot be created: a file is in the way.
     std::fs::write(data.join("hidden-file"), b"x").unwrap();
     connections
-        .create_connection(rooted("acme", "blocked", false, &data.join("hidden-file/sub").display().to_string()))
+        .create_connection(rooted(
+            "acme",
+            "blocked",
+            false,
+            &data.join("hidden-file/sub").display().to_string(),
+        ))
         .await
         .unwrap();
     let mut admin = t.exports("acme", Role::Admin).await;
@@ -630,13 +684,20 @@ async fn run_messages_name_a_connections_folder_only_to_callers_who_may_see_it()
             .clone()
     };
     // Admins read where the files are.
-    assert!(finalize(&secret).contains(&format!("file://{}/secret/model.json", hidden.display())), "{}", finalize(&secret));
+    assert!(
+        finalize(&secret).contains(&format!("file://{}/secret/model.json", hidden.display())),
+        "{}",
+        finalize(&secret)
+    );
     let admin_error = broken.error.as_ref().unwrap().message.clone();
     assert!(admin_error.contains("hidden-file"), "{admin_error}");
 
     for role in [Role::Viewer, Role::Contributor] {
         let mut client = t.exports("acme", role).await;
-        let mut seen = vec![get_run(&mut client, &secret.name).await, get_run(&mut client, &broken.name).await];
+        let mut seen = vec![
+            get_run(&mut client, &secret.name).await,
+            get_run(&mut client, &broken.name).await,
+        ];
         seen.extend(watch_to_end(&mut client, &secret.name).await);
         seen.extend(
             client
@@ -668,7 +729,10 @@ async fn run_messages_name_a_connections_folder_only_to_callers_who_may_see_it()
         }
         for run in &seen {
             let text = format!("{run:?}");
-            assert!(!text.contains("hidden-root") && !text.contains("hidden-file"), "{role:?} reads {text}");
+            assert!(
+                !text.contains("hidden-root") && !text.contains("hidden-file"),
+                "{role:?} reads {text}"
+            );
         }
         let message = finalize(&seen[0]);
         assert!(
@@ -676,7 +740,12 @@ async fn run_messages_name_a_connections_folder_only_to_callers_who_may_see_it()
             "{message}"
         );
         assert!(
-            seen[1].error.as_ref().unwrap().message.contains("the connection's root"),
+            seen[1]
+                .error
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("the connection's root"),
             "{:?}",
             seen[1].error
         );
@@ -717,7 +786,11 @@ async fn settings_that_could_never_run_are_refused_when_saved() {
             );
             request.validate_only = validate_only;
             let status = expect_code(admin.create_export(request).await, Code::InvalidArgument);
-            assert_eq!(bad_fields(&status), vec![format!("export.settings.{key}")], "{key}={value:?}");
+            assert_eq!(
+                bad_fields(&status),
+                vec![format!("export.settings.{key}")],
+                "{key}={value:?}"
+            );
         }
     }
     assert!(export_ids(&mut admin, "acme").await.is_empty());
@@ -745,10 +818,16 @@ async fn settings_that_could_never_run_are_refused_when_saved() {
                 .await,
             Code::InvalidArgument,
         );
-        assert_eq!(bad_fields(&status), vec![format!("export.settings.{key}")], "{key}={value:?}");
+        assert_eq!(
+            bad_fields(&status),
+            vec![format!("export.settings.{key}")],
+            "{key}={value:?}"
+        );
     }
     let unchanged = admin
-        .get_export(pb::GetExportRequest { name: good.name.clone() })
+        .get_export(pb::GetExportRequest {
+            name: good.name.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -813,7 +892,11 @@ async fn the_data_dir_database_and_exported_files_are_private() {
         let modes = modes_under(&exports);
         assert!(modes.len() > 6, "{modes:?}");
         for (path, mode) in &modes {
-            let expected = if exports.join(path).is_dir() { folder_mode } else { file_mode };
+            let expected = if exports.join(path).is_dir() {
+                folder_mode
+            } else {
+                file_mode
+            };
             assert_eq!(*mode, expected, "{path}: {mode:o} in {modes:?}");
         }
         t.stop().await;
