@@ -290,6 +290,34 @@ async fn a_contributor_cannot_reach_another_exports_folder() {
 }
 
 #[tokio::test]
+async fn concurrent_saves_of_one_folder_let_exactly_one_through() {
+    let t = two_tenants(Options::default()).await;
+    // Every client is connected before the saves start, so that they reach the server together.
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        clients.push(t.exports("acme", Role::Admin).await);
+    }
+    let requests = clients.into_iter().enumerate().map(|(i, mut client)| async move {
+        client
+            .create_export(with_settings(
+                data_out("acme", &format!("race-{i}"), "Race", "files", &[&customers("acme")]),
+                &[("folder", "race")],
+            ))
+            .await
+    });
+    let results = futures::future::join_all(requests).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 1, "{results:?}");
+    for refused in results.into_iter().filter_map(Result::err) {
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert_eq!(bad_fields(&refused), vec!["export.settings.folder"]);
+    }
+    let mut admin = t.exports("acme", Role::Admin).await;
+    assert_eq!(export_ids(&mut admin, "acme").await.len(), 1);
+    t.stop().await;
+}
+
+#[tokio::test]
 async fn a_root_may_only_be_set_under_the_operators_allowed_roots() {
     // The defaults: the exports root, and inside it only the environment's own folder.
     let t = TestServer::start_with(Options::default().default_allowed_roots()).await;
