@@ -11,6 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 
+use crate::domain::output_area::{LocalRoots, normalize};
+
 /// Reads the SQLite store keeps in memory between writes, unless configured.
 pub const DEFAULT_READ_CACHE_ENTRIES: usize = 16_384;
 
@@ -39,7 +41,12 @@ pub struct Settings {
     pub max_message_bytes: usize,
     pub workers: usize,
     pub run_lease_seconds: u64,
+    /// Absolute and normalised.
     pub exports_root: PathBuf,
+    /// Folders under which a `local-files` connection's `root` may lie; absolute, normalised.
+    pub allowed_roots: Vec<PathBuf>,
+    /// Permission bits of exported files; their folders get the same plus `x` where `r` is set.
+    pub export_file_mode: u32,
     pub shutdown_grace_seconds: u64,
     /// Reads kept between writes on SQLite (0: none).
     pub read_cache_entries: usize,
@@ -79,6 +86,9 @@ impl std::fmt::Debug for Settings {
             .field("sealing_key_ids", &self.sealing_keys.keys().collect::<Vec<_>>())
             .field("sealing_key_id", &self.sealing_key_id)
             .field("workers", &self.workers)
+            .field("exports_root", &self.exports_root)
+            .field("allowed_roots", &self.allowed_roots)
+            .field("export_file_mode", &format_args!("{:04o}", self.export_file_mode))
             .finish_non_exhaustive()
     }
 }
@@ -189,7 +199,17 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         key: "exports_root",
         default: "<data_dir>/exports",
-        description: "where `local-files` connections without `root` write",
+        description: "where `local-files` connections without `root` write: `<exports_root>/<environment>/<connection>`",
+    },
+    SettingDoc {
+        key: "allowed_roots",
+        default: "<exports_root> (and <data_dir> under --dev)",
+        description: "comma-separated absolute folders under which a `local-files` connection's `root` may lie",
+    },
+    SettingDoc {
+        key: "export_file_mode",
+        default: "0600",
+        description: "octal permission bits of exported files (folders get `x` where `r` is set: 0600 gives 0700)",
     },
     SettingDoc {
         key: "shutdown_grace_seconds",
@@ -234,6 +254,8 @@ pub struct Layer {
     pub workers: Option<usize>,
     pub run_lease_seconds: Option<u64>,
     pub exports_root: Option<PathBuf>,
+    pub allowed_roots: Option<Vec<PathBuf>>,
+    pub export_file_mode: Option<String>,
     pub shutdown_grace_seconds: Option<u64>,
     pub read_cache_entries: Option<usize>,
     pub rule_evaluation_budget_seconds: Option<u64>,
@@ -268,6 +290,8 @@ impl Layer {
             workers,
             run_lease_seconds,
             exports_root,
+            allowed_roots,
+            export_file_mode,
             shutdown_grace_seconds,
             read_cache_entries,
             rule_evaluation_budget_seconds,
@@ -283,7 +307,7 @@ impl Layer {
             let var = format!("EXPORTD_{}", setting.key.to_uppercase());
             let Some(raw) = vars(&var) else { continue };
             let value = match setting.key {
-                "jwt_public_key_files" | "sealing_keys" => toml::Value::Array(
+                "jwt_public_key_files" | "sealing_keys" | "allowed_roots" => toml::Value::Array(
                     raw.split(',')
                         .map(str::trim)
                         .filter(|s| !s.is_empty())
@@ -433,9 +457,33 @@ impl Settings {
         if run_lease_seconds < 2 {
             return Err("run_lease_seconds must be at least 2".into());
         }
+        // Relative folders are taken from where the server starts, once: every later check
+        // compares normalised absolute paths.
+        let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+        let exports_root = normalize(&layer.exports_root.unwrap_or_else(|| data_dir.join("exports")), &cwd);
+        let allowed_roots = match layer.allowed_roots {
+            Some(list) => list
+                .iter()
+                .map(|root| {
+                    if root.is_absolute() {
+                        Ok(normalize(root, &cwd))
+                    } else {
+                        Err(format!("allowed_roots: '{}' is not an absolute folder", root.display()))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None if dev => vec![exports_root.clone(), normalize(&data_dir, &cwd)],
+            None => vec![exports_root.clone()],
+        };
+        let export_file_mode = match &layer.export_file_mode {
+            Some(text) => parse_file_mode(text)?,
+            None => DEFAULT_EXPORT_FILE_MODE,
+        };
         Ok(Settings {
             listen,
-            exports_root: layer.exports_root.unwrap_or_else(|| data_dir.join("exports")),
+            exports_root,
+            allowed_roots,
+            export_file_mode,
             data_dir,
             database_url,
             dev,
@@ -480,6 +528,40 @@ impl Settings {
     pub fn is_sqlite(&self) -> bool {
         self.database_url.starts_with("sqlite:")
     }
+
+    /// What `local-files` connections may write under.
+    pub fn local_roots(&self) -> LocalRoots<'_> {
+        LocalRoots {
+            exports_root: &self.exports_root,
+            allowed: &self.allowed_roots,
+        }
+    }
+}
+
+/// Exported files are the tenants' data: readable by the server's user only, unless the
+/// operator says otherwise.
+pub const DEFAULT_EXPORT_FILE_MODE: u32 = crate::file_modes::PRIVATE_FILE;
+
+/// `export_file_mode`: octal permission bits (`0640`, `640`). The server itself must be able
+/// to read and write what it exported (it reads model.json back), so `u+rw` is required.
+fn parse_file_mode(text: &str) -> Result<u32, String> {
+    let bad = || format!("export_file_mode: '{text}' is not octal permission bits like 0600 or 0640");
+    let digits = text.trim();
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(bad());
+    }
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
+    if mode > 0o777 {
+        return Err(format!(
+            "export_file_mode: '{text}' may only set permission bits (at most 0777)"
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(format!(
+            "export_file_mode: '{text}' must let the server's own user read and write (0600 at least)"
+        ));
+    }
+    Ok(mode)
 }
 
 fn parse_sealing_key(entry: &str) -> Result<(String, [u8; 32]), String> {
@@ -512,7 +594,8 @@ fn read_dev_secrets(data_dir: &Path) -> Result<Option<DevSecrets>, String> {
 /// Generates the dev HS256 secret and sealing key once, readable by the owner only.
 fn ensure_dev_secrets(data_dir: &Path) -> Result<(), String> {
     use rand::RngCore;
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    crate::file_modes::create_private_folder(data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let path = data_dir.join(DEV_SECRETS_FILE);
     if path.exists() {
         return Ok(());
@@ -604,9 +687,10 @@ mod tests {
 
     #[test]
     fn dev_secrets_are_created_private_and_found_by_later_commands() {
-        let dir = tempfile::tempdir().unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("dev-data");
         let dev = Flags {
-            data_dir: Some(dir.path().into()),
+            data_dir: Some(dir.clone()),
             dev: true,
             ..Flags::default()
         };
@@ -615,20 +699,63 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(DEV_SECRETS_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
+            let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir.join(DEV_SECRETS_FILE)), 0o600);
+            assert_eq!(mode(&dir), 0o700, "the data dir is the server's alone");
         }
         let later = Flags {
-            data_dir: Some(dir.path().into()),
+            data_dir: Some(dir.clone()),
             ..Flags::default()
         };
         let second = Settings::load_with_env(&later, &env_of(&[])).unwrap();
         assert_eq!(first.jwt.hs256_secret, second.jwt.hs256_secret);
         assert_eq!(first.sealing_keys, second.sealing_keys);
         assert!(!format!("{second:?}").contains(&String::from_utf8(second.jwt.hs256_secret.clone().unwrap()).unwrap()));
+    }
+
+    #[test]
+    fn local_files_roots_default_to_the_exports_root_and_the_dev_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let flags = Flags {
+            data_dir: Some(data.join("./x/..")),
+            ..Flags::default()
+        };
+        let settings = Settings::load_with_env(&flags, &env_of(&[])).unwrap();
+        assert_eq!(settings.exports_root, data.join("exports"), "normalised");
+        assert_eq!(settings.allowed_roots, vec![data.join("exports")]);
+        assert_eq!(settings.export_file_mode, 0o600);
+        let dev = Flags {
+            dev: true,
+            ..flags.clone()
+        };
+        let settings = Settings::load_with_env(&dev, &env_of(&[])).unwrap();
+        assert_eq!(settings.allowed_roots, vec![data.join("exports"), data.clone()]);
+
+        let vars = env_of(&[
+            ("EXPORTD_ALLOWED_ROOTS", "/srv/a/, /srv/b/../c"),
+            ("EXPORTD_EXPORT_FILE_MODE", "640"),
+        ]);
+        let settings = Settings::load_with_env(&flags, &vars).unwrap();
+        assert_eq!(
+            settings.allowed_roots,
+            vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/c")]
+        );
+        assert_eq!(settings.export_file_mode, 0o640);
+        let vars = env_of(&[("EXPORTD_ALLOWED_ROOTS", "")]);
+        assert!(Settings::load_with_env(&flags, &vars).unwrap().allowed_roots.is_empty());
+        let vars = env_of(&[("EXPORTD_ALLOWED_ROOTS", "relative/path")]);
+        assert!(
+            Settings::load_with_env(&flags, &vars)
+                .unwrap_err()
+                .contains("allowed_roots")
+        );
+        for bad in ["0400", "rw", "0o600", "1777", "99"] {
+            let pairs = [("EXPORTD_EXPORT_FILE_MODE", bad)];
+            let vars = env_of(&pairs);
+            let err = Settings::load_with_env(&flags, &vars).unwrap_err();
+            assert!(err.contains("export_file_mode"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod connectors;
 pub mod domain;
 pub mod engine;
 pub mod error;
+pub mod file_modes;
 pub mod pb;
 pub mod server;
 pub mod store;

@@ -125,7 +125,9 @@ impl ConnectionApi {
             update_time: now,
             revision: 0,
         };
+        let roots = self.state.settings.local_roots();
         if request.validate_only {
+            self.state.store.check_connection_placement(&draft, &roots).await?;
             let mut shown = convert::connection(&draft, Some(spec));
             shown.etag.clear();
             return Ok(shown);
@@ -136,7 +138,11 @@ impl ConnectionApi {
             request_id: &request.request_id,
             hash: &hash,
         });
-        let created = self.state.store.create_connection(&draft, &secrets, key).await?;
+        let created = self
+            .state
+            .store
+            .create_connection(&draft, &secrets, key, &roots)
+            .await?;
         tracing::info!(connection = %created.name, r#type = %created.type_id, "connection created");
         Ok(convert::connection(&created, registry::find(&created.type_id)))
     }
@@ -232,10 +238,15 @@ impl ConnectionApi {
         if !violations.is_empty() {
             return Err(Error::invalid_fields(violations));
         }
+        // Where its exports write changes only with its configuration.
+        let moved = paths
+            .iter()
+            .any(|p| p == "config" || mask::map_key(p, "config").is_some());
+        let roots = self.state.settings.local_roots();
         let updated = self
             .state
             .store
-            .update_connection(&connection, secrets.as_ref())
+            .update_connection(&connection, secrets.as_ref(), moved.then_some(&roots))
             .await?;
         tracing::info!(connection = %updated.name, paths = ?paths, "connection updated");
         Ok(convert::connection(&updated, Some(spec)))
@@ -275,7 +286,8 @@ impl ConnectionApi {
         let target = Target {
             connection: &connection,
             secrets: &secrets,
-            exports_root: &self.state.settings.exports_root,
+            local_roots: self.state.settings.local_roots(),
+            export_file_mode: self.state.settings.export_file_mode,
         };
         let report = connectors::connector_for(&connection.type_id).test(&target).await;
         Ok(pb::TestConnectionResponse {

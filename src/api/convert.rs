@@ -476,6 +476,8 @@ pub fn export_warning(warning: &crate::domain::export::Warning) -> pb::ExportWar
 pub struct ExportView<'a> {
     /// The export's connection; only its name, display name and type are shown.
     pub connection: Option<&'a Connection>,
+    /// Whether the caller may see the connection's details (admins, or shared connections).
+    pub may_see_connection: bool,
     pub may_edit: bool,
     /// Segment name → member count, for the segments that exist.
     pub member_counts: std::collections::HashMap<String, i64>,
@@ -511,7 +513,12 @@ pub fn export(export: &crate::domain::export::Export, view: &ExportView) -> pb::
             export: name.clone(),
             state: run_state(run.state) as i32,
             end_time: opt_timestamp(run.end_time),
-            error: run.error.as_ref().map(run_error),
+            error: run.error.as_ref().map(|e| {
+                // The run wrote through the connection it named; callers see it in full only
+                // when they may see that connection now.
+                let current = export.connection.as_ref().map(|c| c.to_string()).unwrap_or_default();
+                run_error(e, &|c| view.may_see_connection && c == current)
+            }),
             ..Default::default()
         }),
         your_permission: if view.may_edit {
@@ -540,7 +547,9 @@ pub fn run_trigger(trigger: crate::domain::run::RunTrigger) -> pb::RunTrigger {
 }
 
 /// A run as clients see it; a failure is a `google.rpc.Status` with an ErrorInfo saying where.
-pub fn run(run: &crate::domain::run::Run) -> pb::ExportRun {
+/// `may_see` says whether the caller may see a connection (by name): messages that name where
+/// a connection wrote are shown in full only then.
+pub fn run(run: &crate::domain::run::Run, may_see: &dyn Fn(&str) -> bool) -> pb::ExportRun {
     pb::ExportRun {
         name: run.name.to_string(),
         export: run.name.export_name().to_string(),
@@ -556,7 +565,7 @@ pub fn run(run: &crate::domain::run::Run) -> pb::ExportRun {
                     .unwrap_or(0),
                 start_time: opt_timestamp(t.start_time),
                 end_time: opt_timestamp(t.end_time),
-                message: t.message.clone(),
+                message: t.message_for(may_see).to_string(),
             })
             .collect(),
         records_total: run.counts.total,
@@ -564,7 +573,7 @@ pub fn run(run: &crate::domain::run::Run) -> pb::ExportRun {
         records_rejected: run.counts.rejected,
         bytes_written: run.counts.bytes,
         warnings: run.warnings.iter().map(export_warning).collect(),
-        error: run.error.as_ref().map(run_error),
+        error: run.error.as_ref().map(|e| run_error(e, may_see)),
         attempt: run.attempt,
         create_time: Some(timestamp(run.create_time)),
         start_time: opt_timestamp(run.start_time),
@@ -574,7 +583,7 @@ pub fn run(run: &crate::domain::run::Run) -> pb::ExportRun {
     }
 }
 
-fn run_error(error: &crate::domain::run::RunError) -> tonic_types::pb::Status {
+fn run_error(error: &crate::domain::run::RunError, may_see: &dyn Fn(&str) -> bool) -> tonic_types::pb::Status {
     use prost::Message;
     let mut metadata = std::collections::HashMap::new();
     if !error.task.is_empty() {
@@ -590,7 +599,7 @@ fn run_error(error: &crate::domain::run::RunError) -> tonic_types::pb::Status {
     };
     tonic_types::pb::Status {
         code: error.code,
-        message: error.message.clone(),
+        message: error.message_for(may_see).to_string(),
         details: vec![prost_types::Any {
             type_url: "type.googleapis.com/google.rpc.ErrorInfo".into(),
             value: info.encode_to_vec(),

@@ -28,6 +28,7 @@ use crate::pb;
 use crate::pb::export_service_server::ExportService;
 use crate::store::connections::RequestKey;
 use crate::store::exports::{ExportQuery, StoredExport};
+use crate::store::placement::Placement;
 use crate::store::request_ids;
 
 const FILTER_FIELDS: &[FilterField] = &[
@@ -88,6 +89,9 @@ const UPDATABLE: &[&str] = &[
     "schedule.enabled",
 ];
 const MAP_FIELDS: &[&str] = &["settings"];
+/// Where an export that would write where another one does is reported: the setting that
+/// decides (its default is the export id).
+const FOLDER_FIELD: &str = "export.settings.folder";
 /// UpdateExportSchedules names at most this many exports (one transaction).
 const MAX_BATCH: usize = crate::domain::bounds::EXPORTS_PER_BATCH;
 
@@ -227,6 +231,10 @@ impl ExportApi {
                     export,
                     &convert::ExportView {
                         connection: stored.connection.as_ref(),
+                        may_see_connection: stored
+                            .connection
+                            .as_ref()
+                            .is_some_and(|c| policy::can_see_connection(role, c.contributors_can_use)),
                         may_edit: policy::may_edit_export(role, editable(stored)),
                         member_counts,
                         warnings,
@@ -244,8 +252,10 @@ impl ExportApi {
     }
 
     /// The connection an export is to be attached to: named, in the export's environment, and
-    /// existing. A contributor naming one that is not shared is denied by `authorize` (with
-    /// `facts(shared)`) before a missing one is reported, which is INVALID_ARGUMENT.
+    /// existing. For a caller who may not see every connection (a contributor), a missing
+    /// connection is denied exactly like one that is not shared (`facts(false)`), so that the
+    /// answer does not tell which connections exist; admins learn that it is missing
+    /// (INVALID_ARGUMENT).
     async fn attachable_connection(
         &self,
         principal: &Principal,
@@ -270,13 +280,13 @@ impl ExportApi {
             ));
         }
         let connection = self.state.store.get_connection(&name).await?;
-        // A missing connection is reported below as such, never as "not shared".
         policy::authorize(
             principal,
             env,
             action,
-            facts(connection.as_ref().is_none_or(|c| c.contributors_can_use)),
-        )?;
+            facts(connection.as_ref().is_some_and(|c| c.contributors_can_use)),
+        )
+        .map_err(|e| e.with_meta("connection", name.to_string()))?;
         connection.ok_or_else(|| Error::invalid(field, format!("connection '{name}' does not exist")))
     }
 
@@ -352,7 +362,15 @@ impl ExportApi {
             export: draft,
             connection: Some(connection),
         };
+        let placement = Placement {
+            roots: self.state.settings.local_roots(),
+            field: FOLDER_FIELD,
+        };
         if request.validate_only {
+            self.state
+                .store
+                .check_export_placement(&stored.export, placement.roots.exports_root, placement.field)
+                .await?;
             let mut shown = self.show_one(role, &environment, stored).await?;
             shown.etag.clear();
             return Ok(shown);
@@ -363,7 +381,7 @@ impl ExportApi {
             request_id: &request.request_id,
             hash: &hash,
         });
-        let created = self.state.store.create_export(&stored.export, key).await?;
+        let created = self.state.store.create_export(&stored.export, key, &placement).await?;
         self.state.engine.schedules_changed();
         tracing::info!(export = %created.export.name, kind = ?created.export.kind, "export created");
         self.show_one(role, &environment, created).await
@@ -519,12 +537,30 @@ impl ExportApi {
         let environment = self.environment(&name.env).await?;
         self.validate(&environment, &export, connection.as_ref()).await?;
         let stored = StoredExport { export, connection };
+        // Where an export writes changes only with its connection or its settings.
+        let moved = paths
+            .iter()
+            .any(|p| p == "connection" || p == "settings" || mask::map_key(p, "settings").is_some());
+        let placement = Placement {
+            roots: self.state.settings.local_roots(),
+            field: FOLDER_FIELD,
+        };
         if request.validate_only {
+            if moved {
+                self.state
+                    .store
+                    .check_export_placement(&stored.export, placement.roots.exports_root, placement.field)
+                    .await?;
+            }
             let mut shown = self.show_one(role, &environment, stored).await?;
             shown.etag = current_etag;
             return Ok(shown);
         }
-        let updated = self.state.store.update_export(&stored.export, sources_changed).await?;
+        let updated = self
+            .state
+            .store
+            .update_export(&stored.export, sources_changed, moved.then_some(&placement))
+            .await?;
         self.state.engine.schedules_changed();
         tracing::info!(export = %name, paths = ?paths, "export updated");
         self.show_one(role, &environment, updated).await
@@ -555,9 +591,14 @@ impl ExportApi {
             request.display_name.trim().to_string()
         };
         let now = now_micros();
+        // The copy writes in its own folder (its export id): two exports never write to one
+        // place. Every other setting is copied.
+        let mut settings = current.export.settings.clone();
+        settings.remove("folder");
         let mut copy = Export {
             name: ExportName::new(&name.env, &id),
             display_name,
+            settings,
             last_refreshed_time: None,
             last_run: None,
             creator: principal.subject.clone(),
@@ -567,7 +608,11 @@ impl ExportApi {
             ..current.export.clone()
         };
         copy.refresh_schedule_times(to_datetime(now));
-        let created = self.state.store.create_export(&copy, None).await?;
+        let placement = Placement {
+            roots: self.state.settings.local_roots(),
+            field: "export_id",
+        };
+        let created = self.state.store.create_export(&copy, None, &placement).await?;
         self.state.engine.schedules_changed();
         tracing::info!(export = %created.export.name, from = %name, "export duplicated");
         let environment = self.environment(&name.env).await?;
@@ -588,7 +633,7 @@ impl ExportApi {
         export.connection = None;
         export.state = ExportState::Detached;
         export.refresh_schedule_times(to_datetime(now_micros()));
-        let updated = self.state.store.update_export(&export, false).await?;
+        let updated = self.state.store.update_export(&export, false, None).await?;
         self.state.engine.schedules_changed();
         tracing::info!(export = %name, "connection detached from export");
         self.show_one(role, &environment, updated).await

@@ -7,16 +7,19 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::exports::editable;
+use std::collections::HashSet;
+
 use super::{State, convert, pages};
-use crate::auth::Principal;
 use crate::auth::policy::{self, Action, Facts};
+use crate::auth::{Principal, Role};
 use crate::domain::export::{ExportState, RunState};
 use crate::domain::list_query::{FieldKind, FilterField, OrderKey, parse_filter, parse_order_by};
-use crate::domain::names::{EnvironmentName, ExportName, RunName, RunParent};
+use crate::domain::names::{ConnectionName, EnvironmentName, ExportName, RunName, RunParent};
 use crate::domain::paging;
-use crate::domain::run::RunTrigger;
+use crate::domain::run::{Run, RunTrigger};
 use crate::error::{Error, Result};
 use crate::pb;
+use crate::store::Store;
 use crate::store::connections::RequestKey;
 use crate::store::exports::StoredExport;
 use crate::store::request_ids;
@@ -85,7 +88,8 @@ impl Runs {
             .await?;
         tracing::info!(run = %run.name, state = run.state.as_str(), "run requested");
         self.state.engine.wake_workers();
-        Ok(convert::run(&run))
+        let role = policy::role_in(&principal, &name.env)?;
+        show_one(&self.state.store, role, &run).await
     }
 
     /// Runs every export whose schedule is on and that has no active run; contributors only
@@ -97,10 +101,10 @@ impl Runs {
     ) -> Result<pb::RunAllExportsResponse> {
         let parent = EnvironmentName::parse("parent", &request.parent)?;
         let role = policy::authorize(&principal, &parent.env, Action::RunAllExports, Facts::default())?;
+        let mut created = Vec::new();
         if self.state.store.get_environment(&parent.env).await?.is_none() {
             return Err(Error::not_found("environment", parent.to_string()));
         }
-        let mut runs = Vec::new();
         for stored in self.state.store.all_exports(&parent.env).await? {
             let export = &stored.export;
             if !export.schedule.enabled || export.state != ExportState::Active || stored.connection.is_none() {
@@ -119,15 +123,16 @@ impl Runs {
                 .create_run(&export.name, RunTrigger::RunAll, &waiting, None)
                 .await
             {
-                Ok(run) => runs.push(convert::run(&run)),
+                Ok(run) => created.push(run),
                 // A run started meanwhile (another caller, a schedule): leave this one out.
                 Err(e) if e.reason == "RUN_ACTIVE" => {}
                 Err(e) => return Err(e),
             }
         }
-        tracing::info!(env = %parent.env, runs = runs.len(), "run all");
+        tracing::info!(env = %parent.env, runs = created.len(), "run all");
         self.state.engine.wake_workers();
-        let started_count = runs.len().min(i32::MAX as usize) as i32;
+        let started_count = created.len().min(i32::MAX as usize) as i32;
+        let mut runs = show(&self.state.store, role, &created).await?;
         pages::fit(&mut runs);
         Ok(pb::RunAllExportsResponse { runs, started_count })
     }
@@ -138,7 +143,7 @@ impl Runs {
         request: pb::ListExportRunsRequest,
     ) -> Result<pb::ListExportRunsResponse> {
         let parent = RunParent::parse("parent", &request.parent)?;
-        policy::authorize(&principal, &parent.env, Action::ListExportRuns, Facts::default())?;
+        let role = policy::authorize(&principal, &parent.env, Action::ListExportRuns, Facts::default())?;
         let filter = parse_filter(&request.filter, FILTER_FIELDS, ENUM_PREFIXES)
             .map_err(|e| Error::invalid("filter", e.to_string()))?;
         // Newest first unless asked otherwise.
@@ -169,7 +174,7 @@ impl Runs {
             page,
         };
         let (runs, total) = self.state.store.list_runs(&query).await?;
-        let mut runs: Vec<pb::ExportRun> = runs.iter().map(convert::run).collect();
+        let mut runs = show(&self.state.store, role, &runs).await?;
         pages::fit(&mut runs);
         Ok(pb::ListExportRunsResponse {
             next_page_token: paging::next_token(page, runs.len(), total, &fingerprint),
@@ -179,8 +184,9 @@ impl Runs {
 
     pub async fn get(&self, principal: Principal, request: pb::GetExportRunRequest) -> Result<pb::ExportRun> {
         let name = RunName::parse("name", &request.name)?;
-        policy::authorize(&principal, &name.env, Action::GetExportRun, Facts::default())?;
-        Ok(convert::run(&self.state.store.run_or_not_found(&name).await?))
+        let role = policy::authorize(&principal, &name.env, Action::GetExportRun, Facts::default())?;
+        let run = self.state.store.run_or_not_found(&name).await?;
+        show_one(&self.state.store, role, &run).await
     }
 
     pub async fn cancel(&self, principal: Principal, request: pb::CancelExportRunRequest) -> Result<pb::ExportRun> {
@@ -196,7 +202,8 @@ impl Runs {
         self.state.engine.signal_cancel(&name.to_string());
         self.state.engine.run_changed(&name.to_string());
         tracing::info!(run = %name, state = run.state.as_str(), "run cancellation requested");
-        Ok(convert::run(&run))
+        let role = policy::role_in(&principal, &name.env)?;
+        show_one(&self.state.store, role, &run).await
     }
 
     /// The run as it is now, then each change; the stream ends after the terminal state.
@@ -206,15 +213,17 @@ impl Runs {
         request: pb::WatchExportRunRequest,
     ) -> Result<ReceiverStream<std::result::Result<pb::ExportRun, Status>>> {
         let name = RunName::parse("name", &request.name)?;
-        policy::authorize(&principal, &name.env, Action::WatchExportRun, Facts::default())?;
+        let role = policy::authorize(&principal, &name.env, Action::WatchExportRun, Facts::default())?;
         let mut subscription = self.state.engine.watch_run(&name).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let engine = self.state.engine.clone();
+        let store = self.state.store.clone();
         tokio::spawn(async move {
             loop {
                 let run = subscription.borrow_and_update().clone();
                 let terminal = run.state.is_terminal();
-                if tx.send(Ok(convert::run(&run))).await.is_err() || terminal {
+                let shown = show_one(&store, role, &run).await.map_err(super::status::to_status);
+                if tx.send(shown).await.is_err() || terminal {
                     return;
                 }
                 tokio::select! {
@@ -235,4 +244,56 @@ impl Runs {
         });
         Ok(ReceiverStream::new(rx))
     }
+}
+
+/// Which connections a caller may see, among those that run messages name.
+enum SeenConnections {
+    All,
+    Shared(HashSet<String>),
+}
+
+impl SeenConnections {
+    /// Admins see every connection; others those shared with contributors (read as they are
+    /// now, so un-sharing a connection hides what its runs said about it).
+    async fn of(store: &Store, role: Role, runs: &[Run]) -> Result<SeenConnections> {
+        if policy::can_see_connection(role, false) {
+            return Ok(SeenConnections::All);
+        }
+        let named: HashSet<&str> = runs
+            .iter()
+            .flat_map(|run| run.tasks.iter())
+            .filter_map(|task| task.detail.as_ref().map(|d| d.connection.as_str()))
+            .collect();
+        let mut shared = HashSet::new();
+        for text in named {
+            let Ok(name) = ConnectionName::parse("connection", text) else {
+                continue;
+            };
+            if let Some(connection) = store.get_connection(&name).await?
+                && policy::can_see_connection(role, connection.contributors_can_use)
+            {
+                shared.insert(text.to_string());
+            }
+        }
+        Ok(SeenConnections::Shared(shared))
+    }
+
+    fn may_see(&self, connection: &str) -> bool {
+        match self {
+            SeenConnections::All => true,
+            SeenConnections::Shared(names) => names.contains(connection),
+        }
+    }
+}
+
+/// Runs as `role` may read them: what a message says about where a connection wrote, only to
+/// callers who may see that connection.
+async fn show(store: &Store, role: Role, runs: &[Run]) -> Result<Vec<pb::ExportRun>> {
+    let seen = SeenConnections::of(store, role, runs).await?;
+    Ok(runs.iter().map(|run| convert::run(run, &|c| seen.may_see(c))).collect())
+}
+
+async fn show_one(store: &Store, role: Role, run: &Run) -> Result<pb::ExportRun> {
+    let seen = SeenConnections::of(store, role, std::slice::from_ref(run)).await?;
+    Ok(convert::run(run, &|c| seen.may_see(c)))
 }

@@ -231,12 +231,12 @@ pub fn authorize(principal: &Principal, env: &str, action: Action, facts: Facts)
         Rule::IfConnectionShared => match facts.connection_shared {
             Some(true) => Ok(role),
             _ => Err(denied(&format!(
-                "role '{role}' may use only connections shared with contributors; connection is not shared with contributors"
+                "role '{role}' may use only connections shared with contributors; connection is not shared with contributors or does not exist"
             ))),
         },
         Rule::IfExportEditable => match (facts.export_editable_by_contributors, facts.connection_shared) {
             (Some(true), Some(false)) => Err(denied(&format!(
-                "role '{role}' may put exports only on connections shared with contributors; connection is not shared with contributors"
+                "role '{role}' may put exports only on connections shared with contributors; connection is not shared with contributors or does not exist"
             ))),
             (Some(true), _) => Ok(role),
             _ => Err(denied(&format!(

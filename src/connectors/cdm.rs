@@ -201,6 +201,8 @@ pub trait StorageFile: Write + Send {
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
+    /// Mode of the files written (folders get `x` where it has `r`).
+    file_mode: u32,
 }
 
 impl LocalStorage {
@@ -211,7 +213,14 @@ impl LocalStorage {
         fs::create_dir_all(root)?;
         Ok(LocalStorage {
             root: fs::canonicalize(root)?,
+            file_mode: crate::file_modes::PRIVATE_FILE,
         })
+    }
+
+    /// Files written get `mode` (default 0600), the folders made for them `x` where it has `r`.
+    pub fn with_file_mode(mut self, mode: u32) -> LocalStorage {
+        self.file_mode = mode;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -230,7 +239,11 @@ impl LocalStorage {
 
     fn prepare_parent(&self, path: &Path) -> io::Result<()> {
         match path.parent() {
-            Some(parent) => fs::create_dir_all(parent),
+            Some(parent) => crate::file_modes::create_folders_below(
+                &self.root,
+                parent,
+                crate::file_modes::folder_mode(self.file_mode),
+            ),
             None => Ok(()),
         }
     }
@@ -241,7 +254,7 @@ impl CdmStorage for LocalStorage {
         let dest = self.path_of(relative_path)?;
         self.prepare_parent(&dest)?;
         let tmp = tmp_path(&dest);
-        let file = File::create(&tmp)?;
+        let file = crate::file_modes::create_file(&tmp, self.file_mode)?;
         Ok(Box::new(LocalFile {
             out: Some(BufWriter::with_capacity(LOCAL_BUFFER_BYTES, file)),
             tmp,
@@ -254,7 +267,7 @@ impl CdmStorage for LocalStorage {
         let dest = self.path_of(relative_path)?;
         self.prepare_parent(&dest)?;
         let tmp = tmp_path(&dest);
-        let result = write_and_publish(&tmp, &dest, source);
+        let result = write_and_publish(&tmp, &dest, source, self.file_mode);
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -288,15 +301,21 @@ impl CdmStorage for LocalStorage {
     }
 
     fn location(&self, relative_path: &str) -> String {
-        let mut url = String::from("file://");
-        let root = url_path_bytes(&self.root);
-        percent_encode_into(root.strip_suffix(b"/").unwrap_or(&root), &mut url);
+        let mut url = file_url(&self.root);
         for segment in relative_path.split('/').filter(|s| !s.is_empty()) {
             url.push('/');
             percent_encode_into(segment.as_bytes(), &mut url);
         }
         url
     }
+}
+
+/// The `file://` URL of an absolute path, as partition locations are written.
+pub fn file_url(path: &Path) -> String {
+    let mut url = String::from("file://");
+    let bytes = url_path_bytes(path);
+    percent_encode_into(bytes.strip_suffix(b"/").unwrap_or(&bytes), &mut url);
+    url
 }
 
 /// A local file written to `<name>.tmp` and renamed to `<name>` when finished.
@@ -360,8 +379,8 @@ fn publish(out: BufWriter<File>, tmp: &Path, dest: &Path) -> io::Result<()> {
     sync_parent(dest)
 }
 
-fn write_and_publish(tmp: &Path, dest: &Path, source: &mut dyn Read) -> io::Result<u64> {
-    let mut out = BufWriter::new(File::create(tmp)?);
+fn write_and_publish(tmp: &Path, dest: &Path, source: &mut dyn Read, mode: u32) -> io::Result<u64> {
+    let mut out = BufWriter::new(crate::file_modes::create_file(tmp, mode)?);
     let written = io::copy(source, &mut out)?;
     publish(out, tmp, dest)?;
     Ok(written)
@@ -713,7 +732,9 @@ impl CdmFolderWriter {
         if referenced.as_ref().is_some_and(|set| set.contains(&location)) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!("{location} is part of the existing model.json and is never overwritten; use a new run id"),
+                format!(
+                    "{relative_path} is part of the existing model.json and is never overwritten; use a new run id"
+                ),
             ));
         }
         let file = storage.create_file(&relative_path)?;
@@ -1176,7 +1197,7 @@ fn check_cdm_name(what: &str, name: &str, entity: bool) -> Result<(), String> {
 }
 
 fn check_delimiter(delimiter: u8) -> Result<(), String> {
-    if delimiter == b'\t' || (delimiter.is_ascii_graphic() || delimiter == b' ') && delimiter != b'"' {
+    if crate::domain::connection_type::is_csv_delimiter(delimiter) {
         Ok(())
     } else {
         Err(format!(

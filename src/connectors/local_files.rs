@@ -1,46 +1,101 @@
-//! `local-files`: exports written as a CDM folder under a folder of the server's file system.
+//! `local-files`: exports written as a CDM folder on the server's file system, under the
+//! connection's area (its `root`, else `<exports_root>/<environment>/<connection>`; see
+//! `domain::output_area`). Folders are created only below the allowed root (or the exports
+//! root) that contains the area, never above it, with the operator's `export_file_mode`.
+
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::cdm::{CdmAttribute, CdmEntity, CdmFolderWriter, CdmType, CsvOptions, LocalStorage};
-use super::{Check, Connector, PartSchema, RunTarget, Sink, SinkSummary, Target, TestReport, io_failure, local_root};
+use super::cdm::{CdmAttribute, CdmEntity, CdmFolderWriter, CdmType, CsvOptions, LocalStorage, file_url};
+use super::{Check, Connector, PartSchema, RunTarget, Sink, SinkSummary, Target, TestReport, io_failure};
 use crate::domain::catalog::field_type_str;
+use crate::domain::output_area::{area_base, export_folder, local_area};
 use crate::engine::retry::Failure;
+use crate::file_modes::{create_file, create_folders_below, folder_mode};
 
 pub struct LocalFiles;
 
+/// Creates the exports root (owner only, its missing parents too) at start, so that default
+/// areas are always created below an existing folder. Folders that exist are left alone.
+pub fn prepare_exports_root(exports_root: &Path, file_mode: u32) -> std::io::Result<()> {
+    if exports_root.is_dir() {
+        return Ok(());
+    }
+    crate::file_modes::create_private_folder(exports_root)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(exports_root, std::fs::Permissions::from_mode(folder_mode(file_mode)))?;
+    }
+    Ok(())
+}
+
+/// Where a connection writes: its area, and the existing folder the area is created in. None
+/// when its `root` is no longer inside the operator's allowed roots.
+fn area_of(target: &Target<'_>) -> Option<(PathBuf, PathBuf)> {
+    let area = local_area(target.connection, target.local_roots.exports_root);
+    let base = area_base(target.connection, &target.local_roots)?.to_path_buf();
+    Some((area, base))
+}
+
 #[async_trait]
 impl Connector for LocalFiles {
-    /// The folder must exist or be creatable, and be writable (proved by writing, syncing and
-    /// removing a probe file).
+    /// The root must be allowed, its folder exist or be creatable (below the allowed root),
+    /// and be writable (proved by writing, syncing and removing a probe file).
     async fn test(&self, target: &Target<'_>) -> TestReport {
-        let root = local_root(target.connection, target.exports_root);
         let mut checks = Vec::new();
-        let shown = root.display().to_string();
-        match tokio::fs::create_dir_all(&root).await {
-            Ok(()) => checks.push(Check::pass("folder_exists", format!("folder {shown} exists"))),
-            Err(e) => {
+        let shown = local_area(target.connection, target.local_roots.exports_root)
+            .display()
+            .to_string();
+        let Some((area, base)) = area_of(target) else {
+            let allowed: Vec<String> = target
+                .local_roots
+                .allowed
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            checks.push(Check::fail(
+                "root_allowed",
+                format!(
+                    "{shown} is not inside the server's allowed_roots ({}); nothing was created",
+                    allowed.join(", ")
+                ),
+            ));
+            return TestReport { checks };
+        };
+        checks.push(Check::pass(
+            "root_allowed",
+            format!("{shown} lies inside {}", base.display()),
+        ));
+        let mode = target.export_file_mode;
+        let folder = area.clone();
+        let created =
+            tokio::task::spawn_blocking(move || create_folders_below(&base, &folder, folder_mode(mode))).await;
+        match created {
+            Ok(Ok(())) => checks.push(Check::pass("folder_exists", format!("folder {shown} exists"))),
+            Ok(Err(e)) => {
                 checks.push(Check::fail(
                     "folder_exists",
                     format!("cannot create folder {shown}: {e}"),
                 ));
                 return TestReport { checks };
             }
+            Err(e) => {
+                checks.push(Check::fail("folder_exists", e.to_string()));
+                return TestReport { checks };
+            }
         }
-        let probe = root.join(format!(".exportd-probe-{}", std::process::id()));
-        let write = async {
-            tokio::fs::write(&probe, b"exportd connection test").await?;
-            let written = tokio::fs::read(&probe).await?;
-            tokio::fs::remove_file(&probe).await?;
-            Ok::<_, std::io::Error>(written.len())
-        };
-        match write.await {
-            Ok(_) => checks.push(Check::pass(
+        let probe = area.join(format!(".exportd-probe-{}", std::process::id()));
+        let written = tokio::task::spawn_blocking(move || write_probe(&probe, mode)).await;
+        match written {
+            Ok(Ok(())) => checks.push(Check::pass(
                 "folder_writable",
                 format!("wrote and removed a probe file in {shown}"),
             )),
-            Err(e) => checks.push(Check::fail("folder_writable", format!("cannot write in {shown}: {e}"))),
+            Ok(Err(e)) => checks.push(Check::fail("folder_writable", format!("cannot write in {shown}: {e}"))),
+            Err(e) => checks.push(Check::fail("folder_writable", e.to_string())),
         }
         TestReport { checks }
     }
@@ -53,16 +108,21 @@ impl Connector for LocalFiles {
             });
         }
         let options = csv_options(settings);
-        let root = local_root(run.target.connection, run.target.exports_root);
-        let folder = settings
-            .get("folder")
-            .cloned()
-            .unwrap_or_else(|| run.export_id.to_string());
-        let shown = root.display().to_string();
-        let storage = tokio::task::spawn_blocking(move || LocalStorage::new(root))
-            .await
-            .map_err(|e| Failure::Permanent { message: e.to_string() })?
-            .map_err(|e| io_failure(&format!("cannot open the export folder {shown}"), e))?;
+        let (area, base) = area_of(&run.target).ok_or_else(|| Failure::Permanent {
+            message: "the connection's root is not inside the server's allowed_roots (they changed since it was \
+                      saved); an admin must set another root"
+                .into(),
+        })?;
+        let folder = export_folder(run.export_id, settings);
+        let mode = run.target.export_file_mode;
+        let shown = area.display().to_string();
+        let storage = tokio::task::spawn_blocking(move || {
+            create_folders_below(&base, &area, folder_mode(mode))?;
+            LocalStorage::new(area).map(|storage| storage.with_file_mode(mode))
+        })
+        .await
+        .map_err(|e| Failure::Permanent { message: e.to_string() })?
+        .map_err(|e| io_failure(&format!("cannot create {shown}"), e))?;
         // An earlier attempt of this very run may have committed before its process died
         // (between the commit and recording the outcome): its files are complete and must not
         // be rewritten; this attempt reads its records again (for its counts) and keeps them.
@@ -79,6 +139,40 @@ impl Connector for LocalFiles {
         );
         Ok(Box::new(CdmSink { writer: Some(writer) }))
     }
+
+    fn private_locations(&self, target: &Target<'_>) -> Vec<String> {
+        locations_of(&local_area(target.connection, target.local_roots.exports_root))
+    }
+}
+
+/// The area as configured and as the file system resolves it, as paths and as `file://` URLs
+/// (partition locations and model.json's URL use the resolved one).
+fn locations_of(area: &Path) -> Vec<String> {
+    let mut paths = vec![area.to_path_buf()];
+    if let Ok(resolved) = std::fs::canonicalize(area) {
+        paths.push(resolved);
+    }
+    paths
+        .iter()
+        .flat_map(|path| [path.display().to_string(), file_url(path)])
+        .collect()
+}
+
+/// Writes, reads back and removes a small file: the folder takes files of the export mode.
+fn write_probe(probe: &Path, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = create_file(probe, mode)?;
+    file.write_all(b"exportd connection test")?;
+    file.sync_all()?;
+    drop(file);
+    let written = std::fs::read(probe)?;
+    std::fs::remove_file(probe)?;
+    if written.len() != b"exportd connection test".len() {
+        return Err(std::io::Error::other(
+            "the probe file read back differs from what was written",
+        ));
+    }
+    Ok(())
 }
 
 /// CSV options from the export's settings (validated when the export was saved).

@@ -3,13 +3,13 @@
 //! connectors. `registry` holds the catalogue of types.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::domain::catalog::FieldType;
 use crate::domain::connection::Connection;
+use crate::domain::output_area::LocalRoots;
 use crate::engine::retry::Failure;
 
 pub mod cdm;
@@ -23,8 +23,10 @@ pub struct Target<'a> {
     pub connection: &'a Connection,
     /// Opened secrets; never logged.
     pub secrets: &'a BTreeMap<String, String>,
-    /// Where `local-files` connections without `root` write.
-    pub exports_root: &'a Path,
+    /// Where `local-files` connections may write (the operator's exports root and allowed roots).
+    pub local_roots: LocalRoots<'a>,
+    /// The mode of files written to the server's file system.
+    pub export_file_mode: u32,
 }
 
 /// One step of a connection test.
@@ -82,6 +84,13 @@ pub trait Connector: Send + Sync {
     /// Opens what one run writes through. Nothing is visible at the target until
     /// [`Sink::commit`].
     async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure>;
+
+    /// The beginnings of the paths and URLs that name where this connection writes (its
+    /// root, prefix, bucket): run messages read by callers who may not see the connection
+    /// name folders relative to them instead.
+    fn private_locations(&self, _target: &Target<'_>) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A run as a connector sees it.
@@ -187,13 +196,4 @@ pub fn connector_for(type_id: &str) -> &'static dyn Connector {
         "local-files" => &local_files::LocalFiles,
         _ => &NotYetSupported,
     }
-}
-
-/// The folder a `local-files` connection writes under.
-pub fn local_root(connection: &Connection, exports_root: &Path) -> PathBuf {
-    connection
-        .config
-        .get("root")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| exports_root.to_path_buf())
 }

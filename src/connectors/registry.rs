@@ -44,7 +44,8 @@ const AUDIENCE_MODES: &[SyncMode] = &[Full, Mirror];
 const STORAGE_SETTINGS: &[KeySpec] = &[
     optional(
         "folder",
-        "folder under the connection's root or prefix (default: the export id)",
+        "folder under the connection's root or prefix (default: the export id); two exports of an \
+         environment never write to the same or nested folders",
         ValueKind::RelativePath,
     ),
     optional(
@@ -59,7 +60,11 @@ const STORAGE_SETTINGS: &[KeySpec] = &[
         "`none` (default) or `gzip`",
         ValueKind::OneOf(&["none", "gzip"]),
     ),
-    optional("delimiter", "CSV field delimiter (default `,`)", ValueKind::Char),
+    optional(
+        "delimiter",
+        "CSV field delimiter: one printable ASCII character other than `\"`, or a tab (default `,`)",
+        ValueKind::Delimiter,
+    ),
     optional(
         "max_rows_per_file",
         "rows per partition file before a new one starts (default 1,000,000)",
@@ -101,7 +106,8 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
         minimum_segment_size: 0,
         config: &[optional(
             "root",
-            "absolute folder to write under (default: <data dir>/exports)",
+            "absolute folder to write under, inside one of the server's allowed_roots \
+             (default: <exports_root>/<environment>/<connection>)",
             ValueKind::AbsolutePath,
         )],
         secrets: &[],

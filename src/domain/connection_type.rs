@@ -4,7 +4,14 @@
 
 use std::collections::BTreeMap;
 
+use super::output_area::check_relative_folder;
 use crate::error::FieldViolation;
+
+/// Whether a byte can separate CSV fields in every reader: a printable ASCII character other
+/// than the quote, or a tab.
+pub fn is_csv_delimiter(byte: u8) -> bool {
+    byte == b'\t' || (byte.is_ascii_graphic() || byte == b' ') && byte != b'"'
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Category {
@@ -57,9 +64,10 @@ pub enum ValueKind {
     Url(&'static [&'static str]),
     /// One of the listed values.
     OneOf(&'static [&'static str]),
-    /// Exactly one character.
-    Char,
-    /// A relative path without `..` segments.
+    /// A CSV delimiter: one printable ASCII character other than `"`, or a tab.
+    Delimiter,
+    /// A relative folder that every storage type can write: no `.`/`..` segments, no control
+    /// characters, no over-long names (see [`check_relative_folder`]).
     RelativePath,
     /// An absolute folder path.
     AbsolutePath,
@@ -149,16 +157,12 @@ pub fn check_value(spec: &KeySpec, value: &str) -> Result<(), String> {
                 return Err(format!("must be one of: {}", values.join(", ")));
             }
         }
-        ValueKind::Char => {
-            if value.chars().count() != 1 || value == "\n" || value == "\r" || value == "\"" {
-                return Err("must be exactly one character (not a quote or line break)".into());
+        ValueKind::Delimiter => {
+            if !matches!(value.as_bytes(), [byte] if is_csv_delimiter(*byte)) {
+                return Err("must be one printable ASCII character other than `\"`, or a tab".into());
             }
         }
-        ValueKind::RelativePath => {
-            if value.starts_with('/') || value.split(['/', '\\']).any(|part| part == "..") || value.contains('\0') {
-                return Err("must be a relative path without `..`".into());
-            }
-        }
+        ValueKind::RelativePath => check_relative_folder(value)?,
         ValueKind::AbsolutePath => {
             if !value.starts_with('/') || value.split('/').any(|part| part == "..") || value.contains('\0') {
                 return Err("must be an absolute folder path without `..`".into());
@@ -300,9 +304,13 @@ mod tests {
             key: "delimiter",
             description: "",
             required: false,
-            kind: ValueKind::Char,
+            kind: ValueKind::Delimiter,
         };
         assert!(check_value(&delimiter, ";").is_ok());
-        assert!(check_value(&delimiter, ";;").is_err());
+        assert!(check_value(&delimiter, "\t").is_ok());
+        for bad in [";;", "", "\"", "\n", "é", "；"] {
+            assert!(check_value(&delimiter, bad).is_err(), "{bad:?}");
+        }
+        assert!(check_value(&path, "./x").is_err());
     }
 }

@@ -10,6 +10,7 @@ pub mod etag;
 pub mod export;
 pub mod list_query;
 pub mod names;
+pub mod output_area;
 pub mod paging;
 pub mod rule;
 pub mod run;

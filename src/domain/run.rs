@@ -80,10 +80,66 @@ pub struct Task {
     pub state: i32,
     pub start_time: Option<Micros>,
     pub end_time: Option<Micros>,
+    /// What every caller reads: it names no location of the connection beyond the export's
+    /// own folder (relative to the connection's root or prefix).
+    pub message: String,
+    /// The message as callers who may see the connection read it (naming where it wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<ConnectionDetail>,
+}
+
+/// A message meant only for callers who may see a connection: contributors and viewers see
+/// a connection's details only when it is shared with contributors (PRODUCT.md §2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionDetail {
+    /// The connection's name.
+    pub connection: String,
     pub message: String,
 }
 
+impl ConnectionDetail {
+    /// A message that may name where `connection` writes (`locations`: prefixes of its paths
+    /// and URLs), split into what everyone reads and, when that differs, the full form.
+    pub fn split(full: String, connection: &str, locations: &[String]) -> (String, Option<ConnectionDetail>) {
+        let public = conceal(&full, locations);
+        if public == full {
+            return (full, None);
+        }
+        let detail = ConnectionDetail {
+            connection: connection.to_string(),
+            message: full,
+        };
+        (public, Some(detail))
+    }
+
+    fn pick<'a>(detail: &'a Option<ConnectionDetail>, public: &'a str, may_see: impl Fn(&str) -> bool) -> &'a str {
+        match detail {
+            Some(detail) if may_see(&detail.connection) => &detail.message,
+            _ => public,
+        }
+    }
+}
+
+/// `text` without the connection's locations: a path below one of them becomes relative to
+/// it (`lake/model.json`), the location itself "the connection's root". Longer locations are
+/// replaced first, so a URL goes before the path it contains.
+pub fn conceal(text: &str, locations: &[String]) -> String {
+    let mut needles: Vec<&str> = locations.iter().map(String::as_str).filter(|l| l.len() > 1).collect();
+    needles.sort_by_key(|l| std::cmp::Reverse(l.len()));
+    let mut out = text.to_string();
+    for needle in needles {
+        out = out.replace(&format!("{needle}/"), "");
+        out = out.replace(needle, "the connection's root");
+    }
+    out
+}
+
 impl Task {
+    /// The message for a caller; `may_see` says whether the caller may see a connection.
+    pub fn message_for(&self, may_see: impl Fn(&str) -> bool) -> &str {
+        ConnectionDetail::pick(&self.detail, &self.message, may_see)
+    }
+
     pub fn fresh_list() -> Vec<Task> {
         TASKS
             .iter()
@@ -93,6 +149,7 @@ impl Task {
                 start_time: None,
                 end_time: None,
                 message: String::new(),
+                detail: None,
             })
             .collect()
     }
@@ -111,6 +168,24 @@ pub struct RunError {
     pub task: String,
     #[serde(default)]
     pub part: String,
+    /// The message as callers who may see the connection read it (naming where it failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<ConnectionDetail>,
+}
+
+impl RunError {
+    /// The message for a caller; `may_see` says whether the caller may see a connection.
+    pub fn message_for(&self, may_see: impl Fn(&str) -> bool) -> &str {
+        ConnectionDetail::pick(&self.detail, &self.message, may_see)
+    }
+
+    /// The error with its message split as [`ConnectionDetail::split`] does.
+    pub fn concealing(mut self, connection: &str, locations: &[String]) -> RunError {
+        let (public, detail) = ConnectionDetail::split(std::mem::take(&mut self.message), connection, locations);
+        self.message = public;
+        self.detail = detail;
+        self
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -138,4 +213,43 @@ pub struct Run {
     pub end_time: Option<Micros>,
     pub cancel_requested: bool,
     pub revision: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concealed_messages_name_folders_relative_to_the_connection() {
+        let locations = vec!["/srv/hidden root".to_string(), "file:///srv/hidden%20root".to_string()];
+        assert_eq!(
+            conceal(
+                "committed 2 files; see file:///srv/hidden%20root/lake/model.json",
+                &locations
+            ),
+            "committed 2 files; see lake/model.json"
+        );
+        assert_eq!(
+            conceal("cannot create /srv/hidden root: permission denied", &locations),
+            "cannot create the connection's root: permission denied"
+        );
+        let (public, detail) = ConnectionDetail::split("no path here".into(), "c", &locations);
+        assert_eq!((public.as_str(), detail), ("no path here", None));
+        let task = Task {
+            name: "finalize".into(),
+            state: 4,
+            start_time: None,
+            end_time: None,
+            message: "see lake/model.json".into(),
+            detail: Some(ConnectionDetail {
+                connection: "environments/e/connections/c".into(),
+                message: "see file:///srv/lake/model.json".into(),
+            }),
+        };
+        assert_eq!(task.message_for(|_| false), "see lake/model.json");
+        assert_eq!(
+            task.message_for(|c| c.ends_with("/c")),
+            "see file:///srv/lake/model.json"
+        );
+    }
 }

@@ -26,7 +26,7 @@ use crate::domain::connection_type::{ExportKind, SyncMode};
 use crate::domain::eligibility::{SEGMENT_OVER_LIMIT, SEGMENT_UNDER_MINIMUM};
 use crate::domain::export::{self, CatalogFacts, Export, ExportState, Warning};
 use crate::domain::names::ExportName;
-use crate::domain::run::{Counts, Run, RunError, RunState, Task};
+use crate::domain::run::{ConnectionDetail, Counts, Run, RunError, RunState, Task};
 use crate::domain::time::{now_micros, to_datetime};
 use crate::error::{Error, ErrorCode};
 use crate::store::record_rows::DocumentBatch;
@@ -119,14 +119,27 @@ impl Progress {
         task.state = RunState::Running.number();
         task.start_time = Some(now_micros());
         task.message = message.to_string();
+        task.detail = None;
     }
 
     fn end(&mut self, name: &str, state: RunState, message: impl Into<String>) {
+        self.end_with_detail(name, state, message, None);
+    }
+
+    /// Ends a task whose message has a fuller form for callers who may see the connection.
+    fn end_with_detail(
+        &mut self,
+        name: &str,
+        state: RunState,
+        message: impl Into<String>,
+        detail: Option<ConnectionDetail>,
+    ) {
         let task = self.task(name);
         task.state = state.number();
         task.start_time.get_or_insert_with(now_micros);
         task.end_time = Some(now_micros());
         task.message = message.into();
+        task.detail = detail;
     }
 
     /// Tasks that never started end with the run (cancelled or skipped).
@@ -156,6 +169,19 @@ fn failure_error(task: &str, part: &str, failure: &Failure) -> RunError {
         message: failure.message().to_string(),
         task: task.into(),
         part: part.into(),
+        detail: None,
+    }
+}
+
+/// A run whose output area the save rules would refuse fails before it writes anything.
+fn area_refused(err: Error) -> Error {
+    if err.code == ErrorCode::InvalidArgument {
+        Error::precondition(
+            "OUTPUT_AREA_REFUSED",
+            format!("the export cannot write where it is set to: {}", err.message),
+        )
+    } else {
+        err
     }
 }
 
@@ -166,6 +192,7 @@ fn error_of(task: &str, err: &Error) -> RunError {
         message: err.message.clone(),
         task: task.to_string(),
         part: String::new(),
+        detail: None,
     }
 }
 
@@ -252,6 +279,18 @@ impl Engine {
         if !waiting_for.is_empty() {
             return Ok(Checked::Wait(waiting_for));
         }
+        // Saves refuse overlapping output areas; exports and roots saved before those rules
+        // (or before the operator changed allowed_roots) are refused here, before anything is
+        // written.
+        let roots = self.settings.local_roots();
+        self.store
+            .check_connection_root(&connection, &roots)
+            .await
+            .map_err(area_refused)?;
+        self.store
+            .check_export_placement(&export, roots.exports_root, "export.settings.folder")
+            .await
+            .map_err(area_refused)?;
         let spec = registry::find(&connection.type_id)
             .ok_or_else(|| Error::internal(format!("unknown connection type '{}'", connection.type_id)))?;
         let environment = self
@@ -380,7 +419,8 @@ impl Engine {
             target: Target {
                 connection: &plan.connection,
                 secrets: &secrets,
-                exports_root: &self.settings.exports_root,
+                local_roots: self.settings.local_roots(),
+                export_file_mode: self.settings.export_file_mode,
             },
             export_id: &plan.export.name.id,
             run_id: &run_id,
@@ -394,11 +434,19 @@ impl Engine {
             tokio::time::sleep,
         )
         .await;
+        // What the target says may name where the connection writes: callers who may not see
+        // the connection read it with folders relative to it (asked after opening, when the
+        // folders exist and resolve).
+        let locations = connector.private_locations(&run_target.target);
+        let connection_name = plan.connection.name.to_string();
+        let target_error = |task: &str, part: &str, failure: &Failure| {
+            failure_error(task, part, failure).concealing(&connection_name, &locations)
+        };
         let mut sink = match opened {
             Ok(sink) => sink,
             Err((failure, _)) => {
                 return self
-                    .fail(run, control, progress, "write", failure_error("write", "", &failure))
+                    .fail(run, control, progress, "write", target_error("write", "", &failure))
                     .await;
             }
         };
@@ -415,7 +463,7 @@ impl Engine {
                 Err(Stop::Failed(failure)) => {
                     sink.abort().await;
                     return self
-                        .fail(run, control, progress, "write", failure_error("write", &id, &failure))
+                        .fail(run, control, progress, "write", target_error("write", &id, &failure))
                         .await;
                 }
                 Err(Stop::Store(err)) => {
@@ -470,17 +518,18 @@ impl Engine {
                         control,
                         progress,
                         "finalize",
-                        failure_error("finalize", "", &failure),
+                        target_error("finalize", "", &failure),
                     )
                     .await;
             }
         };
         progress.counts.bytes = summary.bytes as i64;
-        progress.end(
-            "finalize",
-            RunState::Succeeded,
+        let (message, detail) = ConnectionDetail::split(
             format!("committed {} files; see {}", summary.files.len(), summary.location),
+            &connection_name,
+            &locations,
         );
+        progress.end_with_detail("finalize", RunState::Succeeded, message, detail);
         Outcome::Finished(Box::new(Finish {
             state: RunState::Succeeded,
             tasks: progress.tasks,
@@ -592,8 +641,10 @@ impl Engine {
         task: &str,
         error: RunError,
     ) -> Outcome {
-        tracing::warn!(run = %run.name, task, reason = %error.reason, message = %error.message, "run failed");
-        progress.end(task, RunState::Failed, error.message.clone());
+        // The operator's log gets the full message.
+        let logged = error.detail.as_ref().map_or(&error.message, |d| &d.message);
+        tracing::warn!(run = %run.name, task, reason = %error.reason, message = %logged, "run failed");
+        progress.end_with_detail(task, RunState::Failed, error.message.clone(), error.detail.clone());
         // Tasks that ran beside the failing one were stopped; those that never started stay
         // QUEUED (they did not run).
         for other in &mut progress.tasks {

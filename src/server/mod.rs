@@ -65,6 +65,12 @@ pub async fn open_state(settings: Settings) -> Result<State, String> {
     let sealer = Sealer::new(settings.sealing_keys.clone(), settings.sealing_key_id.clone())?;
     let store = Store::open(&settings.database_url, sealer, settings.read_cache_entries).await?;
     store.migrate().await?;
+    // Default areas are created below the exports root, never above it: it exists first.
+    if let Err(e) =
+        crate::connectors::local_files::prepare_exports_root(&settings.exports_root, settings.export_file_mode)
+    {
+        tracing::warn!(exports_root = %settings.exports_root.display(), error = %e, "cannot create the exports root; local-files runs will fail until it exists");
+    }
     let store = Arc::new(store);
     let settings = Arc::new(settings);
     let engine = crate::engine::Engine::new(store.clone(), settings.clone());

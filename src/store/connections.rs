@@ -10,10 +10,11 @@ use sea_orm::{
 use super::list::{SortColumn, apply_order, compare, contains_ci, to_condition};
 use super::models::connection::{ActiveModel, Column, Entity, Model};
 use super::secrets::Sealed;
-use super::{Store, request_ids};
+use super::{Store, placement, request_ids};
 use crate::domain::connection::Connection;
 use crate::domain::list_query::{CompareOp, Filter, OrderKey, Value};
 use crate::domain::names::ConnectionName;
+use crate::domain::output_area::LocalRoots;
 use crate::domain::paging::Page;
 use crate::domain::time::now_micros;
 use crate::error::{Error, Result};
@@ -67,11 +68,14 @@ impl Store {
 
     /// Inserts a connection (secrets sealed), recording the request id in the same transaction.
     /// A repeated request id returns the connection it created first.
+    /// A `local-files` root that is not allowed, or meets another environment's area, is
+    /// refused (see `placement`).
     pub async fn create_connection(
         &self,
         connection: &Connection,
         secrets: &BTreeMap<String, String>,
         request: Option<RequestKey<'_>>,
+        roots: &LocalRoots<'_>,
     ) -> Result<Connection> {
         let env = connection.name.env.clone();
         let sealed = self.seal_for(&connection.name, secrets)?;
@@ -101,6 +105,8 @@ impl Store {
                 outcome = request_ids::lookup(&txn, &env, key.method, key.request_id, key.hash).await?;
             }
             if outcome.is_none() {
+                placement::lock(&txn).await?;
+                placement::check_root_of(&txn, connection, roots).await?;
                 Entity::insert(model).exec(&txn).await.map_err(|e| {
                     if super::is_unique_violation(&e) {
                         Error::already_exists("connection", name.clone())
@@ -164,11 +170,14 @@ impl Store {
     }
 
     /// Writes a changed connection if its revision is still `connection.revision`; `secrets`
-    /// replaces the sealed secrets when given.
+    /// replaces the sealed secrets when given. `roots` is given when its configuration
+    /// changed: a `root` that is not allowed or meets another environment's area is refused,
+    /// and so is a change that makes two of the environment's exports write to one place.
     pub async fn update_connection(
         &self,
         connection: &Connection,
         secrets: Option<&BTreeMap<String, String>>,
+        roots: Option<&LocalRoots<'_>>,
     ) -> Result<Connection> {
         let mut model = ActiveModel {
             display_name: Set(connection.display_name.clone()),
@@ -186,13 +195,26 @@ impl Store {
             model.secret_key_id = Set(sealed.as_ref().map(|s| s.key_id.clone()));
             model.secret_keys = Set(json(&secrets.keys().collect::<Vec<_>>()));
         }
+        let txn = self.writer().begin().await?;
+        if let Some(roots) = roots {
+            placement::lock(&txn).await?;
+            placement::check_root_of(&txn, connection, roots).await?;
+            placement::check_exports(
+                &txn,
+                placement::Change::Connection(connection),
+                roots.exports_root,
+                placement::location_field(connection),
+            )
+            .await?;
+        }
         let result = Entity::update_many()
             .set(model)
             .filter(Column::Env.eq(&connection.name.env))
             .filter(Column::Id.eq(&connection.name.id))
             .filter(Column::Revision.eq(connection.revision))
-            .exec(&self.writer())
+            .exec(&txn)
             .await?;
+        txn.commit().await?;
         let current = get_connection_on(self.primary(), &connection.name)
             .await?
             .ok_or_else(|| Error::not_found("connection", connection.name.to_string()))?;

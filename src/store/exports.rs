@@ -18,6 +18,7 @@ use super::connections::RequestKey;
 use super::list::{SortColumn, apply_order, compare, contains_ci, to_condition};
 use super::models::export::{ActiveModel, Column, Entity as Table, Model, Relation};
 use super::models::{connection, entity, export_source, segment};
+use super::placement::{self, Change, Placement};
 use super::{Store, request_ids};
 use crate::domain::connection::Connection;
 use crate::domain::export::{
@@ -147,8 +148,14 @@ fn map_write_error(err: sea_orm::DbErr, export: &Export) -> Error {
 
 impl Store {
     /// Inserts an export and its sources, recording the request id in the same transaction.
-    /// A repeated request id returns the export it created first.
-    pub async fn create_export(&self, export: &Export, request: Option<RequestKey<'_>>) -> Result<StoredExport> {
+    /// A repeated request id returns the export it created first. An export that would write
+    /// where another one does is refused (see `placement`).
+    pub async fn create_export(
+        &self,
+        export: &Export,
+        request: Option<RequestKey<'_>>,
+        placement: &Placement<'_>,
+    ) -> Result<StoredExport> {
         let env = export.name.env.clone();
         let name = export.name.to_string();
         let attempt = async {
@@ -159,6 +166,14 @@ impl Store {
             }
             if outcome.is_none() {
                 hold_sources(&txn, export).await?;
+                placement::lock(&txn).await?;
+                placement::check_exports(
+                    &txn,
+                    Change::Export(export),
+                    placement.roots.exports_root,
+                    placement.field,
+                )
+                .await?;
                 let mut model = definition(export);
                 model.env = Set(env.clone());
                 model.id = Set(export.name.id.clone());
@@ -297,9 +312,26 @@ impl Store {
     }
 
     /// Writes a changed export if its revision is still `export.revision` (else ABORTED, as an
-    /// etag mismatch). `sources_changed` rewrites its entities and segments.
-    pub async fn update_export(&self, export: &Export, sources_changed: bool) -> Result<StoredExport> {
+    /// etag mismatch). `sources_changed` rewrites its entities and segments. `placement` is
+    /// given when the edit may change where the export writes (its connection or settings):
+    /// it is then refused if that is where another export writes.
+    pub async fn update_export(
+        &self,
+        export: &Export,
+        sources_changed: bool,
+        placement: Option<&Placement<'_>>,
+    ) -> Result<StoredExport> {
         let txn = self.writer().begin().await?;
+        if let Some(placement) = placement {
+            placement::lock(&txn).await?;
+            placement::check_exports(
+                &txn,
+                Change::Export(export),
+                placement.roots.exports_root,
+                placement.field,
+            )
+            .await?;
+        }
         let mut model = definition(export);
         model.update_time = Set(now_micros());
         model.revision = Set(export.revision + 1);

@@ -20,6 +20,7 @@ pub mod migration;
 pub mod models;
 mod pg_copy;
 mod pg_nodelay;
+pub mod placement;
 pub mod record_rows;
 pub mod records;
 pub mod request_ids;
@@ -58,7 +59,13 @@ impl Store {
             && let Some(parent) = std::path::Path::new(&path).parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            crate::file_modes::create_private_folder(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        // The database holds every tenant's data: readable by the server's user only.
+        if let Some(path) = sqlite_path(url) {
+            crate::file_modes::ensure_private_file(std::path::Path::new(&path))
+                .map_err(|e| format!("cannot create {path}: {e}"))?;
         }
         let is_sqlite = url.starts_with("sqlite:");
         let writer = connect(url, if is_sqlite { 1 } else { 16 })

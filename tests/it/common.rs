@@ -90,11 +90,20 @@ pub struct TestServer {
 #[derive(Default, Clone)]
 pub struct Options {
     pub vars: BTreeMap<String, String>,
+    /// Variables the harness would set that this test leaves unset (to get the defaults).
+    pub unset: Vec<String>,
 }
 
 impl Options {
     pub fn var(mut self, key: &str, value: impl Into<String>) -> Self {
         self.vars.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// The server's own default `allowed_roots` (the exports root) instead of the harness's
+    /// (the whole temporary data dir, where the suite's `local-files` roots live).
+    pub fn default_allowed_roots(mut self) -> Self {
+        self.unset.push("EXPORTD_ALLOWED_ROOTS".into());
         self
     }
 }
@@ -112,8 +121,13 @@ pub fn settings_for(data_dir: &std::path::Path, database_url: &str, options: &Op
             ),
         ),
         ("EXPORTD_SHUTDOWN_GRACE_SECONDS".to_string(), "5".to_string()),
+        // Tests give connections roots in folders of their own temporary data dir.
+        ("EXPORTD_ALLOWED_ROOTS".to_string(), data_dir.display().to_string()),
     ]);
     vars.extend(options.vars.clone());
+    for name in &options.unset {
+        vars.remove(name);
+    }
     let flags = Flags {
         data_dir: Some(data_dir.to_path_buf()),
         ..Flags::default()

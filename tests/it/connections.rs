@@ -538,7 +538,7 @@ async fn test_connection_reports_each_check() {
     assert!(report.ok, "{report:?}");
     assert_eq!(
         report.checks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-        vec!["folder_exists", "folder_writable"]
+        vec!["root_allowed", "folder_exists", "folder_writable"]
     );
     assert!(root.is_dir());
 
@@ -561,7 +561,14 @@ async fn test_connection_reports_each_check() {
         .into_inner();
     assert!(!report.ok);
     assert!(report.message.contains("folder_exists failed"), "{}", report.message);
-    assert!(!report.checks[0].ok);
+    assert_eq!(
+        report
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.ok))
+            .collect::<Vec<_>>(),
+        vec![("root_allowed", true), ("folder_exists", false)]
+    );
     t.stop().await;
 }
 

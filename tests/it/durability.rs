@@ -130,7 +130,8 @@ async fn a_run_killed_mid_way_is_taken_over_and_completes_exactly_once() {
         &[("EXPORTD_RUN_LEASE_SECONDS", "2"), ("EXPORTD_WORKERS", "1")],
     );
     create_environment(dir.path(), &envs, "acme");
-    let root = dir.path().join("out");
+    // The `files` connection has no root: it writes in its own folder of the exports root.
+    let root = dir.path().join("exports/acme/files");
 
     let first = start(dir.path(), &envs);
     let (mut catalog, mut connections, mut exports) = clients(&first.addr, "acme").await;
@@ -147,14 +148,10 @@ async fn a_run_killed_mid_way_is_taken_over_and_completes_exactly_once() {
         })
         .collect();
     catalog.write_records(tokio_stream::iter(messages)).await.unwrap();
-    let mut files = local_files("acme", "files", "Files", true);
-    files
-        .connection
-        .as_mut()
-        .unwrap()
-        .config
-        .insert("root".into(), root.display().to_string());
-    connections.create_connection(files).await.unwrap();
+    connections
+        .create_connection(local_files("acme", "files", "Files", true))
+        .await
+        .unwrap();
     exports
         .create_export(pb::CreateExportRequest {
             parent: "environments/acme".into(),
@@ -251,7 +248,6 @@ async fn two_servers_on_one_postgres_execute_each_due_run_exactly_once() {
     let database_url = fresh_database_url(dir.path()).await;
     let envs = server_env(&database_url, &[("EXPORTD_WORKERS", "2")]);
     create_environment(dir.path(), &envs, "acme");
-    let root = dir.path().join("out");
     let one = start(dir.path(), &envs);
     let two = start(dir.path(), &envs);
     let (mut catalog, mut connections, mut exports) = clients(&one.addr, "acme").await;
@@ -268,14 +264,10 @@ async fn two_servers_on_one_postgres_execute_each_due_run_exactly_once() {
         )]))
         .await
         .unwrap();
-    let mut files = local_files("acme", "files", "Files", true);
-    files
-        .connection
-        .as_mut()
-        .unwrap()
-        .config
-        .insert("root".into(), root.display().to_string());
-    connections.create_connection(files).await.unwrap();
+    connections
+        .create_connection(local_files("acme", "files", "Files", true))
+        .await
+        .unwrap();
     for i in 0..EXPORTS {
         exports
             .create_export(pb::CreateExportRequest {

@@ -916,6 +916,22 @@ async fn your_permission_follows_the_role_and_the_connection() {
     t.stop().await;
 }
 
+/// A status's ErrorInfo metadata, less the connection the request named itself.
+fn error_details_without_connection(status: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let info = details.error_info().expect("an ErrorInfo");
+    let mut metadata: Vec<(String, String)> = info
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "connection")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    metadata.sort();
+    metadata.push(("reason".into(), info.reason.clone()));
+    metadata
+}
+
 #[tokio::test]
 async fn contributors_use_only_shared_connections() {
     let t = acme().await;
@@ -933,9 +949,29 @@ async fn contributors_use_only_shared_connections() {
         "{}",
         status.message()
     );
-    // A connection that does not exist is a bad argument, not a denial.
-    let status = expect_code(
+    // A connection that does not exist is denied the same way, word for word: the answer
+    // does not tell a contributor which connections exist.
+    let missing = expect_code(
         contributor
+            .create_export(data_out("acme", "x", "X", "nope", &[CUSTOMERS]))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert!(
+        status
+            .message()
+            .contains("is not shared with contributors or does not exist"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(missing.message(), status.message());
+    assert_eq!(
+        error_details_without_connection(&missing),
+        error_details_without_connection(&status)
+    );
+    // Admins see every connection: to them a missing one is a bad argument.
+    let status = expect_code(
+        admin
             .create_export(data_out("acme", "x", "X", "nope", &[CUSTOMERS]))
             .await,
         Code::InvalidArgument,
@@ -968,6 +1004,21 @@ async fn contributors_use_only_shared_connections() {
         "{}",
         status.message()
     );
+    let onto_missing = expect_code(
+        contributor
+            .update_export(pb::UpdateExportRequest {
+                export: Some(pb::Export {
+                    name: mine.name.clone(),
+                    connection: conn_name("acme", "nope"),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["connection"]),
+                validate_only: false,
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(onto_missing.message(), status.message());
     assert_eq!(get(&mut admin, &mine.name).await, mine);
 
     // An export over a non-shared connection is read-only for contributors.
@@ -2284,7 +2335,11 @@ async fn list_and_get_over_ten_thousand_exports() {
             update_time: now + i as i64,
             revision: 0,
         };
-        store.create_export(&export, None).await.unwrap();
+        let placement = exportd::store::placement::Placement {
+            roots: t.state.settings.local_roots(),
+            field: "export.settings.folder",
+        };
+        store.create_export(&export, None, &placement).await.unwrap();
         if i % 4 == 0 {
             let state = RunState::ALL[i % 7];
             store

@@ -265,6 +265,12 @@ read_cache_entries = {{ int64 .Values.config.readCacheEntries }}
 {{- with .Values.config.exportsRoot }}
 exports_root = {{ . | toJson }}
 {{- end }}
+{{- with .Values.config.allowedRoots }}
+allowed_roots = {{ . | toJson }}
+{{- end }}
+{{- with .Values.config.exportFileMode }}
+export_file_mode = {{ . | toJson }}
+{{- end }}
 jwt_leeway_seconds = {{ int64 .Values.jwt.leewaySeconds }}
 {{- with .Values.jwt.issuer }}
 jwt_issuer = {{ . | toJson }}
