@@ -33,6 +33,10 @@ use serde_json::Value;
 pub const MODEL_JSON: &str = "model.json";
 /// The last column (and attribute) of incremental exports: `true` marks a deleted record.
 pub const DELETED_ATTRIBUTE: &str = "_deleted";
+/// Annotation of `model.json` naming the run that committed it.
+const RUN_ID_ANNOTATION: &str = "runId";
+/// Annotation of `model.json`: the bytes of the partitions it lists.
+const PARTITION_BYTES_ANNOTATION: &str = "partitionBytes";
 /// Annotation naming the entity's primary key.
 pub const PRIMARY_KEY_ANNOTATION: &str = "primaryKey";
 /// Annotation carrying an attribute's mapping details.
@@ -649,6 +653,40 @@ impl CdmFolderWriter {
         self.abort_inner()
     }
 
+    /// What the `model.json` in `folder` shows, if run `run_id` committed it: an earlier
+    /// attempt of the run got that far before its process died, and its files stand.
+    pub fn committed_by_run(storage: &dyn CdmStorage, folder: &str, run_id: &str) -> Option<CdmSummary> {
+        let model_json_path = join_path(&[&normalize_folder(folder).ok()?, MODEL_JSON]);
+        let bytes = storage.read_file(&model_json_path).ok()??;
+        let model: Value = serde_json::from_slice(&bytes).ok()?;
+        let annotation = |name: &str| {
+            model["annotations"]
+                .as_array()?
+                .iter()
+                .find(|a| a["name"] == name)
+                .and_then(|a| a["value"].as_str())
+        };
+        if annotation(RUN_ID_ANNOTATION)? != run_id {
+            return None;
+        }
+        let files = model["entities"]
+            .as_array()?
+            .iter()
+            .flat_map(|entity| entity["partitions"].as_array().into_iter().flatten())
+            .filter_map(|partition| partition["location"].as_str().map(str::to_string))
+            .collect();
+        let partition_bytes: u64 = annotation(PARTITION_BYTES_ANNOTATION)
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(0);
+        Some(CdmSummary {
+            files,
+            bytes: partition_bytes + bytes.len() as u64,
+            rows: 0,
+            model_json_location: storage.location(&model_json_path),
+            model_json_path,
+        })
+    }
+
     /// Walks away without touching anything: for a worker that lost its run to another, whose
     /// attempt now writes the same run folder. Files this writer left are that attempt's to
     /// overwrite.
@@ -815,7 +853,8 @@ impl CdmFolderWriter {
             application: "exportd",
             modified_time: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             annotations: vec![
-                Annotation::new("runId", &self.run_id),
+                Annotation::new(RUN_ID_ANNOTATION, &self.run_id),
+                Annotation::new(PARTITION_BYTES_ANNOTATION, &self.bytes.to_string()),
                 Annotation::new("runTime", &self.run_time.to_rfc3339_opts(SecondsFormat::Secs, true)),
             ],
             entities: &self.entities,

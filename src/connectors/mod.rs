@@ -17,6 +17,7 @@ pub mod local_files;
 pub mod parquet_partition;
 pub mod registry;
 pub mod storage;
+pub mod storage_connector;
 
 /// Everything a connector may know about its connection.
 pub struct Target<'a> {
@@ -193,7 +194,7 @@ pub fn io_failure(context: &str, err: std::io::Error) -> Failure {
 /// The connector of a type id.
 pub fn connector_for(type_id: &str) -> &'static dyn Connector {
     match type_id {
-        "local-files" => &local_files::LocalFiles,
+        "local-files" => &storage_connector::StorageConnector(local_files::LocalFiles),
         _ => &NotYetSupported,
     }
 }

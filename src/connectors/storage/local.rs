@@ -11,19 +11,21 @@ use tokio::io::AsyncWriteExt;
 use super::{ByteStore, Upload, check_path};
 use crate::connectors::io_failure;
 use crate::engine::retry::Failure;
+use crate::file_modes::{create_file, create_folders_below, folder_mode};
 
 /// Temporary files end with this; nothing else the store writes does.
 const TMP_SUFFIX: &str = ".exportd-tmp";
 
 pub struct LocalBytes {
     root: PathBuf,
-    /// Unix permission bits of the files written (`None`: the process's umask decides).
-    file_mode: Option<u32>,
+    /// Permission bits of the files written (folders get `x` where `r` is set).
+    file_mode: u32,
 }
 
 impl LocalBytes {
-    /// `root` is made absolute (so that `file://` URLs are) but need not exist yet.
-    pub fn new(root: &Path, file_mode: Option<u32>) -> Result<LocalBytes, Failure> {
+    /// `root` is made absolute (so that `file://` URLs are); it must exist: folders are only
+    /// created below it.
+    pub fn new(root: &Path, file_mode: u32) -> Result<LocalBytes, Failure> {
         let root = std::path::absolute(root).map_err(|e| io_failure(&format!("bad folder {}", root.display()), e))?;
         Ok(LocalBytes { root, file_mode })
     }
@@ -38,23 +40,21 @@ impl LocalBytes {
     }
 
     async fn create(&self, dest: &Path) -> Result<(tokio::fs::File, PathBuf), Failure> {
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| io_failure(&format!("cannot create folder {}", parent.display()), e))?;
-        }
-        let tmp = tmp_path(dest);
-        let mut options = tokio::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        if let Some(mode) = self.file_mode {
-            options.mode(mode);
-        }
-        let file = options
-            .open(&tmp)
-            .await
-            .map_err(|e| io_failure(&format!("cannot create {}", tmp.display()), e))?;
-        Ok((file, tmp))
+        let (root, dest, mode) = (self.root.clone(), dest.to_path_buf(), self.file_mode);
+        let tmp = tmp_path(&dest);
+        let opened = tokio::task::spawn_blocking({
+            let tmp = tmp.clone();
+            move || {
+                if let Some(parent) = dest.parent() {
+                    create_folders_below(&root, parent, folder_mode(mode))?;
+                }
+                create_file(&tmp, mode)
+            }
+        })
+        .await
+        .map_err(|e| Failure::Permanent { message: e.to_string() })?
+        .map_err(|e| io_failure(&format!("cannot create {}", tmp.display()), e))?;
+        Ok((tokio::fs::File::from_std(opened), tmp))
     }
 }
 
@@ -171,14 +171,11 @@ impl ByteStore for LocalBytes {
     }
 
     fn url(&self, path: &str) -> String {
-        let full = if path.is_empty() {
-            self.root.clone()
-        } else {
-            path.split('/').fold(self.root.clone(), |p, s| p.join(s))
-        };
-        url::Url::from_file_path(&full)
-            .map(String::from)
-            .unwrap_or_else(|()| format!("file://{}", full.display()))
+        let full = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .fold(self.root.clone(), |p, s| p.join(s));
+        crate::connectors::cdm::file_url(&full)
     }
 }
 
@@ -242,7 +239,8 @@ mod tests {
     #[tokio::test]
     async fn objects_appear_whole_and_leave_no_temporary_files() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalBytes::new(&dir.path().join("root with space"), Some(0o600)).unwrap();
+        std::fs::create_dir(dir.path().join("root with space")).unwrap();
+        let store = LocalBytes::new(&dir.path().join("root with space"), 0o600).unwrap();
         let mut upload = store.upload("a/b/c.csv").await.unwrap();
         upload.write(Bytes::from_static(b"x,y\n")).await.unwrap();
         assert_eq!(

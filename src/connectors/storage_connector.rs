@@ -1,0 +1,285 @@
+//! One connector for every storage type (`local-files`, `s3`, `azure-blob`, `sftp`): each type
+//! only says how its configuration becomes a [`ByteStore`] (a [`StorageKind`]); everything
+//! else is here, once — export settings, the CDM folder written through the store, cleanup of a
+//! failed or cancelled run, the "already committed by this run" check of a taken-over attempt,
+//! and the probe-based connection test (list, write, read back, delete).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::cdm::{CdmAttribute, CdmEntity, CdmFolderWriter, CdmType, CsvOptions, MODEL_JSON};
+use super::storage::ByteStore;
+use super::storage::blocking::BlockingStorage;
+use super::{Check, Connector, PartSchema, RunTarget, Sink, SinkSummary, Target, TestReport, io_failure};
+use crate::domain::catalog::field_type_str;
+use crate::domain::output_area::export_folder;
+use crate::engine::retry::Failure;
+
+/// What one storage type contributes.
+#[async_trait]
+pub trait StorageKind: Send + Sync + 'static {
+    /// Checks made before the store is opened (e.g. that a local root is allowed and exists).
+    /// A failed one ends the connection test.
+    async fn preflight(&self, _target: &Target<'_>) -> Vec<Check> {
+        Vec::new()
+    }
+
+    /// The store rooted at the connection's folder, bucket prefix or container prefix.
+    async fn open(&self, target: &Target<'_>) -> Result<Arc<dyn ByteStore>, Failure>;
+
+    /// The steps of reaching the target, in order, as the connection test reports them
+    /// (`dns`, `tcp_connect`, `tls`, `authentication`, `bucket_exists`, …); empty for a local
+    /// folder.
+    fn reach_steps(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Which of [`reach_steps`](Self::reach_steps) a failure to list the root means.
+    fn failed_step(&self, _failure: &Failure) -> &'static str {
+        "reach"
+    }
+
+    /// Where the connection writes, as message prefixes to hide from callers who may not see
+    /// the connection.
+    fn private_locations(&self, _target: &Target<'_>) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The connector of a storage type.
+pub struct StorageConnector<K>(pub K);
+
+/// The probe object a connection test writes and removes.
+fn probe_path() -> String {
+    format!(".exportd-probe-{}", crate::domain::names::generate_id("p"))
+}
+
+#[async_trait]
+impl<K: StorageKind> Connector for StorageConnector<K> {
+    async fn test(&self, target: &Target<'_>) -> TestReport {
+        let mut checks = self.0.preflight(target).await;
+        if checks.iter().any(|c| !c.ok) {
+            return TestReport { checks };
+        }
+        let store = match self.0.open(target).await {
+            Ok(store) => store,
+            Err(failure) => {
+                checks.push(Check::fail("configuration", failure.message()));
+                return TestReport { checks };
+            }
+        };
+        let steps = self.0.reach_steps();
+        match store.list("").await {
+            Ok(_) => checks.extend(steps.iter().map(|step| Check::pass(step, format!("{step}: ok")))),
+            Err(failure) => {
+                let failed = self.0.failed_step(&failure);
+                for step in steps.iter().take_while(|s| **s != failed) {
+                    checks.push(Check::pass(step, format!("{step}: ok")));
+                }
+                checks.push(Check::fail(failed, failure.message()));
+                return TestReport { checks };
+            }
+        }
+        let probe = probe_path();
+        let written = async {
+            store
+                .put(&probe, bytes::Bytes::from_static(b"exportd connection test"))
+                .await?;
+            let read = store.get(&probe).await?;
+            store.delete(&probe).await?;
+            match read {
+                Some(bytes) if &bytes[..] == b"exportd connection test" => Ok(()),
+                _ => Err(Failure::Permanent {
+                    message: "the probe object read back differs from what was written".into(),
+                }),
+            }
+        }
+        .await;
+        match written {
+            Ok(()) => checks.push(Check::pass(
+                "folder_writable",
+                format!("wrote, read back and removed a probe object in {}", store.url("")),
+            )),
+            Err(failure) => {
+                let _ = store.delete(&probe).await;
+                checks.push(Check::fail("folder_writable", failure.message()));
+            }
+        }
+        TestReport { checks }
+    }
+
+    async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure> {
+        let options = file_options(run.settings);
+        let store = self.0.open(&run.target).await?;
+        let folder = export_folder(run.export_id, run.settings);
+        let runtime = tokio::runtime::Handle::current();
+        let export_id = run.export_id.to_string();
+        let run_id = run.run_id.to_string();
+        let run_time = run.run_time;
+        tokio::task::spawn_blocking(move || {
+            let storage = BlockingStorage::new(store, runtime);
+            // An earlier attempt of this very run may have committed before its process died
+            // (between the commit and recording the outcome): its files are complete and must
+            // not be rewritten; this attempt reads its records again (for its counts) and
+            // keeps them.
+            if let Some(summary) = CdmFolderWriter::committed_by_run(&storage, &folder, &run_id) {
+                return Ok(Box::new(AlreadyCommitted {
+                    summary: SinkSummary {
+                        files: summary.files,
+                        bytes: summary.bytes,
+                        location: summary.model_json_location,
+                    },
+                }) as Box<dyn Sink>);
+            }
+            let writer = CdmFolderWriter::new(Box::new(storage), &folder, &export_id, &run_id, run_time, options);
+            Ok(Box::new(CdmSink { writer: Some(writer) }) as Box<dyn Sink>)
+        })
+        .await
+        .map_err(|e| Failure::Permanent { message: e.to_string() })?
+    }
+
+    fn private_locations(&self, target: &Target<'_>) -> Vec<String> {
+        self.0.private_locations(target)
+    }
+}
+
+/// File options from the export's settings (validated when the export was saved).
+pub fn file_options(settings: &BTreeMap<String, String>) -> CsvOptions {
+    let mut options = CsvOptions::default();
+    if let Some(d) = settings.get("delimiter").and_then(|d| d.bytes().next()) {
+        options.delimiter = d;
+    }
+    options.gzip = settings.get("compression").is_some_and(|c| c == "gzip");
+    if let Some(n) = settings.get("max_rows_per_file").and_then(|n| n.parse().ok()) {
+        options.max_rows_per_file = n;
+    }
+    options
+}
+
+/// Drives the (blocking) CDM writer from async code, one blocking call at a time.
+struct CdmSink {
+    writer: Option<CdmFolderWriter>,
+}
+
+impl CdmSink {
+    async fn with_writer<T: Send + 'static>(
+        &mut self,
+        context: &'static str,
+        op: impl FnOnce(&mut CdmFolderWriter) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let mut writer = self.writer.take().ok_or_else(|| Failure::Permanent {
+            message: "the sink is closed".into(),
+        })?;
+        let (writer, result) = tokio::task::spawn_blocking(move || {
+            let result = op(&mut writer);
+            (writer, result)
+        })
+        .await
+        .map_err(|e| Failure::Permanent { message: e.to_string() })?;
+        self.writer = Some(writer);
+        result.map_err(|e| io_failure(context, e))
+    }
+}
+
+impl Drop for CdmSink {
+    /// A sink dropped mid-run (its run was cancelled or its future dropped) cleans up on a
+    /// blocking thread: the writer's cleanup talks to the store synchronously.
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            tokio::task::spawn_blocking(move || drop(writer));
+        }
+    }
+}
+
+fn cdm_entity(part: &PartSchema) -> CdmEntity {
+    CdmEntity {
+        id: part.id.clone(),
+        description: part.description.clone(),
+        primary_key: part.primary_key.clone(),
+        attributes: part
+            .columns
+            .iter()
+            .map(|c| CdmAttribute {
+                name: c.name.clone(),
+                data_type: CdmType::from_field_type(field_type_str(c.field_type)).unwrap_or(CdmType::String),
+                description: c.description.clone(),
+                mapping: c.mapping.clone(),
+            })
+            .collect(),
+        incremental: part.incremental,
+    }
+}
+
+#[async_trait]
+impl Sink for CdmSink {
+    async fn begin_part(&mut self, part: &PartSchema) -> Result<(), Failure> {
+        let entity = cdm_entity(part);
+        self.with_writer("cannot start a partition", move |w| w.begin_entity(entity))
+            .await
+    }
+
+    async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<u64, Failure> {
+        self.with_writer("cannot write rows", move |w| w.write_rows(&rows))
+            .await
+    }
+
+    async fn end_part(&mut self) -> Result<(), Failure> {
+        self.with_writer("cannot close a partition", |w| w.end_entity()).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<SinkSummary, Failure> {
+        let writer = self.writer.take().ok_or_else(|| Failure::Permanent {
+            message: "the sink is closed".into(),
+        })?;
+        let summary = tokio::task::spawn_blocking(move || writer.commit())
+            .await
+            .map_err(|e| Failure::Permanent { message: e.to_string() })?
+            .map_err(|e| io_failure(&format!("cannot commit {MODEL_JSON}"), e))?;
+        Ok(SinkSummary {
+            files: summary.files,
+            bytes: summary.bytes,
+            location: summary.model_json_location,
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || writer.abort()).await;
+        }
+    }
+
+    async fn abandon(mut self: Box<Self>) {
+        if let Some(writer) = self.writer.take() {
+            writer.abandon();
+        }
+    }
+}
+
+/// The sink of an attempt whose run was already committed by an earlier attempt.
+struct AlreadyCommitted {
+    summary: SinkSummary,
+}
+
+#[async_trait]
+impl Sink for AlreadyCommitted {
+    async fn begin_part(&mut self, _: &PartSchema) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn write_rows(&mut self, _: Vec<Vec<Value>>) -> Result<u64, Failure> {
+        Ok(self.summary.bytes)
+    }
+
+    async fn end_part(&mut self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<SinkSummary, Failure> {
+        Ok(self.summary)
+    }
+
+    async fn abort(self: Box<Self>) {}
+}
