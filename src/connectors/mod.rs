@@ -12,10 +12,12 @@ use crate::domain::connection::Connection;
 use crate::domain::output_area::LocalRoots;
 use crate::engine::retry::Failure;
 
+pub mod azure_blob;
 pub mod cdm;
 pub mod local_files;
 pub mod parquet_partition;
 pub mod registry;
+pub mod s3;
 pub mod storage;
 pub mod storage_connector;
 
@@ -191,10 +193,44 @@ pub fn io_failure(context: &str, err: std::io::Error) -> Failure {
     }
 }
 
+/// Which step of reaching a server over the network an error message shows failed, if any
+/// (the messages of reqwest/hyper/rustls and of the operating system).
+pub fn network_step(message: &str) -> Option<&'static str> {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("dns error")
+        || lower.contains("failed to lookup address")
+        || lower.contains("name or service not known")
+    {
+        Some("dns")
+    } else if lower.contains("connection refused")
+        || lower.contains("tcp connect error")
+        || lower.contains("connection reset")
+        || lower.contains("timed out")
+        || lower.contains("network is unreachable")
+    {
+        Some("tcp_connect")
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+        Some("tls")
+    } else {
+        None
+    }
+}
+
+/// rustls needs one process-wide crypto provider; ring is the one exportd builds (no
+/// aws-lc-rs). Installing it twice is harmless.
+pub fn ensure_tls_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// The connector of a type id.
 pub fn connector_for(type_id: &str) -> &'static dyn Connector {
     match type_id {
         "local-files" => &storage_connector::StorageConnector(local_files::LocalFiles),
+        "s3" => &storage_connector::StorageConnector(s3::S3),
+        "azure-blob" => &storage_connector::StorageConnector(azure_blob::AzureBlob),
         _ => &NotYetSupported,
     }
 }

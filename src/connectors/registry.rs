@@ -127,7 +127,7 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
         profile_limit: 0,
         minimum_segment_size: 0,
         config: &[
-            key("bucket", "bucket name", TEXT),
+            key("bucket", "bucket name", ValueKind::BucketName),
             key("region", "AWS region, e.g. eu-west-1", TEXT),
             optional("endpoint", "S3-compatible endpoint URL", HTTP_URL),
             optional("prefix", "key prefix for every object", ValueKind::RelativePath),
@@ -152,8 +152,8 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
         profile_limit: 0,
         minimum_segment_size: 0,
         config: &[
-            key("account", "storage account name", TEXT),
-            key("container", "container name", TEXT),
+            key("account", "storage account name", ValueKind::AzureAccount),
+            key("container", "container name", ValueKind::AzureContainer),
             optional(
                 "endpoint",
                 "blob endpoint URL (default https://<account>.blob.core.windows.net)",
@@ -197,7 +197,7 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
             key(
                 "host_key",
                 "the server's public host key, OpenSSH format (pinned)",
-                TEXT,
+                ValueKind::SshPublicKey,
             ),
         ],
         secrets: &[

@@ -71,6 +71,14 @@ pub enum ValueKind {
     RelativePath,
     /// An absolute folder path.
     AbsolutePath,
+    /// An S3 bucket name (AWS's naming rules for general purpose buckets).
+    BucketName,
+    /// An Azure storage account name: 3–24 lowercase letters and digits.
+    AzureAccount,
+    /// An Azure container name: 3–63 lowercase letters, digits and single hyphens.
+    AzureContainer,
+    /// An OpenSSH public key line: `<type> <base64 key> [comment]`.
+    SshPublicKey,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +176,77 @@ pub fn check_value(spec: &KeySpec, value: &str) -> Result<(), String> {
                 return Err("must be an absolute folder path without `..`".into());
             }
         }
+        ValueKind::BucketName => check_bucket_name(value)?,
+        ValueKind::AzureAccount => {
+            let ok =
+                (3..=24).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            if !ok {
+                return Err("must be 3 to 24 lowercase letters and digits (an Azure storage account name)".into());
+            }
+        }
+        ValueKind::AzureContainer => {
+            let ok = (3..=63).contains(&value.len())
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !value.starts_with('-')
+                && !value.ends_with('-')
+                && !value.contains("--");
+            if !ok {
+                return Err(
+                    "must be 3 to 63 lowercase letters, digits and single hyphens, starting and ending with a \
+                     letter or digit (an Azure container name)"
+                        .into(),
+                );
+            }
+        }
+        ValueKind::SshPublicKey => check_ssh_public_key(value)?,
+    }
+    Ok(())
+}
+
+/// AWS's rules for general purpose bucket names: 3–63 characters of lowercase letters, digits,
+/// dots and hyphens, beginning and ending with a letter or digit, no two adjacent dots, not an
+/// IP address.
+fn check_bucket_name(value: &str) -> Result<(), String> {
+    let bytes = value.as_bytes();
+    let ok = (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+        && bytes.first().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.last().is_some_and(|b| b.is_ascii_alphanumeric())
+        && !value.contains("..")
+        && value.parse::<std::net::Ipv4Addr>().is_err();
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            "must be 3 to 63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or \
+             digit (an S3 bucket name)"
+                .into(),
+        )
+    }
+}
+
+/// The key's type is repeated inside its base64 blob (RFC 4253 §6.6): a line that is not a key
+/// of the type it names is refused.
+fn check_ssh_public_key(value: &str) -> Result<(), String> {
+    use base64::Engine;
+    let expected = "must be an OpenSSH public key line such as `ssh-ed25519 AAAAC3Nza… host`";
+    let mut parts = value.split_whitespace();
+    let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
+        return Err(expected.into());
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .map_err(|_| format!("{expected}: the key is not base64"))?;
+    let named = decoded
+        .get(..4)
+        .map(|len| u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize)
+        .and_then(|len| decoded.get(4..4 + len));
+    if named != Some(kind.as_bytes()) {
+        return Err(format!("{expected}: the key data is not a `{kind}` key"));
     }
     Ok(())
 }

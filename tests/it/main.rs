@@ -20,3 +20,5 @@ mod roles;
 mod rule_limits;
 mod runs;
 mod scheduler;
+mod storage_servers;
+mod storage_targets;

@@ -63,9 +63,25 @@ impl ObjectBytes {
 
     fn failure(&self, what: &str, error: object_store::Error) -> Failure {
         Failure::Permanent {
-            message: redact(&format!("{what}: {error}"), &self.secrets),
+            message: redact(&format!("{what}: {}", chain(&error)), &self.secrets),
         }
     }
+}
+
+/// An error with its causes, each said once: the cause is what tells a refused connection
+/// from a missing bucket.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// A message with every secret value (and any URL query string, where signatures travel)
@@ -189,7 +205,7 @@ struct ObjectUpload {
 impl ObjectUpload {
     fn failure(&self, what: &str, error: object_store::Error) -> Failure {
         Failure::Permanent {
-            message: redact(&format!("{what} {}: {error}", self.url), &self.secrets),
+            message: redact(&format!("{what} {}: {}", self.url, chain(&error)), &self.secrets),
         }
     }
 }
@@ -244,7 +260,7 @@ impl Upload for ObjectUpload {
         if let Some(multipart) = self.multipart.take()
             && let Err(e) = multipart.abort().await
         {
-            tracing::warn!(error = %redact(&e.to_string(), &self.secrets), "cannot abort an upload");
+            tracing::warn!(error = %redact(&chain(&e), &self.secrets), "cannot abort an upload");
         }
     }
 }

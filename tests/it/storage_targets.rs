@@ -1,0 +1,497 @@
+//! The storage conformance suite: the same test bodies run against every storage type on a real
+//! server on loopback — local files, S3 (moto) and Azure Blob (Azurite) — through the gRPC API,
+//! and read back what the target holds with an independent client.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use exportd::auth::Role;
+use exportd::pb;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde_json::{Value, json};
+
+use crate::catalog::{CUSTOMERS, ten_customers, write, write_all};
+use crate::common::*;
+use crate::exports::{data_out, export_name, segment_export};
+use crate::runs::{VIP, create_export, setup};
+use crate::storage_servers::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Moto};
+
+const BUCKET: &str = "cdp-exports";
+const CONTAINER: &str = "cdp-exports";
+const PREFIX: &str = "team/a";
+const SECRET_KEY: &str = "moto-secret-access-key-never-shown";
+
+/// One storage target under test: how to connect exportd to it and how to read it back.
+struct Storage {
+    kind: &'static str,
+    config: BTreeMap<String, String>,
+    secrets: BTreeMap<String, String>,
+    /// Reads the target directly (not through exportd), rooted at the connection's prefix.
+    reader: Arc<dyn ObjectStore>,
+    /// The URL prefix of the connection's root in partition locations.
+    url_root: String,
+    _servers: (Option<Moto>, Option<Azurite>),
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+impl Storage {
+    async fn local(t: &TestServer) -> Storage {
+        let root = t.data_dir.path().join("lake");
+        std::fs::create_dir_all(&root).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        Storage {
+            kind: "local-files",
+            config: map(&[("root", root.to_str().unwrap())]),
+            secrets: BTreeMap::new(),
+            reader: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap()),
+            url_root: format!("file://{}", root.display()),
+            _servers: (None, None),
+        }
+    }
+
+    async fn s3() -> Option<Storage> {
+        let moto = Moto::start().await?;
+        moto.create_bucket(BUCKET).await;
+        let reader = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_access_key_id("AKIATEST")
+            .with_secret_access_key(SECRET_KEY)
+            .with_endpoint(&moto.endpoint)
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        let prefixed = object_store::prefix::PrefixStore::new(reader, PREFIX);
+        Some(Storage {
+            kind: "s3",
+            config: map(&[
+                ("bucket", BUCKET),
+                ("region", "us-east-1"),
+                ("endpoint", &moto.endpoint),
+                ("prefix", PREFIX),
+            ]),
+            secrets: map(&[("access_key_id", "AKIATEST"), ("secret_access_key", SECRET_KEY)]),
+            reader: Arc::new(prefixed),
+            url_root: format!("s3://{BUCKET}/{PREFIX}"),
+            _servers: (Some(moto), None),
+        })
+    }
+
+    async fn azure() -> Option<Storage> {
+        let azurite = Azurite::start().await?;
+        azurite.create_container(CONTAINER).await;
+        let reader = object_store::azure::MicrosoftAzureBuilder::new()
+            .with_account(AZURITE_ACCOUNT)
+            .with_access_key(AZURITE_KEY)
+            .with_container_name(CONTAINER)
+            .with_endpoint(azurite.endpoint.clone())
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        let prefixed = object_store::prefix::PrefixStore::new(reader, PREFIX);
+        Some(Storage {
+            kind: "azure-blob",
+            config: map(&[
+                ("account", AZURITE_ACCOUNT),
+                ("container", CONTAINER),
+                ("endpoint", &azurite.endpoint),
+                ("prefix", PREFIX),
+            ]),
+            secrets: map(&[("account_key", AZURITE_KEY)]),
+            reader: Arc::new(prefixed),
+            url_root: format!("{}/{CONTAINER}/{PREFIX}", azurite.endpoint),
+            _servers: (None, Some(azurite)),
+        })
+    }
+
+    /// Every storage type whose server is available (under CI, all of them).
+    async fn all(t: &TestServer) -> Vec<Storage> {
+        let mut all = vec![Storage::local(t).await];
+        all.extend(Storage::s3().await);
+        all.extend(Storage::azure().await);
+        all
+    }
+
+    fn connection(&self, id: &str) -> pb::CreateConnectionRequest {
+        pb::CreateConnectionRequest {
+            parent: "environments/acme".into(),
+            connection_id: id.into(),
+            connection: Some(pb::Connection {
+                display_name: format!("{} target", self.kind),
+                r#type: self.kind.into(),
+                config: self.config.clone().into_iter().collect(),
+                secrets: self.secrets.clone().into_iter().collect(),
+                contributors_can_use: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The object at a partition location or root-relative path.
+    async fn read(&self, location_or_path: &str) -> Vec<u8> {
+        let path = location_or_path
+            .strip_prefix(&self.url_root)
+            .map(|p| p.trim_start_matches('/'))
+            .unwrap_or(location_or_path);
+        let path = object_store::path::Path::parse(path).unwrap();
+        match self.reader.get(&path).await {
+            Ok(result) => result.bytes().await.unwrap().to_vec(),
+            Err(e) => panic!("{}: cannot read {location_or_path}: {e}", self.kind),
+        }
+    }
+
+    /// Every object under the connection's root.
+    async fn list(&self) -> Vec<String> {
+        use futures::TryStreamExt;
+        let mut paths: Vec<String> = self
+            .reader
+            .list(None)
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        paths.sort();
+        paths
+    }
+
+    /// model.json of an export folder, and the rows of each entity's partitions (by entity),
+    /// each row a map from column name to cell.
+    async fn read_folder(&self, folder: &str) -> (Value, BTreeMap<String, Vec<BTreeMap<String, String>>>) {
+        let model: Value = serde_json::from_slice(&self.read(&format!("{folder}/model.json")).await).unwrap();
+        let mut rows = BTreeMap::new();
+        for entity in model["entities"].as_array().unwrap() {
+            let name = entity["name"].as_str().unwrap().to_string();
+            let mut entity_rows = Vec::new();
+            for partition in entity["partitions"].as_array().unwrap() {
+                let location = partition["location"].as_str().unwrap();
+                assert!(
+                    location.starts_with(&self.url_root),
+                    "{}: {location} is not under {}",
+                    self.kind,
+                    self.url_root
+                );
+                let bytes = self.read(location).await;
+                let mut reader = csv::Reader::from_reader(bytes.as_slice());
+                let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_string).collect();
+                for record in reader.records() {
+                    let record = record.unwrap();
+                    entity_rows.push(header.iter().cloned().zip(record.iter().map(str::to_string)).collect());
+                }
+            }
+            rows.insert(name, entity_rows);
+        }
+        (model, rows)
+    }
+}
+
+/// A CSV cell as the record's JSON value reads (strings raw, the rest as JSON text).
+fn cell_value(cell: &str, expected: &Value) -> Value {
+    match expected {
+        Value::String(_) => Value::String(cell.to_string()),
+        _ if cell.is_empty() => Value::Null,
+        _ => serde_json::from_str(cell).unwrap_or_else(|_| Value::String(cell.to_string())),
+    }
+}
+
+fn loose(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => json!(n.as_f64().unwrap()),
+        Value::Array(items) => Value::Array(items.iter().map(loose).collect()),
+        other => other.clone(),
+    }
+}
+
+async fn run_to_end(exports: &mut Exports, export: &str) -> pb::ExportRun {
+    let run = run_export(exports, export).await;
+    wait_for_end(exports, &run.name).await
+}
+
+fn succeeded(run: &pb::ExportRun, kind: &str) {
+    assert_eq!(run_state(run), pb::RunState::Succeeded, "{kind}: {:?}", run.error);
+}
+
+#[tokio::test]
+async fn a_full_data_out_reads_back_row_for_row_on_every_storage_type() {
+    let t = setup(Options::default()).await;
+    let mut connections = t.connections("acme", Role::Admin).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    for (i, storage) in Storage::all(&t).await.iter().enumerate() {
+        let connection = format!("lake{i}");
+        connections
+            .create_connection(storage.connection(&connection))
+            .await
+            .unwrap();
+        let id = format!("dump{i}");
+        create_export(&mut exports, data_out("acme", &id, "Dump", &connection, &[CUSTOMERS])).await;
+        let run = run_to_end(&mut exports, &export_name("acme", &id)).await;
+        succeeded(&run, storage.kind);
+        assert_eq!(run.records_exported, 10, "{}", storage.kind);
+        assert!(run.bytes_written > 0);
+
+        let (model, rows) = storage.read_folder(&id).await;
+        assert_eq!(model["name"], json!(id));
+        let customers = &rows["customers"];
+        assert_eq!(customers.len(), 10, "{}", storage.kind);
+        for expected in ten_customers() {
+            let id = expected["id"].as_str().unwrap();
+            let row = customers
+                .iter()
+                .find(|r| r["id"] == id)
+                .expect("every record has its row");
+            for (field, value) in expected.as_object().unwrap() {
+                assert_eq!(
+                    loose(&cell_value(&row[field], value)),
+                    loose(value),
+                    "{}: {id}.{field}",
+                    storage.kind
+                );
+            }
+        }
+        // Only model.json and the partitions it lists remain: no temporary objects.
+        let listed = storage.list().await;
+        let mut expected = vec![format!("{id}/model.json")];
+        for partition in model["entities"][0]["partitions"].as_array().unwrap() {
+            let location = partition["location"].as_str().unwrap();
+            expected.push(
+                location
+                    .strip_prefix(&storage.url_root)
+                    .unwrap()
+                    .trim_start_matches('/')
+                    .to_string(),
+            );
+        }
+        expected.sort();
+        let in_folder: Vec<String> = listed
+            .into_iter()
+            .filter(|p| p.starts_with(&format!("{id}/")))
+            .collect();
+        assert_eq!(in_folder, expected, "{}", storage.kind);
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn segment_exports_incremental_changes_and_runs_in_one_minute_on_every_storage_type() {
+    let t = setup(Options::default()).await;
+    let mut connections = t.connections("acme", Role::Admin).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    let mut catalog = t.catalog("acme", Role::Admin).await;
+    let storages = Storage::all(&t).await;
+    for (i, storage) in storages.iter().enumerate() {
+        let connection = format!("lake{i}");
+        connections
+            .create_connection(storage.connection(&connection))
+            .await
+            .unwrap();
+
+        // A segment export with mappings.
+        let id = format!("vip{i}");
+        create_export(
+            &mut exports,
+            segment_export(
+                "acme",
+                &id,
+                "VIP",
+                &connection,
+                &[VIP],
+                &[("id", "customer_id"), ("email", "mail")],
+            ),
+        )
+        .await;
+        let first = run_to_end(&mut exports, &export_name("acme", &id)).await;
+        succeeded(&first, storage.kind);
+        let (_, rows) = storage.read_folder(&id).await;
+        let members = &rows["vip"];
+        let segment = catalog
+            .get_segment(pb::GetSegmentRequest { name: VIP.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(segment.member_count > 0);
+        assert_eq!(members.len() as i64, segment.member_count, "{}", storage.kind);
+        assert!(
+            members
+                .iter()
+                .all(|r| r.keys().cloned().collect::<Vec<_>>() == ["customer_id", "mail"])
+        );
+
+        // A second run in the same minute writes a folder of its own; the first run's files stay.
+        let before = storage.list().await;
+        let second = run_to_end(&mut exports, &export_name("acme", &id)).await;
+        succeeded(&second, storage.kind);
+        let after = storage.list().await;
+        for path in before.iter().filter(|p| !p.ends_with("model.json")) {
+            assert!(
+                after.contains(path),
+                "{}: {path} was removed or overwritten",
+                storage.kind
+            );
+        }
+        assert!(after.len() > before.len());
+
+        // Incremental: the first run carries everything, the next only the changes.
+        let inc = format!("inc{i}");
+        let mut request = data_out("acme", &inc, "Changes", &connection, &[CUSTOMERS]);
+        request.export.as_mut().unwrap().sync_mode = pb::SyncMode::Incremental as i32;
+        create_export(&mut exports, request).await;
+        succeeded(
+            &run_to_end(&mut exports, &export_name("acme", &inc)).await,
+            storage.kind,
+        );
+        let mut changed = ten_customers()[1].clone();
+        changed["email"] = json!(format!("changed{i}@example.com"));
+        write_all(&mut catalog, vec![write(CUSTOMERS, vec![changed], &["c02"])])
+            .await
+            .unwrap();
+        let run = run_to_end(&mut exports, &export_name("acme", &inc)).await;
+        succeeded(&run, storage.kind);
+        let (_, rows) = storage.read_folder(&inc).await;
+        let changes = &rows["customers"];
+        assert_eq!(changes.len(), 2, "{}: {changes:?}", storage.kind);
+        let updated = changes.iter().find(|r| r["id"] == "c01").unwrap();
+        assert_eq!(updated["email"], format!("changed{i}@example.com"));
+        assert_eq!(updated["_deleted"], "false");
+        let deleted = changes.iter().find(|r| r["id"] == "c02").unwrap();
+        assert_eq!(deleted["_deleted"], "true");
+        // The record comes back for the next target's round (a deleted record also left the
+        // segment, until its next refresh).
+        write_all(
+            &mut catalog,
+            vec![write(CUSTOMERS, ten_customers()[1..3].to_vec(), &[])],
+        )
+        .await
+        .unwrap();
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn connection_tests_say_which_step_failed_and_never_show_a_secret() {
+    let t = setup(Options::default()).await;
+    let mut connections = t.connections("acme", Role::Admin).await;
+    let test = |name: String| pb::TestConnectionRequest { name };
+    let mut cases = Vec::new();
+    if let Some(storage) = Storage::s3().await {
+        // Reachable with the right bucket: every step passes.
+        cases.push((storage.connection("s3ok"), None));
+        let mut missing = storage.connection("s3missing");
+        missing
+            .connection
+            .as_mut()
+            .unwrap()
+            .config
+            .insert("bucket".into(), "no-such-bucket".into());
+        cases.push((missing, Some("bucket_exists")));
+        let mut down = storage.connection("s3down");
+        down.connection.as_mut().unwrap().config.insert(
+            "endpoint".into(),
+            format!("http://127.0.0.1:{}", crate::storage_servers::free_port()),
+        );
+        cases.push((down, Some("tcp_connect")));
+        for (request, failed) in cases.drain(..) {
+            let id = request.connection_id.clone();
+            connections.create_connection(request).await.unwrap();
+            let report = connections
+                .test_connection(test(format!("environments/acme/connections/{id}")))
+                .await
+                .unwrap()
+                .into_inner();
+            let text = format!("{report:?}");
+            assert!(!text.contains(SECRET_KEY), "{id}: a secret in {text}");
+            match failed {
+                None => assert!(report.ok, "{id}: {text}"),
+                Some(step) => {
+                    assert!(!report.ok, "{id}: {text}");
+                    let failing: Vec<&str> = report
+                        .checks
+                        .iter()
+                        .filter(|c| !c.ok)
+                        .map(|c| c.name.as_str())
+                        .collect();
+                    assert_eq!(failing, vec![step], "{id}: {text}");
+                }
+            }
+        }
+        drop(storage);
+    }
+    if let Some(storage) = Storage::azure().await {
+        let mut wrong = storage.connection("azwrong");
+        wrong
+            .connection
+            .as_mut()
+            .unwrap()
+            .secrets
+            .insert("account_key".into(), "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=".into());
+        connections.create_connection(wrong).await.unwrap();
+        let report = connections
+            .test_connection(test("environments/acme/connections/azwrong".into()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!report.ok);
+        let failing: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(failing, vec!["authentication"], "{report:?}");
+        assert!(
+            !format!("{report:?}").contains("d3Jvbmcta2V5"),
+            "no secret in {report:?}"
+        );
+        let mut missing = storage.connection("azmissing");
+        missing
+            .connection
+            .as_mut()
+            .unwrap()
+            .config
+            .insert("container".into(), "no-such-container".into());
+        connections.create_connection(missing).await.unwrap();
+        let report = connections
+            .test_connection(test("environments/acme/connections/azmissing".into()))
+            .await
+            .unwrap()
+            .into_inner();
+        let failing: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(failing, vec!["container_exists"], "{report:?}");
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_target_that_goes_away_fails_the_run_and_presents_nothing() {
+    let t = setup(Options::default()).await;
+    let Some(mut storage) = Storage::s3().await else {
+        return;
+    };
+    let mut connections = t.connections("acme", Role::Admin).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    connections.create_connection(storage.connection("lake")).await.unwrap();
+    create_export(&mut exports, data_out("acme", "dump", "Dump", "lake", &[CUSTOMERS])).await;
+    storage._servers.0.as_mut().unwrap().stop();
+    let run = run_to_end(&mut exports, &export_name("acme", "dump")).await;
+    assert_eq!(run_state(&run), pb::RunState::Failed);
+    let error = run.error.expect("a failed run says why").message;
+    assert!(error.contains("127.0.0.1"), "the error names where it failed: {error}");
+    assert!(!error.contains(SECRET_KEY), "{error}");
+    // Bad configuration is refused when saved, naming the key, and nothing is stored.
+    let mut bad = storage.connection("badbucket");
+    bad.connection
+        .as_mut()
+        .unwrap()
+        .config
+        .insert("bucket".into(), "Not_A_Bucket".into());
+    let status = expect_code(connections.create_connection(bad).await, tonic::Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), vec!["connection.config.bucket".to_string()]);
+    t.stop().await;
+}
