@@ -1245,7 +1245,7 @@ mod tests {
 
     use super::*;
 
-    const SCHEMA_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/spec/cdm-model.schema.json");
+    const SCHEMA_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cdm-model.schema.json");
     const FOLDER: &str = "team a/exports";
     const EXPORT_ID: &str = "weekly-customers";
 

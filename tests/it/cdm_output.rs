@@ -16,7 +16,8 @@ use crate::runs::{VIP, create_export, out, setup};
 
 const PEOPLE: &str = "environments/acme/entities/people";
 const ORDERS_BY_ID: &str = "environments/acme/entities/purchases";
-const SCHEMA_PATH: &str = "../shared/spec/cdm-model.schema.json";
+/// The CDM project's model.json schema, kept in the repository (tests/fixtures/README.md).
+const SCHEMA_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cdm-model.schema.json");
 
 /// `people`: one field of every type. `purchases`: an INT64 key.
 async fn people_and_purchases(t: &TestServer) {
