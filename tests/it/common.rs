@@ -90,11 +90,18 @@ pub struct TestServer {
 #[derive(Default, Clone)]
 pub struct Options {
     pub vars: BTreeMap<String, String>,
+    /// Default variables of the harness left out (e.g. to take a setting from a config file).
+    pub without: Vec<String>,
 }
 
 impl Options {
     pub fn var(mut self, key: &str, value: impl Into<String>) -> Self {
         self.vars.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn without(mut self, key: &str) -> Self {
+        self.without.push(key.to_string());
         self
     }
 }
@@ -113,6 +120,9 @@ pub fn settings_for(data_dir: &std::path::Path, database_url: &str, options: &Op
         ),
         ("EXPORTD_SHUTDOWN_GRACE_SECONDS".to_string(), "5".to_string()),
     ]);
+    for key in &options.without {
+        vars.remove(key);
+    }
     vars.extend(options.vars.clone());
     let flags = Flags {
         data_dir: Some(data_dir.to_path_buf()),
