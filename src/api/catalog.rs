@@ -130,7 +130,7 @@ impl CatalogApi {
                                     "the system refresh itself runs on a `recurrence` or a `cron` trigger",
                                 ));
                             }
-                            Some(schedule)
+                            Some(schedule.anchored(env.system_refresh_schedule.as_ref(), to_datetime(now_micros())))
                         }
                     };
                     env.next_system_refresh_at = env

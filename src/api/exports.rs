@@ -325,6 +325,7 @@ impl ExportApi {
         };
 
         let now = now_micros();
+        let schedule = schedule.anchored(None, to_datetime(now));
         let mut draft = Export {
             name: ExportName::new(&parent.env, &id),
             display_name: input.display_name.trim().to_string(),
@@ -484,7 +485,7 @@ impl ExportApi {
                         ),
                     };
                     if let Some(schedule) = schedule {
-                        export.schedule = schedule;
+                        export.schedule = schedule.anchored(Some(&current.export.schedule), to_datetime(now_micros()));
                         schedule_changed = true;
                     }
                 }
@@ -685,7 +686,7 @@ impl ExportApi {
         for stored in &current {
             let mut export = stored.export.clone();
             match &replacement {
-                Some(schedule) => export.schedule = schedule.clone(),
+                Some(schedule) => export.schedule = schedule.clone().anchored(Some(&stored.export.schedule), now),
                 None => export.schedule.enabled = request.enabled,
             }
             if export.schedule != stored.export.schedule {
