@@ -166,6 +166,24 @@ impl TestServer {
         }
     }
 
+    /// Stops the server and starts a new one on the same database and data dir, as after an
+    /// upgrade (migrations run at start).
+    pub async fn restart(mut self, options: Options) -> TestServer {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+        let settings = settings_for(self.data_dir.path(), &self.database_url, &options);
+        let state = exportd::server::open_state(settings).await.expect("server state");
+        let server = exportd::server::start(state.clone()).await.expect("server starts");
+        TestServer {
+            addr: server.addr,
+            server: Some(server),
+            state,
+            data_dir: self.data_dir,
+            database_url: self.database_url,
+        }
+    }
+
     pub fn token(&self, roles: &[(&str, Role)]) -> String {
         let roles: BTreeMap<String, Role> = roles.iter().map(|(e, r)| (e.to_string(), *r)).collect();
         exportd::auth::jwt::sign_hs256(HS_SECRET.as_bytes(), "tester", &roles, Duration::from_secs(600)).unwrap()

@@ -11,6 +11,7 @@ mod eligibility;
 mod environments;
 mod exports;
 mod process;
+mod recurrences;
 mod roles;
 mod runs;
 mod scheduler;
