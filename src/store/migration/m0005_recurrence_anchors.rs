@@ -112,7 +112,8 @@ mod tests {
     #[test]
     fn recurrences_are_anchored_just_before_their_next_run_or_at_their_last_update() {
         let weekly = r#"{"enabled":true,"trigger":{"type":"recurrence","frequency":"weekly","interval":2,"days_of_week":["Mon"]}}"#;
-        let anchored: Value = serde_json::from_str(&with_anchor(weekly, Some(1_768_212_000_000_000), 5).unwrap()).unwrap();
+        let anchored: Value =
+            serde_json::from_str(&with_anchor(weekly, Some(1_768_212_000_000_000), 5).unwrap()).unwrap();
         assert_eq!(anchored["trigger"]["anchor"], "2026-01-12T09:59:59.999999Z");
         assert_eq!(anchored["trigger"]["interval"], 2);
         let off: Value = serde_json::from_str(&with_anchor(weekly, None, 1_768_212_000_000_000).unwrap()).unwrap();
