@@ -32,7 +32,7 @@ use serde_json::Value;
 /// The metadata file of a CDM folder.
 pub const MODEL_JSON: &str = "model.json";
 /// The last column (and attribute) of incremental exports: `true` marks a deleted record.
-pub const DELETED_ATTRIBUTE: &str = "_deleted";
+pub const DELETED_ATTRIBUTE: &str = crate::domain::export::DELETED_COLUMN;
 /// Annotation naming the entity's primary key.
 pub const PRIMARY_KEY_ANNOTATION: &str = "primaryKey";
 /// Annotation carrying an attribute's mapping details.

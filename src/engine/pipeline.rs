@@ -689,8 +689,11 @@ fn entity_part(entity: Entity, since: Option<i64>, until: i64, incremental: bool
 }
 
 /// A segment part: the mapped target fields (or, without mappings, every field of the entity).
+/// An incremental part always carries the record's key, so that a receiver can tell whose row
+/// changed or left: when the mapping leaves the primary key out, it comes first under its own
+/// name.
 fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Source, incremental: bool) -> Part {
-    let pairs: Vec<(String, String)> = if export.field_mappings.is_empty() {
+    let mut pairs: Vec<(String, String)> = if export.field_mappings.is_empty() {
         entity.fields.iter().map(|f| (f.name.clone(), f.name.clone())).collect()
     } else {
         export
@@ -699,6 +702,9 @@ fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Sourc
             .map(|m| (m.source_field.clone(), m.target_field.clone()))
             .collect()
     };
+    if !export::added_key_columns(export, std::iter::once(&entity)).is_empty() {
+        pairs.insert(0, (entity.primary_key.clone(), entity.primary_key.clone()));
+    }
     let primary_key = pairs
         .iter()
         .find(|(source, _)| *source == entity.primary_key)
