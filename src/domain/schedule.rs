@@ -177,6 +177,73 @@ impl Schedule {
     }
 }
 
+/// Schedules in words, for people reading a list (the CLI's `environment list`).
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.enabled {
+            return f.write_str("off");
+        }
+        match &self.trigger {
+            Trigger::SystemRefresh => f.write_str("with every system refresh"),
+            Trigger::Recurrence(r) => write!(f, "{r}"),
+            Trigger::Cron(c) => write!(f, "cron '{}' ({})", c.expression, zone_name(&c.time_zone)),
+        }
+    }
+}
+
+/// "every 2 weeks on Monday and Thursday at 06:30 (Europe/Paris)".
+impl fmt::Display for Recurrence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.frequency {
+            Some(Frequency::Hourly) => "hour",
+            Some(Frequency::Daily) => "day",
+            Some(Frequency::Weekly) => "week",
+            Some(Frequency::Monthly) => "month",
+            None => "(no frequency)",
+        };
+        match self.interval {
+            0 | 1 => write!(f, "every {unit}")?,
+            n => write!(f, "every {n} {unit}s")?,
+        }
+        let time = if self.time_of_day.is_empty() {
+            "00:00"
+        } else {
+            self.time_of_day.as_str()
+        };
+        match self.frequency {
+            Some(Frequency::Hourly) => write!(f, " at :{}", time.get(3..).unwrap_or("00"))?,
+            Some(Frequency::Weekly) => {
+                let days: Vec<&str> = self.days_of_week.iter().map(|d| weekday_name(*d)).collect();
+                let days = match days.split_last() {
+                    Some((last, [])) => last.to_string(),
+                    Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+                    None => "no day".to_string(),
+                };
+                write!(f, " on {days} at {time}")?
+            }
+            Some(Frequency::Monthly) => write!(f, " on day {} at {time}", self.day_of_month)?,
+            _ => write!(f, " at {time}")?,
+        }
+        write!(f, " ({})", zone_name(&self.time_zone))
+    }
+}
+
+fn zone_name(time_zone: &str) -> &str {
+    if time_zone.is_empty() { "UTC" } else { time_zone }
+}
+
+fn weekday_name(day: Weekday) -> &'static str {
+    match day {
+        Weekday::Mon => "Monday",
+        Weekday::Tue => "Tuesday",
+        Weekday::Wed => "Wednesday",
+        Weekday::Thu => "Thursday",
+        Weekday::Fri => "Friday",
+        Weekday::Sat => "Saturday",
+        Weekday::Sun => "Sunday",
+    }
+}
+
 impl Trigger {
     /// All problems found (empty = valid). Never panics on any input.
     pub fn validate(&self) -> Vec<FieldViolation> {
@@ -1160,6 +1227,37 @@ mod tests {
         assert_eq!(back, s);
         let unset = serde_json::to_value(rec(recurrence(Frequency::Daily, "08:00", "UTC"))).unwrap();
         assert!(unset["trigger"].get("anchor").is_none(), "{unset}");
+    }
+
+    #[test]
+    fn schedules_read_as_words() {
+        let weekly = rec(Recurrence {
+            interval: 2,
+            days_of_week: vec![Weekday::Mon, Weekday::Wed, Weekday::Thu],
+            ..recurrence(Frequency::Weekly, "06:30", "Europe/Paris")
+        });
+        assert_eq!(
+            weekly.to_string(),
+            "every 2 weeks on Monday, Wednesday and Thursday at 06:30 (Europe/Paris)"
+        );
+        assert_eq!(
+            rec(recurrence(Frequency::Hourly, "00:15", "")).to_string(),
+            "every hour at :15 (UTC)"
+        );
+        assert_eq!(
+            rec(Recurrence {
+                day_of_month: 31,
+                ..recurrence(Frequency::Monthly, "", "UTC")
+            })
+            .to_string(),
+            "every month on day 31 at 00:00 (UTC)"
+        );
+        assert_eq!(cron("0 3 * * *", "").to_string(), "cron '0 3 * * *' (UTC)");
+        let off = Schedule {
+            enabled: false,
+            ..cron("0 3 * * *", "")
+        };
+        assert_eq!(off.to_string(), "off");
     }
 
     // ---- WEEKLY ----
