@@ -152,6 +152,9 @@ impl CatalogApi {
 const MAX_RECORDS_PER_MESSAGE: usize = 50_000;
 /// Largest number of keys in one SetSegmentMembers message.
 const MAX_KEYS_PER_MESSAGE: usize = 100_000;
+/// Bad fields of a refused WriteRecords message listed in its error: every one of a typical
+/// mistake, while the status stays far below what clients accept in metadata.
+const MAX_REPORTED_VIOLATIONS: usize = 50;
 
 /// A WriteRecords message that passed validation, waiting for its transaction.
 struct PreparedMessage {
@@ -319,11 +322,29 @@ impl CatalogApi {
         }
         let entity = &entities[&message.entity];
         let mut upserts = Vec::with_capacity(message.upserts.len());
+        let mut problems = Vec::new();
+        let mut unreported = 0usize;
         for (i, record) in message.upserts.into_iter().enumerate() {
             let fields = record.fields.into_iter().map(|(k, v)| (k, convert::value_to_json(v)));
-            let record = validate_record(entity, || format!("upserts[{i}]"), fields)
-                .map_err(|v| Error::invalid_fields(vec![v]))?;
-            upserts.push(record);
+            match validate_record(entity, || format!("upserts[{i}]"), fields) {
+                Ok(record) => upserts.push(record),
+                Err(violations) => {
+                    let room = MAX_REPORTED_VIOLATIONS.saturating_sub(problems.len());
+                    unreported += violations.len().saturating_sub(room);
+                    problems.extend(violations.into_iter().take(room));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            if unreported > 0 {
+                problems.push(FieldViolation {
+                    field: "upserts".into(),
+                    description: format!(
+                        "{unreported} more bad fields in this message are not listed (at most {MAX_REPORTED_VIOLATIONS} are)"
+                    ),
+                });
+            }
+            return Err(Error::invalid_fields(problems));
         }
         for (i, key) in message.deletes.iter().enumerate() {
             if key.is_empty() || key.len() > MAX_KEY_LEN {

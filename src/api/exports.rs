@@ -678,7 +678,7 @@ impl ExportApi {
                 Action::UpdateExportSchedules,
                 Facts::export(editable(&stored)),
             )
-            .map_err(|e| e.with_meta("export", name.to_string()))?;
+            .map_err(|e| e.concerning("export", &name.to_string()))?;
             current.push(stored);
         }
         let now = to_datetime(now_micros());

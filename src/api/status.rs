@@ -66,6 +66,9 @@ pub fn ensure_error_info(status: Status) -> Status {
         Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
         Code::InvalidArgument | Code::Internal if status.message().contains("decode") => "MALFORMED_MESSAGE",
         Code::Unimplemented => "UNKNOWN_METHOD",
+        // The health service's answer for a service it does not know.
+        Code::NotFound if status.message().contains("service") => "SERVICE_NOT_FOUND",
+        Code::NotFound => "RESOURCE_NOT_FOUND",
         Code::Cancelled => "CANCELLED",
         Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
         Code::Unavailable => "UNAVAILABLE",

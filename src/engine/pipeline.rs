@@ -299,7 +299,7 @@ impl Engine {
         if !blocking.is_empty() {
             let reason = blocking
                 .iter()
-                .map(|w| w.message.as_str())
+                .map(|w| crate::domain::eligibility::skip_reason_of(&w.message))
                 .collect::<Vec<_>>()
                 .join("; ");
             return Ok(Checked::Skip { reason, warnings });
@@ -476,10 +476,15 @@ impl Engine {
             }
         };
         progress.counts.bytes = summary.bytes as i64;
+        let files = summary.files.len();
         progress.end(
             "finalize",
             RunState::Succeeded,
-            format!("committed {} files; see {}", summary.files.len(), summary.location),
+            format!(
+                "committed {files} {}; see {}",
+                if files == 1 { "file" } else { "files" },
+                summary.location
+            ),
         );
         Outcome::Finished(Box::new(Finish {
             state: RunState::Succeeded,

@@ -237,6 +237,16 @@ async fn health_and_reflection_need_no_token() {
         reply.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    // An unknown service is NOT_FOUND, and says so in its reason.
+    let status = expect_code(
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "exportd.v1.NoSuchService".into(),
+            })
+            .await,
+        Code::NotFound,
+    );
+    assert_eq!(reason(&status), "SERVICE_NOT_FOUND");
 
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;

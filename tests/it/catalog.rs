@@ -448,6 +448,76 @@ async fn a_bad_message_ends_the_stream_and_earlier_messages_stay_committed() {
     t.stop().await;
 }
 
+/// A refused message names every bad field of every record in it (up to a bound, saying how
+/// many more there are), and an INT64 beyond its range says so.
+#[tokio::test]
+async fn a_refused_message_lists_every_bad_field() {
+    let (t, mut admin) = server_with_customers().await;
+    let mut entity = customers_entity("acme", "visits", pb::EntityKind::Other);
+    entity
+        .entity
+        .as_mut()
+        .unwrap()
+        .fields
+        .push(field("count", pb::FieldType::Int64));
+    admin.create_entity(entity).await.unwrap();
+    let visits = "environments/acme/entities/visits";
+    let status = write_all(
+        &mut admin,
+        vec![write(
+            visits,
+            vec![
+                json!({"id": "a", "ltv": "lots", "vip": 1}),
+                json!({"id": "b"}),
+                json!({"id": "c", "count": "9223372036854775808", "shoe_size": 42}),
+            ],
+            &[],
+        )],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let mut fields = bad_fields(&status);
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "upserts[0].ltv",
+            "upserts[0].vip",
+            "upserts[2].count",
+            "upserts[2].shoe_size"
+        ]
+    );
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let overflow = details
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .find(|v| v.field == "upserts[2].count")
+        .unwrap()
+        .description
+        .clone();
+    assert!(overflow.contains("out of range"), "{overflow}");
+    assert!(!overflow.contains("whole number"), "{overflow}");
+    assert_eq!(
+        get_entity(&mut admin, visits).await.record_count,
+        0,
+        "nothing was written"
+    );
+
+    // Many bad records: the first ones are listed, and how many more there are.
+    let many: Vec<serde_json::Value> = (0..80).map(|i| json!({"id": format!("r{i}"), "vip": "no"})).collect();
+    let status = write_all(&mut admin, vec![write(visits, many, &[])]).await.unwrap_err();
+    let fields = bad_fields(&status);
+    assert_eq!(fields.len(), 51, "{fields:?}");
+    assert_eq!(fields[0], "upserts[0].vip");
+    assert_eq!(fields[50], "upserts");
+    assert!(status.message().contains("30 more bad fields"), "{}", status.message());
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn rules_give_exact_member_counts() {
     let (t, mut admin) = server_with_customers().await;

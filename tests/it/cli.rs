@@ -590,3 +590,62 @@ async fn operator_commands_read_as_words_and_find_the_server() {
     server.signal("TERM");
     assert_eq!(server.wait(), Some(0));
 }
+
+/// The log line of a failed RPC says why it failed, and latencies read as numbers people
+/// write (at most two decimals), not float noise.
+#[tokio::test]
+async fn a_failed_rpcs_log_line_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(dir.path()).await;
+    let envs = [
+        ("EXPORTD_DATABASE_URL", database_url.as_str()),
+        ("EXPORTD_LOG_FORMAT", "json"),
+    ];
+    let server = ServeProcess::start(dir.path(), &["--dev"], &envs);
+    let mut admin = client(&server.addr, server.token.as_ref().unwrap()).await;
+    let status = admin
+        .get_connection(pb::GetConnectionRequest {
+            name: "environments/demo/connections/nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    admin
+        .list_connections(pb::ListConnectionsRequest {
+            parent: "environments/demo".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    server.signal("TERM");
+    let log_path = server.log_path.clone();
+    assert_eq!(server.wait(), Some(0));
+    let logs = std::fs::read_to_string(log_path).unwrap();
+    let rpc_lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["fields"]["message"] == "rpc")
+        .collect();
+    let failed = rpc_lines
+        .iter()
+        .find(|line| line["fields"]["grpc_code"] == "NotFound")
+        .unwrap_or_else(|| panic!("a log line for the failed RPC: {logs}"));
+    assert_eq!(failed["fields"]["error"], status.message(), "{failed}");
+    assert!(
+        rpc_lines
+            .iter()
+            .any(|line| line["fields"]["grpc_code"] == "Ok" && line["fields"].get("error").is_none()),
+        "{logs}"
+    );
+    for line in logs.lines().filter(|l| l.contains("\"elapsed_ms\":")) {
+        let number: String = line
+            .split("\"elapsed_ms\":")
+            .nth(1)
+            .unwrap()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 2, "elapsed_ms {number} in {line}");
+    }
+}

@@ -2062,6 +2062,12 @@ async fn batch_schedules_keep_or_replace_all_or_nothing() {
         Code::PermissionDenied,
     );
     assert!(status.message().contains("exports.schedule"), "{}", status.message());
+    // Of the exports named, the message says which one was refused.
+    assert!(
+        status.message().starts_with(&format!("export '{}': ", p1.name)),
+        "{}",
+        status.message()
+    );
     let status = expect_code(
         admin
             .update_export_schedules(batch(
