@@ -21,6 +21,7 @@ use crate::domain::names::{
 };
 use crate::domain::paging;
 use crate::domain::schedule::Trigger;
+use crate::domain::schema_change::SchemaChange;
 use crate::domain::time::{from_datetime, now_micros, to_datetime};
 use crate::error::{Error, ErrorCode, FieldViolation, Result};
 use crate::pb;
@@ -190,6 +191,32 @@ impl Refreshable {
     }
 }
 
+/// A schema from the request: checked (violations under `entity.fields…` and
+/// `entity.primary_key` go to `violations`) and converted; fields with a bad type are left out.
+fn schema_from_pb(
+    fields: &[pb::EntityField],
+    primary_key: &str,
+    violations: &mut Vec<FieldViolation>,
+) -> Vec<EntityField> {
+    let typed: Vec<(String, Option<FieldType>)> = fields
+        .iter()
+        .map(|f| (f.name.clone(), convert::field_type_from_pb(f.r#type)))
+        .collect();
+    violations.extend(validate_schema("entity", &typed, primary_key));
+    fields
+        .iter()
+        .zip(typed)
+        .filter_map(|(f, (_, ty))| {
+            Some(EntityField {
+                name: f.name.clone(),
+                type_name: field_type_str(ty?).to_string(),
+                description: f.description.clone(),
+                mapping: f.mapping.clone(),
+            })
+        })
+        .collect()
+}
+
 fn refresh_state(name: String, refreshing: bool, last: Option<i64>) -> pb::RefreshState {
     pb::RefreshState {
         name,
@@ -224,12 +251,7 @@ impl CatalogApi {
                 description: "a kind is required: PROFILE, ACCOUNT, CONTACT or OTHER".into(),
             });
         }
-        let typed: Vec<(String, Option<FieldType>)> = input
-            .fields
-            .iter()
-            .map(|f| (f.name.clone(), convert::field_type_from_pb(f.r#type)))
-            .collect();
-        violations.extend(validate_schema("entity", &typed, &input.primary_key));
+        let fields = schema_from_pb(&input.fields, &input.primary_key, &mut violations);
         if !violations.is_empty() {
             return Err(Error::invalid_fields(violations));
         }
@@ -238,16 +260,7 @@ impl CatalogApi {
             name: EntityName::new(&parent.env, &id),
             display_name: input.display_name.trim().to_string(),
             kind: kind.expect("checked"),
-            fields: input
-                .fields
-                .iter()
-                .map(|f| EntityField {
-                    name: f.name.clone(),
-                    type_name: field_type_str(convert::field_type_from_pb(f.r#type).expect("checked")).to_string(),
-                    description: f.description.clone(),
-                    mapping: f.mapping.clone(),
-                })
-                .collect(),
+            fields,
             primary_key: input.primary_key.clone(),
             record_count: 0,
             change_seq: 0,
@@ -286,6 +299,69 @@ impl CatalogApi {
             next_page_token: paging::next_token(page, items.len(), total, &fingerprint),
             entities: items.iter().map(convert::entity).collect(),
         })
+    }
+
+    async fn update_entity_(&self, principal: Principal, request: pb::UpdateEntityRequest) -> Result<pb::Entity> {
+        let input = required("entity", &request.entity)?;
+        let name = EntityName::parse("entity.name", &input.name)?;
+        policy::authorize(&principal, &name.env, Action::UpdateEntity, Facts::default())?;
+        let paths = mask::paths(&request.update_mask, &["display_name", "fields"], &[], || {
+            let mut implied = Vec::new();
+            if !input.display_name.is_empty() {
+                implied.push("display_name".to_string());
+            }
+            if !input.fields.is_empty() {
+                implied.push("fields".to_string());
+            }
+            implied
+        })?;
+        let current = self.state.store.entity_or_not_found(&name).await?;
+        let mut violations = Vec::new();
+        // Segments take their type from the kind, and records are stored by the key.
+        if input.kind != 0 && convert::entity_kind_from_pb(input.kind) != Some(current.kind) {
+            violations.push(FieldViolation {
+                field: "entity.kind".into(),
+                description: format!(
+                    "the kind cannot change (it is {}); create a new entity instead",
+                    current.kind.as_str()
+                ),
+            });
+        }
+        if !input.primary_key.is_empty() && input.primary_key != current.primary_key {
+            violations.push(FieldViolation {
+                field: "entity.primary_key".into(),
+                description: format!(
+                    "the primary key cannot change (it is '{}'); create a new entity instead",
+                    current.primary_key
+                ),
+            });
+        }
+        let mut updated = current.clone();
+        for path in &paths {
+            match path.as_str() {
+                "display_name" => match check_display_name("entity.display_name", &input.display_name) {
+                    Some(v) => violations.push(v),
+                    None => updated.display_name = input.display_name.trim().to_string(),
+                },
+                "fields" => {
+                    let mut schema_violations = Vec::new();
+                    updated.fields = schema_from_pb(&input.fields, &current.primary_key, &mut schema_violations);
+                    // A missing or retyped key is said as such, not as a bad `primary_key`.
+                    SchemaChange::between(&current, &updated.fields).check_primary_key(&current)?;
+                    violations.extend(schema_violations);
+                }
+                _ => unreachable!("mask::paths admits only the listed paths"),
+            }
+        }
+        if !violations.is_empty() {
+            return Err(Error::invalid_fields(violations));
+        }
+        if request.validate_only {
+            return Ok(convert::entity(&updated));
+        }
+        let stored = self.state.store.update_entity(&current, &updated).await?;
+        tracing::info!(entity = %name, paths = ?paths, fields = stored.fields.len(), "entity updated");
+        Ok(convert::entity(&stored))
     }
 
     async fn delete_entity_(
@@ -785,6 +861,10 @@ impl CatalogService for CatalogApi {
     async fn list_entities(&self, request: Request<pb::ListEntitiesRequest>) -> Reply<pb::ListEntitiesResponse> {
         let principal = principal(&request)?;
         respond(self.list_entities_(principal, request.into_inner())).await
+    }
+    async fn update_entity(&self, request: Request<pb::UpdateEntityRequest>) -> Reply<pb::Entity> {
+        let principal = principal(&request)?;
+        respond(self.update_entity_(principal, request.into_inner())).await
     }
     async fn delete_entity(&self, request: Request<pb::DeleteEntityRequest>) -> Reply<pb::DeleteEntityResponse> {
         let principal = principal(&request)?;

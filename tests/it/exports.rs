@@ -1231,6 +1231,16 @@ async fn lists_filter_and_page() {
         ("connection_type = \"s3\"", &["echo"]),
         ("connection_type = webhook", &["charlie"]),
         ("connection_type != \"s3\"", &["alpha", "Bravo", "charlie", "Delta"]),
+        ("connection = \"environments/acme/connections/lake\"", &["echo"]),
+        (
+            "connection = \"environments/acme/connections/hook\" OR connection = \"environments/acme/connections/lake\"",
+            &["charlie", "echo"],
+        ),
+        (
+            "connection != \"environments/acme/connections/lake\"",
+            &["alpha", "Bravo", "charlie", "Delta"],
+        ),
+        ("connection = \"environments/acme/connections/none\"", &[]),
         ("display_name:\"ALP\"", &["alpha"]),
         ("display_name = \"Bravo\"", &["Bravo"]),
         ("display_name:\"a\" AND kind = SEGMENT", &["Bravo"]),
@@ -1257,6 +1267,9 @@ async fn lists_filter_and_page() {
         "display_name:alpha",
         "kind = SEGMENT AND",
         "kind > SEGMENT",
+        "connection = \"lake\"",
+        "connection = \"environments/globex/connections/lake\"",
+        "connection:\"lake\"",
     ] {
         let status = expect_code(
             contributor
