@@ -69,7 +69,7 @@ impl Connector for LocalFiles {
         if let Some(summary) = committed_by_this_run(&storage, &folder, run.run_id) {
             return Ok(Box::new(AlreadyCommitted { summary }));
         }
-        let writer = CdmFolderWriter::new(
+        let mut writer = CdmFolderWriter::new(
             Box::new(storage),
             &folder,
             run.export_id,
@@ -77,6 +77,9 @@ impl Connector for LocalFiles {
             run.run_time,
             options,
         );
+        if let Some(keep) = run.keep_runs {
+            writer.keep_only_runs(keep.iter().cloned());
+        }
         Ok(Box::new(CdmSink { writer: Some(writer) }))
     }
 }
@@ -167,6 +170,8 @@ impl Sink for CdmSink {
             files: summary.files,
             bytes: summary.bytes,
             location: summary.model_json_location,
+            removed_run_folders: summary.pruned.folders,
+            cleanup_error: summary.pruned.error,
         })
     }
 
@@ -211,6 +216,7 @@ fn committed_by_this_run(storage: &LocalStorage, folder: &str, run_id: &str) -> 
         files,
         bytes: bytes_total,
         location: storage.location(&model_path),
+        ..SinkSummary::default()
     })
 }
 

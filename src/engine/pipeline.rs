@@ -35,6 +35,8 @@ use crate::store::runs::Finish;
 
 /// Records per read (and per write to the sink).
 const BATCH: u64 = 10_000;
+/// Warning of a run that committed but could not remove what `keep_runs` lets go.
+const OLD_RUNS_NOT_REMOVED: &str = "OLD_RUNS_NOT_REMOVED";
 /// Counts are stored at least this often while a run works (and on every task change).
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -376,6 +378,23 @@ impl Engine {
         };
         let connector = connectors::connector_for(&plan.connection.type_id);
         let run_id = run.name.id.clone();
+        // `keep_runs` = N keeps this run and the N - 1 latest successful ones before it.
+        let keep_runs = match plan
+            .export
+            .settings
+            .get("keep_runs")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            Some(n) => match self
+                .store
+                .latest_succeeded_run_ids(&plan.export.name, n.saturating_sub(1))
+                .await
+            {
+                Ok(ids) => Some(ids),
+                Err(e) => return self.fail(run, control, progress, "write", error_of("write", &e)).await,
+            },
+            None => None,
+        };
         let run_target = RunTarget {
             target: Target {
                 connection: &plan.connection,
@@ -386,6 +405,7 @@ impl Engine {
             run_id: &run_id,
             run_time: to_datetime(run.create_time),
             settings: &plan.export.settings,
+            keep_runs: keep_runs.as_deref(),
         };
         progress.start("write", &format!("opening the {} target", plan.connection.type_id));
         let opened = retry(
@@ -477,11 +497,24 @@ impl Engine {
         };
         progress.counts.bytes = summary.bytes as i64;
         let files = summary.files.len();
+        let removed = match summary.removed_run_folders {
+            0 => String::new(),
+            1 => "; removed 1 folder of an older run (keep_runs)".to_string(),
+            n => format!("; removed {n} folders of older runs (keep_runs)"),
+        };
+        if let Some(error) = &summary.cleanup_error {
+            tracing::warn!(run = %run.name, error = %error, "cannot remove older runs' files");
+            progress.warnings.push(Warning {
+                code: OLD_RUNS_NOT_REMOVED.into(),
+                message: format!("the run committed, but older runs' files could not all be removed: {error}"),
+                subject: plan.export.name.to_string(),
+            });
+        }
         progress.end(
             "finalize",
             RunState::Succeeded,
             format!(
-                "committed {files} {}; see {}",
+                "committed {files} {}{removed}; see {}",
                 if files == 1 { "file" } else { "files" },
                 summary.location
             ),

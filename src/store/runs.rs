@@ -504,6 +504,25 @@ impl Store {
         self.run_or_not_found(name).await
     }
 
+    /// The ids of an export's latest `limit` successful runs, newest first.
+    pub async fn latest_succeeded_run_ids(&self, export: &ExportName, limit: u64) -> Result<Vec<String>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(Table::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Env.eq(&export.env))
+            .filter(Column::Export.eq(&export.id))
+            .filter(Column::State.eq(RunState::Succeeded.number()))
+            .order_by_desc(Column::CreateTime)
+            .order_by_desc(Column::Id)
+            .limit(limit)
+            .into_tuple()
+            .all(self.primary())
+            .await?)
+    }
+
     /// Runs waiting for dependencies (in one environment, or everywhere).
     pub async fn waiting_runs(&self, env: Option<&str>) -> Result<Vec<Run>> {
         let mut select = Table::find().filter(Column::State.eq(RunState::WaitingForDependencies.number()));

@@ -903,3 +903,90 @@ async fn incremental_rows_carry_the_key_when_the_mapping_leaves_it_out() {
     );
     t.stop().await;
 }
+
+/// `keep_runs = N`: after each commit, the partition folders of all but the last N successful
+/// runs are removed; what model.json points to always stays.
+#[tokio::test]
+async fn keep_runs_removes_older_runs_after_each_commit() {
+    let t = setup(Options::default()).await;
+    let mut admin = t.exports("acme", Role::Admin).await;
+    let mut request = data_out("acme", "kept", "Kept", "files", &[CUSTOMERS]);
+    request.export.as_mut().unwrap().settings = [("keep_runs".to_string(), "2".to_string())].into();
+    create_export(&mut admin, request).await;
+    let export = export_name("acme", "kept");
+    let folder = out(&t).join("kept");
+    let partition = |run: &pb::ExportRun| format!("{}/customers_1.csv", run_dir(run, "customers"));
+
+    let first = run_ok(&mut admin, &export).await;
+    let second = run_ok(&mut admin, &export).await;
+    let finalized = |run: &pb::ExportRun| {
+        run.tasks
+            .iter()
+            .find(|task| task.name == "finalize")
+            .unwrap()
+            .message
+            .clone()
+    };
+    assert!(!finalized(&second).contains("removed"), "{}", finalized(&second));
+    let mut both = vec!["model.json".to_string(), partition(&first), partition(&second)];
+    both.sort();
+    assert_eq!(files_under(&folder), both);
+
+    // The third run keeps itself and the second: the first run's folder goes.
+    let third = run_ok(&mut admin, &export).await;
+    let mut kept = vec!["model.json".to_string(), partition(&second), partition(&third)];
+    kept.sort();
+    assert_eq!(files_under(&folder), kept);
+    assert!(
+        finalized(&third).contains("removed 1 folder of an older run"),
+        "{}",
+        finalized(&third)
+    );
+    assert!(
+        !folder.join(run_dir(&first, "customers")).exists(),
+        "empty folders go too"
+    );
+    let model = read_model(&folder);
+    let locations: Vec<PathBuf> = model["entities"][0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| path_of(p["location"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        locations,
+        [std::fs::canonicalize(folder.join(partition(&third))).unwrap()]
+    );
+
+    // Down to one: only what model.json points to is left.
+    update_settings(&mut admin, &export, &[("keep_runs", "1")]).await;
+    let fourth = run_ok(&mut admin, &export).await;
+    assert_eq!(files_under(&folder), [partition(&fourth), "model.json".to_string()]);
+
+    // Without it, every run stays.
+    update_settings(&mut admin, &export, &[]).await;
+    let fifth = run_ok(&mut admin, &export).await;
+    let mut all = vec!["model.json".to_string(), partition(&fourth), partition(&fifth)];
+    all.sort();
+    assert_eq!(files_under(&folder), all);
+
+    // A number of runs it is, from one up.
+    for bad in ["0", "-1", "two"] {
+        let status = expect_code(
+            admin
+                .update_export(pb::UpdateExportRequest {
+                    export: Some(pb::Export {
+                        name: export.clone(),
+                        settings: [("keep_runs".to_string(), bad.to_string())].into(),
+                        ..Default::default()
+                    }),
+                    update_mask: mask(&["settings"]),
+                    validate_only: false,
+                })
+                .await,
+            tonic::Code::InvalidArgument,
+        );
+        assert_eq!(bad_fields(&status), ["export.settings.keep_runs"], "{bad}");
+    }
+    t.stop().await;
+}
