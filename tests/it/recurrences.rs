@@ -158,8 +158,8 @@ async fn an_unchanged_recurrence_keeps_its_anchor_and_a_changed_one_is_set_anew(
     )
     .await;
     let name = export_name("acme", "weekly");
-    let anchor = recurrence_of(&created.schedule).anchor_time.clone();
-    let next = created.schedule.as_ref().unwrap().next_run_time.clone();
+    let anchor = recurrence_of(&created.schedule).anchor_time;
+    let next = created.schedule.as_ref().unwrap().next_run_time;
     let update = |schedule: pb::Schedule, paths: &[&str]| pb::UpdateExportRequest {
         export: Some(pb::Export {
             name: name.clone(),
