@@ -356,11 +356,14 @@ impl CatalogApi {
         if !violations.is_empty() {
             return Err(Error::invalid_fields(violations));
         }
-        if request.validate_only {
-            return Ok(convert::entity(&updated));
+        let stored = self
+            .state
+            .store
+            .update_entity(&current, &updated, request.validate_only)
+            .await?;
+        if !request.validate_only {
+            tracing::info!(entity = %name, paths = ?paths, fields = stored.fields.len(), "entity updated");
         }
-        let stored = self.state.store.update_entity(&current, &updated).await?;
-        tracing::info!(entity = %name, paths = ?paths, fields = stored.fields.len(), "entity updated");
         Ok(convert::entity(&stored))
     }
 

@@ -85,9 +85,10 @@ impl Store {
     /// export's field mapping reads a field the change removes or retypes (FIELD_IN_USE), or
     /// when live records hold values of a retyped field (FIELD_HAS_VALUES: they would not fit
     /// the new type). A removed field's values are removed from the stored records, so that a
-    /// field added later under that name starts empty.
-    pub async fn update_entity(&self, current: &Entity, updated: &Entity) -> Result<Entity> {
-        use super::models::{record, segment};
+    /// field added later under that name starts empty. With `validate_only`, everything is
+    /// checked and nothing written: the entity is returned as it would be.
+    pub async fn update_entity(&self, current: &Entity, updated: &Entity, validate_only: bool) -> Result<Entity> {
+        use super::models::record;
         let name = &current.name;
         let change = SchemaChange::between(current, &updated.fields);
         let fields = serde_json::to_string(&updated.fields).expect("fields serialize");
@@ -106,57 +107,22 @@ impl Store {
             )
             .with_meta("name", name.to_string()));
         }
+        let backend = self.backend();
         if !change.is_empty() {
-            let segments: Vec<_> = segment::Entity::find()
-                .filter(segment::Column::Env.eq(&name.env))
-                .filter(segment::Column::Entity.eq(&name.id))
-                .all(&txn)
-                .await?
-                .into_iter()
-                .map(super::segments::to_domain)
-                .collect::<Result<_>>()?;
-            let ids: Vec<String> = segments.iter().map(|s| s.name.id.clone()).collect();
-            let exports = super::exports::segment_export_mappings(&txn, &name.env, &ids).await?;
-            let users = change.users(current, &segments, &exports);
-            if !users.is_empty() {
-                return Err(change.in_use_error(current, &users));
-            }
-            let backend = self.backend();
-            for (field, old, new) in &change.retyped {
-                let holding = record::Entity::find()
-                    .filter(record::Column::Env.eq(&name.env))
-                    .filter(record::Column::Entity.eq(&name.id))
-                    .filter(record::Column::Deleted.eq(false))
-                    .filter(json_has_value(backend, field))
-                    .count(&txn)
-                    .await?;
-                if holding > 0 {
-                    return Err(Error::precondition(
-                        "FIELD_HAS_VALUES",
-                        format!(
-                            "cannot change '{field}' of entity '{name}' from {old} to {new}: {holding} stored \
-                             records hold values of it that would not fit; remove the field (which removes \
-                             its values) and add it again, or write those records without it first"
-                        ),
-                    )
-                    .with_meta("entity", name.to_string())
-                    .with_meta("field", field.clone())
-                    .with_precondition(
-                        "FIELD_HAS_VALUES",
-                        name.to_string(),
-                        format!("{holding} records hold values of '{field}'"),
-                    ));
-                }
-            }
-            for field in &change.removed {
-                record::Entity::update_many()
-                    .col_expr(record::Column::Data, json_without(backend, field))
-                    .filter(record::Column::Env.eq(&name.env))
-                    .filter(record::Column::Entity.eq(&name.id))
-                    .filter(json_has_key(backend, field))
-                    .exec(&txn)
-                    .await?;
-            }
+            check_schema_change(&txn, backend, current, &change).await?;
+        }
+        if validate_only {
+            txn.commit_unchanged().await?;
+            return Ok(updated.clone());
+        }
+        for field in &change.removed {
+            record::Entity::update_many()
+                .col_expr(record::Column::Data, json_without(backend, field))
+                .filter(record::Column::Env.eq(&name.env))
+                .filter(record::Column::Entity.eq(&name.id))
+                .filter(json_has_key(backend, field))
+                .exec(&txn)
+                .await?;
         }
         Table::update_many()
             .col_expr(Column::DisplayName, Expr::val(updated.display_name.clone()))
@@ -249,6 +215,60 @@ impl Store {
             .map(|m| m.id)
             .collect())
     }
+}
+
+/// Whether `change` may be made to `entity`: no segment rule or export mapping reads a field it
+/// removes or retypes (FIELD_IN_USE), and no live record holds a value of a retyped field
+/// (FIELD_HAS_VALUES).
+async fn check_schema_change(
+    db: &impl ConnectionTrait,
+    backend: DbBackend,
+    entity: &Entity,
+    change: &SchemaChange,
+) -> Result<()> {
+    use super::models::{record, segment};
+    let name = &entity.name;
+    let segments: Vec<_> = segment::Entity::find()
+        .filter(segment::Column::Env.eq(&name.env))
+        .filter(segment::Column::Entity.eq(&name.id))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(super::segments::to_domain)
+        .collect::<Result<_>>()?;
+    let ids: Vec<String> = segments.iter().map(|s| s.name.id.clone()).collect();
+    let exports = super::exports::segment_export_mappings(db, &name.env, &ids).await?;
+    let users = change.users(entity, &segments, &exports);
+    if !users.is_empty() {
+        return Err(change.in_use_error(entity, &users));
+    }
+    for (field, old, new) in &change.retyped {
+        let holding = record::Entity::find()
+            .filter(record::Column::Env.eq(&name.env))
+            .filter(record::Column::Entity.eq(&name.id))
+            .filter(record::Column::Deleted.eq(false))
+            .filter(json_has_value(backend, field))
+            .count(db)
+            .await?;
+        if holding > 0 {
+            return Err(Error::precondition(
+                "FIELD_HAS_VALUES",
+                format!(
+                    "cannot change '{field}' of entity '{name}' from {old} to {new}: {holding} stored records \
+                     hold values of it that would not fit; remove the field (which removes its values) and \
+                     add it again, or write those records without it first"
+                ),
+            )
+            .with_meta("entity", name.to_string())
+            .with_meta("field", field.clone())
+            .with_precondition(
+                "FIELD_HAS_VALUES",
+                name.to_string(),
+                format!("{holding} records hold values of '{field}'"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Records whose stored JSON has a non-null value of `field` (a schema field name:

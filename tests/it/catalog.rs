@@ -951,6 +951,11 @@ async fn entities_evolve_without_deleting_what_reads_them() {
     let shown = admin.update_entity(check).await.unwrap().into_inner();
     assert_eq!(shown.fields, added);
     assert_eq!(get_entity(&mut admin, CUSTOMERS).await, original);
+    // … and runs every check of a real update.
+    let mut check = update(without(&["vip"]));
+    check.validate_only = true;
+    let status = expect_code(admin.update_entity(check).await, Code::FailedPrecondition);
+    assert_eq!(reason(&status), "FIELD_IN_USE");
 
     // Added fields, a new description and display name; records use the new field at once.
     let mut described = added.clone();
