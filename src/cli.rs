@@ -32,6 +32,22 @@ fn progress_line(run: &pb::ExportRun) -> (String, String) {
     (format!("{state} {task}"), line)
 }
 
+/// An error with what caused it, outermost first ("transport error: tcp connect error:
+/// Connection refused (os error 111)"): tonic's own message alone says only "transport error".
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(current) = next {
+        let text = current.to_string();
+        // Wrappers often repeat their source's message; say each thing once.
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = current.source();
+    }
+    parts.join(": ")
+}
+
 /// Starts a run of `export` and, with `watch`, shows its progress until it ends. Returns
 /// whether it succeeded (without `watch`: whether it was accepted).
 pub async fn run_export(server: &str, token: &str, export: &str, watch: bool) -> Result<bool, String> {
@@ -45,7 +61,13 @@ pub async fn run_export(server: &str, token: &str, export: &str, watch: bool) ->
         .connect_timeout(Duration::from_secs(10))
         .connect()
         .await
-        .map_err(|e| format!("cannot reach exportd at {url}: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "cannot reach exportd at {url}: {} (is `exportd serve` running there? the address comes from \
+                 --server, EXPORTD_SERVER or the configuration's `listen`)",
+                causes(&e)
+            )
+        })?;
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
         .parse()
         .map_err(|_| "the token is not valid metadata".to_string())?;

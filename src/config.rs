@@ -243,11 +243,13 @@ pub struct Layer {
     pub log_format: Option<LogFormat>,
     pub log_filter: Option<String>,
     pub jwt_hs256_secret: Option<String>,
+    #[serde(default, deserialize_with = "list_setting")]
     pub jwt_public_key_files: Option<Vec<PathBuf>>,
     pub jwt_jwks_file: Option<PathBuf>,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
     pub jwt_leeway_seconds: Option<u64>,
+    #[serde(default, deserialize_with = "list_setting")]
     pub sealing_keys: Option<Vec<String>>,
     pub sealing_key_id: Option<String>,
     pub max_message_bytes: Option<usize>,
@@ -260,6 +262,47 @@ pub struct Layer {
     pub read_cache_entries: Option<usize>,
     pub rule_evaluation_budget_seconds: Option<u64>,
     pub rule_evaluation_threads: Option<usize>,
+}
+
+/// A list setting, in either form API.md gives: a comma-separated string (the README's and the
+/// `EXPORTD_*` variables' form, e.g. `sealing_keys = "k1:…,k2:…"`) or a TOML array of strings.
+/// Items are trimmed; empty ones are dropped.
+fn list_setting<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: From<String>,
+{
+    struct ListVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for ListVisitor {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a comma-separated string or an array of strings")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+            Ok(text.split(',').map(str::to_string).collect())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+
+    let items = deserializer.deserialize_any(ListVisitor)?;
+    Ok(Some(
+        items
+            .into_iter()
+            .map(|item| item.trim().to_string())
+            .filter(|item| !item.is_empty())
+            .map(T::from)
+            .collect(),
+    ))
 }
 
 macro_rules! overlay {
@@ -756,6 +799,45 @@ mod tests {
             let err = Settings::load_with_env(&flags, &vars).unwrap_err();
             assert!(err.contains("export_file_mode"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn list_settings_take_a_comma_separated_string_or_an_array() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |byte: u8| BASE64.encode([byte; 32]);
+        let file = dir.path().join("exportd.toml");
+        for (keys, files) in [
+            (
+                format!("sealing_keys = \" k1:{}, k2:{} \"", key(1), key(2)),
+                "jwt_public_key_files = \"/keys/a.pem,/keys/b.pem\"",
+            ),
+            (
+                format!("sealing_keys = [\"k1:{}\", \"k2:{}\"]", key(1), key(2)),
+                "jwt_public_key_files = [\"/keys/a.pem\", \"/keys/b.pem\"]",
+            ),
+        ] {
+            std::fs::write(&file, format!("{keys}\nsealing_key_id = \"k2\"\n{files}\n")).unwrap();
+            let flags = Flags {
+                config: Some(file.clone()),
+                data_dir: Some(dir.path().into()),
+                ..Flags::default()
+            };
+            let settings = Settings::load_with_env(&flags, &env_of(&[])).unwrap();
+            assert_eq!(settings.sealing_keys.keys().collect::<Vec<_>>(), ["k1", "k2"], "{keys}");
+            assert_eq!(settings.sealing_keys["k2"], [2u8; 32]);
+            assert_eq!(settings.sealing_key_id, "k2");
+            assert_eq!(
+                settings.jwt.public_key_files,
+                [PathBuf::from("/keys/a.pem"), PathBuf::from("/keys/b.pem")]
+            );
+        }
+        std::fs::write(&file, "sealing_keys = 3\n").unwrap();
+        let flags = Flags {
+            config: Some(file.clone()),
+            ..Flags::default()
+        };
+        let err = Settings::load_with_env(&flags, &env_of(&[])).unwrap_err();
+        assert!(err.contains("comma-separated string or an array"), "{err}");
     }
 
     #[test]

@@ -86,6 +86,13 @@ impl Error {
         self
     }
 
+    /// The error as it concerns one of several resources of a request: the message starts
+    /// with it (`export 'environments/e/exports/x': …`) and the metadata names it.
+    pub fn concerning(mut self, resource_type: &str, name: &str) -> Self {
+        self.message = format!("{resource_type} '{name}': {}", self.message);
+        self.with_meta(resource_type, name)
+    }
+
     /// One bad field. `field` is the request path, e.g. `connection.config.bucket`.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::invalid_fields(vec![FieldViolation {

@@ -52,10 +52,10 @@ enum Command {
         /// ENV=ROLE, repeatable; ROLE is admin, contributor or viewer; ENV `*` means all.
         #[arg(long = "env", required = true, value_name = "ENV=ROLE")]
         envs: Vec<String>,
-        /// The token's subject.
+        /// The token's subject (`sub`): who the server records as the actor.
         #[arg(long, default_value = "exportd-cli")]
         sub: String,
-        /// Lifetime, e.g. 15m, 1h, 7d.
+        /// Lifetime, a positive number with s, m, h or d, e.g. 15m, 1h, 7d.
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
@@ -69,8 +69,8 @@ enum Command {
         /// Show live progress until the run ends; the exit code is 0 only if it SUCCEEDED.
         #[arg(long)]
         watch: bool,
-        /// The server (default: this configuration's listen address).
-        #[arg(long)]
+        /// The server's address (default: EXPORTD_SERVER, else this configuration's `listen`).
+        #[arg(long, env = "EXPORTD_SERVER")]
         server: Option<String>,
         /// A JWT (default: EXPORTD_TOKEN; else one is minted with the configured HS256 secret).
         #[arg(long, env = "EXPORTD_TOKEN", hide_env_values = true)]
@@ -80,16 +80,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum EnvironmentCommand {
-    /// Create an environment.
+    /// Create an environment in the server's database.
     Create {
+        /// The new environment's id: [a-z][a-z0-9-]{0,62}, e.g. `shop`.
         id: String,
         /// b2c (INDIVIDUAL_CUSTOMERS) or b2b (BUSINESS_ACCOUNTS).
         #[arg(long)]
         kind: String,
+        /// A human-readable name (default: the id).
         #[arg(long)]
         display_name: Option<String>,
     },
-    /// List environments.
+    /// List environments with their kind and system refresh schedule.
     List,
     /// Change an environment's display name or system refresh schedule.
     Update(UpdateEnvironment),
@@ -97,14 +99,16 @@ enum EnvironmentCommand {
 
 #[derive(Args)]
 struct UpdateEnvironment {
+    /// The environment's id, e.g. `shop`.
     id: String,
+    /// A new human-readable name.
     #[arg(long)]
     display_name: Option<String>,
-    /// Five-field cron expression for the system refresh.
-    #[arg(long, requires = "time_zone", conflicts_with = "no_system_refresh")]
+    /// Five-field cron expression for the system refresh, e.g. "0 3 * * *".
+    #[arg(long, conflicts_with = "no_system_refresh")]
     system_refresh_cron: Option<String>,
-    /// IANA time zone of the cron expression.
-    #[arg(long)]
+    /// IANA time zone of the cron expression, e.g. Europe/Paris (default: UTC).
+    #[arg(long, requires = "system_refresh_cron")]
     time_zone: Option<String>,
     /// Switch the system refresh schedule off.
     #[arg(long)]
@@ -151,10 +155,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Migrate => {
             let store = open_store(&settings).await?;
             store.close().await;
-            println!(
-                "migrations applied to {}",
-                exportd::config::redact_url(&settings.database_url)
-            );
+            println!("migrations applied to {}", database_shown(&settings));
             Ok(())
         }
         Command::Token { envs, sub, ttl } => {
@@ -219,6 +220,36 @@ fn init_logging(settings: &Settings) {
     };
 }
 
+/// The database a command works on, for people: the SQLite file's absolute path, or the
+/// PostgreSQL URL without its password.
+fn database_shown(settings: &Settings) -> String {
+    match exportd::store::sqlite_path(&settings.database_url) {
+        Some(path) => std::path::absolute(&path)
+            .unwrap_or_else(|_| PathBuf::from(&path))
+            .display()
+            .to_string(),
+        None => exportd::config::redact_url(&settings.database_url),
+    }
+}
+
+/// Opens the database of a running (or stopped) server for an operator command. Unlike
+/// `serve` and `migrate` it never creates one: a command run from the wrong folder must not
+/// write to a fresh database that no server uses.
+async fn open_existing_store(settings: &Settings) -> Result<Store, String> {
+    if let Some(path) = exportd::store::sqlite_path(&settings.database_url)
+        && !std::path::Path::new(&path).exists()
+    {
+        return Err(format!(
+            "no exportd database at {} (from the data dir {}): pass --data-dir with the folder \
+             `exportd serve` uses (or --config / EXPORTD_DATABASE_URL naming its database), or run \
+             `exportd migrate` to create a new database there",
+            database_shown(settings),
+            settings.data_dir.display()
+        ));
+    }
+    open_store(settings).await
+}
+
 /// Opens the database for an operator command; secrets are not needed, so a missing sealing
 /// key is fine here.
 async fn open_store(settings: &Settings) -> Result<Store, String> {
@@ -272,7 +303,8 @@ async fn serve(settings: Settings) -> Result<(), String> {
 }
 
 async fn environment(settings: Settings, command: EnvironmentCommand) -> Result<(), String> {
-    let store = open_store(&settings).await?;
+    let store = open_existing_store(&settings).await?;
+    let database = database_shown(&settings);
     let result = match command {
         EnvironmentCommand::Create { id, kind, display_name } => {
             if !is_valid_id(&id) {
@@ -284,7 +316,7 @@ async fn environment(settings: Settings, command: EnvironmentCommand) -> Result<
                 .create_environment(&id, &display_name, kind)
                 .await
                 .map_err(|e| e.message)?;
-            println!("created environments/{} ({})", env.id, env.kind.as_str());
+            println!("created environments/{} ({}) in {database}", env.id, env.kind.as_str());
             Ok(())
         }
         EnvironmentCommand::List => {
@@ -294,14 +326,10 @@ async fn environment(settings: Settings, command: EnvironmentCommand) -> Result<
                 .map_err(|e| e.message)?;
             println!("{:<24} {:<22} {:<30} SYSTEM REFRESH", "ID", "KIND", "DISPLAY NAME");
             for env in items {
-                let schedule = match &env.system_refresh_schedule {
-                    Some(Schedule {
-                        enabled: true,
-                        trigger: Trigger::Cron(c),
-                    }) => format!("cron '{}' {}", c.expression, c.time_zone),
-                    Some(Schedule { enabled: true, .. }) => "recurrence".to_string(),
-                    _ => "off".to_string(),
-                };
+                let schedule = env
+                    .system_refresh_schedule
+                    .as_ref()
+                    .map_or_else(|| "off".to_string(), Schedule::to_string);
                 println!(
                     "{:<24} {:<22} {:<30} {}",
                     env.id,
@@ -347,11 +375,11 @@ async fn environment(settings: Settings, command: EnvironmentCommand) -> Result<
             let env = store.update_environment(&env).await.map_err(|e| e.message)?;
             match env.next_system_refresh_at {
                 Some(next) => println!(
-                    "updated environments/{}; next system refresh at {}",
+                    "updated environments/{} in {database}; next system refresh at {}",
                     env.id,
                     to_datetime(next).to_rfc3339()
                 ),
-                None => println!("updated environments/{}; system refresh off", env.id),
+                None => println!("updated environments/{} in {database}; system refresh off", env.id),
             }
             Ok(())
         }
@@ -373,20 +401,22 @@ fn mint_for(settings: &Settings, export: &str) -> Result<String, String> {
     sign_hs256(&secret, "exportd-cli", &roles, Duration::from_secs(3600)).map_err(|e| e.message)
 }
 
-/// `15m`, `1h`, `30s`, `7d`.
+/// `15m`, `1h`, `30s`, `7d`: a positive lifetime of at most 10 years.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("--ttl '{text}': use a number with s, m, h or d (e.g. 15m)");
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
     let n: u64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => return Err(bad()),
     };
-    if seconds == 0 {
-        return Err(bad());
+    const MAX_SECONDS: u64 = 10 * 366 * 86400;
+    match n.checked_mul(unit_seconds) {
+        Some(0) => Err(format!("--ttl '{text}': must be positive")),
+        Some(seconds) if seconds <= MAX_SECONDS => Ok(Duration::from_secs(seconds)),
+        _ => Err(format!("--ttl '{text}': at most 10 years (3660d)")),
     }
-    Ok(Duration::from_secs(seconds))
 }

@@ -42,6 +42,7 @@ macro_rules! for_each_request {
             pb::UpdateEnvironmentRequest,
             pb::ListEnvironmentsRequest,
             pb::CreateEntityRequest,
+            pb::UpdateEntityRequest,
             pb::GetEntityRequest,
             pb::ListEntitiesRequest,
             pb::DeleteEntityRequest,
@@ -431,6 +432,15 @@ impl Bounded for pb::CreateSegmentRequest {
         if let Some(segment) = &self.segment {
             b.nested(prefix, "segment", segment);
         }
+    }
+}
+
+impl Bounded for pb::UpdateEntityRequest {
+    fn bounds(&self, b: &mut Bounds, prefix: &str) {
+        if let Some(entity) = &self.entity {
+            b.nested(prefix, "entity", entity);
+        }
+        update_mask(b, prefix, &self.update_mask);
     }
 }
 

@@ -21,6 +21,7 @@ use crate::domain::names::{
 };
 use crate::domain::paging;
 use crate::domain::schedule::Trigger;
+use crate::domain::schema_change::SchemaChange;
 use crate::domain::time::{from_datetime, now_micros, to_datetime};
 use crate::error::{Error, FieldViolation, Result};
 use crate::pb;
@@ -141,7 +142,7 @@ impl CatalogApi {
                                     "the system refresh itself runs on a `recurrence` or a `cron` trigger",
                                 ));
                             }
-                            Some(schedule)
+                            Some(schedule.anchored(env.system_refresh_schedule.as_ref(), to_datetime(now_micros())))
                         }
                     };
                     env.next_system_refresh_at = env
@@ -158,6 +159,10 @@ impl CatalogApi {
         Ok(convert::environment(&updated, role.as_str()))
     }
 }
+
+/// Bad fields of a refused WriteRecords message listed in its error: with the note of how many
+/// more there are, as many as a status shows (`api::status` keeps the first 20 violations).
+const MAX_REPORTED_VIOLATIONS: usize = 19;
 
 /// A WriteRecords message that passed validation, waiting for its transaction.
 struct PreparedMessage {
@@ -191,6 +196,32 @@ impl Refreshable {
             Refreshable::Segment(n) => &n.env,
         }
     }
+}
+
+/// A schema from the request: checked (violations under `entity.fields…` and
+/// `entity.primary_key` go to `violations`) and converted; fields with a bad type are left out.
+fn schema_from_pb(
+    fields: &[pb::EntityField],
+    primary_key: &str,
+    violations: &mut Vec<FieldViolation>,
+) -> Vec<EntityField> {
+    let typed: Vec<(String, Option<FieldType>)> = fields
+        .iter()
+        .map(|f| (f.name.clone(), convert::field_type_from_pb(f.r#type)))
+        .collect();
+    violations.extend(validate_schema("entity", &typed, primary_key));
+    fields
+        .iter()
+        .zip(typed)
+        .filter_map(|(f, (_, ty))| {
+            Some(EntityField {
+                name: f.name.clone(),
+                type_name: field_type_str(ty?).to_string(),
+                description: f.description.clone(),
+                mapping: f.mapping.clone(),
+            })
+        })
+        .collect()
 }
 
 fn refresh_state(name: String, refreshing: bool, last: Option<i64>) -> pb::RefreshState {
@@ -227,12 +258,7 @@ impl CatalogApi {
                 description: "a kind is required: PROFILE, ACCOUNT, CONTACT or OTHER".into(),
             });
         }
-        let typed: Vec<(String, Option<FieldType>)> = input
-            .fields
-            .iter()
-            .map(|f| (f.name.clone(), convert::field_type_from_pb(f.r#type)))
-            .collect();
-        violations.extend(validate_schema("entity", &typed, &input.primary_key));
+        let fields = schema_from_pb(&input.fields, &input.primary_key, &mut violations);
         if !violations.is_empty() {
             return Err(Error::invalid_fields(violations));
         }
@@ -241,16 +267,7 @@ impl CatalogApi {
             name: EntityName::new(&parent.env, &id),
             display_name: input.display_name.trim().to_string(),
             kind: kind.expect("checked"),
-            fields: input
-                .fields
-                .iter()
-                .map(|f| EntityField {
-                    name: f.name.clone(),
-                    type_name: field_type_str(convert::field_type_from_pb(f.r#type).expect("checked")).to_string(),
-                    description: f.description.clone(),
-                    mapping: f.mapping.clone(),
-                })
-                .collect(),
+            fields,
             primary_key: input.primary_key.clone(),
             record_count: 0,
             change_seq: 0,
@@ -293,6 +310,72 @@ impl CatalogApi {
         })
     }
 
+    async fn update_entity_(&self, principal: Principal, request: pb::UpdateEntityRequest) -> Result<pb::Entity> {
+        let input = required("entity", &request.entity)?;
+        let name = EntityName::parse("entity.name", &input.name)?;
+        policy::authorize(&principal, &name.env, Action::UpdateEntity, Facts::default())?;
+        let paths = mask::paths(&request.update_mask, &["display_name", "fields"], &[], || {
+            let mut implied = Vec::new();
+            if !input.display_name.is_empty() {
+                implied.push("display_name".to_string());
+            }
+            if !input.fields.is_empty() {
+                implied.push("fields".to_string());
+            }
+            implied
+        })?;
+        let current = self.state.store.entity_or_not_found(&name).await?;
+        let mut violations = Vec::new();
+        // Segments take their type from the kind, and records are stored by the key.
+        if input.kind != 0 && convert::entity_kind_from_pb(input.kind) != Some(current.kind) {
+            violations.push(FieldViolation {
+                field: "entity.kind".into(),
+                description: format!(
+                    "the kind cannot change (it is {}); create a new entity instead",
+                    current.kind.as_str()
+                ),
+            });
+        }
+        if !input.primary_key.is_empty() && input.primary_key != current.primary_key {
+            violations.push(FieldViolation {
+                field: "entity.primary_key".into(),
+                description: format!(
+                    "the primary key cannot change (it is '{}'); create a new entity instead",
+                    current.primary_key
+                ),
+            });
+        }
+        let mut updated = current.clone();
+        for path in &paths {
+            match path.as_str() {
+                "display_name" => match check_display_name("entity.display_name", &input.display_name) {
+                    Some(v) => violations.push(v),
+                    None => updated.display_name = input.display_name.trim().to_string(),
+                },
+                "fields" => {
+                    let mut schema_violations = Vec::new();
+                    updated.fields = schema_from_pb(&input.fields, &current.primary_key, &mut schema_violations);
+                    // A missing or retyped key is said as such, not as a bad `primary_key`.
+                    SchemaChange::between(&current, &updated.fields).check_primary_key(&current)?;
+                    violations.extend(schema_violations);
+                }
+                _ => unreachable!("mask::paths admits only the listed paths"),
+            }
+        }
+        if !violations.is_empty() {
+            return Err(Error::invalid_fields(violations));
+        }
+        let stored = self
+            .state
+            .store
+            .update_entity(&current, &updated, request.validate_only)
+            .await?;
+        if !request.validate_only {
+            tracing::info!(entity = %name, paths = ?paths, fields = stored.fields.len(), "entity updated");
+        }
+        Ok(convert::entity(&stored))
+    }
+
     async fn delete_entity_(
         &self,
         principal: Principal,
@@ -323,6 +406,8 @@ impl CatalogApi {
         }
         let entity = &entities[&message.entity];
         let mut upserts = Vec::with_capacity(message.upserts.len());
+        let mut problems = Vec::new();
+        let mut unreported = 0usize;
         for (i, record) in message.upserts.into_iter().enumerate() {
             // A number JSON cannot hold stops the conversion and is reported as such (it would
             // otherwise have been stored as null).
@@ -338,13 +423,33 @@ impl CatalogApi {
                     }
                 });
             let validated = validate_record(entity, || format!("upserts[{i}]"), fields);
-            if let Some(field) = non_finite {
-                return Err(Error::invalid(
-                    format!("upserts[{i}].{field}"),
-                    "NaN and ±Infinity are not numbers a record can hold (JSON has none); send a finite number or null",
-                ));
+            let violations = match (non_finite, validated) {
+                (Some(field), _) => vec![FieldViolation {
+                    field: format!("upserts[{i}].{field}"),
+                    description: "NaN and ±Infinity are not numbers a record can hold (JSON has none); send a \
+                                  finite number or null"
+                        .into(),
+                }],
+                (None, Ok(record)) => {
+                    upserts.push(record);
+                    continue;
+                }
+                (None, Err(violations)) => violations,
+            };
+            let room = MAX_REPORTED_VIOLATIONS.saturating_sub(problems.len());
+            unreported += violations.len().saturating_sub(room);
+            problems.extend(violations.into_iter().take(room));
+        }
+        if !problems.is_empty() {
+            if unreported > 0 {
+                problems.push(FieldViolation {
+                    field: "upserts".into(),
+                    description: format!(
+                        "{unreported} more bad fields in this message are not listed (at most {MAX_REPORTED_VIOLATIONS} are)"
+                    ),
+                });
             }
-            upserts.push(validated.map_err(|v| Error::invalid_fields(vec![v]))?);
+            return Err(Error::invalid_fields(problems));
         }
         for (i, key) in message.deletes.iter().enumerate() {
             if key.is_empty() {
@@ -785,6 +890,10 @@ impl CatalogService for CatalogApi {
     async fn list_entities(&self, request: Request<pb::ListEntitiesRequest>) -> Reply<pb::ListEntitiesResponse> {
         let principal = principal(&request)?;
         respond(self.list_entities_(principal, request.into_inner())).await
+    }
+    async fn update_entity(&self, request: Request<pb::UpdateEntityRequest>) -> Reply<pb::Entity> {
+        let principal = principal(&request)?;
+        respond(self.update_entity_(principal, request.into_inner())).await
     }
     async fn delete_entity(&self, request: Request<pb::DeleteEntityRequest>) -> Reply<pb::DeleteEntityResponse> {
         let principal = principal(&request)?;

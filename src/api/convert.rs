@@ -6,7 +6,7 @@ use crate::domain::connection::Connection;
 use crate::domain::connection_type::{Category, ConnectionTypeSpec, ExportKind, KeySpec, SegmentType, SyncMode};
 use crate::domain::environment::{Environment, EnvironmentKind};
 use crate::domain::schedule::{CronSchedule, Frequency, Recurrence, Schedule, Trigger};
-use crate::domain::time::Micros;
+use crate::domain::time::{Micros, from_datetime};
 use crate::domain::{etag, names};
 use crate::error::{Error, Result};
 use crate::pb;
@@ -195,6 +195,7 @@ pub fn schedule_to_pb(schedule: &Schedule, next_run: Option<Micros>) -> pb::Sche
             days_of_week: r.days_of_week.iter().map(|d| weekday_to_pb(*d) as i32).collect(),
             day_of_month: r.day_of_month,
             time_zone: r.time_zone.clone(),
+            anchor_time: opt_timestamp(r.anchor.map(from_datetime)),
         }),
         Trigger::Cron(c) => T::Cron(pb::CronSchedule {
             expression: c.expression.clone(),
@@ -250,6 +251,8 @@ pub fn schedule_from_pb(field: &str, schedule: &pb::Schedule, default_trigger: O
                 days_of_week: days,
                 day_of_month: r.day_of_month,
                 time_zone: r.time_zone.clone(),
+                // Output only: the handler anchors the schedule when it sets it.
+                anchor: None,
             })
         }
         Some(T::Cron(c)) => Trigger::Cron(CronSchedule {

@@ -18,7 +18,7 @@ use crate::domain::export::{
     self, CatalogFacts, Export, ExportState, FieldMapping, RunState, default_schedule, parse_sources, segment_facts,
     segment_warnings,
 };
-use crate::domain::list_query::{FieldKind, FilterField, parse_filter, parse_order_by};
+use crate::domain::list_query::{FieldKind, Filter, FilterField, Value as FilterValue, parse_filter, parse_order_by};
 use crate::domain::names::{ConnectionName, EntityName, EnvironmentName, ExportName, SegmentName, id_or_generate};
 use crate::domain::schedule::{Schedule, Trigger};
 use crate::domain::time::{now_micros, to_datetime};
@@ -56,6 +56,12 @@ const FILTER_FIELDS: &[FilterField] = &[
         name: "kind",
         kind: FieldKind::Keyword,
         allowed: &["DATA_OUT", "SEGMENT"],
+    },
+    // A connection name of the environment (checked by `check_connection_filter`).
+    FilterField {
+        name: "connection",
+        kind: FieldKind::Keyword,
+        allowed: &[],
     },
 ];
 /// Clients copy enum values from the proto (`EXPORT_STATE_DETACHED`) or from the docs
@@ -335,6 +341,7 @@ impl ExportApi {
         };
 
         let now = now_micros();
+        let schedule = schedule.anchored(None, to_datetime(now));
         let mut draft = Export {
             name: ExportName::new(&parent.env, &id),
             display_name: input.display_name.trim().to_string(),
@@ -400,6 +407,9 @@ impl ExportApi {
         let role = policy::authorize(&principal, &parent.env, Action::ListExports, Facts::default())?;
         let filter = parse_filter(&request.filter, FILTER_FIELDS, ENUM_PREFIXES)
             .map_err(|e| Error::invalid("filter", e.to_string()).with_meta("position", e.position.to_string()))?;
+        if let Some(filter) = &filter {
+            check_connection_filter(filter, &parent.env)?;
+        }
         let order = parse_order_by(&request.order_by, ORDER_KEYS, "display_name")
             .map_err(|e| Error::invalid("order_by", e.to_string()).with_meta("position", e.position.to_string()))?;
         let fingerprint = paging::fingerprint(&[&request.parent, &request.filter, &request.order_by]);
@@ -504,7 +514,7 @@ impl ExportApi {
                         ),
                     };
                     if let Some(schedule) = schedule {
-                        export.schedule = schedule;
+                        export.schedule = schedule.anchored(Some(&current.export.schedule), to_datetime(now_micros()));
                         schedule_changed = true;
                     }
                 }
@@ -724,7 +734,7 @@ impl ExportApi {
                 Action::UpdateExportSchedules,
                 Facts::export(editable(&stored)),
             )
-            .map_err(|e| e.with_meta("export", name.to_string()))?;
+            .map_err(|e| e.concerning("export", &name.to_string()))?;
             current.push(stored);
         }
         check_answer_fits(&self.show(role, &environment, &current).await?)?;
@@ -733,7 +743,7 @@ impl ExportApi {
         for stored in &current {
             let mut export = stored.export.clone();
             match &replacement {
-                Some(schedule) => export.schedule = schedule.clone(),
+                Some(schedule) => export.schedule = schedule.clone().anchored(Some(&stored.export.schedule), now),
                 None => export.schedule.enabled = request.enabled,
             }
             if export.schedule != stored.export.schedule {
@@ -805,6 +815,36 @@ fn type_of(connection: &Connection) -> Result<&'static crate::domain::connection
             connection.name, connection.type_id
         ))
     })
+}
+
+/// `connection = "…"` compares whole connection names: each must name a connection of the
+/// listed environment (the connection itself need not exist: then nothing matches).
+fn check_connection_filter(filter: &Filter, env: &str) -> Result<()> {
+    match filter {
+        Filter::And(a, b) | Filter::Or(a, b) => {
+            check_connection_filter(a, env)?;
+            check_connection_filter(b, env)
+        }
+        Filter::Not(inner) => check_connection_filter(inner, env),
+        Filter::Compare {
+            field,
+            value: FilterValue::Word(text) | FilterValue::String(text),
+            ..
+        } if field == "connection" => match ConnectionName::parse("filter", text) {
+            Ok(name) if name.env == env => Ok(()),
+            Ok(name) => Err(Error::invalid(
+                "filter",
+                format!("connection '{name}' is not in environments/{env}"),
+            )),
+            Err(_) => Err(Error::invalid(
+                "filter",
+                format!(
+                    "`connection` compares connection names (environments/{env}/connections/{{connection}}), not \"{text}\""
+                ),
+            )),
+        },
+        Filter::Compare { .. } => Ok(()),
+    }
 }
 
 /// Keeps a result's value, or moves its field violations into `violations`.
@@ -949,7 +989,8 @@ mod tests {
             assert!(parse_order_by(&format!("{key} desc"), ORDER_KEYS, "display_name").is_ok());
         }
         let filter = "display_name:\"x\" AND connection_type = \"s3\" AND state = EXPORT_STATE_DETACHED \
-                      AND (status = FAILED OR status = RUN_STATE_SKIPPED) AND kind = SEGMENT";
+                      AND (status = FAILED OR status = RUN_STATE_SKIPPED) AND kind = SEGMENT \
+                      AND connection = \"environments/e/connections/c\"";
         assert!(parse_filter(filter, FILTER_FIELDS, ENUM_PREFIXES).unwrap().is_some());
     }
 }

@@ -183,6 +183,9 @@ fn classify(status: &Status) -> (Code, &'static str) {
     let reason = match status.code() {
         Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
         Code::Unimplemented => "UNKNOWN_METHOD",
+        // The health service's answer for a service it does not know.
+        Code::NotFound if status.message().contains("service") => "SERVICE_NOT_FOUND",
+        Code::NotFound => "RESOURCE_NOT_FOUND",
         Code::Cancelled => "CANCELLED",
         Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
         Code::Unavailable => "UNAVAILABLE",

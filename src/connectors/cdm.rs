@@ -32,7 +32,7 @@ use serde_json::Value;
 /// The metadata file of a CDM folder.
 pub const MODEL_JSON: &str = "model.json";
 /// The last column (and attribute) of incremental exports: `true` marks a deleted record.
-pub const DELETED_ATTRIBUTE: &str = "_deleted";
+pub const DELETED_ATTRIBUTE: &str = crate::domain::export::DELETED_COLUMN;
 /// Annotation of `model.json` naming the run that committed it.
 const RUN_ID_ANNOTATION: &str = "runId";
 /// Annotation of `model.json`: the bytes of the partitions it lists.
@@ -161,6 +161,17 @@ pub struct CdmSummary {
     pub model_json_path: String,
     /// `model.json` as an absolute URL of the target.
     pub model_json_location: String,
+    /// What `keep_runs` removed after the commit (see [`CdmFolderWriter::keep_only_runs`]).
+    pub pruned: Pruned,
+}
+
+/// The partition folders of older runs removed after a commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Run folders removed (one per entity and run).
+    pub folders: usize,
+    /// Why some could not be removed; the commit stands all the same.
+    pub error: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -190,6 +201,17 @@ pub trait CdmStorage: Send {
 
     /// The absolute URL of a path as written in `model.json` (`file:///…`, `s3://…`, `https://…`).
     fn location(&self, relative_path: &str) -> String;
+
+    /// What lies directly under a folder (nothing when it does not exist). An object store
+    /// lists the common prefixes as folders.
+    fn list(&self, relative_path: &str) -> io::Result<Vec<StorageEntry>>;
+}
+
+/// One name in a storage folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageEntry {
+    pub name: String,
+    pub is_folder: bool,
 }
 
 /// A file being streamed to storage. Dropping it without [`StorageFile::finish`] must leave
@@ -302,6 +324,33 @@ impl CdmStorage for LocalStorage {
             dir = current.parent();
         }
         Ok(())
+    }
+
+    fn list(&self, relative_path: &str) -> io::Result<Vec<StorageEntry>> {
+        let path = if relative_path.is_empty() {
+            self.root.clone()
+        } else {
+            self.path_of(relative_path)?
+        };
+        let entries = match fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            // Names that are not UTF-8 are no partitions of ours.
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            out.push(StorageEntry {
+                name,
+                is_folder: entry.file_type()?.is_dir(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     fn location(&self, relative_path: &str) -> String {
@@ -472,6 +521,8 @@ pub struct CdmFolderWriter {
     failed: bool,
     /// Committed or aborted: nothing left for `Drop` to do.
     done: bool,
+    /// `keep_runs`: the runs whose partition folders stay after the commit (None: all).
+    keep_runs: Option<HashSet<String>>,
 }
 
 struct OpenEntity {
@@ -543,7 +594,17 @@ impl CdmFolderWriter {
             rows: 0,
             failed: false,
             done: false,
+            keep_runs: None,
         }
+    }
+
+    /// After the commit, removes the partition folders of every run not in `runs` (this run
+    /// is always kept): `keep_runs`, given the last successful runs. Only folders laid out as
+    /// this writer lays them out are touched, and never a file the new `model.json` lists.
+    pub fn keep_only_runs(&mut self, runs: impl IntoIterator<Item = String>) {
+        let mut keep: HashSet<String> = runs.into_iter().collect();
+        keep.insert(self.run_id.clone());
+        self.keep_runs = Some(keep);
     }
 
     /// Bytes handed to storage so far (closed files exactly; the open one up to its buffers).
@@ -684,6 +745,7 @@ impl CdmFolderWriter {
             rows: 0,
             model_json_location: storage.location(&model_json_path),
             model_json_path,
+            pruned: Pruned::default(),
         })
     }
 
@@ -862,13 +924,41 @@ impl CdmFolderWriter {
         let json = serde_json::to_vec_pretty(&model).map_err(io::Error::other)?;
         let model_json_path = self.model_json_path();
         let model_bytes = self.storage.write_file(&model_json_path, &mut json.as_slice())?;
+        let pruned = match self.keep_runs.take() {
+            Some(keep) => self.prune_runs(&keep),
+            None => Pruned::default(),
+        };
         Ok(CdmSummary {
             files: self.files.clone(),
             bytes: self.bytes + model_bytes,
             rows: self.rows,
             model_json_location: self.storage.location(&model_json_path),
             model_json_path,
+            pruned,
         })
+    }
+
+    /// Removes the run folders (`<entity>/<yyyy>/<MM>/<dd>/<HHmm>-<run id>/`) of runs not in
+    /// `keep`. Best effort: the commit is done, so a failure is reported, not raised.
+    fn prune_runs(&mut self, keep: &HashSet<String>) -> Pruned {
+        let listed: HashSet<String> = self.files.iter().map(|f| self.storage.location(f)).collect();
+        let mut pruned = Pruned::default();
+        let folders = match older_run_folders(self.storage.as_ref(), &self.folder, keep) {
+            Ok(folders) => folders,
+            Err(err) => {
+                pruned.error = Some(err.to_string());
+                return pruned;
+            }
+        };
+        for folder in folders {
+            match remove_run_folder(self.storage.as_mut(), &folder, &listed) {
+                Ok(()) => pruned.folders += 1,
+                Err(err) => {
+                    pruned.error.get_or_insert_with(|| format!("{folder}: {err}"));
+                }
+            }
+        }
+        pruned
     }
 
     fn abort_inner(&mut self) -> io::Result<()> {
@@ -904,6 +994,51 @@ impl Drop for CdmFolderWriter {
             let _ = self.abort_inner();
         }
     }
+}
+
+/// The run folders under an export's folder whose run is not in `keep`: exactly the paths
+/// `<entity>/<yyyy>/<MM>/<dd>/<HHmm>-<run id>` this writer creates, nothing else.
+fn older_run_folders(storage: &dyn CdmStorage, folder: &str, keep: &HashSet<String>) -> io::Result<Vec<String>> {
+    let digits = |name: &str, n: usize| name.len() == n && name.bytes().all(|b| b.is_ascii_digit());
+    let folders_in = |path: &str, shape: &dyn Fn(&str) -> bool| -> io::Result<Vec<String>> {
+        Ok(storage
+            .list(path)?
+            .into_iter()
+            .filter(|entry| entry.is_folder && shape(&entry.name))
+            .map(|entry| join_path(&[path, &entry.name]))
+            .collect())
+    };
+    let mut older = Vec::new();
+    for entity in folders_in(folder, &|name| check_path_segment("entity", name).is_ok())? {
+        for year in folders_in(&entity, &|name| digits(name, 4))? {
+            for month in folders_in(&year, &|name| digits(name, 2))? {
+                for day in folders_in(&month, &|name| digits(name, 2))? {
+                    for run in storage.list(&day)?.into_iter().filter(|entry| entry.is_folder) {
+                        let Some((time, run_id)) = run.name.split_once('-') else {
+                            continue;
+                        };
+                        if digits(time, 4) && !run_id.is_empty() && !keep.contains(run_id) {
+                            older.push(join_path(&[&day, &run.name]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(older)
+}
+
+/// Removes the files of one run folder (storage removes the folders they leave empty). A
+/// file `listed` in the new `model.json` stays, and so does anything in a sub-folder.
+fn remove_run_folder(storage: &mut dyn CdmStorage, folder: &str, listed: &HashSet<String>) -> io::Result<()> {
+    for entry in storage.list(folder)? {
+        let path = join_path(&[folder, &entry.name]);
+        if entry.is_folder || listed.contains(&storage.location(&path)) {
+            continue;
+        }
+        storage.remove_file(&path)?;
+    }
+    Ok(())
 }
 
 /// The partition locations an existing `model.json` points to. One that is not valid JSON
@@ -1305,7 +1440,7 @@ mod tests {
 
     use super::*;
 
-    const SCHEMA_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/spec/cdm-model.schema.json");
+    const SCHEMA_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cdm-model.schema.json");
     const FOLDER: &str = "team a/exports";
     const EXPORT_ID: &str = "weekly-customers";
 
@@ -1910,6 +2045,9 @@ mod tests {
         fn location(&self, relative_path: &str) -> String {
             self.0.location(relative_path)
         }
+        fn list(&self, relative_path: &str) -> io::Result<Vec<StorageEntry>> {
+            self.0.list(relative_path)
+        }
     }
 
     #[test]
@@ -2153,6 +2291,50 @@ mod tests {
             assert_eq!(CdmType::from_field_type(field_type).unwrap().data_type(), data_type);
         }
         assert_eq!(CdmType::from_field_type("BLOB"), None);
+    }
+
+    #[test]
+    fn keep_runs_removes_the_folders_of_older_runs_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let first = export_run(root, "run1", options(b',', false));
+        let second = export_run(root, "run2", options(b',', false));
+        // Beside the runs: a file of someone else's, and a folder that only looks like a run's.
+        let stray = root.join(FOLDER).join("notes.txt");
+        fs::write(&stray, "keep me").unwrap();
+        let lookalike = root.join(FOLDER).join("customers/2024/05/01/not-a-run");
+        fs::create_dir_all(&lookalike).unwrap();
+        fs::write(lookalike.join("x.csv"), "x").unwrap();
+
+        let mut third = writer(root, "run3", options(b',', false));
+        third.keep_only_runs(["run2".to_string()]);
+        write_both(&mut third);
+        let third = third.commit().unwrap();
+        assert_eq!(
+            third.pruned,
+            Pruned {
+                folders: 2,
+                error: None
+            },
+            "run1's customers and orders folders"
+        );
+        let left = snapshot(root);
+        for file in &first.files {
+            assert!(!left.contains_key(file), "{file} is gone");
+        }
+        for file in second.files.iter().chain(&third.files) {
+            assert!(left.contains_key(file), "{file} stays");
+        }
+        assert!(stray.is_file() && lookalike.join("x.csv").is_file());
+        assert!(!root.join(FOLDER).join("orders/2024/05/01/0930-run1").exists());
+        let model = model_json(root);
+        assert_valid(&model);
+        assert_eq!(partition_locations(&model).len(), third.files.len());
+
+        // Without keep_runs, nothing goes.
+        let fourth = export_run(root, "run4", options(b',', false));
+        assert_eq!(fourth.pruned, Pruned::default());
+        assert!(snapshot(root).contains_key(&second.files[0]));
     }
 
     #[test]

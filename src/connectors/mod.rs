@@ -104,6 +104,9 @@ pub struct RunTarget<'a> {
     /// Stable across attempts of the run, so that a retried attempt writes to the same place.
     pub run_time: chrono::DateTime<chrono::Utc>,
     pub settings: &'a BTreeMap<String, String>,
+    /// `keep_runs`: the earlier runs whose files stay at the target; older ones are removed
+    /// after the commit. None keeps everything.
+    pub keep_runs: Option<&'a [String]>,
 }
 
 /// One column of a part.
@@ -133,6 +136,10 @@ pub struct SinkSummary {
     pub bytes: u64,
     /// Where to look, e.g. the URL of model.json.
     pub location: String,
+    /// `keep_runs`: folders of older runs removed after the commit.
+    pub removed_run_folders: usize,
+    /// Why removing older runs' files failed, if it did (the commit stands).
+    pub cleanup_error: Option<String>,
 }
 
 /// Where one run's rows go. Parts are written one after another; `commit` makes the whole run

@@ -73,6 +73,12 @@ const STORAGE_SETTINGS: &[KeySpec] = &[
             max: 1_000_000_000,
         },
     ),
+    optional(
+        "keep_runs",
+        "keep the partition folders of the last N successful runs (the new one included) and delete \
+         older ones after each commit; never those model.json points to (default: keep all)",
+        ValueKind::Integer { min: 1, max: 100_000 },
+    ),
 ];
 
 const ADVERTISING_SETTINGS: &[KeySpec] = &[

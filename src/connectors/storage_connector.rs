@@ -119,6 +119,7 @@ impl<K: StorageKind> Connector for StorageConnector<K> {
         let export_id = run.export_id.to_string();
         let run_id = run.run_id.to_string();
         let run_time = run.run_time;
+        let keep_runs: Option<Vec<String>> = run.keep_runs.map(<[String]>::to_vec);
         tokio::task::spawn_blocking(move || {
             let storage = BlockingStorage::new(store, runtime);
             // An earlier attempt of this very run may have committed before its process died
@@ -131,10 +132,14 @@ impl<K: StorageKind> Connector for StorageConnector<K> {
                         files: summary.files,
                         bytes: summary.bytes,
                         location: summary.model_json_location,
+                        ..SinkSummary::default()
                     },
                 }) as Box<dyn Sink>);
             }
-            let writer = CdmFolderWriter::new(Box::new(storage), &folder, &export_id, &run_id, run_time, options);
+            let mut writer = CdmFolderWriter::new(Box::new(storage), &folder, &export_id, &run_id, run_time, options);
+            if let Some(keep) = keep_runs {
+                writer.keep_only_runs(keep.into_iter());
+            }
             Ok(Box::new(CdmSink { writer: Some(writer) }) as Box<dyn Sink>)
         })
         .await
@@ -242,6 +247,8 @@ impl Sink for CdmSink {
             files: summary.files,
             bytes: summary.bytes,
             location: summary.model_json_location,
+            removed_run_folders: summary.pruned.folders,
+            cleanup_error: summary.pruned.error,
         })
     }
 

@@ -235,35 +235,44 @@ pub struct ValidRecord {
 /// Validates one record against the schema. `path` names the record in errors (e.g.
 /// `upserts[3]`; built only for an error). Absent and null fields are fine; present ones must
 /// match their type; unknown fields are errors; the primary key is required. Numbers are
-/// normalised to the field's type. `fields` are distinct names, as in a map.
+/// normalised to the field's type. `fields` are distinct names, as in a map. Every bad field
+/// is reported, so that one round trip fixes them all.
 pub fn validate_record(
     entity: &Entity,
     path: impl Fn() -> String,
     fields: impl IntoIterator<Item = (String, Value)>,
-) -> Result<ValidRecord, FieldViolation> {
+) -> Result<ValidRecord, Vec<FieldViolation>> {
     let bad = |field: &str, description: String| FieldViolation {
         field: format!("{}.{field}", path()),
         description,
     };
+    let mut problems = Vec::new();
     // Serialised as it goes: no map is built just to be written out.
     let mut json = Vec::with_capacity(192);
     json.push(b'{');
     let mut key = None;
     for (name, value) in fields {
         let Some(field) = entity.field(&name) else {
-            return Err(bad(
+            problems.push(bad(
                 &name,
                 format!(
                     "unknown field '{name}' (not in the schema of entity '{}')",
                     entity.name.id
                 ),
             ));
+            continue;
         };
         let ty = field.field_type();
         let value = if value.is_null() {
             Value::Null
         } else {
-            normalise(ty, value).map_err(|expected| bad(&name, format!("expected {expected}")))?
+            match normalise(ty, value) {
+                Ok(value) => value,
+                Err(description) => {
+                    problems.push(bad(&name, description));
+                    continue;
+                }
+            }
         };
         if name == entity.primary_key {
             key = Some(match &value {
@@ -271,6 +280,10 @@ pub fn validate_record(
                 Value::Number(n) => n.to_string(),
                 _ => String::new(),
             });
+        }
+        if !problems.is_empty() {
+            // The record is refused: only the checks go on.
+            continue;
         }
         if json.len() > 1 {
             json.push(b',');
@@ -280,59 +293,94 @@ pub fn validate_record(
         serde_json::to_writer(&mut json, &value).expect("JSON values serialize");
     }
     json.push(b'}');
-    let key = key.filter(|k| !k.is_empty()).ok_or_else(|| {
-        bad(
+    let key_is_bad = problems
+        .iter()
+        .any(|p| p.field.ends_with(&format!(".{}", entity.primary_key)));
+    let key = key.filter(|k| !k.is_empty());
+    match &key {
+        None if !key_is_bad => problems.push(bad(
             &entity.primary_key,
             format!(
                 "the primary key '{}' is required (a string or a number)",
                 entity.primary_key
             ),
-        )
-    })?;
-    if let Some(problem) = super::bounds::RECORD_KEY.problem(&key) {
-        return Err(bad(&entity.primary_key, format!("keys: {problem}")));
+        )),
+        Some(k) => {
+            if let Some(problem) = super::bounds::RECORD_KEY.problem(k) {
+                problems.push(bad(&entity.primary_key, format!("keys: {problem}")));
+            }
+        }
+        None => {}
     }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let key = key.unwrap_or_default();
     let json = String::from_utf8(json).expect("serde_json writes UTF-8");
     Ok(ValidRecord { key, json })
 }
 
-/// Converts a value to its field's type, or says what was expected.
-fn normalise(ty: FieldType, value: Value) -> Result<Value, &'static str> {
+/// The bounds of INT64, as people write them.
+const INT64_RANGE: &str = "-9223372036854775808 to 9223372036854775807";
+
+/// Converts a value to its field's type, or says what is wrong with it.
+fn normalise(ty: FieldType, value: Value) -> Result<Value, String> {
+    let expected = |what: &str| Err(format!("expected {what}"));
     match ty {
         FieldType::String => match value {
             Value::String(_) => Ok(value),
             // A numeric key of a STRING field is accepted as its decimal text.
             Value::Number(n) => Ok(Value::String(n.to_string())),
-            _ => Err("a string"),
+            _ => expected("a string"),
         },
         FieldType::Int64 => {
-            let parsed = match &value {
-                Value::Number(n) => n.as_i64().or_else(|| {
-                    n.as_f64()
-                        .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
-                        .map(|f| f as i64)
-                }),
+            let out_of_range = |text: &str| Err(format!("{text} is out of range for INT64 ({INT64_RANGE})"));
+            match &value {
+                Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+                    (Some(i), _) => Ok(Value::from(i)),
+                    (None, Some(f)) if f.fract() != 0.0 || !f.is_finite() => expected("a whole number (INT64)"),
+                    // 2^63 is the first double beyond i64.
+                    (None, Some(f)) if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) => {
+                        Ok(Value::from(f as i64))
+                    }
+                    // Whole, beyond i64: shown as the digits, not in exponent form.
+                    (None, Some(f)) => out_of_range(&format!("{f:.0}")),
+                    (None, None) => out_of_range(&n.to_string()),
+                },
                 // Digits as text carry integers beyond what a double (and so a Struct) holds.
-                Value::String(s) => s.trim().parse::<i64>().ok(),
-                _ => None,
-            };
-            parsed.map(Value::from).ok_or("a whole number (INT64)")
+                Value::String(s) => match s.trim().parse::<i64>() {
+                    Ok(i) => Ok(Value::from(i)),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow
+                        ) =>
+                    {
+                        out_of_range(s.trim())
+                    }
+                    Err(_) => expected("a whole number (INT64)"),
+                },
+                _ => expected("a whole number (INT64)"),
+            }
         }
         FieldType::Double => match &value {
-            Value::Number(n) => n.as_f64().map(Value::from).ok_or("a number"),
-            _ => Err("a number"),
+            Value::Number(n) => match n.as_f64() {
+                Some(f) => Ok(Value::from(f)),
+                None => expected("a number"),
+            },
+            _ => expected("a number"),
         },
         FieldType::Bool => match value {
             Value::Bool(_) => Ok(value),
-            _ => Err("true or false"),
+            _ => expected("true or false"),
         },
         FieldType::Timestamp => match &value {
             Value::String(s) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => Ok(value),
-            _ => Err("an RFC 3339 timestamp such as 2026-01-31T12:00:00Z"),
+            _ => expected("an RFC 3339 timestamp such as 2026-01-31T12:00:00Z"),
         },
         FieldType::Date => match &value {
             Value::String(s) if chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() && s.len() == 10 => Ok(value),
-            _ => Err("a date YYYY-MM-DD"),
+            _ => expected("a date YYYY-MM-DD"),
         },
         FieldType::Json => Ok(value),
     }
@@ -409,8 +457,42 @@ mod tests {
         ];
         for (value, field) in cases {
             let err = validate_record(&entity(), || "upserts[1]".into(), record(value.clone())).unwrap_err();
-            assert_eq!(err.field, field, "{value}");
+            let fields: Vec<&str> = err.iter().map(|v| v.field.as_str()).collect();
+            assert_eq!(fields, [field], "{value}");
         }
+    }
+
+    #[test]
+    fn every_bad_field_of_a_record_is_reported() {
+        let err = validate_record(
+            &entity(),
+            || "upserts[0]".into(),
+            record(json!({"id": 1, "ltv": "high", "vip": "yes", "colour": "red"})),
+        )
+        .unwrap_err();
+        let mut fields: Vec<&str> = err.iter().map(|v| v.field.as_str()).collect();
+        fields.sort();
+        assert_eq!(fields, ["upserts[0].colour", "upserts[0].ltv", "upserts[0].vip"]);
+    }
+
+    #[test]
+    fn int64_overflow_is_out_of_range_not_a_bad_whole_number() {
+        for (value, shown) in [
+            (json!("9223372036854775808"), "9223372036854775808"),
+            (json!("-9223372036854775809"), "-9223372036854775809"),
+            (json!(1e19), "10000000000000000000"),
+        ] {
+            let err = validate_record(&entity(), || "u".into(), record(json!({"id": value}))).unwrap_err();
+            assert_eq!(err.len(), 1, "{err:?}");
+            assert_eq!(
+                err[0].description,
+                format!("{shown} is out of range for INT64 (-9223372036854775808 to 9223372036854775807)")
+            );
+        }
+        let err = validate_record(&entity(), || "u".into(), record(json!({"id": 2.5}))).unwrap_err();
+        assert_eq!(err[0].description, "expected a whole number (INT64)");
+        let max = validate_record(&entity(), || "u".into(), record(json!({"id": "9223372036854775807"}))).unwrap();
+        assert_eq!(max.key, "9223372036854775807");
     }
 
     #[test]

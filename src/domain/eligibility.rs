@@ -202,6 +202,15 @@ pub fn not_eligible_error(destination: &Destination, ineligible: &[&SegmentFacts
 
 /// Warnings for a segment over the limit or under the minimum, as (code, message, subject).
 /// Both can apply at once when an admin sets a limit below the vendor's minimum.
+/// What a limit warning adds to its finding: the consequence, for someone choosing segments.
+const RUNS_WILL_BE_SKIPPED: &str = "; runs will be skipped";
+
+/// The finding of a limit warning without that advice: why a run was skipped ("segment 'VIP'
+/// has 1,250 members, over the limit of 1,000 profiles per segment of this connection").
+pub fn skip_reason_of(warning: &str) -> &str {
+    warning.strip_suffix(RUNS_WILL_BE_SKIPPED).unwrap_or(warning)
+}
+
 pub fn warnings(destination: &Destination, segment: &SegmentFacts) -> Vec<(String, String, String)> {
     let count = segment.member_count;
     let mut out = Vec::new();
@@ -209,7 +218,7 @@ pub fn warnings(destination: &Destination, segment: &SegmentFacts) -> Vec<(Strin
         out.push((
             SEGMENT_OVER_LIMIT.to_string(),
             format!(
-                "segment '{}' has {}, over the limit of {} per segment of this connection; runs will be skipped",
+                "segment '{}' has {}, over the limit of {} per segment of this connection{RUNS_WILL_BE_SKIPPED}",
                 segment.display_name,
                 counted(count, "member", "members"),
                 counted(destination.profile_limit, "profile", "profiles"),
@@ -221,7 +230,7 @@ pub fn warnings(destination: &Destination, segment: &SegmentFacts) -> Vec<(Strin
         out.push((
             SEGMENT_UNDER_MINIMUM.to_string(),
             format!(
-                "segment '{}' has {}, under the minimum of {} per segment of {}; runs will be skipped",
+                "segment '{}' has {}, under the minimum of {} per segment of {}{RUNS_WILL_BE_SKIPPED}",
                 segment.display_name,
                 counted(count, "member", "members"),
                 counted(destination.minimum_segment_size(), "profile", "profiles"),

@@ -29,6 +29,9 @@ use crate::error::{Error, FieldViolation, Result};
 pub const MAX_SOURCES: usize = super::bounds::SOURCES_PER_EXPORT;
 pub const MAX_FIELD_MAPPINGS: usize = super::bounds::FIELD_MAPPINGS;
 pub const MAX_DESCRIPTION_CHARS: usize = super::bounds::DESCRIPTION.max;
+/// The last column of every incremental part: `true` marks a deleted record or a member who
+/// left.
+pub const DELETED_COLUMN: &str = "_deleted";
 
 /// `schedule_sort` of an enabled export that follows system refreshes: after every timed one
 /// (it has no clock time), before those that are off (NULL).
@@ -475,6 +478,10 @@ pub fn validate(
         }
     }
 
+    for (field, description) in incremental_column_clashes(export, catalog) {
+        push(format!("{prefix}.{field}"), description);
+    }
+
     // What the connection type accepts.
     if let Some(destination) = destination {
         let spec = destination.spec;
@@ -531,6 +538,60 @@ pub fn validate(
         }
     }
     violations
+}
+
+/// The primary keys an incremental segment part adds as columns because the mapping leaves
+/// them out (the part then starts with the key under its own name), by entity.
+pub fn added_key_columns<'a>(export: &Export, entities: impl Iterator<Item = &'a Entity>) -> Vec<&'a Entity> {
+    if export.sync_mode != SyncMode::Incremental
+        || export.kind != ExportKind::Segment
+        || export.field_mappings.is_empty()
+    {
+        return Vec::new();
+    }
+    entities
+        .filter(|entity| {
+            !export
+                .field_mappings
+                .iter()
+                .any(|m| m.source_field == entity.primary_key)
+        })
+        .collect()
+}
+
+/// Incremental parts add columns of their own: `_deleted`, and the record's key when the
+/// mapping leaves it out. A mapped target field may take neither name, or a receiver could not
+/// tell the columns apart. Violations as (field path under the export, description).
+fn incremental_column_clashes(export: &Export, catalog: &CatalogFacts) -> Vec<(String, String)> {
+    if export.sync_mode != SyncMode::Incremental {
+        return Vec::new();
+    }
+    let entities = export
+        .segments
+        .iter()
+        .filter_map(|s| catalog.segments.get(s))
+        .filter_map(|s| catalog.entities.get(&s.entity));
+    let added = added_key_columns(export, entities);
+    let mut clashes = Vec::new();
+    for (i, mapping) in export.field_mappings.iter().enumerate() {
+        let field = format!("field_mappings[{i}].target_field");
+        if mapping.target_field == DELETED_COLUMN {
+            clashes.push((
+                field,
+                format!("'{DELETED_COLUMN}' is the column that marks deletions in INCREMENTAL exports"),
+            ));
+        } else if let Some(entity) = added.iter().find(|e| e.primary_key == mapping.target_field) {
+            clashes.push((
+                field,
+                format!(
+                    "'{}' is the column that carries the key of entity '{}' in INCREMENTAL exports (its \
+                     primary key is not mapped): map the primary key, or choose another target name",
+                    mapping.target_field, entity.name
+                ),
+            ));
+        }
+    }
+    clashes
 }
 
 /// A segment as eligibility sees it.

@@ -15,4 +15,5 @@ pub mod paging;
 pub mod rule;
 pub mod run;
 pub mod schedule;
+pub mod schema_change;
 pub mod time;

@@ -140,6 +140,17 @@ impl Task {
         ConnectionDetail::pick(&self.detail, &self.message, may_see)
     }
 
+    /// The tasks of a run that is queued, or that waits for the refresh of `waiting_for`: its
+    /// validate task then waits too, and says for what.
+    pub fn waiting_list(waiting_for: &[String]) -> Vec<Task> {
+        let mut tasks = Self::fresh_list();
+        if let (Some(validate), false) = (tasks.first_mut(), waiting_for.is_empty()) {
+            validate.state = RunState::WaitingForDependencies.number();
+            validate.message = format!("waiting for the refresh of {} to complete", waiting_for.join(", "));
+        }
+        tasks
+    }
+
     pub fn fresh_list() -> Vec<Task> {
         TASKS
             .iter()

@@ -3,8 +3,10 @@
 //! A schedule is stored as JSON and evaluated statelessly: the next run is a
 //! pure function of the schedule and "now", so any replica can compute it after
 //! a restart without remembering when the export last ran. That is why
-//! intervals ("every 2 days") are anchored to fixed epochs rather than to the
-//! previous run.
+//! intervals ("every 2 days") count from the recurrence's stored anchor (the
+//! time it was set) rather than from the previous run: the first run is the
+//! first matching time after the anchor, and then every `interval`-th hour,
+//! day, week (Monday to Sunday) or month from that run's.
 //!
 //! Two daylight-saving policies exist, because users mean two different things:
 //!
@@ -72,6 +74,25 @@ pub struct Recurrence {
     pub days_of_week: Vec<Weekday>,
     pub day_of_month: i32,
     pub time_zone: String,
+    /// When the recurrence was set (see [`Schedule::anchored`]); intervals count from the
+    /// first matching time after it. `None` only for a recurrence that was never stored; its
+    /// intervals then count from the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<DateTime<Utc>>,
+}
+
+impl Recurrence {
+    /// Whether two recurrences give the same times once anchored alike: everything but the
+    /// anchor is equal.
+    fn same_rule(&self, other: &Recurrence) -> bool {
+        Recurrence {
+            anchor: None,
+            ..self.clone()
+        } == Recurrence {
+            anchor: None,
+            ..other.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -139,6 +160,87 @@ impl Schedule {
             return None;
         }
         self.trigger.next_after(after)
+    }
+
+    /// The schedule as it is stored when it is set at `now`, replacing `previous`: a
+    /// recurrence is anchored at `now`, unless `previous` was the same recurrence, whose
+    /// anchor it keeps (re-saving a schedule, or switching it on or off, does not move its
+    /// runs). Other triggers carry no anchor.
+    pub fn anchored(mut self, previous: Option<&Schedule>, now: DateTime<Utc>) -> Schedule {
+        if let Trigger::Recurrence(recurrence) = &mut self.trigger {
+            recurrence.anchor = match previous.map(|p| &p.trigger) {
+                Some(Trigger::Recurrence(old)) if old.same_rule(recurrence) && old.anchor.is_some() => old.anchor,
+                _ => Some(now),
+            };
+        }
+        self
+    }
+}
+
+/// Schedules in words, for people reading a list (the CLI's `environment list`).
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.enabled {
+            return f.write_str("off");
+        }
+        match &self.trigger {
+            Trigger::SystemRefresh => f.write_str("with every system refresh"),
+            Trigger::Recurrence(r) => write!(f, "{r}"),
+            Trigger::Cron(c) => write!(f, "cron '{}' ({})", c.expression, zone_name(&c.time_zone)),
+        }
+    }
+}
+
+/// "every 2 weeks on Monday and Thursday at 06:30 (Europe/Paris)".
+impl fmt::Display for Recurrence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.frequency {
+            Some(Frequency::Hourly) => "hour",
+            Some(Frequency::Daily) => "day",
+            Some(Frequency::Weekly) => "week",
+            Some(Frequency::Monthly) => "month",
+            None => "(no frequency)",
+        };
+        match self.interval {
+            0 | 1 => write!(f, "every {unit}")?,
+            n => write!(f, "every {n} {unit}s")?,
+        }
+        let time = if self.time_of_day.is_empty() {
+            "00:00"
+        } else {
+            self.time_of_day.as_str()
+        };
+        match self.frequency {
+            Some(Frequency::Hourly) => write!(f, " at :{}", time.get(3..).unwrap_or("00"))?,
+            Some(Frequency::Weekly) => {
+                let days: Vec<&str> = self.days_of_week.iter().map(|d| weekday_name(*d)).collect();
+                let days = match days.split_last() {
+                    Some((last, [])) => last.to_string(),
+                    Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+                    None => "no day".to_string(),
+                };
+                write!(f, " on {days} at {time}")?
+            }
+            Some(Frequency::Monthly) => write!(f, " on day {} at {time}", self.day_of_month)?,
+            _ => write!(f, " at {time}")?,
+        }
+        write!(f, " ({})", zone_name(&self.time_zone))
+    }
+}
+
+fn zone_name(time_zone: &str) -> &str {
+    if time_zone.is_empty() { "UTC" } else { time_zone }
+}
+
+fn weekday_name(day: Weekday) -> &'static str {
+    match day {
+        Weekday::Mon => "Monday",
+        Weekday::Tue => "Tuesday",
+        Weekday::Wed => "Wednesday",
+        Weekday::Thu => "Thursday",
+        Weekday::Fri => "Friday",
+        Weekday::Sat => "Saturday",
+        Weekday::Sun => "Sunday",
     }
 }
 
@@ -210,6 +312,40 @@ struct RecurrencePlan {
     hour: u32,
     minute: u32,
     tz: Tz,
+    anchor: Option<DateTime<Utc>>,
+}
+
+/// Where the count of an interval starts: the hour (an instant), local day, week and month of
+/// the first occurrence after the anchor. Every `interval`-th period from these runs.
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    /// Seconds since the epoch of the first occurrence (HOURLY counts elapsed hours from it).
+    instant: i64,
+    /// `day_number`, `week_number` and `month_number` of its local date.
+    day: i64,
+    week: i64,
+    month: i64,
+}
+
+impl Origin {
+    /// Without an anchor: the Unix epoch's periods (day 0, the week of Monday 1970-01-05,
+    /// January 1970, hour 0).
+    const EPOCH: Origin = Origin {
+        instant: 0,
+        day: 0,
+        week: 0,
+        month: 0,
+    };
+
+    fn of(tz: Tz, first: DateTime<Utc>) -> Option<Origin> {
+        let date = local_at(tz, first)?.date();
+        Some(Origin {
+            instant: first.timestamp(),
+            day: day_number(date),
+            week: week_number(date),
+            month: month_number(date),
+        })
+    }
 }
 
 struct CronPlan {
@@ -323,6 +459,7 @@ impl Recurrence {
                     hour,
                     minute,
                     tz,
+                    anchor: self.anchor,
                 })
             }
             _ => Err(violations),
@@ -431,35 +568,46 @@ fn parse_cron(expression: &str) -> Result<(String, DstPolicy), String> {
 }
 
 impl RecurrencePlan {
+    /// The first run strictly after `after` (and after the anchor): the first matching time
+    /// after the anchor, then every `interval`-th period from that one's.
     fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let origin = match self.anchor {
+            _ if self.interval == 1 => Origin::EPOCH,
+            None => Origin::EPOCH,
+            Some(anchor) => Origin::of(self.tz, self.occurrence_after(anchor, 1, Origin::EPOCH)?)?,
+        };
+        let after = self.anchor.map_or(after, |anchor| after.max(anchor));
+        self.occurrence_after(after, self.interval, origin)
+    }
+
+    /// The first matching time strictly after `after` in every `n`-th period counted from
+    /// `origin`.
+    fn occurrence_after(&self, after: DateTime<Utc>, n: i64, origin: Origin) -> Option<DateTime<Utc>> {
         let start = search_start(self.tz, after)?;
         // One day of slack costs a handful of candidates and protects against
         // odd zone histories around the start.
         let first_day = start.date().pred_opt().unwrap_or(start.date());
         let time = NaiveTime::from_hms_opt(self.hour, self.minute, 0)?;
-        let n = self.interval;
         match self.kind {
             Kind::Hourly => {
                 let minute = self.minute;
-                // Anchored at local midnight each day; an interval of 24 or more
-                // therefore means "once a day at 00:MM".
-                let hours: Vec<u32> = (0..24u32).step_by(usize::try_from(n).ok()?).collect();
-                let candidates = days_from(first_day, 1).flat_map(move |day| {
-                    hours
-                        .clone()
-                        .into_iter()
-                        .filter_map(move |h| day.and_hms_opt(h, minute, 0))
-                });
-                earliest_after(self.tz, after, DstPolicy::Elapsed, candidates)
+                // Every local reading at minute MM; elapsed hours from the origin decide
+                // which of them run (so "every 5 hours" runs every 5 hours across midnight).
+                let candidates = days_from(first_day, 1)
+                    .flat_map(move |day| (0..24u32).filter_map(move |h| day.and_hms_opt(h, minute, 0)));
+                let counted =
+                    move |t: DateTime<Utc>| (t.timestamp() - origin.instant).div_euclid(3600).rem_euclid(n) == 0;
+                earliest_counted_after(self.tz, after, DstPolicy::Elapsed, candidates, counted)
             }
             Kind::Daily => {
-                let first = first_day.checked_add_days_i64(ceil_offset(day_number(first_day), n))?;
+                let offset = ceil_offset(day_number(first_day) - origin.day, n);
+                let first = first_day.checked_add_days_i64(offset)?;
                 let candidates = days_from(first, n).map(move |d| d.and_time(time));
                 earliest_after(self.tz, after, DstPolicy::WallClock, candidates)
             }
             Kind::Weekly(mask) => {
                 let week = week_number(first_day);
-                let first_week = week + ceil_offset(week, n);
+                let first_week = week + ceil_offset(week - origin.week, n);
                 let first_monday = week_monday(first_week)?;
                 let candidates = days_from(first_monday, 7 * n).flat_map(move |monday| {
                     (0..7u64)
@@ -471,7 +619,7 @@ impl RecurrencePlan {
             }
             Kind::Monthly(day_of_month) => {
                 let month = month_number(first_day);
-                let first_month = month + ceil_offset(month, n);
+                let first_month = month + ceil_offset(month - origin.month, n);
                 let candidates = std::iter::successors(Some(first_month), move |m| m.checked_add(n))
                     .map_while(move |m| month_day(m, day_of_month))
                     .map(move |d| d.and_time(time));
@@ -566,6 +714,17 @@ fn earliest_after(
     policy: DstPolicy,
     candidates: impl Iterator<Item = NaiveDateTime>,
 ) -> Option<DateTime<Utc>> {
+    earliest_counted_after(tz, after, policy, candidates, |_| true)
+}
+
+/// Like [`earliest_after`], among the instants that `counted` accepts.
+fn earliest_counted_after(
+    tz: Tz,
+    after: DateTime<Utc>,
+    policy: DstPolicy,
+    candidates: impl Iterator<Item = NaiveDateTime>,
+    counted: impl Fn(DateTime<Utc>) -> bool,
+) -> Option<DateTime<Utc>> {
     let mut best: Option<DateTime<Utc>> = None;
     for local in candidates.take(MAX_CANDIDATES) {
         if !in_safe_range(local) {
@@ -579,7 +738,7 @@ fn earliest_after(
             }
         }
         for instant in resolve(tz, local, policy).into_iter().flatten() {
-            if instant > after && best.is_none_or(|b| instant < b) {
+            if instant > after && best.is_none_or(|b| instant < b) && counted(instant) {
                 best = Some(instant);
             }
         }
@@ -830,7 +989,7 @@ mod tests {
     }
 
     #[test]
-    fn daily_interval_is_anchored_to_the_unix_epoch() {
+    fn a_recurrence_never_stored_counts_intervals_from_the_unix_epoch() {
         // 2026-01-01 is day 20454 since 1970-01-01, a multiple of 3.
         let s = rec(Recurrence {
             interval: 3,
@@ -941,29 +1100,185 @@ mod tests {
     }
 
     #[test]
-    fn hourly_interval_three_is_anchored_at_local_midnight() {
+    fn hourly_interval_counts_elapsed_hours_from_the_anchor() {
+        // Set at 19:40: the first run is 20:15, then every third hour, across midnight.
         let s = rec(Recurrence {
             interval: 3,
+            anchor: Some(utc("2026-01-01T19:40:00Z")),
             ..recurrence(Frequency::Hourly, "00:15", "UTC")
         });
         assert_eq!(
-            runs(&s, "2026-01-01T19:00:00Z", 3),
-            utcs(&["2026-01-01T21:15:00Z", "2026-01-02T00:15:00Z", "2026-01-02T03:15:00Z"])
+            runs(&s, "2026-01-01T00:00:00Z", 4),
+            utcs(&[
+                "2026-01-01T20:15:00Z",
+                "2026-01-01T23:15:00Z",
+                "2026-01-02T02:15:00Z",
+                "2026-01-02T05:15:00Z",
+            ])
         );
-        // In Paris on spring-forward day the 03:15 slot exists (CEST) but the
-        // hours are still local hours divisible by 3.
+        // In Paris on spring-forward day the hour that does not exist is not counted as
+        // a run, but elapsed time still is: every third real hour.
         let paris = rec(Recurrence {
             interval: 3,
+            anchor: Some(utc("2026-03-28T23:00:00Z")),
             ..recurrence(Frequency::Hourly, "00:15", "Europe/Paris")
         });
         assert_eq!(
             runs(&paris, "2026-03-28T23:00:00Z", 3),
             utcs(&[
                 "2026-03-28T23:15:00Z", // 00:15 CET
-                "2026-03-29T01:15:00Z", // 03:15 CEST
-                "2026-03-29T04:15:00Z", // 06:15 CEST
+                "2026-03-29T02:15:00Z", // 04:15 CEST
+                "2026-03-29T05:15:00Z", // 07:15 CEST
             ])
         );
+    }
+
+    // ---- anchors ----
+
+    #[test]
+    fn weekly_interval_two_starts_in_the_week_it_was_set() {
+        // Set on Tuesday 2026-01-13 (the week from Monday 2026-01-12, odd counted from the
+        // epoch): the first run is that Thursday, then the Monday and Thursday two weeks on.
+        let s = rec(Recurrence {
+            interval: 2,
+            days_of_week: vec![Weekday::Mon, Weekday::Thu],
+            anchor: Some(utc("2026-01-13T09:00:00Z")),
+            ..recurrence(Frequency::Weekly, "10:00", "UTC")
+        });
+        assert_eq!(
+            runs(&s, "2026-01-13T09:00:00Z", 4),
+            utcs(&[
+                "2026-01-15T10:00:00Z",
+                "2026-01-26T10:00:00Z",
+                "2026-01-29T10:00:00Z",
+                "2026-02-09T10:00:00Z",
+            ])
+        );
+        // Asked before the anchor, the first run is still the first one after it.
+        assert_eq!(
+            s.next_run_time(utc("2025-06-01T00:00:00Z")),
+            Some(utc("2026-01-15T10:00:00Z"))
+        );
+        // Set on the Sunday before, the first run is Monday 2026-01-12: its week counts.
+        let sunday = rec(Recurrence {
+            anchor: Some(utc("2026-01-11T12:00:00Z")),
+            ..match &s.trigger {
+                Trigger::Recurrence(r) => r.clone(),
+                _ => unreachable!(),
+            }
+        });
+        assert_eq!(
+            runs(&sunday, "2026-01-11T12:00:00Z", 3),
+            utcs(&["2026-01-12T10:00:00Z", "2026-01-15T10:00:00Z", "2026-01-26T10:00:00Z"])
+        );
+    }
+
+    #[test]
+    fn daily_and_monthly_intervals_count_from_the_anchor() {
+        let daily = rec(Recurrence {
+            interval: 3,
+            anchor: Some(utc("2026-01-02T09:00:00Z")),
+            ..recurrence(Frequency::Daily, "08:00", "UTC")
+        });
+        assert_eq!(
+            runs(&daily, "2026-01-01T00:00:00Z", 3),
+            utcs(&["2026-01-03T08:00:00Z", "2026-01-06T08:00:00Z", "2026-01-09T08:00:00Z"])
+        );
+        // Local dates count: 08:00 in Tokyo on 2026-01-03 is 2026-01-02T23:00Z.
+        let tokyo = rec(Recurrence {
+            interval: 3,
+            anchor: Some(utc("2026-01-02T09:00:00Z")),
+            ..recurrence(Frequency::Daily, "08:00", "Asia/Tokyo")
+        });
+        assert_eq!(
+            runs(&tokyo, "2026-01-01T00:00:00Z", 2),
+            utcs(&["2026-01-02T23:00:00Z", "2026-01-05T23:00:00Z"])
+        );
+        let monthly = rec(Recurrence {
+            interval: 3,
+            day_of_month: 15,
+            anchor: Some(utc("2026-02-20T00:00:00Z")),
+            ..recurrence(Frequency::Monthly, "06:00", "UTC")
+        });
+        assert_eq!(
+            runs(&monthly, "2026-02-20T00:00:00Z", 3),
+            utcs(&["2026-03-15T06:00:00Z", "2026-06-15T06:00:00Z", "2026-09-15T06:00:00Z"])
+        );
+    }
+
+    #[test]
+    fn setting_a_recurrence_anchors_it_and_an_unchanged_one_keeps_its_anchor() {
+        let first = utc("2026-01-13T09:00:00Z");
+        let later = utc("2026-02-01T00:00:00Z");
+        let weekly = rec(Recurrence {
+            interval: 2,
+            days_of_week: vec![Weekday::Mon],
+            ..recurrence(Frequency::Weekly, "10:00", "UTC")
+        });
+        let anchor = |s: &Schedule| match &s.trigger {
+            Trigger::Recurrence(r) => r.anchor,
+            _ => None,
+        };
+        let set = weekly.clone().anchored(None, first);
+        assert_eq!(anchor(&set), Some(first));
+        // Saved again (as a client that read it back would), or switched off: same anchor.
+        assert_eq!(anchor(&weekly.clone().anchored(Some(&set), later)), Some(first));
+        let off = Schedule {
+            enabled: false,
+            ..weekly.clone()
+        };
+        assert_eq!(anchor(&off.anchored(Some(&set), later)), Some(first));
+        // A changed rule is set anew.
+        let changed = rec(Recurrence {
+            interval: 3,
+            days_of_week: vec![Weekday::Mon],
+            ..recurrence(Frequency::Weekly, "10:00", "UTC")
+        });
+        assert_eq!(anchor(&changed.anchored(Some(&set), later)), Some(later));
+        let cron = cron("0 6 * * *", "");
+        assert_eq!(cron.clone().anchored(Some(&set), later), cron);
+    }
+
+    #[test]
+    fn anchors_are_stored_as_rfc_3339_and_absent_when_unset() {
+        let s = rec(recurrence(Frequency::Daily, "08:00", "UTC")).anchored(None, utc("2026-01-13T09:00:00.5Z"));
+        let value = serde_json::to_value(&s).unwrap();
+        assert_eq!(value["trigger"]["anchor"], "2026-01-13T09:00:00.500Z");
+        let back: Schedule = serde_json::from_value(value).unwrap();
+        assert_eq!(back, s);
+        let unset = serde_json::to_value(rec(recurrence(Frequency::Daily, "08:00", "UTC"))).unwrap();
+        assert!(unset["trigger"].get("anchor").is_none(), "{unset}");
+    }
+
+    #[test]
+    fn schedules_read_as_words() {
+        let weekly = rec(Recurrence {
+            interval: 2,
+            days_of_week: vec![Weekday::Mon, Weekday::Wed, Weekday::Thu],
+            ..recurrence(Frequency::Weekly, "06:30", "Europe/Paris")
+        });
+        assert_eq!(
+            weekly.to_string(),
+            "every 2 weeks on Monday, Wednesday and Thursday at 06:30 (Europe/Paris)"
+        );
+        assert_eq!(
+            rec(recurrence(Frequency::Hourly, "00:15", "")).to_string(),
+            "every hour at :15 (UTC)"
+        );
+        assert_eq!(
+            rec(Recurrence {
+                day_of_month: 31,
+                ..recurrence(Frequency::Monthly, "", "UTC")
+            })
+            .to_string(),
+            "every month on day 31 at 00:00 (UTC)"
+        );
+        assert_eq!(cron("0 3 * * *", "").to_string(), "cron '0 3 * * *' (UTC)");
+        let off = Schedule {
+            enabled: false,
+            ..cron("0 3 * * *", "")
+        };
+        assert_eq!(off.to_string(), "off");
     }
 
     // ---- WEEKLY ----
@@ -1345,6 +1660,7 @@ mod tests {
             days_of_week: vec![Weekday::Tue],
             day_of_month: 3,
             time_zone: "Nowhere".to_owned(),
+            anchor: None,
         });
         assert_eq!(
             fields(&s),

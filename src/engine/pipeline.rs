@@ -35,6 +35,8 @@ use crate::store::runs::Finish;
 
 /// Records per read (and per write to the sink).
 const BATCH: u64 = 10_000;
+/// Warning of a run that committed but could not remove what `keep_runs` lets go.
+const OLD_RUNS_NOT_REMOVED: &str = "OLD_RUNS_NOT_REMOVED";
 /// Counts are stored at least this often while a run works (and on every task change).
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -338,7 +340,7 @@ impl Engine {
         if !blocking.is_empty() {
             let reason = blocking
                 .iter()
-                .map(|w| w.message.as_str())
+                .map(|w| crate::domain::eligibility::skip_reason_of(&w.message))
                 .collect::<Vec<_>>()
                 .join("; ");
             return Ok(Checked::Skip { reason, warnings });
@@ -415,6 +417,23 @@ impl Engine {
         };
         let connector = connectors::connector_for(&plan.connection.type_id);
         let run_id = run.name.id.clone();
+        // `keep_runs` = N keeps this run and the N - 1 latest successful ones before it.
+        let keep_runs = match plan
+            .export
+            .settings
+            .get("keep_runs")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            Some(n) => match self
+                .store
+                .latest_succeeded_run_ids(&plan.export.name, n.saturating_sub(1))
+                .await
+            {
+                Ok(ids) => Some(ids),
+                Err(e) => return self.fail(run, control, progress, "write", error_of("write", &e)).await,
+            },
+            None => None,
+        };
         let run_target = RunTarget {
             target: Target {
                 connection: &plan.connection,
@@ -426,6 +445,7 @@ impl Engine {
             run_id: &run_id,
             run_time: to_datetime(run.create_time),
             settings: &plan.export.settings,
+            keep_runs: keep_runs.as_deref(),
         };
         progress.start("write", &format!("opening the {} target", plan.connection.type_id));
         let opened = retry(
@@ -524,8 +544,26 @@ impl Engine {
             }
         };
         progress.counts.bytes = summary.bytes as i64;
+        let files = summary.files.len();
+        let removed = match summary.removed_run_folders {
+            0 => String::new(),
+            1 => "; removed 1 folder of an older run (keep_runs)".to_string(),
+            n => format!("; removed {n} folders of older runs (keep_runs)"),
+        };
+        if let Some(error) = &summary.cleanup_error {
+            tracing::warn!(run = %run.name, error = %error, "cannot remove older runs' files");
+            progress.warnings.push(Warning {
+                code: OLD_RUNS_NOT_REMOVED.into(),
+                message: format!("the run committed, but older runs' files could not all be removed: {error}"),
+                subject: plan.export.name.to_string(),
+            });
+        }
         let (message, detail) = ConnectionDetail::split(
-            format!("committed {} files; see {}", summary.files.len(), summary.location),
+            format!(
+                "committed {files} {}{removed}; see {}",
+                if files == 1 { "file" } else { "files" },
+                summary.location
+            ),
             &connection_name,
             &locations,
         );
@@ -740,8 +778,11 @@ fn entity_part(entity: Entity, since: Option<i64>, until: i64, incremental: bool
 }
 
 /// A segment part: the mapped target fields (or, without mappings, every field of the entity).
+/// An incremental part always carries the record's key, so that a receiver can tell whose row
+/// changed or left: when the mapping leaves the primary key out, it comes first under its own
+/// name.
 fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Source, incremental: bool) -> Part {
-    let pairs: Vec<(String, String)> = if export.field_mappings.is_empty() {
+    let mut pairs: Vec<(String, String)> = if export.field_mappings.is_empty() {
         entity.fields.iter().map(|f| (f.name.clone(), f.name.clone())).collect()
     } else {
         export
@@ -750,6 +791,9 @@ fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Sourc
             .map(|m| (m.source_field.clone(), m.target_field.clone()))
             .collect()
     };
+    if !export::added_key_columns(export, std::iter::once(&entity)).is_empty() {
+        pairs.insert(0, (entity.primary_key.clone(), entity.primary_key.clone()));
+    }
     let primary_key = pairs
         .iter()
         .find(|(source, _)| *source == entity.primary_key)

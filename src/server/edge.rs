@@ -57,6 +57,12 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// Milliseconds to two decimals (10 µs): precise enough for latencies, without the float
+/// noise (`0.30000000000000004`) of an unrounded conversion.
+fn rounded_millis(elapsed: Duration) -> f64 {
+    (elapsed.as_secs_f64() * 100_000.0).round() / 100.0
+}
+
 #[derive(Clone, Default)]
 pub struct EdgeLayer {
     pub in_flight: InFlight,
@@ -166,11 +172,20 @@ where
                 if let Ok(value) = http::HeaderValue::from_str(&request_id) {
                     response.headers_mut().insert(REQUEST_ID, value);
                 }
-                let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let elapsed_ms = rounded_millis(started.elapsed());
                 // Trailers-only responses are errors; streamed and unary successes end later.
-                let code = status.map(|s| s.code()).unwrap_or(tonic::Code::Ok);
+                // A status message names what was wrong with the request, never a secret
+                // (secrets are write-only and no error echoes them).
                 if !quiet {
-                    tracing::info!(grpc_code = ?code, elapsed_ms, "rpc");
+                    match &status {
+                        Some(status) if status.code() != tonic::Code::Ok => tracing::info!(
+                            grpc_code = ?status.code(),
+                            elapsed_ms,
+                            error = status.message(),
+                            "rpc"
+                        ),
+                        _ => tracing::info!(grpc_code = ?tonic::Code::Ok, elapsed_ms, "rpc"),
+                    }
                 }
                 Ok(response)
             }

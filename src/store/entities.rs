@@ -2,13 +2,15 @@
 
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 
 use super::Store;
 use super::models::entity::{ActiveModel, Column, Entity as Table, Model};
 use crate::domain::catalog::{Entity, EntityField, EntityKind};
 use crate::domain::names::EntityName;
+use crate::domain::schema_change::SchemaChange;
 use crate::domain::time::now_micros;
 use crate::error::{Error, Result};
 
@@ -76,6 +78,65 @@ impl Store {
             .all(self.reader())
             .await?;
         Ok((models.into_iter().map(to_domain).collect::<Result<_>>()?, total))
+    }
+
+    /// Stores a new display name and field list of `current`, in one transaction. Refused when
+    /// the entity changed since `current` was read (ABORTED), when a segment rule or an
+    /// export's field mapping reads a field the change removes or retypes (FIELD_IN_USE), or
+    /// when live records hold values of a retyped field (FIELD_HAS_VALUES: they would not fit
+    /// the new type). A removed field's values are removed from the stored records, so that a
+    /// field added later under that name starts empty. With `validate_only`, everything is
+    /// checked and nothing written: the entity is returned as it would be.
+    pub async fn update_entity(&self, current: &Entity, updated: &Entity, validate_only: bool) -> Result<Entity> {
+        use super::models::record;
+        let name = &current.name;
+        let change = SchemaChange::between(current, &updated.fields);
+        let fields = serde_json::to_string(&updated.fields).expect("fields serialize");
+        let txn = self.writer().begin().await?;
+        // The row lock (PostgreSQL) makes exports being saved over the entity wait for this.
+        let stored = Table::find_by_id((name.env.clone(), name.id.clone()))
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .ok_or_else(|| Error::not_found("entity", name.to_string()))?;
+        if to_domain(stored)?.fields != current.fields {
+            return Err(Error::new(
+                crate::error::ErrorCode::Aborted,
+                "CONCURRENT_UPDATE",
+                format!("entity '{name}' changed while it was being updated; read it again and retry"),
+            )
+            .with_meta("name", name.to_string()));
+        }
+        let backend = self.backend();
+        if !change.is_empty() {
+            check_schema_change(&txn, backend, current, &change).await?;
+        }
+        if validate_only {
+            txn.commit_unchanged().await?;
+            return Ok(updated.clone());
+        }
+        for field in &change.removed {
+            record::Entity::update_many()
+                .col_expr(record::Column::Data, json_without(backend, field))
+                .filter(record::Column::Env.eq(&name.env))
+                .filter(record::Column::Entity.eq(&name.id))
+                .filter(json_has_key(backend, field))
+                .exec(&txn)
+                .await?;
+        }
+        Table::update_many()
+            .col_expr(Column::DisplayName, Expr::val(updated.display_name.clone()))
+            .col_expr(Column::Fields, Expr::val(fields))
+            .col_expr(Column::UpdateTime, Expr::val(now_micros()))
+            .filter(Column::Env.eq(&name.env))
+            .filter(Column::Id.eq(&name.id))
+            .exec(&txn)
+            .await?;
+        let entity = get_entity_on(&txn, name)
+            .await?
+            .ok_or_else(|| Error::not_found("entity", name.to_string()))?;
+        txn.commit().await?;
+        Ok(entity)
     }
 
     /// Deletes an entity with its records, unless segments (or, through `users`, exports) use it.
@@ -180,6 +241,88 @@ impl Store {
             .into_iter()
             .map(|m| m.id)
             .collect())
+    }
+}
+
+/// Whether `change` may be made to `entity`: no segment rule or export mapping reads a field it
+/// removes or retypes (FIELD_IN_USE), and no live record holds a value of a retyped field
+/// (FIELD_HAS_VALUES).
+async fn check_schema_change(
+    db: &impl ConnectionTrait,
+    backend: DbBackend,
+    entity: &Entity,
+    change: &SchemaChange,
+) -> Result<()> {
+    use super::models::{record, segment};
+    let name = &entity.name;
+    let segments: Vec<_> = segment::Entity::find()
+        .filter(segment::Column::Env.eq(&name.env))
+        .filter(segment::Column::Entity.eq(&name.id))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(super::segments::to_domain)
+        .collect::<Result<_>>()?;
+    let ids: Vec<String> = segments.iter().map(|s| s.name.id.clone()).collect();
+    let exports = super::exports::segment_export_mappings(db, &name.env, &ids).await?;
+    let users = change.users(entity, &segments, &exports);
+    if !users.is_empty() {
+        return Err(change.in_use_error(entity, &users));
+    }
+    for (field, old, new) in &change.retyped {
+        let holding = record::Entity::find()
+            .filter(record::Column::Env.eq(&name.env))
+            .filter(record::Column::Entity.eq(&name.id))
+            .filter(record::Column::Deleted.eq(false))
+            .filter(json_has_value(backend, field))
+            .count(db)
+            .await?;
+        if holding > 0 {
+            return Err(Error::precondition(
+                "FIELD_HAS_VALUES",
+                format!(
+                    "cannot change '{field}' of entity '{name}' from {old} to {new}: {holding} stored records \
+                     hold values of it that would not fit; remove the field (which removes its values) and \
+                     add it again, or write those records without it first"
+                ),
+            )
+            .with_meta("entity", name.to_string())
+            .with_meta("field", field.clone())
+            .with_precondition(
+                "FIELD_HAS_VALUES",
+                name.to_string(),
+                format!("{holding} records hold values of '{field}'"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Records whose stored JSON has a non-null value of `field` (a schema field name:
+/// `[A-Za-z][A-Za-z0-9_]*`, so it needs no quoting in a JSON path).
+fn json_has_value(backend: DbBackend, field: &str) -> Expr {
+    match backend {
+        DbBackend::Postgres => Expr::cust_with_values(
+            "(data::jsonb -> $1) IS NOT NULL AND (data::jsonb -> $2) <> 'null'::jsonb",
+            [field, field],
+        ),
+        _ => Expr::cust_with_values("json_extract(data, ?) IS NOT NULL", [format!("$.{field}")]),
+    }
+}
+
+/// Records whose stored JSON has the key `field`, null or not.
+fn json_has_key(backend: DbBackend, field: &str) -> Expr {
+    match backend {
+        DbBackend::Postgres => Expr::cust_with_values("(data::jsonb -> $1) IS NOT NULL", [field]),
+        _ => Expr::cust_with_values("json_type(data, ?) IS NOT NULL", [format!("$.{field}")]),
+    }
+}
+
+/// The stored JSON without the key `field`.
+fn json_without(backend: DbBackend, field: &str) -> Expr {
+    match backend {
+        DbBackend::Postgres => Expr::cust_with_values("(data::jsonb - $1)::text", [field]),
+        _ => Expr::cust_with_values("json_remove(data, ?)", [format!("$.{field}")]),
     }
 }
 

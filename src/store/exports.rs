@@ -618,6 +618,43 @@ pub(crate) async fn exports_using(
         .collect())
 }
 
+/// The field mappings of the exports that read any of `segments` (ids), in export id order.
+pub(crate) async fn segment_export_mappings(
+    db: &impl ConnectionTrait,
+    env: &str,
+    segments: &[String],
+) -> Result<Vec<(ExportName, Vec<FieldMapping>)>> {
+    if segments.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = export_source::Entity::find()
+        .select_only()
+        .column(export_source::Column::Export)
+        .distinct()
+        .filter(export_source::Column::Env.eq(env))
+        .filter(export_source::Column::SourceKind.eq(SEGMENT))
+        .filter(export_source::Column::SourceId.is_in(segments.iter().cloned()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Table::find()
+        .filter(Column::Env.eq(env))
+        .filter(Column::Id.is_in(ids))
+        .order_by_asc(Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|model| {
+            let mappings = serde_json::from_str::<Vec<FieldMapping>>(&model.field_mappings)
+                .map_err(|_| Error::internal(format!("export '{}' is corrupt", model.id)))?;
+            Ok((ExportName::new(env, &model.id), mappings))
+        })
+        .collect()
+}
+
 /// Ids of the exports attached to a connection, in id order.
 pub(crate) async fn connection_exports(db: &impl ConnectionTrait, connection: &ConnectionName) -> Result<Vec<String>> {
     Ok(Table::find()
@@ -677,6 +714,12 @@ fn filter_leaf(field: &str, op: CompareOp, value: &Value) -> Expr {
             Func::coalesce([connection_col(connection::Column::TypeId), Expr::val("")]).into(),
             op,
             text.clone(),
+        ),
+        // A connection name (checked by the API): its last segment is the connection id.
+        ("connection", Value::String(text) | Value::Word(text)) => compare(
+            Func::coalesce([export_col(Column::ConnectionId), Expr::val("")]).into(),
+            op,
+            text.rsplit('/').next().unwrap_or_default().to_string(),
         ),
         ("state", Value::String(text) | Value::Word(text)) => compare(export_col(Column::State), op, text.clone()),
         ("kind", Value::String(text) | Value::Word(text)) => compare(export_col(Column::Kind), op, text.clone()),

@@ -133,7 +133,8 @@ impl Store {
     }
 }
 
-fn sqlite_path(url: &str) -> Option<String> {
+/// The file of a `sqlite:` URL (None for other databases and in-memory SQLite).
+pub fn sqlite_path(url: &str) -> Option<String> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or_default();
     (!path.is_empty() && path != ":memory:").then(|| path.to_string())

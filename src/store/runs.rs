@@ -453,7 +453,8 @@ impl Store {
             RunState::Queued | RunState::WaitingForDependencies => {
                 let end = now_micros();
                 let mut tasks = run.tasks.clone();
-                for task in tasks.iter_mut().filter(|t| t.state == RunState::Queued.number()) {
+                let waiting = [RunState::Queued.number(), RunState::WaitingForDependencies.number()];
+                for task in tasks.iter_mut().filter(|t| waiting.contains(&t.state)) {
                     task.state = RunState::Cancelled.number();
                 }
                 let cancelled = Table::update_many()
@@ -503,6 +504,25 @@ impl Store {
         self.run_or_not_found(name).await
     }
 
+    /// The ids of an export's latest `limit` successful runs, newest first.
+    pub async fn latest_succeeded_run_ids(&self, export: &ExportName, limit: u64) -> Result<Vec<String>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(Table::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Env.eq(&export.env))
+            .filter(Column::Export.eq(&export.id))
+            .filter(Column::State.eq(RunState::Succeeded.number()))
+            .order_by_desc(Column::CreateTime)
+            .order_by_desc(Column::Id)
+            .limit(limit)
+            .into_tuple()
+            .all(self.primary())
+            .await?)
+    }
+
     /// Runs waiting for dependencies (in one environment, or everywhere).
     pub async fn waiting_runs(&self, env: Option<&str>) -> Result<Vec<Run>> {
         let mut select = Table::find().filter(Column::State.eq(RunState::WaitingForDependencies.number()));
@@ -532,7 +552,7 @@ impl Store {
         let result = Table::update_many()
             .col_expr(Column::State, Expr::val(state.number()))
             .col_expr(Column::WaitingFor, Expr::val(json(&waiting_for)))
-            .col_expr(Column::Tasks, Expr::val(json(&Task::fresh_list())))
+            .col_expr(Column::Tasks, Expr::val(json(&Task::waiting_list(waiting_for))))
             .col_expr(Column::LeaseOwner, Expr::val(Option::<String>::None))
             .col_expr(Column::LeaseExpiresAt, Expr::val(Option::<i64>::None))
             .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
@@ -685,7 +705,7 @@ async fn insert_run(
         id: Set(name.id.clone()),
         trigger: Set(trigger.number()),
         state: Set(state.number()),
-        tasks: Set(json(&Task::fresh_list())),
+        tasks: Set(json(&Task::waiting_list(waiting_for))),
         records_total: Set(0),
         records_exported: Set(0),
         records_rejected: Set(0),

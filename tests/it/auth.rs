@@ -172,6 +172,56 @@ async fn public_keys_from_pem_files_and_jwks_are_chosen_by_kid() {
     t.stop().await;
 }
 
+/// API.md: list settings are comma-separated strings, and a TOML array also works — in the
+/// config file as in `EXPORTD_*` variables.
+#[tokio::test]
+async fn list_settings_in_the_config_file_take_both_forms() {
+    let key = |byte: u8| base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+    let dir = tempfile::tempdir().unwrap();
+    let forms = [
+        format!(
+            "sealing_keys = \"k1:{},k2:{}\"\njwt_public_key_files = \"{FIXTURES}/ec-test.pem, {FIXTURES}/ed-test.pem\"\n",
+            key(1),
+            key(2)
+        ),
+        format!(
+            "sealing_keys = [\"k1:{}\", \"k2:{}\"]\njwt_public_key_files = [\"{FIXTURES}/ec-test.pem\", \"{FIXTURES}/ed-test.pem\"]\n",
+            key(1),
+            key(2)
+        ),
+    ];
+    for (i, form) in forms.iter().enumerate() {
+        let file = dir.path().join(format!("exportd-{i}.toml"));
+        // `sealing_key_id` names the second key: the list must have been read as two keys.
+        std::fs::write(&file, format!("{form}sealing_key_id = \"k2\"\n")).unwrap();
+        let options = Options::default()
+            .without("EXPORTD_SEALING_KEYS")
+            .var("EXPORTD_CONFIG", file.display().to_string());
+        let t = TestServer::start_with(options).await;
+        let c = claims(json!({}));
+        for token in [
+            signed(Algorithm::ES256, "ec-test.key", Some("ec-test"), &c),
+            signed(Algorithm::EdDSA, "ed-test.key", Some("ed-test"), &c),
+        ] {
+            assert!(list_with(&t, Some(token)).await.is_ok(), "{form}");
+        }
+        // Secrets are sealed with the configured key.
+        let mut connections = t.connections("acme", Role::Admin).await;
+        let lake = crate::exports::connection(
+            "acme",
+            "lake",
+            "Lake",
+            "s3",
+            &[("bucket", "bucket-b"), ("region", "eu-west-1")],
+            &[("access_key_id", "AKIA1"), ("secret_access_key", "s3cr3t")],
+            false,
+        );
+        let created = connections.create_connection(lake).await.unwrap().into_inner();
+        assert_eq!(created.secret_keys, ["access_key_id", "secret_access_key"]);
+        t.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn health_and_reflection_need_no_token() {
     let t = TestServer::start().await;
@@ -187,6 +237,16 @@ async fn health_and_reflection_need_no_token() {
         reply.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    // An unknown service is NOT_FOUND, and says so in its reason.
+    let status = expect_code(
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "exportd.v1.NoSuchService".into(),
+            })
+            .await,
+        Code::NotFound,
+    );
+    assert_eq!(reason(&status), "SERVICE_NOT_FOUND");
 
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;

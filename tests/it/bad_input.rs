@@ -935,6 +935,20 @@ fn corpus(t: &TestServer) -> Vec<Case> {
         )
         .field("segment.display_name"),
         bad(
+            "CatalogService/UpdateEntity",
+            "a display name over 200 characters",
+            pb::UpdateEntityRequest {
+                entity: Some(pb::Entity {
+                    name: "environments/acme/entities/customers".into(),
+                    display_name: long(201),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["display_name"]),
+                validate_only: false,
+            },
+        )
+        .field("entity.display_name"),
+        bad(
             "CatalogService/DeleteSegment",
             "a NUL in a name",
             pb::DeleteSegmentRequest {

@@ -448,6 +448,78 @@ async fn a_bad_message_ends_the_stream_and_earlier_messages_stay_committed() {
     t.stop().await;
 }
 
+/// A refused message names every bad field of every record in it (up to a bound, saying how
+/// many more there are), and an INT64 beyond its range says so.
+#[tokio::test]
+async fn a_refused_message_lists_every_bad_field() {
+    let (t, mut admin) = server_with_customers().await;
+    let mut entity = customers_entity("acme", "visits", pb::EntityKind::Other);
+    entity
+        .entity
+        .as_mut()
+        .unwrap()
+        .fields
+        .push(field("count", pb::FieldType::Int64));
+    admin.create_entity(entity).await.unwrap();
+    let visits = "environments/acme/entities/visits";
+    let status = write_all(
+        &mut admin,
+        vec![write(
+            visits,
+            vec![
+                json!({"id": "a", "ltv": "lots", "vip": 1}),
+                json!({"id": "b"}),
+                json!({"id": "c", "count": "9223372036854775808", "shoe_size": 42}),
+            ],
+            &[],
+        )],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let mut fields = bad_fields(&status);
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "upserts[0].ltv",
+            "upserts[0].vip",
+            "upserts[2].count",
+            "upserts[2].shoe_size"
+        ]
+    );
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let overflow = details
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .find(|v| v.field == "upserts[2].count")
+        .unwrap()
+        .description
+        .clone();
+    assert!(overflow.contains("out of range"), "{overflow}");
+    assert!(!overflow.contains("whole number"), "{overflow}");
+    assert_eq!(
+        get_entity(&mut admin, visits).await.record_count,
+        0,
+        "nothing was written"
+    );
+
+    // Many bad records: the first ones are listed, and how many more there are.
+    let many: Vec<serde_json::Value> = (0..80).map(|i| json!({"id": format!("r{i}"), "vip": "no"})).collect();
+    let status = write_all(&mut admin, vec![write(visits, many, &[])]).await.unwrap_err();
+    let fields = bad_fields(&status);
+    assert_eq!(fields.len(), 20, "{fields:?}");
+    assert_eq!(fields[0], "upserts[0].vip");
+    assert_eq!(fields[19], "upserts");
+    let details = status.get_error_details();
+    let note = &details.bad_request().unwrap().field_violations[19].description;
+    assert!(note.contains("61 more bad fields"), "{note}");
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn rules_give_exact_member_counts() {
     let (t, mut admin) = server_with_customers().await;
@@ -769,4 +841,181 @@ pub async fn wait_for_system_refresh(catalog: &mut Catalog, name: &str) -> pb::S
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// UpdateEntity: a schema evolves without deleting what reads it. Fields are added and their
+/// descriptions changed; a field that a rule or a mapping reads cannot be removed or retyped,
+/// a field with stored values cannot be retyped, and a removed field takes its values along.
+#[tokio::test]
+async fn entities_evolve_without_deleting_what_reads_them() {
+    use crate::exports::{data_out, export_name, mask, segment_export};
+    use crate::runs::{VIP, create_export, out, setup};
+    use tonic_types::StatusExt;
+
+    let t = setup(Options::default()).await;
+    let mut admin = t.catalog("acme", Role::Admin).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    create_export(
+        &mut exports,
+        segment_export(
+            "acme",
+            "mailing",
+            "Mailing",
+            "files",
+            &[VIP],
+            &[("email", "email_address")],
+        ),
+    )
+    .await;
+    let original = get_entity(&mut admin, CUSTOMERS).await;
+    let update = |fields: Vec<pb::EntityField>| pb::UpdateEntityRequest {
+        entity: Some(pb::Entity {
+            name: CUSTOMERS.into(),
+            fields,
+            ..Default::default()
+        }),
+        update_mask: mask(&["fields"]),
+        validate_only: false,
+    };
+    let without = |names: &[&str]| -> Vec<pb::EntityField> {
+        original
+            .fields
+            .iter()
+            .filter(|f| !names.contains(&f.name.as_str()))
+            .cloned()
+            .collect()
+    };
+    let retyped = |name: &str, ty: pb::FieldType| -> Vec<pb::EntityField> {
+        original
+            .fields
+            .iter()
+            .map(|f| if f.name == name { field(name, ty) } else { f.clone() })
+            .collect()
+    };
+
+    // What a rule or a mapping reads stays, with its type; the status names every reader.
+    for (fields, readers) in [
+        (without(&["vip"]), vec![VIP.to_string()]),
+        (without(&["email"]), vec![export_name("acme", "mailing")]),
+        (
+            without(&["vip", "email"]),
+            vec![VIP.to_string(), export_name("acme", "mailing")],
+        ),
+        (retyped("vip", pb::FieldType::String), vec![VIP.to_string()]),
+    ] {
+        let status = expect_code(admin.update_entity(update(fields)).await, Code::FailedPrecondition);
+        assert_eq!(reason(&status), "FIELD_IN_USE");
+        let subjects: Vec<String> = status
+            .get_error_details()
+            .precondition_failure()
+            .unwrap()
+            .violations
+            .iter()
+            .map(|v| v.subject.clone())
+            .collect();
+        assert_eq!(subjects, readers, "{}", status.message());
+        for reader in &readers {
+            assert!(status.message().contains(reader.as_str()), "{}", status.message());
+        }
+    }
+    // Stored values would not fit a new type.
+    let status = expect_code(
+        admin.update_entity(update(retyped("ltv", pb::FieldType::String))).await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&status), "FIELD_HAS_VALUES");
+    assert!(status.message().contains("10 stored records"), "{}", status.message());
+    // The key, the kind and the key's name do not change; unknown paths are refused.
+    let status = expect_code(
+        admin.update_entity(update(without(&["id"]))).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(bad_fields(&status), ["entity.fields"]);
+    let mut kind = update(original.fields.clone());
+    kind.entity.as_mut().unwrap().kind = pb::EntityKind::Account as i32;
+    let status = expect_code(admin.update_entity(kind).await, Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), ["entity.kind"]);
+    let mut key = update(original.fields.clone());
+    key.update_mask = mask(&["primary_key"]);
+    let status = expect_code(admin.update_entity(key).await, Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), ["update_mask"]);
+    let mut twice = original.fields.clone();
+    twice.push(field("EMAIL", pb::FieldType::String));
+    let status = expect_code(admin.update_entity(update(twice)).await, Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), ["entity.fields[6].name"]);
+    assert_eq!(get_entity(&mut admin, CUSTOMERS).await, original, "nothing changed");
+
+    // validate_only shows the result and stores nothing.
+    let mut added = original.fields.clone();
+    added.push(field("score", pb::FieldType::Int64));
+    let mut check = update(added.clone());
+    check.validate_only = true;
+    let shown = admin.update_entity(check).await.unwrap().into_inner();
+    assert_eq!(shown.fields, added);
+    assert_eq!(get_entity(&mut admin, CUSTOMERS).await, original);
+    // … and runs every check of a real update.
+    let mut check = update(without(&["vip"]));
+    check.validate_only = true;
+    let status = expect_code(admin.update_entity(check).await, Code::FailedPrecondition);
+    assert_eq!(reason(&status), "FIELD_IN_USE");
+
+    // Added fields, a new description and display name; records use the new field at once.
+    let mut described = added.clone();
+    described[2].description = "where they live".into();
+    described[2].mapping = "crm.address.country".into();
+    let updated = admin
+        .update_entity(pb::UpdateEntityRequest {
+            entity: Some(pb::Entity {
+                name: CUSTOMERS.into(),
+                display_name: "Customers (v2)".into(),
+                fields: described.clone(),
+                ..Default::default()
+            }),
+            update_mask: None,
+            validate_only: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.display_name, "Customers (v2)");
+    assert_eq!(updated.fields, described);
+    assert_eq!(updated.record_count, 10);
+    assert_eq!(get_entity(&mut admin, CUSTOMERS).await, updated);
+    write_all(
+        &mut admin,
+        vec![write(CUSTOMERS, vec![json!({"id": "c00", "score": 7})], &[])],
+    )
+    .await
+    .unwrap();
+
+    // A field nothing reads goes, with its values: added again, it starts empty.
+    let without_tags: Vec<pb::EntityField> = described.iter().filter(|f| f.name != "tags").cloned().collect();
+    admin.update_entity(update(without_tags.clone())).await.unwrap();
+    let mut tags_again = without_tags.clone();
+    tags_again.push(field("tags", pb::FieldType::String));
+    let last = admin.update_entity(update(tags_again)).await.unwrap().into_inner();
+    assert_eq!(last.fields.last().unwrap().r#type, pb::FieldType::String as i32);
+    create_export(&mut exports, data_out("acme", "dump", "Dump", "files", &[CUSTOMERS])).await;
+    let run = run_export(&mut exports, &export_name("acme", "dump")).await;
+    let done = wait_for_end(&mut exports, &run.name).await;
+    assert_eq!(run_state(&done), pb::RunState::Succeeded, "{done:#?}");
+    let files: Vec<String> = files_under(&out(&t).join("dump"))
+        .into_iter()
+        .filter(|f| f.ends_with(".csv"))
+        .collect();
+    let text = std::fs::read_to_string(out(&t).join("dump").join(&files[0])).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("id,email,country,ltv,vip,score,tags"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 10);
+    assert!(rows.iter().all(|row| row.ends_with(',')), "tags are empty: {rows:#?}");
+    assert!(rows[0].starts_with("c00,") && rows[0].ends_with(",7,"), "{}", rows[0]);
+
+    // Only admins change schemas.
+    let mut contributor = t.catalog("acme", Role::Contributor).await;
+    expect_code(
+        contributor.update_entity(update(original.fields.clone())).await,
+        Code::PermissionDenied,
+    );
+    t.stop().await;
 }

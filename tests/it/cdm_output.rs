@@ -16,7 +16,8 @@ use crate::runs::{VIP, create_export, out, setup};
 
 const PEOPLE: &str = "environments/acme/entities/people";
 const ORDERS_BY_ID: &str = "environments/acme/entities/purchases";
-const SCHEMA_PATH: &str = "../shared/spec/cdm-model.schema.json";
+/// The CDM project's model.json schema, kept in the repository (tests/fixtures/README.md).
+const SCHEMA_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cdm-model.schema.json");
 
 /// `people`: one field of every type. `purchases`: an INT64 key.
 async fn people_and_purchases(t: &TestServer) {
@@ -792,5 +793,200 @@ async fn incremental_segment_exports_send_joined_changed_and_left_members() {
         ],
         "second run",
     );
+    t.stop().await;
+}
+
+/// An incremental segment export whose mapping leaves the primary key out still says whose
+/// row it is: the key comes first under its own name (and is the model's primary key), and a
+/// deleted record or a member who left a rule segment is a row with that key and `_deleted`.
+#[tokio::test]
+async fn incremental_rows_carry_the_key_when_the_mapping_leaves_it_out() {
+    let t = setup(Options::default()).await;
+    let mut catalog = t.catalog("acme", Role::Admin).await;
+    // c02, c05, c08.
+    let france = crate::catalog::create_rule_segment(&mut catalog, "acme", "france", "customers", "country == \"FR\"")
+        .await
+        .unwrap();
+    assert_eq!(france.member_count, 3);
+    let mut admin = t.exports("acme", Role::Admin).await;
+    let incremental = |request: pb::CreateExportRequest| {
+        let mut request = crate::runs::with_schedule(request, crate::runs::schedule_off());
+        request.export.as_mut().unwrap().sync_mode = pb::SyncMode::Incremental as i32;
+        request
+    };
+
+    // A target field cannot take the name the key is written under, nor `_deleted`.
+    for (target, field) in [
+        ("id", "export.field_mappings[1].target_field"),
+        ("_deleted", "export.field_mappings[1].target_field"),
+    ] {
+        let clash = incremental(segment_export(
+            "acme",
+            "clash",
+            "Clash",
+            "files",
+            &[&france.name],
+            &[("email", "email_address"), ("country", target)],
+        ));
+        let status = expect_code(admin.create_export(clash).await, tonic::Code::InvalidArgument);
+        assert_eq!(bad_fields(&status), [field], "{target}: {status:?}");
+    }
+
+    create_export(
+        &mut admin,
+        incremental(segment_export(
+            "acme",
+            "fr",
+            "France",
+            "files",
+            &[&france.name],
+            &[("email", "email_address")],
+        )),
+    )
+    .await;
+    let export = export_name("acme", "fr");
+    let folder = out(&t).join("fr");
+    let columns = [("id", "string"), ("email_address", "string"), ("_deleted", "boolean")];
+    let row =
+        |id: &str, email: Option<&str>, deleted: bool| json!({"id": id, "email_address": email, "_deleted": deleted});
+    let first = run_ok(&mut admin, &export).await;
+    let partition = |run: &pb::ExportRun| folder.join(format!("{}/france_1.csv", run_dir(run, "france")));
+    check_rows(
+        &read_csv(&partition(&first), b','),
+        &columns,
+        &[
+            row("c02", Some("user2@example.com"), false),
+            row("c05", Some("user5@example.com"), false),
+            row("c08", Some("user8@example.com"), false),
+        ],
+        "first run",
+    );
+    let model = read_model(&folder);
+    assert!(schema_errors(&model).is_empty(), "{model:#}");
+    let entity = &model["entities"][0];
+    assert_eq!(annotation(entity, "primaryKey"), Some("id"), "{entity:#}");
+    let names: Vec<&str> = entity["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["id", "email_address", "_deleted"]);
+
+    // c05 is deleted; c08 moves away (leaves the rule segment at the next refresh); c00 moves in.
+    let mut moved = ten_customers()[8].clone();
+    moved["country"] = json!("ID");
+    let mut joined = ten_customers()[0].clone();
+    joined["country"] = json!("FR");
+    write_all(&mut catalog, vec![write(CUSTOMERS, vec![moved, joined], &["c05"])])
+        .await
+        .unwrap();
+    let refresh = catalog
+        .run_system_refresh(pb::RunSystemRefreshRequest { parent: ACME.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    crate::catalog::wait_for_system_refresh(&mut catalog, &refresh.name).await;
+
+    let second = run_ok(&mut admin, &export).await;
+    let mut rows = read_csv(&partition(&second), b',');
+    rows[1..].sort();
+    check_rows(
+        &rows,
+        &columns,
+        &[
+            row("c00", Some("user0@example.com"), false),
+            row("c05", None, true),
+            row("c08", None, true),
+        ],
+        "second run",
+    );
+    t.stop().await;
+}
+
+/// `keep_runs = N`: after each commit, the partition folders of all but the last N successful
+/// runs are removed; what model.json points to always stays.
+#[tokio::test]
+async fn keep_runs_removes_older_runs_after_each_commit() {
+    let t = setup(Options::default()).await;
+    let mut admin = t.exports("acme", Role::Admin).await;
+    let mut request = data_out("acme", "kept", "Kept", "files", &[CUSTOMERS]);
+    request.export.as_mut().unwrap().settings = [("keep_runs".to_string(), "2".to_string())].into();
+    create_export(&mut admin, request).await;
+    let export = export_name("acme", "kept");
+    let folder = out(&t).join("kept");
+    let partition = |run: &pb::ExportRun| format!("{}/customers_1.csv", run_dir(run, "customers"));
+
+    let first = run_ok(&mut admin, &export).await;
+    let second = run_ok(&mut admin, &export).await;
+    let finalized = |run: &pb::ExportRun| {
+        run.tasks
+            .iter()
+            .find(|task| task.name == "finalize")
+            .unwrap()
+            .message
+            .clone()
+    };
+    assert!(!finalized(&second).contains("removed"), "{}", finalized(&second));
+    let mut both = vec!["model.json".to_string(), partition(&first), partition(&second)];
+    both.sort();
+    assert_eq!(files_under(&folder), both);
+
+    // The third run keeps itself and the second: the first run's folder goes.
+    let third = run_ok(&mut admin, &export).await;
+    let mut kept = vec!["model.json".to_string(), partition(&second), partition(&third)];
+    kept.sort();
+    assert_eq!(files_under(&folder), kept);
+    assert!(
+        finalized(&third).contains("removed 1 folder of an older run"),
+        "{}",
+        finalized(&third)
+    );
+    assert!(
+        !folder.join(run_dir(&first, "customers")).exists(),
+        "empty folders go too"
+    );
+    let model = read_model(&folder);
+    let locations: Vec<PathBuf> = model["entities"][0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| path_of(p["location"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        locations,
+        [std::fs::canonicalize(folder.join(partition(&third))).unwrap()]
+    );
+
+    // Down to one: only what model.json points to is left.
+    update_settings(&mut admin, &export, &[("keep_runs", "1")]).await;
+    let fourth = run_ok(&mut admin, &export).await;
+    assert_eq!(files_under(&folder), [partition(&fourth), "model.json".to_string()]);
+
+    // Without it, every run stays.
+    update_settings(&mut admin, &export, &[]).await;
+    let fifth = run_ok(&mut admin, &export).await;
+    let mut all = vec!["model.json".to_string(), partition(&fourth), partition(&fifth)];
+    all.sort();
+    assert_eq!(files_under(&folder), all);
+
+    // A number of runs it is, from one up.
+    for bad in ["0", "-1", "two"] {
+        let status = expect_code(
+            admin
+                .update_export(pb::UpdateExportRequest {
+                    export: Some(pb::Export {
+                        name: export.clone(),
+                        settings: [("keep_runs".to_string(), bad.to_string())].into(),
+                        ..Default::default()
+                    }),
+                    update_mask: mask(&["settings"]),
+                    validate_only: false,
+                })
+                .await,
+            tonic::Code::InvalidArgument,
+        );
+        assert_eq!(bad_fields(&status), ["export.settings.keep_runs"], "{bad}");
+    }
     t.stop().await;
 }

@@ -90,7 +90,8 @@ pub struct TestServer {
 #[derive(Default, Clone)]
 pub struct Options {
     pub vars: BTreeMap<String, String>,
-    /// Variables the harness would set that this test leaves unset (to get the defaults).
+    /// Variables the harness would set that this test leaves unset (to get the defaults, or to
+    /// take a setting from a config file).
     pub unset: Vec<String>,
 }
 
@@ -102,8 +103,13 @@ impl Options {
 
     /// The server's own default `allowed_roots` (the exports root) instead of the harness's
     /// (the whole temporary data dir, where the suite's `local-files` roots live).
-    pub fn default_allowed_roots(mut self) -> Self {
-        self.unset.push("EXPORTD_ALLOWED_ROOTS".into());
+    pub fn default_allowed_roots(self) -> Self {
+        self.without("EXPORTD_ALLOWED_ROOTS")
+    }
+
+    /// Leaves one of the harness's variables unset.
+    pub fn without(mut self, key: &str) -> Self {
+        self.unset.push(key.to_string());
         self
     }
 }
@@ -167,6 +173,24 @@ impl TestServer {
             state,
             data_dir,
             database_url,
+        }
+    }
+
+    /// Stops the server and starts a new one on the same database and data dir, as after an
+    /// upgrade (migrations run at start).
+    pub async fn restart(mut self, options: Options) -> TestServer {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+        let settings = settings_for(self.data_dir.path(), &self.database_url, &options);
+        let state = exportd::server::open_state(settings).await.expect("server state");
+        let server = exportd::server::start(state.clone()).await.expect("server starts");
+        TestServer {
+            addr: server.addr,
+            server: Some(server),
+            state,
+            data_dir: self.data_dir,
+            database_url: self.database_url,
         }
     }
 

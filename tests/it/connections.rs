@@ -15,7 +15,7 @@ fn s3(env: &str, id: &str, secret: &str) -> pb::CreateConnectionRequest {
             display_name: format!("S3 {id}"),
             r#type: "s3".into(),
             config: [
-                ("bucket".to_string(), "b".to_string()),
+                ("bucket".to_string(), "bucket-b".to_string()),
                 ("region".to_string(), "eu-west-1".to_string()),
             ]
             .into(),
@@ -217,8 +217,8 @@ async fn bad_creates_name_the_field_and_change_nothing() {
             display_name: "Blob".into(),
             r#type: "azure-blob".into(),
             config: [
-                ("account".to_string(), "a".to_string()),
-                ("container".to_string(), "c".to_string()),
+                ("account".to_string(), "acct".to_string()),
+                ("container".to_string(), "cont".to_string()),
             ]
             .into(),
             ..Default::default()
@@ -397,7 +397,7 @@ async fn update_applies_the_mask_and_checks_the_etag() {
     assert_eq!(updated.display_name, "Data lake");
     assert_eq!(updated.description, "");
     assert_eq!(updated.config.get("prefix").map(String::as_str), Some("exports"));
-    assert_eq!(updated.config.get("bucket").map(String::as_str), Some("b"));
+    assert_eq!(updated.config.get("bucket").map(String::as_str), Some("bucket-b"));
     assert_ne!(updated.etag, created.etag);
 
     // A stale etag is ABORTED and changes nothing.

@@ -55,8 +55,11 @@ async fn clients(addr: &str, env: &str) -> (Catalog, Connections, Exports) {
     )
 }
 
+/// Creates the database (as an operator does before the first start) and an environment in it.
 fn create_environment(dir: &std::path::Path, envs: &[(&'static str, String)], id: &str) {
     let borrowed: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, err) = run(&["migrate", "--data-dir", dir.to_str().unwrap()], &borrowed);
+    assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(
         &[
             "environment",

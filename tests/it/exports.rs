@@ -1101,7 +1101,7 @@ async fn five_exports(t: &TestServer) {
             "lake",
             "Amazon lake",
             "s3",
-            &[("bucket", "b"), ("region", "eu-west-1")],
+            &[("bucket", "bucket-b"), ("region", "eu-west-1")],
             &[("access_key_id", "a"), ("secret_access_key", "s")],
             true,
         ))
@@ -1282,6 +1282,16 @@ async fn lists_filter_and_page() {
         ("connection_type = \"s3\"", &["echo"]),
         ("connection_type = webhook", &["charlie"]),
         ("connection_type != \"s3\"", &["alpha", "Bravo", "charlie", "Delta"]),
+        ("connection = \"environments/acme/connections/lake\"", &["echo"]),
+        (
+            "connection = \"environments/acme/connections/hook\" OR connection = \"environments/acme/connections/lake\"",
+            &["charlie", "echo"],
+        ),
+        (
+            "connection != \"environments/acme/connections/lake\"",
+            &["alpha", "Bravo", "charlie", "Delta"],
+        ),
+        ("connection = \"environments/acme/connections/none\"", &[]),
         ("display_name:\"ALP\"", &["alpha"]),
         ("display_name = \"Bravo\"", &["Bravo"]),
         ("display_name:\"a\" AND kind = SEGMENT", &["Bravo"]),
@@ -1308,6 +1318,9 @@ async fn lists_filter_and_page() {
         "display_name:alpha",
         "kind = SEGMENT AND",
         "kind > SEGMENT",
+        "connection = \"lake\"",
+        "connection = \"environments/globex/connections/lake\"",
+        "connection:\"lake\"",
     ] {
         let status = expect_code(
             contributor
@@ -2113,6 +2126,12 @@ async fn batch_schedules_keep_or_replace_all_or_nothing() {
         Code::PermissionDenied,
     );
     assert!(status.message().contains("exports.schedule"), "{}", status.message());
+    // Of the exports named, the message says which one was refused.
+    assert!(
+        status.message().starts_with(&format!("export '{}': ", p1.name)),
+        "{}",
+        status.message()
+    );
     let status = expect_code(
         admin
             .update_export_schedules(batch(

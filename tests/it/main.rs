@@ -15,6 +15,7 @@ mod limits;
 mod output_areas;
 mod process;
 mod raw;
+mod recurrences;
 mod request_ids;
 mod roles;
 mod rule_limits;

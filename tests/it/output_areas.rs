@@ -764,7 +764,7 @@ async fn run_messages_name_a_connections_folder_only_to_callers_who_may_see_it()
         }
         let message = finalize(&seen[0]);
         assert!(
-            message.starts_with("committed ") && message.ends_with(" files; see secret/model.json"),
+            message.starts_with("committed ") && message.ends_with("; see secret/model.json"),
             "{message}"
         );
         assert!(

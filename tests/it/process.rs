@@ -100,7 +100,25 @@ impl Drop for ServeProcess {
 /// Runs an `exportd` command to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let mut command = Command::new(EXE);
-    command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.args(args);
+    output_of(command, envs)
+}
+
+/// Runs an `exportd` command in `dir` as a user would there: no `EXPORTD_*` variable from the
+/// test's own environment, only `envs`.
+pub fn run_in(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(EXE);
+    command.args(args).current_dir(dir);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("EXPORTD_") {
+            command.env_remove(key);
+        }
+    }
+    output_of(command, envs)
+}
+
+fn output_of(mut command: Command, envs: &[(&str, &str)]) -> (i32, String, String) {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in envs {
         command.env(k, v);
     }

@@ -50,7 +50,7 @@ fn code<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Code {
 async fn prepare(t: &TestServer, action: Action, n: usize) -> String {
     let mut catalog = t.catalog("acme", Role::Admin).await;
     match action {
-        Action::DeleteEntity | Action::StartRefresh | Action::CompleteRefresh => {
+        Action::DeleteEntity | Action::UpdateEntity | Action::StartRefresh | Action::CompleteRefresh => {
             let id = format!("entity-{n}");
             catalog
                 .create_entity(customers_entity("acme", &id, pb::EntityKind::Profile))
@@ -162,6 +162,21 @@ async fn call(t: &TestServer, action: Action, role: Role, target: &str, n: usize
                 .list_entities(pb::ListEntitiesRequest {
                     parent: env,
                     ..Default::default()
+                })
+                .await,
+        ),
+        Action::UpdateEntity => code(
+            catalog
+                .update_entity(pb::UpdateEntityRequest {
+                    entity: Some(pb::Entity {
+                        name,
+                        display_name: format!("Renamed {n}"),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["display_name".into()],
+                    }),
+                    validate_only: false,
                 })
                 .await,
         ),
@@ -554,7 +569,7 @@ async fn catalog_service_follows_the_policy_table() {
             walked += 1;
         }
     }
-    assert_eq!(walked, 3 * 19);
+    assert_eq!(walked, 3 * 20);
     t.stop().await;
 }
 

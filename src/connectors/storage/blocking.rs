@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 
 use super::{ByteStore, Upload};
-use crate::connectors::cdm::{CdmStorage, StorageFile};
+use crate::connectors::cdm::{CdmStorage, StorageEntry, StorageFile};
 use crate::engine::retry::Failure;
 
 /// Bytes gathered before they are handed to the store.
@@ -67,6 +67,34 @@ impl CdmStorage for BlockingStorage {
 
     fn location(&self, relative_path: &str) -> String {
         self.store.url(relative_path)
+    }
+
+    /// The names directly under a folder, from the store's (recursive) listing.
+    fn list(&self, relative_path: &str) -> io::Result<Vec<StorageEntry>> {
+        let paths = self.runtime.block_on(self.store.list(relative_path)).map_err(to_io)?;
+        let prefix = if relative_path.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", relative_path.trim_end_matches('/'))
+        };
+        let mut entries: Vec<StorageEntry> = Vec::new();
+        for path in paths {
+            let Some(rest) = path.strip_prefix(&prefix) else {
+                continue;
+            };
+            let (name, is_folder) = match rest.split_once('/') {
+                Some((folder, _)) => (folder, true),
+                None => (rest, false),
+            };
+            if !entries.iter().any(|e| e.name == name) {
+                entries.push(StorageEntry {
+                    name: name.to_string(),
+                    is_folder,
+                });
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
     }
 }
 

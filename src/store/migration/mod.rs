@@ -5,6 +5,7 @@ mod m0001_environments_connections;
 mod m0002_catalog;
 mod m0003_exports;
 mod m0004_runs;
+mod m0005_recurrence_anchors;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_catalog::Migration),
             Box::new(m0003_exports::Migration),
             Box::new(m0004_runs::Migration),
+            Box::new(m0005_recurrence_anchors::Migration),
         ]
     }
 }
