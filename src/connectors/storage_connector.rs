@@ -138,7 +138,7 @@ impl<K: StorageKind> Connector for StorageConnector<K> {
             }
             let mut writer = CdmFolderWriter::new(Box::new(storage), &folder, &export_id, &run_id, run_time, options);
             if let Some(keep) = keep_runs {
-                writer.keep_only_runs(keep.into_iter());
+                writer.keep_only_runs(keep);
             }
             Ok(Box::new(CdmSink { writer: Some(writer) }) as Box<dyn Sink>)
         })
