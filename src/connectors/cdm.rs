@@ -29,6 +29,9 @@ use flate2::write::GzEncoder;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use super::parquet_partition::ParquetCompression;
+use super::parquet_partition::{ParquetColumn, ParquetPartition};
+
 /// The metadata file of a CDM folder.
 pub const MODEL_JSON: &str = "model.json";
 /// The last column (and attribute) of incremental exports: `true` marks a deleted record.
@@ -127,6 +130,9 @@ pub struct CsvOptions {
     pub gzip: bool,
     /// Rows per partition file before rolling to the next one; 0 means no limit.
     pub max_rows_per_file: u64,
+    /// Parquet partitions (with this compression) instead of CSV; the CSV options then do not
+    /// apply.
+    pub parquet: Option<ParquetCompression>,
 }
 
 impl CsvOptions {
@@ -134,7 +140,11 @@ impl CsvOptions {
     pub const DEFAULT_MAX_ROWS_PER_FILE: u64 = 1_000_000;
 
     fn extension(&self) -> &'static str {
-        if self.gzip { "csv.gz" } else { "csv" }
+        match (self.parquet, self.gzip) {
+            (Some(_), _) => "parquet",
+            (None, true) => "csv.gz",
+            (None, false) => "csv",
+        }
     }
 }
 
@@ -144,6 +154,7 @@ impl Default for CsvOptions {
             delimiter: b',',
             gzip: false,
             max_rows_per_file: CsvOptions::DEFAULT_MAX_ROWS_PER_FILE,
+            parquet: None,
         }
     }
 }
@@ -536,21 +547,54 @@ struct OpenEntity {
 }
 
 struct OpenPartition {
-    csv: csv::Writer<Encoded>,
+    encoder: PartitionEncoder,
     relative_path: String,
     name: String,
     rows: u64,
+}
+
+/// How a partition's rows become bytes.
+enum PartitionEncoder {
+    Csv(csv::Writer<Encoded>),
+    Parquet(Box<ParquetPartition<Counting>>),
+}
+
+impl PartitionEncoder {
+    fn bytes(&self) -> u64 {
+        match self {
+            PartitionEncoder::Csv(csv) => csv.get_ref().counting().bytes,
+            PartitionEncoder::Parquet(parquet) => parquet.output().bytes,
+        }
+    }
+
+    /// Writes what the encoders still hold (a CSV buffer and gzip trailer, a Parquet row group
+    /// and footer) and gives back the file.
+    fn finish(self) -> io::Result<Box<dyn StorageFile>> {
+        let counting = match self {
+            PartitionEncoder::Csv(csv) => csv.into_inner().map_err(|err| err.into_error())?.finish()?,
+            PartitionEncoder::Parquet(parquet) => parquet.finish()?,
+        };
+        counting.file.ok_or_else(file_closed)
+    }
 }
 
 impl OpenPartition {
     /// Abandons the file. Only the csv writer's buffer still reaches it: the gzip stream is not
     /// finished. If even that fails, dropping the file cleans it up.
     fn discard(self) -> io::Result<()> {
-        let Ok(mut encoded) = self.csv.into_inner() else {
-            return Ok(());
+        let file = match self.encoder {
+            PartitionEncoder::Csv(csv) => {
+                let Ok(mut encoded) = csv.into_inner() else {
+                    return Ok(());
+                };
+                encoded.counting_mut().file.take()
+            }
+            // Dropping the Parquet writer writes nothing more; its file is abandoned below.
+            PartitionEncoder::Parquet(parquet) => {
+                let mut parquet = parquet;
+                parquet.output_mut().file.take()
+            }
         };
-        let file = encoded.counting_mut().file.take();
-        drop(encoded);
         match file {
             Some(file) => file.discard(),
             None => Ok(()),
@@ -613,7 +657,7 @@ impl CdmFolderWriter {
             .current
             .as_ref()
             .and_then(|entity| entity.open.as_ref())
-            .map_or(0, |partition| partition.csv.get_ref().counting().bytes);
+            .map_or(0, |partition| partition.encoder.bytes());
         self.bytes + open
     }
 
@@ -795,11 +839,16 @@ impl CdmFolderWriter {
                 self.open_partition()?;
             }
             let partition = self.open_partition_mut()?;
-            for (i, value) in row.iter().enumerate() {
-                let as_json = json_columns.get(i).copied().unwrap_or(false);
-                write_value(&mut partition.csv, value, as_json, &mut scratch).map_err(csv_error)?;
+            match &mut partition.encoder {
+                PartitionEncoder::Csv(csv) => {
+                    for (i, value) in row.iter().enumerate() {
+                        let as_json = json_columns.get(i).copied().unwrap_or(false);
+                        write_value(csv, value, as_json, &mut scratch).map_err(csv_error)?;
+                    }
+                    csv.write_record(None::<&[u8]>).map_err(csv_error)?;
+                }
+                PartitionEncoder::Parquet(parquet) => parquet.write_row(row)?,
             }
-            partition.csv.write_record(None::<&[u8]>).map_err(csv_error)?;
             partition.rows += 1;
             let full = max_rows > 0 && partition.rows >= max_rows;
             self.rows += 1;
@@ -842,21 +891,44 @@ impl CdmFolderWriter {
             file: Some(file),
             bytes: 0,
         };
-        let encoded = if options.gzip {
-            Encoded::Gzip(GzEncoder::new(counting, Compression::default()))
-        } else {
-            Encoded::Plain(counting)
+        let encoder = match options.parquet {
+            Some(compression) => {
+                let mut columns: Vec<ParquetColumn> = entity
+                    .entity
+                    .attributes
+                    .iter()
+                    .map(|a| ParquetColumn {
+                        name: a.name.clone(),
+                        data_type: Some(a.data_type),
+                    })
+                    .collect();
+                if entity.entity.incremental {
+                    columns.push(ParquetColumn {
+                        name: DELETED_ATTRIBUTE.to_string(),
+                        data_type: None,
+                    });
+                }
+                PartitionEncoder::Parquet(Box::new(ParquetPartition::new(counting, &columns, compression)?))
+            }
+            None => {
+                let encoded = if options.gzip {
+                    Encoded::Gzip(GzEncoder::new(counting, Compression::default()))
+                } else {
+                    Encoded::Plain(counting)
+                };
+                let mut csv = csv::WriterBuilder::new()
+                    .delimiter(options.delimiter)
+                    .quote_style(csv::QuoteStyle::Necessary)
+                    .terminator(csv::Terminator::CRLF)
+                    .has_headers(false)
+                    .from_writer(encoded);
+                csv.write_record(&entity.header).map_err(csv_error)?;
+                PartitionEncoder::Csv(csv)
+            }
         };
-        let mut csv = csv::WriterBuilder::new()
-            .delimiter(options.delimiter)
-            .quote_style(csv::QuoteStyle::Necessary)
-            .terminator(csv::Terminator::CRLF)
-            .has_headers(false)
-            .from_writer(encoded);
-        csv.write_record(&entity.header).map_err(csv_error)?;
         entity.next_number += 1;
         entity.open = Some(OpenPartition {
-            csv,
+            encoder,
             relative_path,
             name,
             rows: 0,
@@ -871,18 +943,24 @@ impl CdmFolderWriter {
         let Some(partition) = entity.open.take() else {
             return Ok(());
         };
-        let encoded = partition.csv.into_inner().map_err(|err| err.into_error())?;
-        let file = encoded.finish()?.file.ok_or_else(file_closed)?;
+        let file = partition.encoder.finish()?;
         let bytes = file.finish()?;
         let mut annotations = Vec::new();
-        if self.options.gzip {
-            annotations.push(Annotation::new("compression", "gzip"));
+        match self.options.parquet {
+            Some(_) => annotations.push(Annotation::new("format", "parquet")),
+            None if self.options.gzip => annotations.push(Annotation::new("compression", "gzip")),
+            None => {}
         }
         entity.partitions.push(ModelPartition {
             name: partition.name,
             refresh_time: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             location: self.storage.location(&partition.relative_path),
-            file_format_settings: CsvFormatSettings::new(self.options.delimiter),
+            // The CDM schema defines format settings for CSV only.
+            file_format_settings: self
+                .options
+                .parquet
+                .is_none()
+                .then(|| CsvFormatSettings::new(self.options.delimiter)),
             annotations,
         });
         self.files.push(partition.relative_path);
@@ -1261,7 +1339,8 @@ struct ModelPartition {
     name: String,
     refresh_time: String,
     location: String,
-    file_format_settings: CsvFormatSettings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_format_settings: Option<CsvFormatSettings>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     annotations: Vec<Annotation>,
 }
@@ -1594,6 +1673,7 @@ mod tests {
             delimiter,
             gzip,
             max_rows_per_file: 2,
+            parquet: None,
         }
     }
 
@@ -2075,6 +2155,7 @@ mod tests {
             delimiter: b',',
             gzip: false,
             max_rows_per_file: 0,
+            parquet: None,
         };
         let mut writer = writer(dir.path(), "run1", options);
         writer.begin_entity(orders()).unwrap();

@@ -103,6 +103,10 @@ impl<W: Write + Send> ParquetPartition<W> {
         self.writer.inner()
     }
 
+    pub fn output_mut(&mut self) -> &mut W {
+        self.writer.inner_mut()
+    }
+
     fn flush_row_group(&mut self) -> io::Result<()> {
         if self.rows.is_empty() {
             return Ok(());

@@ -50,15 +50,13 @@ const STORAGE_SETTINGS: &[KeySpec] = &[
     ),
     optional(
         "format",
-        // Parquet partitions are planned; until their writer exists an export asking for them
-        // is refused when it is saved rather than failing at every run.
-        "`csv` (the default and, in this version, the only format; `parquet` is planned)",
-        ValueKind::OneOf(&["csv"]),
+        "`csv` (default) or `parquet` (typed columns, one file per partition)",
+        ValueKind::OneOf(&["csv", "parquet"]),
     ),
     optional(
         "compression",
-        "`none` (default) or `gzip`",
-        ValueKind::OneOf(&["none", "gzip"]),
+        "`none` (default) or `gzip` for CSV; `snappy` (default), `zstd` or `none` for Parquet",
+        ValueKind::OneOf(&["none", "gzip", "snappy", "zstd"]),
     ),
     optional(
         "delimiter",

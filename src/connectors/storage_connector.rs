@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::cdm::{CdmAttribute, CdmEntity, CdmFolderWriter, CdmType, CsvOptions, MODEL_JSON};
+use super::cdm::{CdmAttribute, CdmEntity, CdmFolderWriter, CdmType, CsvOptions, MODEL_JSON, ParquetCompression};
 use super::storage::ByteStore;
 use super::storage::blocking::BlockingStorage;
 use super::{Check, Connector, PartSchema, RunTarget, Sink, SinkSummary, Target, TestReport, io_failure};
@@ -157,7 +157,16 @@ pub fn file_options(settings: &BTreeMap<String, String>) -> CsvOptions {
     if let Some(d) = settings.get("delimiter").and_then(|d| d.bytes().next()) {
         options.delimiter = d;
     }
-    options.gzip = settings.get("compression").is_some_and(|c| c == "gzip");
+    let compression = settings.get("compression").map(String::as_str).unwrap_or("none");
+    if settings.get("format").is_some_and(|f| f == "parquet") {
+        options.parquet = Some(match compression {
+            "zstd" => ParquetCompression::Zstd,
+            "none" => ParquetCompression::None,
+            _ => ParquetCompression::Snappy,
+        });
+    } else {
+        options.gzip = compression == "gzip";
+    }
     if let Some(n) = settings.get("max_rows_per_file").and_then(|n| n.parse().ok()) {
         options.max_rows_per_file = n;
     }

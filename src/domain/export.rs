@@ -500,6 +500,9 @@ pub fn validate(
         for v in check_map(&format!("{prefix}.settings"), spec.settings, &export.settings) {
             push(v.field, v.description);
         }
+        if let Some(problem) = file_settings_conflict(&export.settings) {
+            push(format!("{prefix}.settings.compression"), problem);
+        }
         if !spec.sync_modes.contains(&export.sync_mode) {
             let modes: Vec<&str> = spec.sync_modes.iter().map(|m| sync_mode_str(*m)).collect();
             push(
@@ -648,6 +651,20 @@ pub fn validate_all(
         .map(segment_facts)
         .collect();
     check_segments(destination, &facts)
+}
+
+/// Compression that the file format cannot have: CSV takes `gzip`, Parquet `snappy` or `zstd`
+/// (both take `none`).
+fn file_settings_conflict(settings: &BTreeMap<String, String>) -> Option<String> {
+    let compression = settings.get("compression")?.as_str();
+    let parquet = settings.get("format").is_some_and(|f| f == "parquet");
+    match (parquet, compression) {
+        (true, "gzip") => Some("Parquet partitions are compressed with `snappy`, `zstd` or `none`, not `gzip`".into()),
+        (false, "snappy" | "zstd") => Some(format!(
+            "CSV partitions are compressed with `gzip` or `none`; `{compression}` is for `format` = `parquet`"
+        )),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -198,7 +198,7 @@ fn read_partitions(paths: &[PathBuf], delimiter: u8) -> Vec<Vec<String>> {
     all
 }
 
-fn schema_errors(model: &Value) -> Vec<String> {
+pub fn schema_errors(model: &Value) -> Vec<String> {
     let text = std::fs::read_to_string(SCHEMA_PATH).unwrap_or_else(|e| panic!("{SCHEMA_PATH}: {e}"));
     let schema: Value = serde_json::from_str(&text).unwrap();
     let validator = jsonschema::options()

@@ -2457,16 +2457,16 @@ async fn list_and_get_over_ten_thousand_exports() {
 }
 
 #[tokio::test]
-async fn formats_other_than_csv_are_refused_when_saved() {
+async fn formats_other_than_csv_and_parquet_are_refused_when_saved() {
     let t = acme().await;
     let mut admin = t.exports("acme", Role::Admin).await;
-    let mut request = data_out("acme", "pq", "Parquet", "files", &[CUSTOMERS]);
+    let mut request = data_out("acme", "avro", "Avro", "files", &[CUSTOMERS]);
     request
         .export
         .as_mut()
         .unwrap()
         .settings
-        .insert("format".into(), "parquet".into());
+        .insert("format".into(), "avro".into());
     let status = expect_code(admin.create_export(request).await, Code::InvalidArgument);
     assert_eq!(bad_fields(&status), vec!["export.settings.format"]);
     t.stop().await;

@@ -495,3 +495,82 @@ async fn a_target_that_goes_away_fails_the_run_and_presents_nothing() {
     assert_eq!(bad_fields(&status), vec!["connection.config.bucket".to_string()]);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn parquet_partitions_read_back_typed_on_every_storage_type() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let t = setup(Options::default()).await;
+    let mut connections = t.connections("acme", Role::Admin).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    for (i, storage) in Storage::all(&t).await.iter().enumerate() {
+        let connection = format!("lake{i}");
+        connections
+            .create_connection(storage.connection(&connection))
+            .await
+            .unwrap();
+        let id = format!("pq{i}");
+        let mut request = data_out("acme", &id, "Parquet", &connection, &[CUSTOMERS]);
+        let settings = &mut request.export.as_mut().unwrap().settings;
+        settings.insert("format".into(), "parquet".into());
+        settings.insert("compression".into(), "zstd".into());
+        settings.insert("max_rows_per_file".into(), "4".into());
+        create_export(&mut exports, request).await;
+        let run = run_to_end(&mut exports, &export_name("acme", &id)).await;
+        succeeded(&run, storage.kind);
+
+        let model: Value = serde_json::from_slice(&storage.read(&format!("{id}/model.json")).await).unwrap();
+        assert_eq!(
+            crate::cdm_output::schema_errors(&model),
+            Vec::<String>::new(),
+            "{}",
+            storage.kind
+        );
+        let partitions = model["entities"][0]["partitions"].as_array().unwrap();
+        assert_eq!(partitions.len(), 3, "ten rows, four a file: {}", storage.kind);
+        let mut rows = Vec::new();
+        for partition in partitions {
+            assert!(
+                partition.get("fileFormatSettings").is_none(),
+                "CSV settings only for CSV"
+            );
+            let location = partition["location"].as_str().unwrap();
+            assert!(location.ends_with(".parquet"), "{location}");
+            let bytes = bytes::Bytes::from(storage.read(location).await);
+            let reader = SerializedFileReader::new(bytes).unwrap();
+            for row in reader.get_row_iter(None).unwrap() {
+                let row = row.unwrap();
+                let fields: BTreeMap<String, Field> = row
+                    .get_column_iter()
+                    .map(|(name, field)| (name.clone(), field.clone()))
+                    .collect();
+                rows.push(fields);
+            }
+        }
+        assert_eq!(rows.len(), 10, "{}", storage.kind);
+        for expected in ten_customers() {
+            let id = expected["id"].as_str().unwrap();
+            let row = rows
+                .iter()
+                .find(|r| r["id"] == Field::Str(id.into()))
+                .expect("every record has its row");
+            assert_eq!(row["email"], Field::Str(expected["email"].as_str().unwrap().into()));
+            assert_eq!(row["ltv"], Field::Double(expected["ltv"].as_f64().unwrap()));
+            assert_eq!(row["vip"], Field::Bool(expected["vip"].as_bool().unwrap()));
+            // JSON fields are their JSON text.
+            let tags: Value = match &row["tags"] {
+                Field::Str(text) => serde_json::from_str(text).unwrap(),
+                other => panic!("tags is {other:?}"),
+            };
+            assert_eq!(tags, expected["tags"]);
+        }
+    }
+    // A compression the format cannot have is refused when the export is saved.
+    let mut request = data_out("acme", "badpq", "Bad", "lake0", &[CUSTOMERS]);
+    let settings = &mut request.export.as_mut().unwrap().settings;
+    settings.insert("format".into(), "parquet".into());
+    settings.insert("compression".into(), "gzip".into());
+    let status = expect_code(exports.create_export(request).await, tonic::Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), vec!["export.settings.compression".to_string()]);
+    t.stop().await;
+}
