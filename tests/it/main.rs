@@ -19,3 +19,4 @@ mod roles;
 mod rule_limits;
 mod runs;
 mod scheduler;
+mod sftp;

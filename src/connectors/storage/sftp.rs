@@ -84,7 +84,10 @@ pub enum SftpCredentials {
     Password(String),
     /// An OpenSSH private key (`-----BEGIN OPENSSH PRIVATE KEY-----`), with its passphrase if
     /// it is encrypted.
-    PrivateKey { key: String, passphrase: Option<String> },
+    PrivateKey {
+        key: String,
+        passphrase: Option<String>,
+    },
 }
 
 impl fmt::Debug for SftpCredentials {
@@ -160,14 +163,20 @@ impl Parsed {
         if host.is_empty() {
             return Err(config_error("host", "is required"));
         }
-        if host.chars().any(|c| c.is_whitespace() || c.is_control() || "/@?#".contains(c)) {
+        if host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "/@?#".contains(c))
+        {
             return Err(config_error("host", "must be a host name or an IP address"));
         }
         if config.port == 0 {
             return Err(config_error("port", "must be between 1 and 65535"));
         }
         if config.username.is_empty() || config.username.chars().any(|c| c.is_control()) {
-            return Err(config_error("username", "is required and may not contain control characters"));
+            return Err(config_error(
+                "username",
+                "is required and may not contain control characters",
+            ));
         }
         if config.folder.contains(['\0', '\n', '\r']) {
             return Err(config_error("folder", "may not contain control characters"));
@@ -180,10 +189,9 @@ impl Parsed {
                 }
                 Auth::Password(password.clone())
             }
-            SftpCredentials::PrivateKey { key, passphrase } => Auth::Key(Arc::new(parse_private_key(
-                key,
-                passphrase.as_deref(),
-            )?)),
+            SftpCredentials::PrivateKey { key, passphrase } => {
+                Auth::Key(Arc::new(parse_private_key(key, passphrase.as_deref())?))
+            }
         };
         Ok(Parsed { host_key, auth })
     }
@@ -251,7 +259,10 @@ fn parse_private_key(text: &str, passphrase: Option<&str>) -> Result<PrivateKey,
     if !supported(&key.algorithm()) {
         return Err(config_error(
             "private_key",
-            format!("{} keys are not supported; use an ed25519 or ECDSA key", key.algorithm()),
+            format!(
+                "{} keys are not supported; use an ed25519 or ECDSA key",
+                key.algorithm()
+            ),
         ));
     }
     Ok(key)
@@ -351,7 +362,11 @@ impl SftpBytes {
             Some(root) => root.clone(),
             None => {
                 let folder = normalize(&format!("/{}", strip_home(&self.inner.folder)));
-                if folder == "/" { "/~".to_string() } else { format!("/~{folder}") }
+                if folder == "/" {
+                    "/~".to_string()
+                } else {
+                    format!("/~{folder}")
+                }
             }
         }
     }
@@ -629,7 +644,10 @@ fn status_code(error: &SftpError) -> Option<StatusCode> {
 fn transient(error: &SftpError) -> bool {
     match error {
         SftpError::Status(status) => {
-            matches!(status.status_code, StatusCode::NoConnection | StatusCode::ConnectionLost)
+            matches!(
+                status.status_code,
+                StatusCode::NoConnection | StatusCode::ConnectionLost
+            )
         }
         SftpError::IO(_) | SftpError::Timeout => true,
         // "session closed", a dropped reply channel: the channel or connection went away.
@@ -703,7 +721,11 @@ impl ByteStore for SftpBytes {
         let conn = inner.conn().await?;
         let file = conn.path(path);
         let what = || format!("cannot read {}", inner.url_of(&file));
-        let handle = match conn.sftp.open(file.as_str(), OpenFlags::READ, FileAttributes::empty()).await {
+        let handle = match conn
+            .sftp
+            .open(file.as_str(), OpenFlags::READ, FileAttributes::empty())
+            .await
+        {
             Ok(handle) => handle.handle,
             Err(e) if status_code(&e) == Some(StatusCode::NoSuchFile) => return Ok(None),
             Err(e) => return Err(inner.failure(&conn, &what(), e)),
@@ -775,10 +797,7 @@ impl ByteStore for SftpBytes {
         // Prune the folders this leaves empty (never the root; RMDIR refuses a full one).
         let mut dir = parent(&file);
         while let Some(current) = dir {
-            if current == conn.root
-                || !current.starts_with(&conn.root)
-                || conn.sftp.rmdir(current).await.is_err()
-            {
+            if current == conn.root || !current.starts_with(&conn.root) || conn.sftp.rmdir(current).await.is_err() {
                 break;
             }
             dir = parent(current);
@@ -847,11 +866,9 @@ impl Upload for SftpUpload {
     async fn write(&mut self, bytes: Bytes) -> Result<(), Failure> {
         let open = self.open.as_ref().ok_or_else(closed)?;
         if let Err(e) = write_at(&open.conn, &open.handle, self.size, &bytes).await {
-            return Err(self.inner.failure(
-                &open.conn,
-                &format!("cannot write {}", self.inner.url_of(&open.tmp)),
-                e,
-            ));
+            return Err(self
+                .inner
+                .failure(&open.conn, &format!("cannot write {}", self.inner.url_of(&open.tmp)), e));
         }
         self.size += bytes.len() as u64;
         Ok(())
@@ -1006,7 +1023,10 @@ async fn connect_steps(inner: &Inner, checks: &mut Vec<Check>) -> Result<Conn, S
         return Err(permanent("dns", format!("{} has no address", inner.host)));
     }
     let shown: Vec<String> = addresses.iter().map(|a| a.ip().to_string()).collect();
-    checks.push(Check::pass("dns", format!("{} resolves to {}", inner.host, shown.join(", "))));
+    checks.push(Check::pass(
+        "dns",
+        format!("{} resolves to {}", inner.host, shown.join(", ")),
+    ));
 
     // tcp_connect
     let mut last_error = None;
@@ -1056,13 +1076,20 @@ async fn connect_steps(inner: &Inner, checks: &mut Vec<Check>) -> Result<Conn, S
                 "ssh_handshake",
                 format!(
                     "the host key of {endpoint} is {shown}, not the pinned host_key {} ({}); \
-                     nothing was sent. If the server's key really changed, update host_key",
+                     no credentials were sent and nothing was written (if the server's key \
+                     really changed, update host_key)",
                     fingerprint(&inner.host_key),
                     inner.host_key.algorithm()
                 ),
             ));
         }
-        Err(e) => return Err(ssh_step("ssh_handshake", &format!("SSH handshake with {endpoint} failed"), e)),
+        Err(e) => {
+            return Err(ssh_step(
+                "ssh_handshake",
+                &format!("SSH handshake with {endpoint} failed"),
+                e,
+            ));
+        }
     };
     checks.push(Check::pass(
         "ssh_handshake",
@@ -1076,7 +1103,8 @@ async fn connect_steps(inner: &Inner, checks: &mut Vec<Check>) -> Result<Conn, S
     // authentication
     let (result, how) = match &inner.auth {
         Auth::Password(password) => (
-            ssh.authenticate_password(inner.username.as_str(), password.as_str()).await,
+            ssh.authenticate_password(inner.username.as_str(), password.as_str())
+                .await,
             "the password".to_string(),
         ),
         Auth::Key(key) => {
@@ -1098,7 +1126,11 @@ async fn connect_steps(inner: &Inner, checks: &mut Vec<Check>) -> Result<Conn, S
                 format!(
                     "{endpoint} refused {how} for user '{}' (it accepts: {})",
                     inner.username,
-                    if accepted.is_empty() { "nothing more".to_string() } else { accepted.join(", ") }
+                    if accepted.is_empty() {
+                        "nothing more".to_string()
+                    } else {
+                        accepted.join(", ")
+                    }
                 ),
             ));
         }
@@ -1160,8 +1192,14 @@ async fn connect_steps(inner: &Inner, checks: &mut Vec<Check>) -> Result<Conn, S
         && let Ok(limits) = sftp.limits().await
     {
         let limits = Limits::from(limits);
-        let packet = limits.packet_len.map_or(MAX_IO_BYTES, |p| (p as usize).saturating_sub(1024));
-        let bound = |len: Option<u64>| len.map_or(DEFAULT_IO_BYTES, |l| l as usize).min(packet).min(MAX_IO_BYTES);
+        let packet = limits
+            .packet_len
+            .map_or(MAX_IO_BYTES, |p| (p as usize).saturating_sub(1024));
+        let bound = |len: Option<u64>| {
+            len.map_or(DEFAULT_IO_BYTES, |l| l as usize)
+                .min(packet)
+                .min(MAX_IO_BYTES)
+        };
         write_bytes = bound(limits.write_len).max(1024);
         read_bytes = bound(limits.read_len).max(1024);
         sftp.set_limits(limits);
@@ -1171,7 +1209,11 @@ async fn connect_steps(inner: &Inner, checks: &mut Vec<Check>) -> Result<Conn, S
         format!(
             "SFTP version {}{}",
             version.version,
-            if posix_rename { ", with posix-rename@openssh.com" } else { "" }
+            if posix_rename {
+                ", with posix-rename@openssh.com"
+            } else {
+                ""
+            }
         ),
     ));
 
@@ -1187,7 +1229,12 @@ async fn connect_steps(inner: &Inner, checks: &mut Vec<Check>) -> Result<Conn, S
         let home = sftp
             .realpath(".")
             .await
-            .map_err(|e| permanent("folder_exists", format!("cannot resolve the login folder: {}", describe(&e))))?
+            .map_err(|e| {
+                permanent(
+                    "folder_exists",
+                    format!("cannot resolve the login folder: {}", describe(&e)),
+                )
+            })?
             .files
             .first()
             .map(|f| normalize(&f.filename))
@@ -1216,16 +1263,18 @@ async fn connect_steps(inner: &Inner, checks: &mut Vec<Check>) -> Result<Conn, S
 
 /// Connects for the store's operations; a failure names its step.
 async fn connect(inner: &Inner, checks: &mut Vec<Check>) -> Result<Conn, Failure> {
-    connect_steps(inner, checks).await.map_err(|StepFailure { step, failure }| {
-        let message = redact(
-            &format!("cannot connect to {} ({step}): {}", inner.endpoint(), failure.message()),
-            &inner.secrets,
-        );
-        match failure {
-            Failure::Transient { retry_after, .. } => Failure::Transient { message, retry_after },
-            Failure::Permanent { .. } => Failure::Permanent { message },
-        }
-    })
+    connect_steps(inner, checks)
+        .await
+        .map_err(|StepFailure { step, failure }| {
+            let message = redact(
+                &format!("cannot connect to {} ({step}): {}", inner.endpoint(), failure.message()),
+                &inner.secrets,
+            );
+            match failure {
+                Failure::Transient { retry_after, .. } => Failure::Transient { message, retry_after },
+                Failure::Permanent { .. } => Failure::Permanent { message },
+            }
+        })
 }
 
 /// The connection test: `config` (when the configuration cannot work), then `dns`,
@@ -1251,7 +1300,13 @@ pub async fn probe(config: &SftpConfig) -> Vec<Check> {
             return checks;
         }
         Err(_) => {
-            const STEPS: [&str; 5] = ["dns", "tcp_connect", "ssh_handshake", "authentication", "sftp_subsystem"];
+            const STEPS: [&str; 5] = [
+                "dns",
+                "tcp_connect",
+                "ssh_handshake",
+                "authentication",
+                "sftp_subsystem",
+            ];
             let step = STEPS.get(checks.len()).copied().unwrap_or("folder_exists");
             checks.push(Check::fail(
                 step,
@@ -1279,7 +1334,10 @@ pub async fn probe(config: &SftpConfig) -> Vec<Check> {
             Err(failure) => {
                 checks.push(Check::fail(
                     "folder_exists",
-                    format!("folder {root_url} does not exist and cannot be created: {}", failure.message()),
+                    format!(
+                        "folder {root_url} does not exist and cannot be created: {}",
+                        failure.message()
+                    ),
                 ));
                 return checks;
             }
@@ -1352,8 +1410,7 @@ pub async fn probe(config: &SftpConfig) -> Vec<Check> {
 mod tests {
     use super::*;
 
-    const HOST_KEY: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBTScu9N7EuZXJJcrdvMcat/10yY7YeGInqH+nWAlq9G test@host";
+    const HOST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBTScu9N7EuZXJJcrdvMcat/10yY7YeGInqH+nWAlq9G test@host";
 
     const RSA_KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC83CEQEs8mMn0lgz9hiDQ+zylTMlTyhlgyVqpgLIwZ8hlRIdF5ou1DVTQaI4YQiYVcDBkfrOhWzGGqZmTxJobYBpQ3oyfVrVKhIVJYpLT8LKRtJEYps9xSvnuiT/TRn6aEEghqhjW2OPw2bl2D3TDnt/7JZ7TSaB0/5Qh4mZ5eOQ== r";
 
@@ -1370,7 +1427,10 @@ mod tests {
 
     #[test]
     fn configuration_errors_name_their_key_and_no_secret() {
-        assert_eq!(check_config(&config(SftpCredentials::Password("hunter22".into()))), Ok(()));
+        assert_eq!(
+            check_config(&config(SftpCredentials::Password("hunter22".into()))),
+            Ok(())
+        );
         let mut bad = config(SftpCredentials::Password("hunter22".into()));
         bad.host_key = "ssh-ed25519 not-base64".into();
         assert_eq!(check_config(&bad).unwrap_err().key, "host_key");
@@ -1395,7 +1455,9 @@ mod tests {
         });
         assert_eq!(check_config(&bad).unwrap_err().key, "private_key");
         assert_eq!(
-            check_config(&config(SftpCredentials::Password(String::new()))).unwrap_err().key,
+            check_config(&config(SftpCredentials::Password(String::new())))
+                .unwrap_err()
+                .key,
             "password"
         );
         let mut bad = config(SftpCredentials::Password("hunter22".into()));
@@ -1434,7 +1496,10 @@ mod tests {
         let mut v6 = absolute.clone();
         v6.host = "::1".into();
         v6.port = 2222;
-        assert_eq!(SftpBytes::new(&v6).unwrap().url(""), "sftp://[::1]:2222/home/cdp/exports");
+        assert_eq!(
+            SftpBytes::new(&v6).unwrap().url(""),
+            "sftp://[::1]:2222/home/cdp/exports"
+        );
     }
 
     #[test]
