@@ -424,3 +424,27 @@ async fn sftp_unreachable_server_is_transient_and_a_folder_that_is_a_file_is_rep
         .expect_err("not a folder");
     assert!(matches!(failure, Failure::Permanent { .. }), "{failure:?}");
 }
+
+#[tokio::test]
+async fn sftp_a_lost_connection_is_transient_and_the_next_call_reconnects() {
+    let Some(sshd) = Sshd::start() else { return };
+    let store = store(&sshd.data_config());
+    store.put("a.csv", Bytes::from_static(b"1")).await.unwrap();
+    assert_eq!(sshd.kill_sessions(), 1, "one connection to end");
+    // The store may notice the loss on its next request (a transient failure) or before it.
+    let mut failures = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match store.put("b.csv", Bytes::from_static(b"2")).await {
+            Ok(()) => break,
+            Err(failure) => {
+                assert!(matches!(failure, Failure::Transient { .. }), "{failure:?}");
+                assert!(std::time::Instant::now() < deadline, "reconnects: {failures:?}");
+                failures.push(failure);
+            }
+        }
+    }
+    assert!(failures.len() <= 1, "one failed call at most: {failures:?}");
+    assert_eq!(store.list("").await.unwrap(), vec!["a.csv", "b.csv"]);
+    assert_eq!(sshd.log().matches("Accepted publickey").count(), 2, "{}", sshd.log());
+}

@@ -343,11 +343,13 @@ impl SftpBytes {
         Ok(SftpBytes { inner: Arc::new(inner) })
     }
 
-    /// Connects (if not yet connected) and returns the absolute root folder on the server.
-    /// Call it before [`ByteStore::url`] when the folder is relative: until a connection has
-    /// resolved it, such URLs use the `/~/folder` form.
+    /// Connects (if not yet connected) and returns the absolute root folder on the server, as
+    /// URLs show it (an absolute folder as configured, a relative one as the server resolved
+    /// it). Call it before [`ByteStore::url`] when the folder is relative: until a connection
+    /// has resolved it, such URLs use the `/~/folder` form.
     pub async fn root(&self) -> Result<String, Failure> {
-        Ok(self.inner.conn().await?.root.clone())
+        let conn = self.inner.conn().await?;
+        Ok(self.inner.root.get().cloned().unwrap_or_else(|| conn.root.clone()))
     }
 
     /// Tests only: behave as if the server lacked `posix-rename@openssh.com`.
@@ -658,7 +660,12 @@ fn transient(error: &SftpError) -> bool {
 
 fn describe(error: &SftpError) -> String {
     match error {
-        SftpError::Status(status) if !status.error_message.is_empty() => {
+        SftpError::Status(status)
+            if !status.error_message.is_empty()
+                && !status
+                    .error_message
+                    .eq_ignore_ascii_case(&status.status_code.to_string()) =>
+        {
             format!("{} ({})", status.error_message, status.status_code)
         }
         SftpError::Status(status) => status.status_code.to_string(),

@@ -200,6 +200,35 @@ impl Sshd {
         log
     }
 
+    /// Ends every SSH session (the processes sshd forked per connection), as a server restart
+    /// or a network cut would; the listener stays. Returns how many were ended.
+    pub fn kill_sessions(&self) -> usize {
+        let listener = self.child.id();
+        let mut ended = 0;
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(listener)
+                && Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            {
+                ended += 1;
+            }
+        }
+        ended
+    }
+
     /// Every file under `dir`, relative to it, sorted (temporary files included).
     pub fn files_under(dir: &Path) -> Vec<String> {
         let mut found = Vec::new();
