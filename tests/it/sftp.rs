@@ -448,3 +448,30 @@ async fn sftp_a_lost_connection_is_transient_and_the_next_call_reconnects() {
     assert_eq!(store.list("").await.unwrap(), vec!["a.csv", "b.csv"]);
     assert_eq!(sshd.log().matches("Accepted publickey").count(), 2, "{}", sshd.log());
 }
+
+#[tokio::test]
+async fn sftp_a_server_that_never_answers_times_out_as_transient() {
+    let Some(sshd) = Sshd::start() else { return };
+    // Accepts TCP connections and says nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = sshd.data_config();
+    config.port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let store = store(&config).with_connect_timeout(std::time::Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let failure = store.list("").await.expect_err("a silent server");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let Failure::Transient { message, .. } = &failure else {
+        panic!("a timeout is transient: {failure:?}")
+    };
+    assert!(
+        message.contains("ssh_handshake") && message.contains("timed out"),
+        "{message}"
+    );
+    held.abort();
+}

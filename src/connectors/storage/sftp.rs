@@ -308,6 +308,8 @@ struct Inner {
     secrets: Vec<String>,
     /// Uses REMOVE + RENAME even where `posix-rename@openssh.com` exists (tests).
     no_posix_rename: AtomicBool,
+    /// Bounds reaching the server: DNS, TCP, handshake, authentication and SFTP start.
+    connect_timeout: Duration,
     /// The open connection, if any; replaced when it dies.
     conn: Mutex<Option<Arc<Conn>>>,
     /// One connection attempt at a time.
@@ -333,6 +335,7 @@ impl SftpBytes {
             auth: parsed.auth,
             secrets: secret_values(&config.credentials),
             no_posix_rename: AtomicBool::new(false),
+            connect_timeout: CONNECT_TIMEOUT,
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             folder,
@@ -350,6 +353,14 @@ impl SftpBytes {
     pub async fn root(&self) -> Result<String, Failure> {
         let conn = self.inner.conn().await?;
         Ok(self.inner.root.get().cloned().unwrap_or_else(|| conn.root.clone()))
+    }
+
+    /// Bounds each connection attempt (DNS to SFTP start; default 30 s). Call before first use.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> SftpBytes {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.connect_timeout = timeout;
+        }
+        self
     }
 
     /// Tests only: behave as if the server lacked `posix-rename@openssh.com`.
@@ -478,15 +489,17 @@ impl Inner {
         if let Some(conn) = self.cached() {
             return Ok(conn);
         }
-        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connect(self, &mut Vec::new())).await {
+        let mut passed = Vec::new();
+        let conn = match tokio::time::timeout(self.connect_timeout, connect(self, &mut passed)).await {
             Ok(Ok(conn)) => Arc::new(conn),
             Ok(Err(failure)) => return Err(failure),
             Err(_) => {
                 return Err(Failure::Transient {
                     message: format!(
-                        "cannot connect to {}: timed out after {} s",
+                        "cannot connect to {} ({}): timed out after {:?}",
                         self.endpoint(),
-                        CONNECT_TIMEOUT.as_secs()
+                        step_after(&passed),
+                        self.connect_timeout
                     ),
                     retry_after: None,
                 });
@@ -1268,6 +1281,18 @@ async fn connect_steps(inner: &Inner, checks: &mut Vec<Check>) -> Result<Conn, S
     })
 }
 
+/// The step under way once `passed` have passed.
+fn step_after(passed: &[Check]) -> &'static str {
+    const STEPS: [&str; 5] = [
+        "dns",
+        "tcp_connect",
+        "ssh_handshake",
+        "authentication",
+        "sftp_subsystem",
+    ];
+    STEPS.get(passed.len()).copied().unwrap_or("folder_exists")
+}
+
 /// Connects for the store's operations; a failure names its step.
 async fn connect(inner: &Inner, checks: &mut Vec<Check>) -> Result<Conn, Failure> {
     connect_steps(inner, checks)
@@ -1300,24 +1325,17 @@ pub async fn probe(config: &SftpConfig) -> Vec<Check> {
     };
     let inner = &store.inner;
     let mut checks = Vec::new();
-    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connect_steps(inner, &mut checks)).await {
+    let conn = match tokio::time::timeout(inner.connect_timeout, connect_steps(inner, &mut checks)).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(StepFailure { step, failure })) => {
             checks.push(Check::fail(step, redact(failure.message(), &inner.secrets)));
             return checks;
         }
         Err(_) => {
-            const STEPS: [&str; 5] = [
-                "dns",
-                "tcp_connect",
-                "ssh_handshake",
-                "authentication",
-                "sftp_subsystem",
-            ];
-            let step = STEPS.get(checks.len()).copied().unwrap_or("folder_exists");
+            let step = step_after(&checks);
             checks.push(Check::fail(
                 step,
-                format!("timed out after {} s", CONNECT_TIMEOUT.as_secs()),
+                format!("timed out after {:?}", inner.connect_timeout),
             ));
             return checks;
         }
