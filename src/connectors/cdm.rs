@@ -555,7 +555,7 @@ struct OpenPartition {
 
 /// How a partition's rows become bytes.
 enum PartitionEncoder {
-    Csv(csv::Writer<Encoded>),
+    Csv(Box<csv::Writer<Encoded>>),
     Parquet(Box<ParquetPartition<Counting>>),
 }
 
@@ -923,7 +923,7 @@ impl CdmFolderWriter {
                     .has_headers(false)
                     .from_writer(encoded);
                 csv.write_record(&entity.header).map_err(csv_error)?;
-                PartitionEncoder::Csv(csv)
+                PartitionEncoder::Csv(Box::new(csv))
             }
         };
         entity.next_number += 1;

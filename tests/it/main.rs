@@ -23,3 +23,4 @@ mod runs;
 mod scheduler;
 mod storage_servers;
 mod storage_targets;
+mod sftp;

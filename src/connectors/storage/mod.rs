@@ -15,6 +15,7 @@ use crate::engine::retry::Failure;
 pub mod blocking;
 pub mod local;
 pub mod object;
+pub mod sftp;
 
 /// Large uploads go up in parts of this size (S3 multipart, Azure blocks); smaller objects in
 /// one request.
