@@ -99,7 +99,7 @@ impl ConnectionApi {
         let spec = registry::find(&input.r#type).ok_or_else(|| unknown_type(&input.r#type))?;
         let config: BTreeMap<String, String> = input.config.clone().into_iter().collect();
         let secrets: BTreeMap<String, String> = input.secrets.clone().into_iter().collect();
-        let violations = connection::validate(
+        let mut violations = connection::validate(
             "connection",
             spec,
             &input.display_name,
@@ -107,6 +107,9 @@ impl ConnectionApi {
             &secrets,
             input.profile_limit,
         );
+        if violations.is_empty() {
+            violations = connectors::connector_for(&input.r#type).check_config(&config, &secrets);
+        }
         if !violations.is_empty() {
             return Err(Error::invalid_fields(violations));
         }
@@ -227,7 +230,7 @@ impl ConnectionApi {
                 .map(|k| (k.clone(), "set".to_string()))
                 .collect(),
         };
-        let violations = connection::validate(
+        let mut violations = connection::validate(
             "connection",
             spec,
             &connection.display_name,
@@ -235,6 +238,11 @@ impl ConnectionApi {
             &resulting_secrets,
             connection.profile_limit,
         );
+        // Secrets kept from before are sealed; the deeper checks need them in the clear, so
+        // they run when the request gives the secrets.
+        if let (true, Some(given)) = (violations.is_empty(), &secrets) {
+            violations = connectors::connector_for(&connection.type_id).check_config(&connection.config, given);
+        }
         if !violations.is_empty() {
             return Err(Error::invalid_fields(violations));
         }

@@ -18,6 +18,7 @@ pub mod local_files;
 pub mod parquet_partition;
 pub mod registry;
 pub mod s3;
+pub mod sftp;
 pub mod storage;
 pub mod storage_connector;
 
@@ -92,6 +93,17 @@ pub trait Connector: Send + Sync {
     /// root, prefix, bucket): run messages read by callers who may not see the connection
     /// name folders relative to them instead.
     fn private_locations(&self, _target: &Target<'_>) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Checks of a connection's configuration and secrets beyond their value kinds (a private
+    /// key must parse), for CreateConnection and UpdateConnection; `secrets` are those the
+    /// request gives.
+    fn check_config(
+        &self,
+        _config: &BTreeMap<String, String>,
+        _secrets: &BTreeMap<String, String>,
+    ) -> Vec<crate::error::FieldViolation> {
         Vec::new()
     }
 }
@@ -238,6 +250,7 @@ pub fn connector_for(type_id: &str) -> &'static dyn Connector {
         "local-files" => &storage_connector::StorageConnector(local_files::LocalFiles),
         "s3" => &storage_connector::StorageConnector(s3::S3),
         "azure-blob" => &storage_connector::StorageConnector(azure_blob::AzureBlob),
+        "sftp" => &storage_connector::StorageConnector(sftp::Sftp),
         _ => &NotYetSupported,
     }
 }

@@ -17,6 +17,7 @@ use super::{Check, Connector, PartSchema, RunTarget, Sink, SinkSummary, Target, 
 use crate::domain::catalog::field_type_str;
 use crate::domain::output_area::export_folder;
 use crate::engine::retry::Failure;
+use crate::error::FieldViolation;
 
 /// What one storage type contributes.
 #[async_trait]
@@ -47,6 +48,21 @@ pub trait StorageKind: Send + Sync + 'static {
     fn private_locations(&self, _target: &Target<'_>) -> Vec<String> {
         Vec::new()
     }
+
+    /// A connection test of the type's own (its steps say more than list-write-delete);
+    /// `None` uses the generic probe.
+    async fn probe(&self, _target: &Target<'_>) -> Option<Vec<Check>> {
+        None
+    }
+
+    /// Checks of configuration and secrets beyond their value kinds (a key that must parse).
+    fn check_config(
+        &self,
+        _config: &BTreeMap<String, String>,
+        _secrets: &BTreeMap<String, String>,
+    ) -> Vec<FieldViolation> {
+        Vec::new()
+    }
 }
 
 /// The connector of a storage type.
@@ -60,6 +76,9 @@ fn probe_path() -> String {
 #[async_trait]
 impl<K: StorageKind> Connector for StorageConnector<K> {
     async fn test(&self, target: &Target<'_>) -> TestReport {
+        if let Some(checks) = self.0.probe(target).await {
+            return TestReport { checks };
+        }
         let mut checks = self.0.preflight(target).await;
         if checks.iter().any(|c| !c.ok) {
             return TestReport { checks };
@@ -148,6 +167,14 @@ impl<K: StorageKind> Connector for StorageConnector<K> {
 
     fn private_locations(&self, target: &Target<'_>) -> Vec<String> {
         self.0.private_locations(target)
+    }
+
+    fn check_config(
+        &self,
+        config: &BTreeMap<String, String>,
+        secrets: &BTreeMap<String, String>,
+    ) -> Vec<FieldViolation> {
+        self.0.check_config(config, secrets)
     }
 }
 

@@ -21,6 +21,6 @@ mod roles;
 mod rule_limits;
 mod runs;
 mod scheduler;
+mod sftp;
 mod storage_servers;
 mod storage_targets;
-mod sftp;

@@ -1,5 +1,6 @@
 //! The storage conformance suite: the same test bodies run against every storage type on a real
-//! server on loopback — local files, S3 (moto) and Azure Blob (Azurite) — through the gRPC API,
+//! server on loopback — local files, S3 (moto), Azure Blob (Azurite) and SFTP (OpenSSH) — through
+//! the gRPC API,
 //! and read back what the target holds with an independent client.
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use crate::catalog::{CUSTOMERS, ten_customers, write, write_all};
 use crate::common::*;
 use crate::exports::{data_out, export_name, segment_export};
 use crate::runs::{VIP, create_export, setup};
+use crate::sftp::sshd::Sshd;
 use crate::storage_servers::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Moto};
 
 const BUCKET: &str = "cdp-exports";
@@ -30,7 +32,7 @@ struct Storage {
     reader: Arc<dyn ObjectStore>,
     /// The URL prefix of the connection's root in partition locations.
     url_root: String,
-    _servers: (Option<Moto>, Option<Azurite>),
+    _servers: (Option<Moto>, Option<Azurite>, Option<Sshd>),
 }
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -48,7 +50,7 @@ impl Storage {
             secrets: BTreeMap::new(),
             reader: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap()),
             url_root: format!("file://{}", root.display()),
-            _servers: (None, None),
+            _servers: (None, None, None),
         }
     }
 
@@ -76,7 +78,7 @@ impl Storage {
             secrets: map(&[("access_key_id", "AKIATEST"), ("secret_access_key", SECRET_KEY)]),
             reader: Arc::new(prefixed),
             url_root: format!("s3://{BUCKET}/{PREFIX}"),
-            _servers: (Some(moto), None),
+            _servers: (Some(moto), None, None),
         })
     }
 
@@ -103,7 +105,28 @@ impl Storage {
             secrets: map(&[("account_key", AZURITE_KEY)]),
             reader: Arc::new(prefixed),
             url_root: format!("{}/{CONTAINER}/{PREFIX}", azurite.endpoint),
-            _servers: (None, Some(azurite)),
+            _servers: (None, Some(azurite), None),
+        })
+    }
+
+    async fn sftp() -> Option<Storage> {
+        let sshd = Sshd::start()?;
+        let folder = sshd.folder.clone();
+        std::fs::create_dir_all(&folder).unwrap();
+        let folder = std::fs::canonicalize(&folder).unwrap();
+        Some(Storage {
+            kind: "sftp",
+            config: map(&[
+                ("host", &sshd.host),
+                ("port", &sshd.port.to_string()),
+                ("username", &sshd.username),
+                ("folder", folder.to_str().unwrap()),
+                ("host_key", &sshd.host_key.public),
+            ]),
+            secrets: map(&[("private_key", &sshd.client_key.private)]),
+            reader: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&folder).unwrap()),
+            url_root: format!("sftp://{}:{}{}", sshd.host, sshd.port, folder.display()),
+            _servers: (None, None, Some(sshd)),
         })
     }
 
@@ -112,6 +135,7 @@ impl Storage {
         let mut all = vec![Storage::local(t).await];
         all.extend(Storage::s3().await);
         all.extend(Storage::azure().await);
+        all.extend(Storage::sftp().await);
         all
     }
 
@@ -417,6 +441,39 @@ async fn connection_tests_say_which_step_failed_and_never_show_a_secret() {
             }
         }
         drop(storage);
+    }
+    if let Some(storage) = Storage::sftp().await {
+        let mut pinned_wrong = storage.connection("sftpwrong");
+        pinned_wrong.connection.as_mut().unwrap().config.insert(
+            "host_key".into(),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKxWsS9Kgp9TbfI9iQBLUqhaTRUrfeWnwHpFPfzuOYXT other".into(),
+        );
+        connections.create_connection(pinned_wrong).await.unwrap();
+        let report = connections
+            .test_connection(test("environments/acme/connections/sftpwrong".into()))
+            .await
+            .unwrap()
+            .into_inner();
+        let failing: Vec<&pb::ConnectionCheck> = report.checks.iter().filter(|c| !c.ok).collect();
+        assert_eq!(failing.len(), 1, "{report:?}");
+        assert_eq!(failing[0].name, "ssh_handshake", "{report:?}");
+        assert_eq!(
+            failing[0].message.matches("SHA256:").count(),
+            2,
+            "both fingerprints: {report:?}"
+        );
+        assert!(!format!("{report:?}").contains("PRIVATE KEY"), "{report:?}");
+        // A private key that does not parse is refused when saved, naming the secret.
+        let mut bad_key = storage.connection("sftpbadkey");
+        bad_key.connection.as_mut().unwrap().secrets.insert(
+            "private_key".into(),
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nnot a key\n".into(),
+        );
+        let status = expect_code(
+            connections.create_connection(bad_key).await,
+            tonic::Code::InvalidArgument,
+        );
+        assert_eq!(bad_fields(&status), vec!["connection.secrets.private_key".to_string()]);
     }
     if let Some(storage) = Storage::azure().await {
         let mut wrong = storage.connection("azwrong");
