@@ -26,6 +26,27 @@ pub enum ErrorCode {
     DeadlineExceeded,
 }
 
+impl ErrorCode {
+    /// The `google.rpc.Code` number, as stored in a run's error and sent on the wire.
+    pub fn rpc_number(self) -> i32 {
+        match self {
+            ErrorCode::Cancelled => 1,
+            ErrorCode::InvalidArgument => 3,
+            ErrorCode::DeadlineExceeded => 4,
+            ErrorCode::NotFound => 5,
+            ErrorCode::AlreadyExists => 6,
+            ErrorCode::PermissionDenied => 7,
+            ErrorCode::ResourceExhausted => 8,
+            ErrorCode::FailedPrecondition => 9,
+            ErrorCode::Aborted => 10,
+            ErrorCode::Unimplemented => 12,
+            ErrorCode::Internal => 13,
+            ErrorCode::Unavailable => 14,
+            ErrorCode::Unauthenticated => 16,
+        }
+    }
+}
+
 /// A bad field in the request (`google.rpc.BadRequest.FieldViolation`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {

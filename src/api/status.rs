@@ -56,21 +56,7 @@ impl Shown {
 }
 
 pub fn code_of(code: ErrorCode) -> Code {
-    match code {
-        ErrorCode::InvalidArgument => Code::InvalidArgument,
-        ErrorCode::NotFound => Code::NotFound,
-        ErrorCode::AlreadyExists => Code::AlreadyExists,
-        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
-        ErrorCode::Aborted => Code::Aborted,
-        ErrorCode::PermissionDenied => Code::PermissionDenied,
-        ErrorCode::Unauthenticated => Code::Unauthenticated,
-        ErrorCode::ResourceExhausted => Code::ResourceExhausted,
-        ErrorCode::Unimplemented => Code::Unimplemented,
-        ErrorCode::Unavailable => Code::Unavailable,
-        ErrorCode::Internal => Code::Internal,
-        ErrorCode::Cancelled => Code::Cancelled,
-        ErrorCode::DeadlineExceeded => Code::DeadlineExceeded,
-    }
+    Code::from(code.rpc_number())
 }
 
 fn error_code_of(code: Code) -> ErrorCode {

@@ -12,15 +12,54 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+
+use super::registry::{ALL_SEGMENTS, BOTH_KINDS, FILE_MODES, HTTP_URL, STORAGE_SETTINGS, TEXT, key, optional};
+use crate::domain::connection_type::{Category, ConnectionTypeSpec, ValueKind};
 use object_store::azure::MicrosoftAzureBuilder;
 
 use super::storage::object::{ObjectBytes, retry_config};
 use super::storage::{ByteStore, encode_url_path};
 use super::storage_connector::StorageKind;
 use super::{Target, network_step};
-use crate::engine::retry::Failure;
+use crate::connectors::retry::Failure;
 
 pub struct AzureBlob;
+
+/// The connection type this file implements (CONNECTORS.md): ids and keys are part of the API.
+pub const SPEC: ConnectionTypeSpec = ConnectionTypeSpec {
+    id: "azure-blob",
+    display_name: "Azure Blob Storage",
+    category: Category::Storage,
+    export_kinds: BOTH_KINDS,
+    segment_types: ALL_SEGMENTS,
+    sync_modes: FILE_MODES,
+    required_fields: &[],
+    identifier_fields: &[],
+    profile_limit: 0,
+    minimum_segment_size: 0,
+    config: &[
+        key("account", "storage account name", ValueKind::AzureAccount),
+        key("container", "container name", ValueKind::AzureContainer),
+        optional(
+            "endpoint",
+            "blob endpoint URL (default https://<account>.blob.core.windows.net)",
+            HTTP_URL,
+        ),
+        optional("prefix", "path prefix for every blob", ValueKind::RelativePath),
+        optional(
+            "hierarchical_namespace",
+            "`true` for ADLS Gen2 accounts",
+            ValueKind::Bool,
+        ),
+    ],
+    secrets: &[
+        optional("account_key", "storage account key", TEXT),
+        optional("sas_token", "shared access signature", TEXT),
+    ],
+    one_of_secrets: &["account_key", "sas_token"],
+    settings: STORAGE_SETTINGS,
+    target_options: &[],
+};
 
 fn config<'a>(target: &'a Target<'_>, key: &str) -> &'a str {
     target

@@ -7,16 +7,17 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde_json::Value;
 
+use crate::connectors::retry::Failure;
 use crate::domain::catalog::FieldType;
 use crate::domain::connection::Connection;
 use crate::domain::output_area::LocalRoots;
-use crate::engine::retry::Failure;
 
 pub mod azure_blob;
 pub mod cdm;
 pub mod local_files;
 pub mod parquet_partition;
 pub mod registry;
+pub mod retry;
 pub mod s3;
 pub mod sftp;
 pub mod storage;
@@ -189,7 +190,7 @@ impl Connector for NotYetSupported {
     }
 
     async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure> {
-        Err(Failure::Permanent {
+        Err(Failure::Unsupported {
             message: format!(
                 "exports to '{}' connections are not yet supported by this version of exportd",
                 run.target.connection.type_id
@@ -244,13 +245,8 @@ pub fn ensure_tls_provider() {
     });
 }
 
-/// The connector of a type id.
+/// The connector of a type id (the registry's list of built connectors; a type of the
+/// catalogue without one says so plainly).
 pub fn connector_for(type_id: &str) -> &'static dyn Connector {
-    match type_id {
-        "local-files" => &storage_connector::StorageConnector(local_files::LocalFiles),
-        "s3" => &storage_connector::StorageConnector(s3::S3),
-        "azure-blob" => &storage_connector::StorageConnector(azure_blob::AzureBlob),
-        "sftp" => &storage_connector::StorageConnector(sftp::Sftp),
-        _ => &NotYetSupported,
-    }
+    registry::connector(type_id).unwrap_or(&NotYetSupported)
 }

@@ -1,6 +1,10 @@
-//! The catalogue of connection types (CONNECTORS.md): ids, categories, what each accepts, and
-//! the configuration, secret and setting keys it takes. Ids and keys are part of the API.
+//! The list of connection types (CONNECTORS.md) and of the connectors built for them: each
+//! built connector declares its own type next to its code (`SPEC`); the types still without a
+//! connector are declared here. Ids and keys are part of the API.
 
+use super::Connector;
+use super::storage_connector::StorageConnector;
+use super::{azure_blob, local_files, s3, sftp};
 use crate::domain::connection_type::{
     Category, ConnectionTypeSpec, ExportKind, KeySpec, SegmentType, SyncMode, TargetOptionSpec, ValueKind,
 };
@@ -9,7 +13,7 @@ use ExportKind::*;
 use SegmentType::*;
 use SyncMode::*;
 
-const fn key(key: &'static str, description: &'static str, kind: ValueKind) -> KeySpec {
+pub(super) const fn key(key: &'static str, description: &'static str, kind: ValueKind) -> KeySpec {
     KeySpec {
         key,
         description,
@@ -18,7 +22,7 @@ const fn key(key: &'static str, description: &'static str, kind: ValueKind) -> K
     }
 }
 
-const fn optional(key: &'static str, description: &'static str, kind: ValueKind) -> KeySpec {
+pub(super) const fn optional(key: &'static str, description: &'static str, kind: ValueKind) -> KeySpec {
     KeySpec {
         key,
         description,
@@ -27,21 +31,21 @@ const fn optional(key: &'static str, description: &'static str, kind: ValueKind)
     }
 }
 
-const TEXT: ValueKind = ValueKind::Text;
-const HTTP_URL: ValueKind = ValueKind::Url(&["https", "http"]);
+pub(super) const TEXT: ValueKind = ValueKind::Text;
+pub(super) const HTTP_URL: ValueKind = ValueKind::Url(&["https", "http"]);
 const BASE_URL: KeySpec = optional(
     "base_url",
     "replaces the vendor's API root (proxy, sandbox or test double)",
     HTTP_URL,
 );
-const ALL_SEGMENTS: &[SegmentType] = &[Profile, Account, Contact];
+pub(super) const ALL_SEGMENTS: &[SegmentType] = &[Profile, Account, Contact];
 const PEOPLE_SEGMENTS: &[SegmentType] = &[Profile, Contact];
-const BOTH_KINDS: &[ExportKind] = &[DataOut, Segment];
-const FILE_MODES: &[SyncMode] = &[Full, Incremental];
+pub(super) const BOTH_KINDS: &[ExportKind] = &[DataOut, Segment];
+pub(super) const FILE_MODES: &[SyncMode] = &[Full, Incremental];
 const AUDIENCE_MODES: &[SyncMode] = &[Full, Mirror];
 
 /// Export settings of every storage type (CONNECTORS.md).
-const STORAGE_SETTINGS: &[KeySpec] = &[
+pub(super) const STORAGE_SETTINGS: &[KeySpec] = &[
     optional(
         "folder",
         "folder under the connection's root or prefix (default: the export id); two exports of an \
@@ -97,121 +101,10 @@ const CONTACT_TARGET: TargetOptionSpec = TargetOptionSpec {
 };
 
 pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
-    ConnectionTypeSpec {
-        id: "local-files",
-        display_name: "Local files",
-        category: Category::Storage,
-        export_kinds: BOTH_KINDS,
-        segment_types: ALL_SEGMENTS,
-        sync_modes: FILE_MODES,
-        required_fields: &[],
-        identifier_fields: &[],
-        profile_limit: 0,
-        minimum_segment_size: 0,
-        config: &[optional(
-            "root",
-            "absolute folder to write under, inside one of the server's allowed_roots \
-             (default: <exports_root>/<environment>/<connection>)",
-            ValueKind::AbsolutePath,
-        )],
-        secrets: &[],
-        one_of_secrets: &[],
-        settings: STORAGE_SETTINGS,
-        target_options: &[],
-    },
-    ConnectionTypeSpec {
-        id: "s3",
-        display_name: "Amazon S3",
-        category: Category::Storage,
-        export_kinds: BOTH_KINDS,
-        segment_types: ALL_SEGMENTS,
-        sync_modes: FILE_MODES,
-        required_fields: &[],
-        identifier_fields: &[],
-        profile_limit: 0,
-        minimum_segment_size: 0,
-        config: &[
-            key("bucket", "bucket name", ValueKind::BucketName),
-            key("region", "AWS region, e.g. eu-west-1", TEXT),
-            optional("endpoint", "S3-compatible endpoint URL", HTTP_URL),
-            optional("prefix", "key prefix for every object", ValueKind::RelativePath),
-        ],
-        secrets: &[
-            key("access_key_id", "access key id", TEXT),
-            key("secret_access_key", "secret access key", TEXT),
-        ],
-        one_of_secrets: &[],
-        settings: STORAGE_SETTINGS,
-        target_options: &[],
-    },
-    ConnectionTypeSpec {
-        id: "azure-blob",
-        display_name: "Azure Blob Storage",
-        category: Category::Storage,
-        export_kinds: BOTH_KINDS,
-        segment_types: ALL_SEGMENTS,
-        sync_modes: FILE_MODES,
-        required_fields: &[],
-        identifier_fields: &[],
-        profile_limit: 0,
-        minimum_segment_size: 0,
-        config: &[
-            key("account", "storage account name", ValueKind::AzureAccount),
-            key("container", "container name", ValueKind::AzureContainer),
-            optional(
-                "endpoint",
-                "blob endpoint URL (default https://<account>.blob.core.windows.net)",
-                HTTP_URL,
-            ),
-            optional("prefix", "path prefix for every blob", ValueKind::RelativePath),
-            optional(
-                "hierarchical_namespace",
-                "`true` for ADLS Gen2 accounts",
-                ValueKind::Bool,
-            ),
-        ],
-        secrets: &[
-            optional("account_key", "storage account key", TEXT),
-            optional("sas_token", "shared access signature", TEXT),
-        ],
-        one_of_secrets: &["account_key", "sas_token"],
-        settings: STORAGE_SETTINGS,
-        target_options: &[],
-    },
-    ConnectionTypeSpec {
-        id: "sftp",
-        display_name: "SFTP",
-        category: Category::Storage,
-        export_kinds: BOTH_KINDS,
-        segment_types: ALL_SEGMENTS,
-        sync_modes: FILE_MODES,
-        required_fields: &[],
-        identifier_fields: &[],
-        profile_limit: 0,
-        minimum_segment_size: 0,
-        config: &[
-            key("host", "server host name or address", TEXT),
-            optional(
-                "port",
-                "server port (default 22)",
-                ValueKind::Integer { min: 1, max: 65535 },
-            ),
-            key("username", "login name", TEXT),
-            optional("folder", "remote folder to write under", TEXT),
-            key(
-                "host_key",
-                "the server's public host key, OpenSSH format (pinned)",
-                ValueKind::SshPublicKey,
-            ),
-        ],
-        secrets: &[
-            optional("password", "password", TEXT),
-            optional("private_key", "OpenSSH private key", TEXT),
-        ],
-        one_of_secrets: &["password", "private_key"],
-        settings: STORAGE_SETTINGS,
-        target_options: &[],
-    },
+    local_files::SPEC,
+    s3::SPEC,
+    azure_blob::SPEC,
+    sftp::SPEC,
     ConnectionTypeSpec {
         id: "postgres",
         display_name: "PostgreSQL",
@@ -389,6 +282,22 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
         target_options: &[CONTACT_TARGET],
     },
 ];
+
+/// The connectors built so far, by their type's spec.
+static CONNECTORS: &[(&ConnectionTypeSpec, &(dyn Connector + 'static))] = &[
+    (&local_files::SPEC, &StorageConnector(local_files::LocalFiles)),
+    (&s3::SPEC, &StorageConnector(s3::S3)),
+    (&azure_blob::SPEC, &StorageConnector(azure_blob::AzureBlob)),
+    (&sftp::SPEC, &StorageConnector(sftp::Sftp)),
+];
+
+/// The connector of a type, if this version has one.
+pub fn connector(type_id: &str) -> Option<&'static dyn Connector> {
+    CONNECTORS
+        .iter()
+        .find(|(spec, _)| spec.id == type_id)
+        .map(|(_, connector)| *connector)
+}
 
 pub fn find(id: &str) -> Option<&'static ConnectionTypeSpec> {
     CONNECTION_TYPES.iter().find(|t| t.id == id)

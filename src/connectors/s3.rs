@@ -9,15 +9,45 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+
+use super::registry::{ALL_SEGMENTS, BOTH_KINDS, FILE_MODES, HTTP_URL, STORAGE_SETTINGS, TEXT, key, optional};
+use crate::domain::connection_type::{Category, ConnectionTypeSpec, ValueKind};
 use object_store::aws::AmazonS3Builder;
 
 use super::storage::object::{ObjectBytes, retry_config};
 use super::storage::{ByteStore, encode_url_path};
 use super::storage_connector::StorageKind;
 use super::{Target, network_step};
-use crate::engine::retry::Failure;
+use crate::connectors::retry::Failure;
 
 pub struct S3;
+
+/// The connection type this file implements (CONNECTORS.md): ids and keys are part of the API.
+pub const SPEC: ConnectionTypeSpec = ConnectionTypeSpec {
+    id: "s3",
+    display_name: "Amazon S3",
+    category: Category::Storage,
+    export_kinds: BOTH_KINDS,
+    segment_types: ALL_SEGMENTS,
+    sync_modes: FILE_MODES,
+    required_fields: &[],
+    identifier_fields: &[],
+    profile_limit: 0,
+    minimum_segment_size: 0,
+    config: &[
+        key("bucket", "bucket name", ValueKind::BucketName),
+        key("region", "AWS region, e.g. eu-west-1", TEXT),
+        optional("endpoint", "S3-compatible endpoint URL", HTTP_URL),
+        optional("prefix", "key prefix for every object", ValueKind::RelativePath),
+    ],
+    secrets: &[
+        key("access_key_id", "access key id", TEXT),
+        key("secret_access_key", "secret access key", TEXT),
+    ],
+    one_of_secrets: &[],
+    settings: STORAGE_SETTINGS,
+    target_options: &[],
+};
 
 fn config<'a>(target: &'a Target<'_>, key: &str) -> &'a str {
     target

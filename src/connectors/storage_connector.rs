@@ -14,9 +14,9 @@ use super::cdm::{CdmAttribute, CdmEntity, CdmFolderWriter, CdmType, CsvOptions, 
 use super::storage::ByteStore;
 use super::storage::blocking::BlockingStorage;
 use super::{Check, Connector, PartSchema, RunTarget, Sink, SinkSummary, Target, TestReport, io_failure};
+use crate::connectors::retry::Failure;
 use crate::domain::catalog::field_type_str;
 use crate::domain::output_area::export_folder;
-use crate::engine::retry::Failure;
 use crate::error::FieldViolation;
 
 /// What one storage type contributes.

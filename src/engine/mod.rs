@@ -20,7 +20,6 @@ use crate::store::Store;
 pub mod dependencies;
 pub mod executor;
 pub mod pipeline;
-pub mod retry;
 pub mod run_watch;
 pub mod scheduler;
 pub mod segments;

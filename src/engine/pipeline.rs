@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use super::Engine;
-use super::retry::{Failure, RetryPolicy, retry};
+use crate::connectors::retry::{Failure, RetryPolicy, retry};
 use crate::connectors::{self, Column, PartSchema, RunTarget, Sink, Target, registry};
 use crate::domain::catalog::{Entity, Segment};
 use crate::domain::connection::Connection;
@@ -159,14 +159,12 @@ impl Progress {
 
 fn failure_error(task: &str, part: &str, failure: &Failure) -> RunError {
     let (code, reason) = match failure {
-        Failure::Transient { .. } => (tonic::Code::Unavailable, "TARGET_UNAVAILABLE"),
-        Failure::Permanent { message } if message.contains("not yet supported") => {
-            (tonic::Code::Unimplemented, "CONNECTOR_NOT_SUPPORTED")
-        }
-        Failure::Permanent { .. } => (tonic::Code::FailedPrecondition, "TARGET_ERROR"),
+        Failure::Transient { .. } => (ErrorCode::Unavailable, "TARGET_UNAVAILABLE"),
+        Failure::Unsupported { .. } => (ErrorCode::Unimplemented, "CONNECTOR_NOT_SUPPORTED"),
+        Failure::Permanent { .. } => (ErrorCode::FailedPrecondition, "TARGET_ERROR"),
     };
     RunError {
-        code: code as i32,
+        code: code.rpc_number(),
         reason: reason.into(),
         message: failure.message().to_string(),
         task: task.into(),
@@ -189,7 +187,7 @@ fn area_refused(err: Error) -> Error {
 
 fn error_of(task: &str, err: &Error) -> RunError {
     RunError {
-        code: crate::api::status::code_of(err.code) as i32,
+        code: err.code.rpc_number(),
         reason: err.reason.to_string(),
         message: err.message.clone(),
         task: task.to_string(),

@@ -4,9 +4,9 @@ pub mod sshd;
 
 use bytes::Bytes;
 use exportd::connectors::Check;
+use exportd::connectors::retry::Failure;
 use exportd::connectors::storage::ByteStore;
 use exportd::connectors::storage::sftp::{SftpBytes, SftpConfig, SftpCredentials, check_config, probe};
-use exportd::engine::retry::Failure;
 use sshd::Sshd;
 
 fn store(config: &SftpConfig) -> SftpBytes {

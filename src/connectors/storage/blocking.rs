@@ -12,7 +12,7 @@ use tokio::runtime::Handle;
 
 use super::{ByteStore, Upload};
 use crate::connectors::cdm::{CdmStorage, StorageEntry, StorageFile};
-use crate::engine::retry::Failure;
+use crate::connectors::retry::Failure;
 
 /// Bytes gathered before they are handed to the store.
 const CHUNK_BYTES: usize = 1 << 20;

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ByteStore, Upload, check_path};
 use crate::connectors::io_failure;
-use crate::engine::retry::Failure;
+use crate::connectors::retry::Failure;
 use crate::file_modes::{create_file, create_folders_below, folder_mode};
 
 /// Temporary files end with this; nothing else the store writes does.

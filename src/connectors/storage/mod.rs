@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::engine::retry::Failure;
+use crate::connectors::retry::Failure;
 
 pub mod blocking;
 pub mod local;

@@ -22,7 +22,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
 
 use super::{ByteStore, PART_BYTES, Upload, check_path, join};
-use crate::engine::retry::Failure;
+use crate::connectors::retry::Failure;
 
 /// Parts of one upload in flight at once (bounded memory: this many parts of [`PART_BYTES`]).
 const PARTS_IN_FLIGHT: usize = 4;

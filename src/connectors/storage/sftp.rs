@@ -42,7 +42,7 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
 use super::object::redact;
 use super::{ByteStore, Upload, check_path, encode_url_path};
 use crate::connectors::Check;
-use crate::engine::retry::Failure;
+use crate::connectors::retry::Failure;
 
 /// The port when the connection names none.
 pub const DEFAULT_PORT: u16 = 22;
@@ -1304,7 +1304,7 @@ async fn connect(inner: &Inner, checks: &mut Vec<Check>) -> Result<Conn, Failure
             );
             match failure {
                 Failure::Transient { retry_after, .. } => Failure::Transient { message, retry_after },
-                Failure::Permanent { .. } => Failure::Permanent { message },
+                Failure::Permanent { .. } | Failure::Unsupported { .. } => Failure::Permanent { message },
             }
         })
 }

@@ -17,12 +17,16 @@ pub enum Failure {
     },
     /// Anything else: bad credentials, missing bucket, refused payload.
     Permanent { message: String },
+    /// The connection type has no connector in this version (never retried).
+    Unsupported { message: String },
 }
 
 impl Failure {
     pub fn message(&self) -> &str {
         match self {
-            Failure::Transient { message, .. } | Failure::Permanent { message } => message,
+            Failure::Transient { message, .. } | Failure::Permanent { message } | Failure::Unsupported { message } => {
+                message
+            }
         }
     }
 }
@@ -76,7 +80,7 @@ where
     loop {
         match operation(attempt).await {
             Ok(value) => return Ok(value),
-            Err(failure @ Failure::Permanent { .. }) => return Err((failure, attempt)),
+            Err(failure @ (Failure::Permanent { .. } | Failure::Unsupported { .. })) => return Err((failure, attempt)),
             Err(failure @ Failure::Transient { .. }) if attempt >= policy.max_attempts => {
                 return Err((failure, attempt));
             }
