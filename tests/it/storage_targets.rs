@@ -631,3 +631,59 @@ async fn parquet_partitions_read_back_typed_on_every_storage_type() {
     assert_eq!(bad_fields(&status), vec!["export.settings.compression".to_string()]);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_cancelled_run_leaves_nothing_at_the_target() {
+    let t = setup(Options::default()).await;
+    let mut catalog = t.catalog("acme", Role::Admin).await;
+    // Enough records in many small partitions that the run is still writing when cancelled.
+    let messages: Vec<_> = (0..4)
+        .map(|m| {
+            let rows = (0..50_000)
+                .map(|i| json!({"id": format!("m{m}-{i:05}"), "email": format!("u{i}@example.com"), "ltv": i as f64}))
+                .collect();
+            write(CUSTOMERS, rows, &[])
+        })
+        .collect();
+    write_all(&mut catalog, messages).await.unwrap();
+    let mut connections = t.connections("acme", Role::Admin).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    for (i, storage) in Storage::all(&t).await.iter().enumerate() {
+        let connection = format!("lake{i}");
+        connections
+            .create_connection(storage.connection(&connection))
+            .await
+            .unwrap();
+        let id = format!("big{i}");
+        let mut request = data_out("acme", &id, "Big", &connection, &[CUSTOMERS]);
+        request
+            .export
+            .as_mut()
+            .unwrap()
+            .settings
+            .insert("max_rows_per_file".into(), "500".into());
+        create_export(&mut exports, request).await;
+        let run = run_export(&mut exports, &export_name("acme", &id)).await;
+        // Cancel once partitions are being written.
+        let writing = wait_for_run(&mut exports, &run.name, |r| is_terminal(r) || r.records_exported > 0).await;
+        assert!(
+            !is_terminal(&writing),
+            "{}: the run ended before it could be cancelled",
+            storage.kind
+        );
+        exports
+            .cancel_export_run(pb::CancelExportRunRequest { name: run.name.clone() })
+            .await
+            .unwrap();
+        let ended = wait_for_end(&mut exports, &run.name).await;
+        assert_eq!(run_state(&ended), pb::RunState::Cancelled, "{}", storage.kind);
+        let left: Vec<String> = storage
+            .list()
+            .await
+            .into_iter()
+            .filter(|p| p.starts_with(&format!("{id}/")))
+            .collect();
+        assert!(left.is_empty(), "{}: a cancelled run left {left:?}", storage.kind);
+    }
+    t.stop().await;
+}
