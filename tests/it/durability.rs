@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::catalog::{customers_entity, write};
 use crate::common::*;
 use crate::process::{ServeProcess, run};
+use crate::storage_targets::Storage;
 
 fn token(env: &str) -> String {
     let roles = BTreeMap::from([(env.to_string(), Role::Admin)]);
@@ -125,6 +126,19 @@ fn exported_keys(root: &std::path::Path, export: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_run_killed_mid_way_is_taken_over_and_completes_exactly_once() {
+    killed_mid_run_then_taken_over(None).await;
+}
+
+#[tokio::test]
+async fn a_run_killed_mid_upload_to_s3_is_taken_over_and_completes_exactly_once() {
+    if let Some(storage) = Storage::s3().await {
+        killed_mid_run_then_taken_over(Some(storage)).await;
+    }
+}
+
+/// Kills the server while a run writes to `storage` (local files when None), starts another
+/// on the same database, and checks that the same run completes with every row exactly once.
+async fn killed_mid_run_then_taken_over(storage: Option<Storage>) {
     const RECORDS: usize = 150_000;
     let dir = tempfile::tempdir().unwrap();
     let database_url = fresh_database_url(dir.path()).await;
@@ -151,10 +165,11 @@ async fn a_run_killed_mid_way_is_taken_over_and_completes_exactly_once() {
         })
         .collect();
     catalog.write_records(tokio_stream::iter(messages)).await.unwrap();
-    connections
-        .create_connection(local_files("acme", "files", "Files", true))
-        .await
-        .unwrap();
+    let connection = match &storage {
+        Some(storage) => storage.connection("files"),
+        None => local_files("acme", "files", "Files", true),
+    };
+    connections.create_connection(connection).await.unwrap();
     exports
         .create_export(pb::CreateExportRequest {
             parent: "environments/acme".into(),
@@ -231,7 +246,13 @@ async fn a_run_killed_mid_way_is_taken_over_and_completes_exactly_once() {
         .into_inner()
         .runs;
     assert_eq!(runs.len(), 1, "exactly one run");
-    let keys = exported_keys(&root, "lake");
+    let keys = match &storage {
+        Some(storage) => storage.read_folder("lake").await.1["customers"]
+            .iter()
+            .map(|row| row["id"].clone())
+            .collect(),
+        None => exported_keys(&root, "lake"),
+    };
     let unique: HashSet<&String> = keys.iter().collect();
     assert_eq!(keys.len(), RECORDS, "every row exactly once");
     assert_eq!(unique.len(), RECORDS);

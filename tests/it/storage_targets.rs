@@ -24,7 +24,7 @@ const PREFIX: &str = "team/a";
 const SECRET_KEY: &str = "moto-secret-access-key-never-shown";
 
 /// One storage target under test: how to connect exportd to it and how to read it back.
-struct Storage {
+pub struct Storage {
     kind: &'static str,
     config: BTreeMap<String, String>,
     secrets: BTreeMap<String, String>,
@@ -54,7 +54,7 @@ impl Storage {
         }
     }
 
-    async fn s3() -> Option<Storage> {
+    pub async fn s3() -> Option<Storage> {
         let moto = Moto::start().await?;
         moto.create_bucket(BUCKET).await;
         let reader = object_store::aws::AmazonS3Builder::new()
@@ -139,7 +139,7 @@ impl Storage {
         all
     }
 
-    fn connection(&self, id: &str) -> pb::CreateConnectionRequest {
+    pub fn connection(&self, id: &str) -> pb::CreateConnectionRequest {
         pb::CreateConnectionRequest {
             parent: "environments/acme".into(),
             connection_id: id.into(),
@@ -184,7 +184,7 @@ impl Storage {
 
     /// model.json of an export folder, and the rows of each entity's partitions (by entity),
     /// each row a map from column name to cell.
-    async fn read_folder(&self, folder: &str) -> (Value, BTreeMap<String, Vec<BTreeMap<String, String>>>) {
+    pub async fn read_folder(&self, folder: &str) -> (Value, BTreeMap<String, Vec<BTreeMap<String, String>>>) {
         let model: Value = serde_json::from_slice(&self.read(&format!("{folder}/model.json")).await).unwrap();
         let mut rows = BTreeMap::new();
         for entity in model["entities"].as_array().unwrap() {
