@@ -245,20 +245,3 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-/// Database errors are internal: logged with their detail here, reported without it.
-impl From<sea_orm::DbErr> for Error {
-    fn from(err: sea_orm::DbErr) -> Self {
-        tracing::error!(error = %err, "database error");
-        Error::internal("internal storage error")
-    }
-}
-
-impl From<sea_orm::TransactionError<Error>> for Error {
-    fn from(err: sea_orm::TransactionError<Error>) -> Self {
-        match err {
-            sea_orm::TransactionError::Connection(db) => db.into(),
-            sea_orm::TransactionError::Transaction(e) => e,
-        }
-    }
-}

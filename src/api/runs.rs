@@ -230,12 +230,12 @@ impl Runs {
                     changed = subscription.changed() => {
                         if changed.is_err() {
                             // The reader stopped (the server is stopping, or the run vanished).
-                            let _ = tx.send(Err(Status::unavailable("the run can no longer be watched here; watch again"))).await;
+                            let _ = tx.send(Err(super::status::to_status(Error::unavailable("WATCH_ENDED", "the run can no longer be watched here; watch again")))).await;
                             return;
                         }
                     }
                     _ = engine.stopping() => {
-                        let _ = tx.send(Err(Status::unavailable("the server is shutting down; watch again"))).await;
+                        let _ = tx.send(Err(super::status::to_status(Error::unavailable("SHUTTING_DOWN", "the server is shutting down; watch again")))).await;
                         return;
                     }
                     _ = tx.closed() => return,

@@ -209,3 +209,22 @@ pub(crate) fn placeholders(backend: DbBackend, text: &str) -> String {
     }
     out
 }
+
+/// A database failure is logged here, where it happens, and reaches callers as a plain internal
+/// error: SQL and connection details are no business of an API client (and domain code never
+/// sees sea-orm).
+impl From<sea_orm::DbErr> for crate::error::Error {
+    fn from(err: sea_orm::DbErr) -> Self {
+        tracing::error!(error = %err, "database error");
+        crate::error::Error::internal("internal storage error")
+    }
+}
+
+impl From<sea_orm::TransactionError<crate::error::Error>> for crate::error::Error {
+    fn from(err: sea_orm::TransactionError<crate::error::Error>) -> Self {
+        match err {
+            sea_orm::TransactionError::Connection(db) => db.into(),
+            sea_orm::TransactionError::Transaction(e) => e,
+        }
+    }
+}
