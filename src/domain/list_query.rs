@@ -138,6 +138,15 @@ pub struct QueryError {
     pub position: usize,
 }
 
+/// `AND` and `OR` mixed at one level of parentheses.
+fn ambiguous(position: usize) -> QueryError {
+    QueryError::new(
+        "`AND` and `OR` without parentheses are ambiguous (AIP-160 binds OR tighter, other languages AND): \
+         add parentheses, e.g. `a AND (b OR c)`",
+        position,
+    )
+}
+
 impl QueryError {
     fn new(message: impl Into<String>, position: usize) -> Self {
         QueryError {
@@ -311,36 +320,30 @@ pub fn parse_order_by(input: &str, allowed: &[&str], default: &str) -> Result<Ve
 /// field's enum prefix.
 impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn precedence(filter: &Filter) -> u8 {
+        /// A child is parenthesised unless it is a term, or a chain of the same operator on
+        /// the left (the parser is left-associative, and refuses `AND` and `OR` mixed at one
+        /// level).
+        fn child(filter: &Filter, parent: &Filter, left: bool, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let same_chain = left && std::mem::discriminant(filter) == std::mem::discriminant(parent);
             match filter {
-                Filter::Or(..) => 0,
-                Filter::And(..) => 1,
-                Filter::Not(_) | Filter::Compare { .. } => 2,
+                Filter::Or(..) | Filter::And(..) if !same_chain => write!(f, "({filter})"),
+                _ => write!(f, "{filter}"),
             }
         }
-        fn child(filter: &Filter, min: u8, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            if precedence(filter) < min {
-                write!(f, "({filter})")
-            } else {
-                write!(f, "{filter}")
-            }
-        }
-        // Left operands may share the operator's level (the parser is left-associative); right
-        // operands of the same level must be parenthesised to keep the tree shape.
         match self {
             Filter::Or(l, r) => {
-                child(l, 0, f)?;
+                child(l, self, true, f)?;
                 f.write_str(" OR ")?;
-                child(r, 1, f)
+                child(r, self, false, f)
             }
             Filter::And(l, r) => {
-                child(l, 1, f)?;
+                child(l, self, true, f)?;
                 f.write_str(" AND ")?;
-                child(r, 2, f)
+                child(r, self, false, f)
             }
             Filter::Not(inner) => {
                 f.write_str("NOT ")?;
-                child(inner, 2, f)
+                child(inner, self, false, f)
             }
             Filter::Compare { field, op, value } if *op == CompareOp::Has => {
                 write!(f, "{field}:{value}")
@@ -613,25 +616,38 @@ impl Parser<'_> {
         })
     }
 
+    /// A sequence joined by `OR`, or by `AND` — not both: AIP-160 binds `OR` tighter than
+    /// `AND`, most other filter languages the other way round, so a filter that mixes them
+    /// without parentheses means different things to different readers and is refused at the
+    /// second operator.
     fn parse_or(&mut self, after: After) -> Result<Filter, QueryError> {
-        let mut left = self.parse_and(after)?;
+        let (mut left, mut and_at) = self.parse_and(after)?;
         loop {
             let tok = self.peek()?;
             if tok.keyword() != Some("OR") {
                 return Ok(left);
             }
+            if and_at.is_some() {
+                return Err(ambiguous(tok.start));
+            }
             self.bump();
-            let right = self.parse_and(After::Token("OR", tok.start))?;
+            let (right, right_and) = self.parse_and(After::Token("OR", tok.start))?;
+            if let Some(at) = right_and {
+                return Err(ambiguous(at));
+            }
+            and_at = right_and;
             left = Filter::Or(Box::new(left), Box::new(right));
         }
     }
 
-    fn parse_and(&mut self, after: After) -> Result<Filter, QueryError> {
+    /// Terms joined by `AND` (or juxtaposed); also where the first `AND` was.
+    fn parse_and(&mut self, after: After) -> Result<(Filter, Option<usize>), QueryError> {
         let mut left = self.parse_unary(after)?;
+        let mut first_and = None;
         loop {
             let tok = self.peek()?;
             let right = match (&tok.tok, tok.keyword()) {
-                (Tok::End | Tok::RParen, _) | (_, Some("OR")) => return Ok(left),
+                (Tok::End | Tok::RParen, _) | (_, Some("OR")) => return Ok((left, first_and)),
                 (_, Some("AND")) => {
                     self.bump();
                     self.parse_unary(After::Token("AND", tok.start))?
@@ -639,6 +655,7 @@ impl Parser<'_> {
                 // Juxtaposed terms are an implicit AND.
                 _ => self.parse_unary(After::Start)?,
             };
+            first_and.get_or_insert(tok.start);
             left = Filter::And(Box::new(left), Box::new(right));
         }
     }
@@ -1113,13 +1130,28 @@ mod tests {
     }
 
     #[test]
-    fn and_binds_tighter_than_or() {
+    fn and_and_or_need_parentheses_when_mixed() {
+        assert_err(
+            "display_name = \"x\" OR state = FAILED AND archived = true",
+            37,
+            &["ambiguous", "parentheses"],
+        );
+        assert_err(
+            "display_name = \"x\" AND state = FAILED OR archived = true",
+            38,
+            &["ambiguous"],
+        );
+        assert_err(
+            "state = FAILED archived = true OR display_name = \"x\"",
+            31,
+            &["ambiguous"],
+        );
         assert_eq!(
-            ok("display_name = \"x\" OR state = FAILED AND archived = true"),
+            ok("display_name = \"x\" OR (state = FAILED AND archived = true)"),
             or(name_is("x"), and(state_is("FAILED"), archived_is(true)))
         );
         assert_eq!(
-            ok("display_name = \"x\" AND state = FAILED OR archived = true"),
+            ok("(display_name = \"x\" AND state = FAILED) OR archived = true"),
             or(and(name_is("x"), state_is("FAILED")), archived_is(true))
         );
     }
@@ -1158,11 +1190,6 @@ mod tests {
         assert_eq!(
             ok("state = FAILED archived = true"),
             and(state_is("FAILED"), archived_is(true))
-        );
-        assert_eq!(
-            ok("state = FAILED archived = true OR display_name = \"x\""),
-            or(and(state_is("FAILED"), archived_is(true)), name_is("x")),
-            "implicit AND has AND's precedence"
         );
         assert_eq!(
             ok("state=FAILED (archived=true)"),
@@ -1486,8 +1513,8 @@ mod tests {
             ("state=EXPORT_STATE_FAILED", "state = FAILED"),
             ("display_name:'a\"b'", r#"display_name:"a\"b""#),
             (
-                "display_name = \"x\" OR state = FAILED archived = true",
-                "display_name = \"x\" OR state = FAILED AND archived = true",
+                "display_name = \"x\" OR (state = FAILED archived = true)",
+                "display_name = \"x\" OR (state = FAILED AND archived = true)",
             ),
             (
                 "(display_name = \"x\" OR state = FAILED) archived = true",

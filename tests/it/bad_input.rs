@@ -556,6 +556,17 @@ fn corpus(t: &TestServer) -> Vec<Case> {
         .field("filter"),
         bad(
             "ExportService/ListExports",
+            "AND and OR mixed without parentheses",
+            pb::ListExportsRequest {
+                parent: ACME.into(),
+                filter: "kind = SEGMENT OR status = FAILED AND state = DETACHED".into(),
+                ..Default::default()
+            },
+        )
+        .field("filter")
+        .says("ambiguous"),
+        bad(
+            "ExportService/ListExports",
             "a negative page size",
             pb::ListExportsRequest {
                 parent: ACME.into(),
