@@ -13,31 +13,23 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::registry::{ALL_SEGMENTS, BOTH_KINDS, FILE_MODES, HTTP_URL, STORAGE_SETTINGS, TEXT, key, optional};
-use crate::domain::connection_type::{Category, ConnectionTypeSpec, ValueKind};
+use super::registry::{HTTP_URL, TEXT, key, optional, storage_type};
+use crate::domain::connection_type::{ConnectionTypeSpec, ValueKind};
 use object_store::azure::MicrosoftAzureBuilder;
 
 use super::storage::object::{ObjectBytes, retry_config};
 use super::storage::{ByteStore, encode_url_path};
 use super::storage_connector::StorageKind;
-use super::{Target, network_step};
+use super::{Target, object_store_step};
 use crate::connectors::retry::Failure;
 
 pub struct AzureBlob;
 
 /// The connection type this file implements (CONNECTORS.md): ids and keys are part of the API.
-pub const SPEC: ConnectionTypeSpec = ConnectionTypeSpec {
-    id: "azure-blob",
-    display_name: "Azure Blob Storage",
-    category: Category::Storage,
-    export_kinds: BOTH_KINDS,
-    segment_types: ALL_SEGMENTS,
-    sync_modes: FILE_MODES,
-    required_fields: &[],
-    identifier_fields: &[],
-    profile_limit: 0,
-    minimum_segment_size: 0,
-    config: &[
+pub const SPEC: ConnectionTypeSpec = storage_type(
+    "azure-blob",
+    "Azure Blob Storage",
+    &[
         key("account", "storage account name", ValueKind::AzureAccount),
         key("container", "container name", ValueKind::AzureContainer),
         optional(
@@ -52,38 +44,27 @@ pub const SPEC: ConnectionTypeSpec = ConnectionTypeSpec {
             ValueKind::Bool,
         ),
     ],
-    secrets: &[
+    &[
         optional("account_key", "storage account key", TEXT),
         optional("sas_token", "shared access signature", TEXT),
     ],
-    one_of_secrets: &["account_key", "sas_token"],
-    settings: STORAGE_SETTINGS,
-    target_options: &[],
-};
-
-fn config<'a>(target: &'a Target<'_>, key: &str) -> &'a str {
-    target
-        .connection
-        .config
-        .get(key)
-        .map(String::as_str)
-        .unwrap_or_default()
-}
+    &["account_key", "sas_token"],
+);
 
 /// `https://<account>.blob.core.windows.net/<container>/<prefix>` (`dfs` for ADLS Gen2), or
 /// `<endpoint>/<container>/<prefix>`.
 fn url_root(target: &Target<'_>) -> String {
-    let account = config(target, "account");
-    let endpoint = config(target, "endpoint").trim_end_matches('/');
+    let account = target.config("account");
+    let endpoint = target.config("endpoint").trim_end_matches('/');
     let base = if !endpoint.is_empty() {
         endpoint.to_string()
-    } else if config(target, "hierarchical_namespace") == "true" {
+    } else if target.config("hierarchical_namespace") == "true" {
         format!("https://{account}.dfs.core.windows.net")
     } else {
         format!("https://{account}.blob.core.windows.net")
     };
-    let prefix = config(target, "prefix").trim_matches('/');
-    let container = config(target, "container");
+    let prefix = target.config("prefix").trim_matches('/');
+    let container = target.config("container");
     if prefix.is_empty() {
         format!("{base}/{container}")
     } else {
@@ -103,8 +84,8 @@ impl StorageKind for AzureBlob {
     async fn open(&self, target: &Target<'_>) -> Result<Arc<dyn ByteStore>, Failure> {
         super::ensure_tls_provider();
         let mut builder = MicrosoftAzureBuilder::new()
-            .with_account(config(target, "account"))
-            .with_container_name(config(target, "container"))
+            .with_account(target.config("account"))
+            .with_container_name(target.config("container"))
             .with_retry(retry_config());
         let mut secrets: Vec<String> = target.secrets.values().cloned().collect();
         if let Some(key) = target.secrets.get("account_key") {
@@ -114,7 +95,7 @@ impl StorageKind for AzureBlob {
             secrets.extend(pairs.iter().map(|(_, v)| v.clone()));
             builder = builder.with_sas_authorization(pairs);
         }
-        let endpoint = config(target, "endpoint");
+        let endpoint = target.config("endpoint");
         if !endpoint.is_empty() {
             builder = builder
                 .with_endpoint(endpoint.to_string())
@@ -125,7 +106,7 @@ impl StorageKind for AzureBlob {
         })?;
         Ok(Arc::new(ObjectBytes::new(
             Arc::new(store),
-            config(target, "prefix"),
+            target.config("prefix"),
             url_root(target),
             secrets,
         )))
@@ -136,14 +117,7 @@ impl StorageKind for AzureBlob {
     }
 
     fn failed_step(&self, failure: &Failure) -> &'static str {
-        let message = failure.message();
-        network_step(message).unwrap_or_else(|| {
-            if message.contains("ContainerNotFound") {
-                "container_exists"
-            } else {
-                "authentication"
-            }
-        })
+        object_store_step(failure.message(), "ContainerNotFound", "container_exists")
     }
 
     fn private_locations(&self, target: &Target<'_>) -> Vec<String> {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::registry::{ALL_SEGMENTS, BOTH_KINDS, FILE_MODES, STORAGE_SETTINGS, optional};
-use crate::domain::connection_type::{Category, ConnectionTypeSpec, ValueKind};
+use super::registry::{optional, storage_type};
+use crate::domain::connection_type::{ConnectionTypeSpec, ValueKind};
 
 use super::cdm::file_url;
 use super::storage::ByteStore;
@@ -23,28 +23,18 @@ use crate::file_modes::{create_folders_below, folder_mode};
 pub struct LocalFiles;
 
 /// The connection type this file implements (CONNECTORS.md): ids and keys are part of the API.
-pub const SPEC: ConnectionTypeSpec = ConnectionTypeSpec {
-    id: "local-files",
-    display_name: "Local files",
-    category: Category::Storage,
-    export_kinds: BOTH_KINDS,
-    segment_types: ALL_SEGMENTS,
-    sync_modes: FILE_MODES,
-    required_fields: &[],
-    identifier_fields: &[],
-    profile_limit: 0,
-    minimum_segment_size: 0,
-    config: &[optional(
+pub const SPEC: ConnectionTypeSpec = storage_type(
+    "local-files",
+    "Local files",
+    &[optional(
         "root",
         "absolute folder to write under, inside one of the server's allowed_roots \
          (default: <exports_root>/<environment>/<connection>)",
         ValueKind::AbsolutePath,
     )],
-    secrets: &[],
-    one_of_secrets: &[],
-    settings: STORAGE_SETTINGS,
-    target_options: &[],
-};
+    &[],
+    &[],
+);
 
 /// Creates the exports root (owner only, its missing parents too) at start, so that default
 /// areas are always created below an existing folder. Folders that exist are left alone.

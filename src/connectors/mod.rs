@@ -34,6 +34,24 @@ pub struct Target<'a> {
     pub export_file_mode: u32,
 }
 
+impl Target<'_> {
+    /// A configuration value, empty when not set.
+    pub fn config(&self, key: &str) -> &str {
+        self.connection.config.get(key).map(String::as_str).unwrap_or_default()
+    }
+}
+
+/// Which step of reaching an object store failed, when listing its root did: a network step,
+/// else the missing bucket or container (its error code in the message), else the credentials.
+pub fn object_store_step(message: &str, missing_code: &str, missing_step: &'static str) -> &'static str {
+    network_step(message).unwrap_or(if message.contains(missing_code) {
+        missing_step
+    } else {
+        // InvalidAccessKeyId, SignatureDoesNotMatch, AuthenticationFailed, 403s.
+        "authentication"
+    })
+}
+
 /// One step of a connection test.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {

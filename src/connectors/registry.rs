@@ -100,6 +100,34 @@ const CONTACT_TARGET: TargetOptionSpec = TargetOptionSpec {
     segment_types: PEOPLE_SEGMENTS,
 };
 
+/// A storage type: both export kinds, every segment type, FULL and INCREMENTAL, no limits,
+/// the storage export settings; only its id, name and keys differ.
+pub(super) const fn storage_type(
+    id: &'static str,
+    display_name: &'static str,
+    config: &'static [KeySpec],
+    secrets: &'static [KeySpec],
+    one_of_secrets: &'static [&'static str],
+) -> ConnectionTypeSpec {
+    ConnectionTypeSpec {
+        id,
+        display_name,
+        category: Category::Storage,
+        export_kinds: BOTH_KINDS,
+        segment_types: ALL_SEGMENTS,
+        sync_modes: FILE_MODES,
+        required_fields: &[],
+        identifier_fields: &[],
+        profile_limit: 0,
+        minimum_segment_size: 0,
+        config,
+        secrets,
+        one_of_secrets,
+        settings: STORAGE_SETTINGS,
+        target_options: &[],
+    }
+}
+
 pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
     local_files::SPEC,
     s3::SPEC,

@@ -10,58 +10,39 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::registry::{ALL_SEGMENTS, BOTH_KINDS, FILE_MODES, HTTP_URL, STORAGE_SETTINGS, TEXT, key, optional};
-use crate::domain::connection_type::{Category, ConnectionTypeSpec, ValueKind};
+use super::registry::{HTTP_URL, TEXT, key, optional, storage_type};
+use crate::domain::connection_type::{ConnectionTypeSpec, ValueKind};
 use object_store::aws::AmazonS3Builder;
 
 use super::storage::object::{ObjectBytes, retry_config};
 use super::storage::{ByteStore, encode_url_path};
 use super::storage_connector::StorageKind;
-use super::{Target, network_step};
+use super::{Target, object_store_step};
 use crate::connectors::retry::Failure;
 
 pub struct S3;
 
 /// The connection type this file implements (CONNECTORS.md): ids and keys are part of the API.
-pub const SPEC: ConnectionTypeSpec = ConnectionTypeSpec {
-    id: "s3",
-    display_name: "Amazon S3",
-    category: Category::Storage,
-    export_kinds: BOTH_KINDS,
-    segment_types: ALL_SEGMENTS,
-    sync_modes: FILE_MODES,
-    required_fields: &[],
-    identifier_fields: &[],
-    profile_limit: 0,
-    minimum_segment_size: 0,
-    config: &[
+pub const SPEC: ConnectionTypeSpec = storage_type(
+    "s3",
+    "Amazon S3",
+    &[
         key("bucket", "bucket name", ValueKind::BucketName),
         key("region", "AWS region, e.g. eu-west-1", TEXT),
         optional("endpoint", "S3-compatible endpoint URL", HTTP_URL),
         optional("prefix", "key prefix for every object", ValueKind::RelativePath),
     ],
-    secrets: &[
+    &[
         key("access_key_id", "access key id", TEXT),
         key("secret_access_key", "secret access key", TEXT),
     ],
-    one_of_secrets: &[],
-    settings: STORAGE_SETTINGS,
-    target_options: &[],
-};
-
-fn config<'a>(target: &'a Target<'_>, key: &str) -> &'a str {
-    target
-        .connection
-        .config
-        .get(key)
-        .map(String::as_str)
-        .unwrap_or_default()
-}
+    &[],
+);
 
 /// `s3://bucket/prefix`.
 fn url_root(target: &Target<'_>) -> String {
-    let prefix = config(target, "prefix").trim_matches('/');
-    let bucket = config(target, "bucket");
+    let prefix = target.config("prefix").trim_matches('/');
+    let bucket = target.config("bucket");
     if prefix.is_empty() {
         format!("s3://{bucket}")
     } else {
@@ -75,12 +56,12 @@ impl StorageKind for S3 {
         super::ensure_tls_provider();
         let secret = |key: &str| target.secrets.get(key).cloned().unwrap_or_default();
         let mut builder = AmazonS3Builder::new()
-            .with_bucket_name(config(target, "bucket"))
-            .with_region(config(target, "region"))
+            .with_bucket_name(target.config("bucket"))
+            .with_region(target.config("region"))
             .with_access_key_id(secret("access_key_id"))
             .with_secret_access_key(secret("secret_access_key"))
             .with_retry(retry_config());
-        let endpoint = config(target, "endpoint");
+        let endpoint = target.config("endpoint");
         if !endpoint.is_empty() {
             // Path-style (the builder's default with an endpoint) and plain HTTP for local
             // servers.
@@ -94,7 +75,7 @@ impl StorageKind for S3 {
         let secrets = target.secrets.values().cloned().collect();
         Ok(Arc::new(ObjectBytes::new(
             Arc::new(store),
-            config(target, "prefix"),
+            target.config("prefix"),
             url_root(target),
             secrets,
         )))
@@ -105,15 +86,7 @@ impl StorageKind for S3 {
     }
 
     fn failed_step(&self, failure: &Failure) -> &'static str {
-        let message = failure.message();
-        network_step(message).unwrap_or_else(|| {
-            if message.contains("NoSuchBucket") {
-                "bucket_exists"
-            } else {
-                // InvalidAccessKeyId, SignatureDoesNotMatch, AccessDenied, 403s.
-                "authentication"
-            }
-        })
+        object_store_step(failure.message(), "NoSuchBucket", "bucket_exists")
     }
 
     fn private_locations(&self, target: &Target<'_>) -> Vec<String> {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::registry::{ALL_SEGMENTS, BOTH_KINDS, FILE_MODES, STORAGE_SETTINGS, TEXT, key, optional};
-use crate::domain::connection_type::{Category, ConnectionTypeSpec, ValueKind};
+use super::registry::{TEXT, key, optional, storage_type};
+use crate::domain::connection_type::{ConnectionTypeSpec, ValueKind};
 
 use super::storage::ByteStore;
 use super::storage::sftp::{self, SftpBytes, SftpConfig, SftpCredentials};
@@ -21,18 +21,10 @@ use crate::error::FieldViolation;
 pub struct Sftp;
 
 /// The connection type this file implements (CONNECTORS.md): ids and keys are part of the API.
-pub const SPEC: ConnectionTypeSpec = ConnectionTypeSpec {
-    id: "sftp",
-    display_name: "SFTP",
-    category: Category::Storage,
-    export_kinds: BOTH_KINDS,
-    segment_types: ALL_SEGMENTS,
-    sync_modes: FILE_MODES,
-    required_fields: &[],
-    identifier_fields: &[],
-    profile_limit: 0,
-    minimum_segment_size: 0,
-    config: &[
+pub const SPEC: ConnectionTypeSpec = storage_type(
+    "sftp",
+    "SFTP",
+    &[
         key("host", "server host name or address", TEXT),
         optional(
             "port",
@@ -47,14 +39,12 @@ pub const SPEC: ConnectionTypeSpec = ConnectionTypeSpec {
             ValueKind::SshPublicKey,
         ),
     ],
-    secrets: &[
+    &[
         optional("password", "password", TEXT),
         optional("private_key", "OpenSSH private key", TEXT),
     ],
-    one_of_secrets: &["password", "private_key"],
-    settings: STORAGE_SETTINGS,
-    target_options: &[],
-};
+    &["password", "private_key"],
+);
 
 /// The store's configuration from a connection's config and secrets.
 fn sftp_config(config: &BTreeMap<String, String>, secrets: &BTreeMap<String, String>) -> SftpConfig {
