@@ -149,12 +149,13 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve { .. } => serve(settings).await,
         Command::Migrate => {
-            let store = open_store(&settings).await?;
+            let (store, applied) = open_store(&settings).await?;
             store.close().await;
-            println!(
-                "migrations applied to {}",
-                exportd::config::redact_url(&settings.database_url)
-            );
+            let database = exportd::config::redact_url(&settings.database_url);
+            match applied {
+                0 => println!("the schema of {database} is up to date"),
+                n => println!("applied {n} migrations to {database}"),
+            }
             Ok(())
         }
         Command::Token { envs, sub, ttl } => {
@@ -220,12 +221,12 @@ fn init_logging(settings: &Settings) {
 }
 
 /// Opens the database for an operator command; secrets are not needed, so a missing sealing
-/// key is fine here.
-async fn open_store(settings: &Settings) -> Result<Store, String> {
+/// key is fine here. Also says how many migrations it applied.
+async fn open_store(settings: &Settings) -> Result<(Store, usize), String> {
     let sealer = Sealer::new(settings.sealing_keys.clone(), settings.sealing_key_id.clone())?;
     let store = Store::open(&settings.database_url, sealer, settings.read_cache_entries).await?;
-    store.migrate().await?;
-    Ok(store)
+    let applied = store.migrate().await?;
+    Ok((store, applied))
 }
 
 async fn serve(settings: Settings) -> Result<(), String> {
@@ -272,7 +273,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
 }
 
 async fn environment(settings: Settings, command: EnvironmentCommand) -> Result<(), String> {
-    let store = open_store(&settings).await?;
+    let (store, _) = open_store(&settings).await?;
     let result = match command {
         EnvironmentCommand::Create { id, kind, display_name } => {
             if !is_valid_id(&id) {

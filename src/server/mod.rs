@@ -64,7 +64,10 @@ pub async fn open_state(settings: Settings) -> Result<State, String> {
     settings.check_can_serve()?;
     let sealer = Sealer::new(settings.sealing_keys.clone(), settings.sealing_key_id.clone())?;
     let store = Store::open(&settings.database_url, sealer, settings.read_cache_entries).await?;
-    store.migrate().await?;
+    let applied = store.migrate().await?;
+    if applied > 0 {
+        tracing::info!(applied, "applied database migrations");
+    }
     // Default areas are created below the exports root, never above it: it exists first.
     if let Err(e) =
         crate::connectors::local_files::prepare_exports_root(&settings.exports_root, settings.export_file_mode)

@@ -91,10 +91,30 @@ impl Store {
         })
     }
 
-    pub async fn migrate(&self) -> Result<(), String> {
-        migration::Migrator::up(&self.writer, None)
+    /// Applies the pending migrations; returns how many it applied (0: the schema was up to
+    /// date). On PostgreSQL, several processes may start at once on one database: the whole
+    /// migration runs in one transaction holding an advisory lock, so that one process
+    /// migrates while the others wait for it, then find nothing pending. (Without the lock
+    /// they would race on `CREATE TABLE` and all but one fail.) DDL is transactional in both
+    /// databases, so a migration that fails leaves the schema as it was. SQLite belongs to one
+    /// process and its single writer already serialises this.
+    pub async fn migrate(&self) -> Result<usize, String> {
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let failed = |e: sea_orm::DbErr| format!("database migration failed: {e}");
+        let txn = self.writer.begin().await.map_err(failed)?;
+        if self.is_postgres() {
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+                .await
+                .map_err(failed)?;
+        }
+        // Creates sea-orm's migrations table first if needed (under the lock).
+        let pending = migration::Migrator::get_pending_migrations(&txn)
             .await
-            .map_err(|e| format!("database migration failed: {e}"))
+            .map_err(failed)?
+            .len();
+        migration::Migrator::up(&txn, None).await.map_err(failed)?;
+        txn.commit().await.map_err(failed)?;
+        Ok(pending)
     }
 
     /// The connection for writes (one writer on SQLite). Every write goes through it: the
@@ -132,6 +152,10 @@ impl Store {
         let _ = self.writer.close().await;
     }
 }
+
+/// Key of the PostgreSQL advisory lock held while migrating ("migrate" in ASCII); the
+/// output-area lock (`placement.rs`) uses another.
+const MIGRATION_LOCK: i64 = i64::from_be_bytes(*b"\0migrate");
 
 fn sqlite_path(url: &str) -> Option<String> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;

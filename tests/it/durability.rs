@@ -14,12 +14,12 @@ use crate::catalog::{customers_entity, write};
 use crate::common::*;
 use crate::process::{ServeProcess, run};
 
-fn token(env: &str) -> String {
+pub(crate) fn token(env: &str) -> String {
     let roles = BTreeMap::from([(env.to_string(), Role::Admin)]);
     exportd::auth::jwt::sign_hs256(HS_SECRET.as_bytes(), "durability", &roles, Duration::from_secs(3600)).unwrap()
 }
 
-fn server_env(database_url: &str, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
+pub(crate) fn server_env(database_url: &str, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
     let mut envs = vec![
         ("EXPORTD_DATABASE_URL", database_url.to_string()),
         ("EXPORTD_JWT_HS256_SECRET", HS_SECRET.to_string()),
@@ -36,12 +36,12 @@ fn server_env(database_url: &str, extra: &[(&'static str, &'static str)]) -> Vec
     envs
 }
 
-fn start(dir: &std::path::Path, envs: &[(&'static str, String)]) -> ServeProcess {
+pub(crate) fn start(dir: &std::path::Path, envs: &[(&'static str, String)]) -> ServeProcess {
     let borrowed: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     ServeProcess::start(dir, &[], &borrowed)
 }
 
-async fn clients(addr: &str, env: &str) -> (Catalog, Connections, Exports) {
+pub(crate) async fn clients(addr: &str, env: &str) -> (Catalog, Connections, Exports) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -55,7 +55,7 @@ async fn clients(addr: &str, env: &str) -> (Catalog, Connections, Exports) {
     )
 }
 
-fn create_environment(dir: &std::path::Path, envs: &[(&'static str, String)], id: &str) {
+pub(crate) fn create_environment(dir: &std::path::Path, envs: &[(&'static str, String)], id: &str) {
     let borrowed: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (code, _, err) = run(
         &[
@@ -73,7 +73,7 @@ fn create_environment(dir: &std::path::Path, envs: &[(&'static str, String)], id
 }
 
 /// Polls a run until `done` holds (bounded).
-async fn wait_run(
+pub(crate) async fn wait_run(
     exports: &mut Exports,
     name: &str,
     what: &str,
@@ -99,7 +99,7 @@ async fn wait_run(
 }
 
 /// Every data row of the partitions model.json points to, as (key, row) — read back from disk.
-fn exported_keys(root: &std::path::Path, export: &str) -> Vec<String> {
+pub(crate) fn exported_keys(root: &std::path::Path, export: &str) -> Vec<String> {
     let model: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join(export).join("model.json")).unwrap()).unwrap();
     let mut keys = Vec::new();

@@ -18,6 +18,12 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `exportd serve <args>` with `envs` and waits for its "listening on" line.
     pub fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
+        Self::spawn(data_dir, args, envs).ready()
+    }
+
+    /// Starts `exportd serve <args>` without waiting for it: several can be started at the
+    /// same moment, then waited for with [`Starting::ready`].
+    pub fn spawn(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Starting {
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log_path = data_dir.join(format!("serve-{}-{n}.log", std::process::id()));
@@ -36,38 +42,11 @@ impl ServeProcess {
         for (k, v) in envs {
             command.env(k, v);
         }
-        let mut child = command.spawn().expect("spawn exportd");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let mut addr = None;
-        let mut token = None;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            let Some(Ok(line)) = lines.next() else { break };
-            if let Some(rest) = line.strip_prefix("exportd listening on ") {
-                addr = Some(rest.trim().to_string());
-                if !args.contains(&"--dev") {
-                    break;
-                }
-            }
-            if let Some(rest) = line.strip_prefix("export EXPORTD_TOKEN=") {
-                token = Some(rest.trim().to_string());
-                break;
-            }
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        let addr = addr.unwrap_or_else(|| {
-            panic!(
-                "exportd did not start; log:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            )
-        });
-        ServeProcess {
-            child,
-            addr,
-            token,
+        let child = command.spawn().expect("spawn exportd");
+        Starting {
+            child: Some(child),
             log_path,
+            dev: args.contains(&"--dev"),
         }
     }
 
@@ -87,6 +66,62 @@ impl ServeProcess {
     /// Waits for the process to exit and returns its exit code.
     pub fn wait(mut self) -> Option<i32> {
         self.child.wait().unwrap().code()
+    }
+}
+
+/// A `serve` process that has been started and may not be listening yet.
+pub struct Starting {
+    /// Taken by `ready`; a `Starting` dropped before that kills its process.
+    child: Option<Child>,
+    log_path: std::path::PathBuf,
+    dev: bool,
+}
+
+impl Starting {
+    /// Waits (up to 60 s) for the "listening on" line (and, in dev mode, the token).
+    pub fn ready(mut self) -> ServeProcess {
+        let mut child = self.child.take().expect("not ready yet");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addr = None;
+        let mut token = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(rest) = line.strip_prefix("exportd listening on ") {
+                addr = Some(rest.trim().to_string());
+                if !self.dev {
+                    break;
+                }
+            }
+            if let Some(rest) = line.strip_prefix("export EXPORTD_TOKEN=") {
+                token = Some(rest.trim().to_string());
+                break;
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let process = ServeProcess {
+            child,
+            addr: addr.unwrap_or_default(),
+            token,
+            log_path: self.log_path.clone(),
+        };
+        assert!(
+            !process.addr.is_empty(),
+            "exportd did not start; log:\n{}",
+            process.logs()
+        );
+        process
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
