@@ -62,6 +62,9 @@ enum Command {
     /// Manage environments (operator only).
     #[command(subcommand)]
     Environment(EnvironmentCommand),
+    /// Key rotation of the stored connection secrets.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Start a run of an export (environments/ENV/exports/ID) and, with --watch, follow it.
     RunExport {
         /// The export's name, e.g. environments/demo/exports/lake.
@@ -93,6 +96,13 @@ enum EnvironmentCommand {
     List,
     /// Change an environment's display name or system refresh schedule.
     Update(UpdateEnvironment),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Seal every stored connection secret again with the current key (`sealing_key_id`);
+    /// afterwards the older keys can be removed from `sealing_keys`. Safe while servers run.
+    Reseal,
 }
 
 #[derive(Args)]
@@ -182,6 +192,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Environment(command) => environment(settings, command).await,
+        Command::Secrets(SecretsCommand::Reseal) => reseal(settings).await,
         Command::RunExport {
             name,
             watch,
@@ -359,6 +370,30 @@ async fn environment(settings: Settings, command: EnvironmentCommand) -> Result<
     };
     store.close().await;
     result
+}
+
+/// Prints what it did; fails when some secrets were sealed with a key that is not configured
+/// (they are named with their key id, never their values).
+async fn reseal(settings: Settings) -> Result<(), String> {
+    settings.check_can_seal()?;
+    let (store, _) = open_store(&settings).await?;
+    let report = store.reseal_secrets().await.map_err(|e| e.message);
+    store.close().await;
+    let report = report?;
+    println!(
+        "resealed {} connection secrets with key '{}'; {} already used it",
+        report.resealed, settings.sealing_key_id, report.current
+    );
+    if report.unopenable.is_empty() {
+        return Ok(());
+    }
+    for (connection, key_id) in &report.unopenable {
+        eprintln!("{connection}: sealed with key '{key_id}', which is not configured");
+    }
+    Err(format!(
+        "{} connections could not be resealed: add the keys they name to sealing_keys and run it again",
+        report.unopenable.len()
+    ))
 }
 
 /// A short-lived admin token for the export's environment, signed with the configured (or dev)

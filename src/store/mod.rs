@@ -24,6 +24,7 @@ pub mod placement;
 pub mod record_rows;
 pub mod records;
 pub mod request_ids;
+pub mod reseal;
 pub mod runs;
 pub mod schedules;
 pub mod secrets;
@@ -95,13 +96,19 @@ impl Store {
     /// date). On PostgreSQL, several processes may start at once on one database: the whole
     /// migration runs in one transaction holding an advisory lock, so that one process
     /// migrates while the others wait for it, then find nothing pending. (Without the lock
-    /// they would race on `CREATE TABLE` and all but one fail.) DDL is transactional in both
-    /// databases, so a migration that fails leaves the schema as it was. SQLite belongs to one
-    /// process and its single writer already serialises this.
+    /// they would race on `CREATE TABLE` and all but one fail.) On SQLite the transaction's
+    /// write lock does the same. DDL is transactional in both databases, so a migration that
+    /// fails leaves the schema as it was.
     pub async fn migrate(&self) -> Result<usize, String> {
-        use sea_orm::{ConnectionTrait, TransactionTrait};
+        use sea_orm::{ConnectionTrait, SqliteTransactionMode, TransactionOptions, TransactionTrait};
         let failed = |e: sea_orm::DbErr| format!("database migration failed: {e}");
-        let txn = self.writer.begin().await.map_err(failed)?;
+        // SQLite: the write lock from the start, so that a second process waits for it rather
+        // than read the pending migrations and then fail to upgrade to a writer.
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
+        let txn = self.writer.begin_with_options(options).await.map_err(failed)?;
         if self.is_postgres() {
             txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
                 .await

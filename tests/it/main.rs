@@ -11,6 +11,7 @@ mod durability;
 mod eligibility;
 mod environments;
 mod exports;
+mod key_rotation;
 mod limits;
 mod migrations;
 mod output_areas;

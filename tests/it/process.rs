@@ -147,3 +147,8 @@ pub fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let code = child.wait().unwrap().code().unwrap_or(-1);
     (code, out, err)
 }
+
+/// `(name, value)` settings as the `&str` pairs `start` and `run` take.
+pub fn borrowed<'a>(envs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    envs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
