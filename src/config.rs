@@ -29,6 +29,8 @@ pub enum LogFormat {
 #[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Where Prometheus metrics are served (`/metrics`); None: not served.
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub database_url: String,
     pub dev: bool,
@@ -71,6 +73,7 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
             .field("data_dir", &self.data_dir)
             .field("database_url", &redact_url(&self.database_url))
             .field("dev", &self.dev)
@@ -120,6 +123,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "listen",
         default: "127.0.0.1:50051",
         description: "gRPC listen address",
+    },
+    SettingDoc {
+        key: "metrics_listen",
+        default: "(off)",
+        description: "address of the Prometheus metrics endpoint `http://<metrics_listen>/metrics`",
     },
     SettingDoc {
         key: "data_dir",
@@ -238,6 +246,7 @@ pub const SETTINGS: &[SettingDoc] = &[
 #[serde(deny_unknown_fields)]
 pub struct Layer {
     pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub log_format: Option<LogFormat>,
@@ -274,6 +283,7 @@ impl Layer {
             self,
             top,
             listen,
+            metrics_listen,
             data_dir,
             database_url,
             log_format,
@@ -390,6 +400,13 @@ impl Settings {
         let listen: SocketAddr = listen_text
             .parse()
             .map_err(|_| format!("listen: '{listen_text}' is not an address like 127.0.0.1:50051"))?;
+        let metrics_listen = match layer.metrics_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|_| format!("metrics_listen: '{text}' is not an address like 0.0.0.0:9090"))?,
+            ),
+        };
         let database_url = layer
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("exportd.db").display()));
@@ -481,6 +498,7 @@ impl Settings {
         };
         Ok(Settings {
             listen,
+            metrics_listen,
             exports_root,
             allowed_roots,
             export_file_mode,

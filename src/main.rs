@@ -265,6 +265,10 @@ async fn serve(settings: Settings) -> Result<(), String> {
     }
     let server = exportd::server::start(state).await?;
     tracing::info!(addr = %server.addr, "exportd is serving");
+    // Before the "listening" line, which tools wait for: when they see it, both are up.
+    if let Some(metrics) = server.metrics_addr {
+        println!("exportd metrics on http://{metrics}/metrics");
+    }
     println!("exportd listening on {}", server.addr);
     if dev && let Some(secret) = secret {
         let roles = BTreeMap::from([("demo".to_string(), Role::Admin)]);

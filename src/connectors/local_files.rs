@@ -130,7 +130,7 @@ impl Connector for LocalFiles {
             return Ok(Box::new(AlreadyCommitted { summary }));
         }
         let writer = CdmFolderWriter::new(
-            Box::new(storage),
+            Box::new(super::metered::MeteredStorage::new(storage, "local-files")),
             &folder,
             run.export_id,
             run.run_id,

@@ -14,6 +14,7 @@ use crate::engine::retry::Failure;
 
 pub mod cdm;
 pub mod local_files;
+pub mod metered;
 pub mod parquet_partition;
 pub mod registry;
 pub mod storage;

@@ -27,9 +27,12 @@ impl Engine {
             // Register interest before looking, so that a run queued meanwhile wakes us.
             let notified = self.work.notified();
             match self.store.claim_run(&owner, self.lease()).await {
-                Ok(Some(run)) => {
-                    self.run_changed(&run.name.to_string());
-                    self.execute(&owner, run).await;
+                Ok(Some(claimed)) => {
+                    if claimed.takeover {
+                        crate::metrics::lease_takeover();
+                    }
+                    self.run_changed(&claimed.run.name.to_string());
+                    self.execute(&owner, claimed.run).await;
                     continue;
                 }
                 Ok(None) => {}
@@ -94,10 +97,15 @@ impl Engine {
         match outcome {
             Outcome::Finished(finish) => {
                 let state = finish.state;
+                let counts = finish.counts;
                 match self.store.finish_run(&run.name, owner, *finish).await {
-                    Ok(catch_up) => {
+                    Ok(finished) if !finished.recorded => {
+                        tracing::info!(run = %run.name, "the run was taken over before its end was recorded");
+                    }
+                    Ok(finished) => {
                         tracing::info!(run = %run.name, state = state.as_str(), attempt = run.attempt, "run ended");
-                        if let Some(catch_up) = catch_up {
+                        self.count_run_end(&run, state, counts).await;
+                        if let Some(catch_up) = finished.catch_up {
                             tracing::info!(run = %catch_up.name, "started the pending catch-up run");
                             self.wake_workers();
                         }

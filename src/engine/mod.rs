@@ -21,6 +21,7 @@ pub mod dependencies;
 pub mod executor;
 pub mod pipeline;
 pub mod retry;
+pub mod run_metrics;
 pub mod run_watch;
 pub mod scheduler;
 pub mod segments;

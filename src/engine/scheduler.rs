@@ -57,6 +57,7 @@ impl Engine {
                 if !self.store.advance_export_schedule(&export, now).await? {
                     continue;
                 }
+                crate::metrics::scheduler_lag(lag(export.due_at));
                 let env = &export.name.env;
                 if !refreshing.contains_key(env) {
                     refreshing.insert(env.clone(), self.refreshing_in(env).await?);
@@ -91,6 +92,7 @@ impl Engine {
             if !self.store.advance_environment_schedule(&env, now).await? {
                 continue;
             }
+            crate::metrics::scheduler_lag(lag(env.due_at));
             match self
                 .run_system_refresh(&crate::domain::names::EnvironmentName::new(&env.id))
                 .await
@@ -108,4 +110,9 @@ impl Engine {
         // Wake at least often enough to keep the lease.
         Ok(until_next.min(LEASE / 3))
     }
+}
+
+/// How late an occurrence due at `due_at` fires now.
+fn lag(due_at: crate::domain::time::Micros) -> Duration {
+    Duration::from_micros(u64::try_from(now_micros() - due_at).unwrap_or(0))
 }

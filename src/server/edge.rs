@@ -1,7 +1,7 @@
 //! The outermost layer: a request id per RPC (taken from `x-request-id` or generated), a
 //! tracing span around the call, one log line per RPC with its outcome, an `ErrorInfo` on
-//! error statuses that tonic itself produced (decode errors, oversize messages), and the
-//! request metadata limit.
+//! error statuses that tonic itself produced (decode errors, oversize messages), the request
+//! metadata limit, and the RPC metrics (`rpc_metrics`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
 use tracing::Instrument;
+
+use super::rpc_metrics::{MeteredBody, RpcRecord, method_label};
 
 /// Counts the RPCs being handled, so that shutdown can wait for exactly those (and not for
 /// idle client connections, which may stay open indefinitely).
@@ -122,7 +124,7 @@ where
     ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<MeteredBody<ResBody>>;
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
@@ -133,6 +135,8 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let request_id = request_id_of(request.headers());
         let method = request.uri().path().to_string();
+        let method_label = method_label(&method);
+        let started = Instant::now();
         let span = tracing::info_span!("rpc", method = %method, request_id = %request_id, sub = tracing::field::Empty);
         let metadata_size = metadata_bytes(request.headers());
         if metadata_size > MAX_METADATA_BYTES {
@@ -142,7 +146,8 @@ where
             if let Ok(value) = http::HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID, value);
             }
-            return Box::pin(async move { Ok(response) });
+            let record = RpcRecord::new(method_label, started, Some(tonic::Code::ResourceExhausted));
+            return Box::pin(async move { Ok(response.map(|body| MeteredBody::new(body, record))) });
         }
         let future = {
             let _entered = span.enter();
@@ -153,7 +158,6 @@ where
         Box::pin(
             async move {
                 let _guard = guard;
-                let started = Instant::now();
                 let mut response = future.await?;
                 let status = tonic::Status::from_header_map(response.headers());
                 if let Some(status) = &status
@@ -168,11 +172,12 @@ where
                 }
                 let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
                 // Trailers-only responses are errors; streamed and unary successes end later.
-                let code = status.map(|s| s.code()).unwrap_or(tonic::Code::Ok);
+                let code = status.as_ref().map(|s| s.code()).unwrap_or(tonic::Code::Ok);
                 if !quiet {
                     tracing::info!(grpc_code = ?code, elapsed_ms, "rpc");
                 }
-                Ok(response)
+                let record = RpcRecord::new(method_label, started, status.as_ref().map(|s| s.code()));
+                Ok(response.map(|body| MeteredBody::new(body, record)))
             }
             .instrument(span),
         )

@@ -206,7 +206,9 @@ async fn a_run_killed_mid_way_is_taken_over_and_completes_exactly_once() {
     assert_eq!(first.wait(), None, "killed by a signal");
 
     // Another process on the same database takes the same run over once its lease expires.
-    let second = start(dir.path(), &envs);
+    let mut with_metrics = envs.clone();
+    with_metrics.push(("EXPORTD_METRICS_LISTEN", "127.0.0.1:0".to_string()));
+    let second = start(dir.path(), &with_metrics);
     let (_, _, mut exports) = clients(&second.addr, "acme").await;
     let done = wait_run(&mut exports, &started.name, "a terminal state", |r| {
         !matches!(
@@ -232,6 +234,12 @@ async fn a_run_killed_mid_way_is_taken_over_and_completes_exactly_once() {
     let unique: HashSet<&String> = keys.iter().collect();
     assert_eq!(keys.len(), RECORDS, "every row exactly once");
     assert_eq!(unique.len(), RECORDS);
+    let metrics = crate::metrics::scrape(&second);
+    assert_eq!(
+        crate::metrics::sample(&metrics, "exportd_run_lease_takeovers_total"),
+        Some(1.0),
+        "{metrics}"
+    );
     second.signal("TERM");
     assert_eq!(second.wait(), Some(0));
 }

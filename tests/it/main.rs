@@ -13,6 +13,7 @@ mod environments;
 mod exports;
 mod key_rotation;
 mod limits;
+mod metrics;
 mod migrations;
 mod output_areas;
 mod process;

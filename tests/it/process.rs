@@ -12,6 +12,8 @@ pub struct ServeProcess {
     pub child: Child,
     pub addr: String,
     pub token: Option<String>,
+    /// `http://…/metrics`, when the process serves metrics.
+    pub metrics_url: Option<String>,
     pub log_path: std::path::PathBuf,
 }
 
@@ -85,9 +87,13 @@ impl Starting {
         let mut lines = BufReader::new(stdout).lines();
         let mut addr = None;
         let mut token = None;
+        let mut metrics_url = None;
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             let Some(Ok(line)) = lines.next() else { break };
+            if let Some(rest) = line.strip_prefix("exportd metrics on ") {
+                metrics_url = Some(rest.trim().to_string());
+            }
             if let Some(rest) = line.strip_prefix("exportd listening on ") {
                 addr = Some(rest.trim().to_string());
                 if !self.dev {
@@ -105,6 +111,7 @@ impl Starting {
             child,
             addr: addr.unwrap_or_default(),
             token,
+            metrics_url,
             log_path: self.log_path.clone(),
         };
         assert!(
@@ -151,4 +158,26 @@ pub fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
 /// `(name, value)` settings as the `&str` pairs `start` and `run` take.
 pub fn borrowed<'a>(envs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     envs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// `GET` of an `http://host:port/path` URL over HTTP/1.1: (status code, body).
+pub fn http_get(url: &str, method: &str) -> (u16, String) {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, body.to_string())
 }
