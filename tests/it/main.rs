@@ -23,3 +23,4 @@ mod roles;
 mod rule_limits;
 mod runs;
 mod scheduler;
+mod sdk_python;
