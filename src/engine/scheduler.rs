@@ -23,9 +23,10 @@ const PASS: u64 = 500;
 impl Engine {
     pub(crate) async fn scheduler_loop(self: Arc<Self>) {
         let owner = format!("{}-scheduler", self.instance);
+        let mut held = false;
         while !self.is_stopping() {
             let changed = self.schedules_changed.notified();
-            let sleep = match self.scheduler_pass(&owner).await {
+            let sleep = match self.scheduler_pass(&owner, &mut held).await {
                 Ok(sleep) => sleep,
                 Err(e) => {
                     tracing::warn!(error = %e.message, "scheduler pass failed");
@@ -41,8 +42,18 @@ impl Engine {
     }
 
     /// Fires what is due if this process holds the scheduler lease; returns how long to sleep.
-    async fn scheduler_pass(self: &Arc<Self>, owner: &str) -> Result<Duration> {
-        if !self.store.acquire_lease(LEASE_NAME, owner, LEASE).await? {
+    /// `held` is whether it held the lease at the last pass: operators see in the logs which
+    /// process schedules, and when that moves.
+    async fn scheduler_pass(self: &Arc<Self>, owner: &str, held: &mut bool) -> Result<Duration> {
+        let holds = self.store.acquire_lease(LEASE_NAME, owner, LEASE).await?;
+        if holds != *held {
+            *held = holds;
+            match holds {
+                true => tracing::info!(instance = %self.instance, "this process now runs the scheduler"),
+                false => tracing::info!(instance = %self.instance, "another process runs the scheduler now"),
+            }
+        }
+        if !holds {
             return Ok(LEASE / 3);
         }
         let now = now_micros();

@@ -22,5 +22,6 @@ mod request_ids;
 mod roles;
 mod rule_limits;
 mod runs;
+mod scale_out;
 mod scheduler;
 mod sdk_python;
