@@ -18,6 +18,7 @@ mod migrations;
 mod output_areas;
 mod process;
 mod raw;
+mod readme;
 mod request_ids;
 mod roles;
 mod rule_limits;
