@@ -31,6 +31,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Where Prometheus metrics are served (`/metrics`); None: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// OTLP/gRPC collector that spans are exported to (feature `otlp`); None: not exported.
+    pub otlp_endpoint: Option<String>,
     pub data_dir: PathBuf,
     pub database_url: String,
     pub dev: bool,
@@ -74,6 +76,7 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
             .field("metrics_listen", &self.metrics_listen)
+            .field("otlp_endpoint", &self.otlp_endpoint.as_deref().map(redact_url))
             .field("data_dir", &self.data_dir)
             .field("database_url", &redact_url(&self.database_url))
             .field("dev", &self.dev)
@@ -128,6 +131,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "metrics_listen",
         default: "(off)",
         description: "address of the Prometheus metrics endpoint `http://<metrics_listen>/metrics`",
+    },
+    SettingDoc {
+        key: "otlp_endpoint",
+        default: "(off)",
+        description: "OpenTelemetry collector (OTLP/gRPC, e.g. `http://collector:4317`) that RPC, run and target-request spans are exported to; needs a build with the cargo feature `otlp`",
     },
     SettingDoc {
         key: "data_dir",
@@ -247,6 +255,7 @@ pub const SETTINGS: &[SettingDoc] = &[
 pub struct Layer {
     pub listen: Option<String>,
     pub metrics_listen: Option<String>,
+    pub otlp_endpoint: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub log_format: Option<LogFormat>,
@@ -284,6 +293,7 @@ impl Layer {
             top,
             listen,
             metrics_listen,
+            otlp_endpoint,
             data_dir,
             database_url,
             log_format,
@@ -407,6 +417,12 @@ impl Settings {
                     .map_err(|_| format!("metrics_listen: '{text}' is not an address like 0.0.0.0:9090"))?,
             ),
         };
+        let otlp_endpoint = layer.otlp_endpoint.filter(|e| !e.trim().is_empty());
+        if otlp_endpoint.is_some() && !cfg!(feature = "otlp") {
+            return Err(
+                "otlp_endpoint is set, but this exportd was built without OpenTelemetry (cargo feature `otlp`)".into(),
+            );
+        }
         let database_url = layer
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("exportd.db").display()));
@@ -499,6 +515,7 @@ impl Settings {
         Ok(Settings {
             listen,
             metrics_listen,
+            otlp_endpoint,
             exports_root,
             allowed_roots,
             export_file_mode,

@@ -155,8 +155,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         flags.listen = listen.clone();
     }
     let settings = Settings::load(&flags)?;
-    init_logging(&settings);
-    match cli.command {
+    let telemetry = init_logging(&settings, matches!(cli.command, Command::Serve { .. }))?;
+    let result = command(cli.command, settings).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn command(command: Command, settings: Settings) -> Result<(), String> {
+    match command {
         Command::Serve { .. } => serve(settings).await,
         Command::Migrate => {
             let (store, applied) = open_store(&settings).await?;
@@ -214,21 +220,57 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn init_logging(settings: &Settings) {
-    use tracing_subscriber::EnvFilter;
+/// Keeps the span exporter (feature `otlp`) until the command ends, then flushes it.
+struct Telemetry {
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    fn shutdown(self) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = self.provider
+            && let Err(e) = tokio::task::block_in_place(|| provider.shutdown())
+        {
+            eprintln!("exportd: cannot send the last spans: {e}");
+        }
+    }
+}
+
+/// Logs go to stderr; `serve` also exports its spans when `otlp_endpoint` is set.
+fn init_logging(settings: &Settings, export_spans: bool) -> Result<Telemetry, String> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info")));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = match settings.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let fmt = match settings.log_format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    #[cfg(feature = "otlp")]
+    {
+        let provider = match (&settings.otlp_endpoint, export_spans) {
+            (Some(endpoint), true) => Some(exportd::telemetry::otlp::provider(endpoint)?),
+            _ => None,
+        };
+        let otel = provider.as_ref().map(exportd::telemetry::otlp::layer);
+        let _ = registry.with(otel).try_init();
+        Ok(Telemetry { provider })
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        let _ = export_spans;
+        let _ = registry.try_init();
+        Ok(Telemetry {})
+    }
 }
 
 /// Opens the database for an operator command; secrets are not needed, so a missing sealing

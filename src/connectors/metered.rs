@@ -1,5 +1,6 @@
 //! Counts the requests a CDM folder makes of its storage (`exportd_target_requests_total`):
-//! each file published, written whole, read or removed is one request, `ok` or `error`.
+//! each file published, written whole, read or removed is one request, `ok` or `error`, in a
+//! `target_request` span (a child of the run's span, though the writer runs on another thread).
 //! Wraps any [`CdmStorage`]; connectors with their own client (HTTP, SFTP) count in that client
 //! with `metrics::target_request` / `metrics::target_retry` instead.
 
@@ -9,19 +10,42 @@ use super::cdm::{CdmStorage, StorageFile};
 
 pub struct MeteredStorage<S> {
     inner: S,
+    target: Target,
+}
+
+/// What each request is recorded under.
+#[derive(Clone)]
+struct Target {
     connection_type: &'static str,
+    /// The span that was current when the storage was opened (the run's).
+    parent: tracing::Span,
 }
 
 impl<S: CdmStorage> MeteredStorage<S> {
     pub fn new(inner: S, connection_type: &'static str) -> Self {
-        MeteredStorage { inner, connection_type }
+        MeteredStorage {
+            inner,
+            target: Target {
+                connection_type,
+                parent: tracing::Span::current(),
+            },
+        }
     }
 }
 
-fn counted<T>(connection_type: &str, result: io::Result<T>) -> io::Result<T> {
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    crate::metrics::target_request(connection_type, outcome);
-    result
+impl Target {
+    fn request<T>(&self, operation: &'static str, request: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let span = tracing::info_span!(
+            parent: &self.parent,
+            "target_request",
+            connection_type = self.connection_type,
+            operation
+        );
+        let result = span.in_scope(request);
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        crate::metrics::target_request(self.connection_type, outcome);
+        result
+    }
 }
 
 impl<S: CdmStorage> CdmStorage for MeteredStorage<S> {
@@ -30,22 +54,22 @@ impl<S: CdmStorage> CdmStorage for MeteredStorage<S> {
         let file = self.inner.create_file(relative_path)?;
         Ok(Box::new(MeteredFile {
             inner: file,
-            connection_type: self.connection_type,
+            target: self.target.clone(),
         }))
     }
 
     fn write_file(&mut self, relative_path: &str, source: &mut dyn Read) -> io::Result<u64> {
-        let result = self.inner.write_file(relative_path, source);
-        counted(self.connection_type, result)
+        let inner = &mut self.inner;
+        self.target.request("write", || inner.write_file(relative_path, source))
     }
 
     fn read_file(&self, relative_path: &str) -> io::Result<Option<Vec<u8>>> {
-        counted(self.connection_type, self.inner.read_file(relative_path))
+        self.target.request("read", || self.inner.read_file(relative_path))
     }
 
     fn remove_file(&mut self, relative_path: &str) -> io::Result<()> {
-        let result = self.inner.remove_file(relative_path);
-        counted(self.connection_type, result)
+        let inner = &mut self.inner;
+        self.target.request("remove", || inner.remove_file(relative_path))
     }
 
     fn location(&self, relative_path: &str) -> String {
@@ -55,7 +79,7 @@ impl<S: CdmStorage> CdmStorage for MeteredStorage<S> {
 
 struct MeteredFile {
     inner: Box<dyn StorageFile>,
-    connection_type: &'static str,
+    target: Target,
 }
 
 impl Write for MeteredFile {
@@ -70,7 +94,8 @@ impl Write for MeteredFile {
 
 impl StorageFile for MeteredFile {
     fn finish(self: Box<Self>) -> io::Result<u64> {
-        counted(self.connection_type, self.inner.finish())
+        let (inner, target) = (self.inner, self.target);
+        target.request("publish", || inner.finish())
     }
 
     fn discard(self: Box<Self>) -> io::Result<()> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::Engine;
 use super::pipeline::{Control, Outcome};
@@ -32,7 +33,15 @@ impl Engine {
                         crate::metrics::lease_takeover();
                     }
                     self.run_changed(&claimed.run.name.to_string());
-                    self.execute(&owner, claimed.run).await;
+                    // A trace of its own per attempt: every log line of the run names it.
+                    let span = tracing::info_span!(
+                        "run",
+                        run = %claimed.run.name,
+                        attempt = claimed.run.attempt,
+                        trace_id = tracing::field::Empty
+                    );
+                    crate::telemetry::link(&span, &http::HeaderMap::new());
+                    self.execute(&owner, claimed.run).instrument(span).await;
                     continue;
                 }
                 Ok(None) => {}

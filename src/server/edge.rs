@@ -137,7 +137,14 @@ where
         let method = request.uri().path().to_string();
         let method_label = method_label(&method);
         let started = Instant::now();
-        let span = tracing::info_span!("rpc", method = %method, request_id = %request_id, sub = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "rpc",
+            method = %method,
+            request_id = %request_id,
+            sub = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        );
+        crate::telemetry::link(&span, request.headers());
         let metadata_size = metadata_bytes(request.headers());
         if metadata_size > MAX_METADATA_BYTES {
             let _entered = span.enter();

@@ -26,3 +26,4 @@ mod runs;
 mod scale_out;
 mod scheduler;
 mod sdk_python;
+mod traces;

@@ -37,8 +37,11 @@ fn grpcurl() -> Option<PathBuf> {
     if path.is_absolute() {
         return Some(path);
     }
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(&candidate)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(&candidate))
+            .find(|p| p.is_file())
+    })
 }
 
 #[test]
@@ -74,7 +77,9 @@ fn the_readme_walkthrough_runs_as_written() {
     let deadline = Instant::now() + Duration::from_secs(120);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
-            let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &format!("-{}", child.id())])
+                .status();
             panic!("the walkthrough did not finish within 120 s");
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -93,5 +98,8 @@ fn the_readme_walkthrough_runs_as_written() {
     );
     // `cat model.json` printed the CDM folder's manifest.
     assert!(stdout.contains("\"entities\""), "{stdout}");
-    assert!(work.join("exportd-data/exports/demo/files/nightly/model.json").is_file());
+    assert!(
+        work.join("exportd-data/exports/demo/files/nightly/model.json")
+            .is_file()
+    );
 }
