@@ -39,21 +39,6 @@ pub(crate) fn scrape(server: &ServeProcess) -> String {
     body
 }
 
-fn export_request(id: &str) -> pb::CreateExportRequest {
-    pb::CreateExportRequest {
-        parent: "environments/acme".into(),
-        export_id: id.into(),
-        export: Some(pb::Export {
-            display_name: id.into(),
-            connection: "environments/acme/connections/files".into(),
-            kind: pb::ExportKind::DataOut as i32,
-            entities: vec!["environments/acme/entities/customers".into()],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn a_scrape_after_a_known_workload_shows_every_series_with_exact_counts() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,7 +96,7 @@ async fn a_scrape_after_a_known_workload_shows_every_series_with_exact_counts() 
         )]))
         .await
         .unwrap();
-    exports.create_export(export_request("queued")).await.unwrap();
+    exports.create_export(files_export("queued")).await.unwrap();
     let queued = run_export(&mut exports, "environments/acme/exports/queued").await;
     // A method the server does not have: counted, but not as a label of its own.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
@@ -196,7 +181,7 @@ async fn a_scrape_after_a_known_workload_shows_every_series_with_exact_counts() 
     );
     let server = ServeProcess::start(dir.path(), &[], &borrowed(&working));
     let (_, _, mut exports) = clients(&server.addr, "acme").await;
-    exports.create_export(export_request("nightly")).await.unwrap();
+    exports.create_export(files_export("nightly")).await.unwrap();
     let run = run_export(&mut exports, "environments/acme/exports/nightly").await;
     let run = wait_for_end(&mut exports, &run.name).await;
     assert_eq!(run_state(&run), pb::RunState::Succeeded, "{run:?}");

@@ -25,21 +25,14 @@ fn export(id: &str, schedule: Option<pb::Schedule>) -> pb::CreateExportRequest {
 }
 
 fn export_with_files_of(id: &str, schedule: Option<pb::Schedule>, rows_per_file: u32) -> pb::CreateExportRequest {
-    pb::CreateExportRequest {
-        parent: "environments/acme".into(),
-        export_id: id.into(),
-        export: Some(pb::Export {
-            display_name: id.into(),
-            connection: "environments/acme/connections/files".into(),
-            kind: pb::ExportKind::DataOut as i32,
-            entities: vec!["environments/acme/entities/customers".into()],
-            // Many small partitions, each synced to disk: runs long enough to be killed mid-way.
-            settings: [("max_rows_per_file".to_string(), rows_per_file.to_string())].into(),
-            schedule,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let mut request = files_export(id);
+    let export = request.export.as_mut().unwrap();
+    // Many small partitions, each synced to disk: runs long enough to be killed mid-way.
+    export
+        .settings
+        .insert("max_rows_per_file".into(), rows_per_file.to_string());
+    export.schedule = schedule;
+    request
 }
 
 fn every_minute() -> pb::Schedule {

@@ -103,21 +103,7 @@ mod otlp {
             ))
             .await
             .unwrap();
-        exports
-            .create_export(pb::CreateExportRequest {
-                parent: "environments/acme".into(),
-                export_id: "traced".into(),
-                export: Some(pb::Export {
-                    display_name: "Traced".into(),
-                    connection: "environments/acme/connections/files".into(),
-                    kind: pb::ExportKind::DataOut as i32,
-                    entities: vec!["environments/acme/entities/customers".into()],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        exports.create_export(files_export("traced")).await.unwrap();
         let run = run_export(&mut exports, "environments/acme/exports/traced").await;
         let run = wait_for_end(&mut exports, &run.name).await;
         assert_eq!(run_state(&run), pb::RunState::Succeeded);
