@@ -29,6 +29,10 @@ pub enum LogFormat {
 #[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Where Prometheus metrics are served (`/metrics`); None: not served.
+    pub metrics_listen: Option<SocketAddr>,
+    /// OTLP/gRPC collector that spans are exported to (feature `otlp`); None: not exported.
+    pub otlp_endpoint: Option<String>,
     pub data_dir: PathBuf,
     pub database_url: String,
     pub dev: bool,
@@ -71,6 +75,8 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("otlp_endpoint", &self.otlp_endpoint.as_deref().map(redact_url))
             .field("data_dir", &self.data_dir)
             .field("database_url", &redact_url(&self.database_url))
             .field("dev", &self.dev)
@@ -120,6 +126,16 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "listen",
         default: "127.0.0.1:50051",
         description: "gRPC listen address",
+    },
+    SettingDoc {
+        key: "metrics_listen",
+        default: "(off)",
+        description: "address of the Prometheus metrics endpoint `http://<metrics_listen>/metrics`",
+    },
+    SettingDoc {
+        key: "otlp_endpoint",
+        default: "(off)",
+        description: "OpenTelemetry collector (OTLP/gRPC, e.g. `http://collector:4317`) that RPC, run and target-request spans are exported to; needs a build with the cargo feature `otlp`",
     },
     SettingDoc {
         key: "data_dir",
@@ -238,6 +254,8 @@ pub const SETTINGS: &[SettingDoc] = &[
 #[serde(deny_unknown_fields)]
 pub struct Layer {
     pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub otlp_endpoint: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub log_format: Option<LogFormat>,
@@ -317,6 +335,8 @@ impl Layer {
             self,
             top,
             listen,
+            metrics_listen,
+            otlp_endpoint,
             data_dir,
             database_url,
             log_format,
@@ -433,6 +453,19 @@ impl Settings {
         let listen: SocketAddr = listen_text
             .parse()
             .map_err(|_| format!("listen: '{listen_text}' is not an address like 127.0.0.1:50051"))?;
+        let metrics_listen = match layer.metrics_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|_| format!("metrics_listen: '{text}' is not an address like 0.0.0.0:9090"))?,
+            ),
+        };
+        let otlp_endpoint = layer.otlp_endpoint.filter(|e| !e.trim().is_empty());
+        if otlp_endpoint.is_some() && !cfg!(feature = "otlp") {
+            return Err(
+                "otlp_endpoint is set, but this exportd was built without OpenTelemetry (cargo feature `otlp`)".into(),
+            );
+        }
         let database_url = layer
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("exportd.db").display()));
@@ -524,6 +557,8 @@ impl Settings {
         };
         Ok(Settings {
             listen,
+            metrics_listen,
+            otlp_endpoint,
             exports_root,
             allowed_roots,
             export_file_mode,

@@ -12,6 +12,8 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod file_modes;
+pub mod metrics;
 pub mod pb;
 pub mod server;
 pub mod store;
+pub mod telemetry;

@@ -62,6 +62,9 @@ enum Command {
     /// Manage environments (operator only).
     #[command(subcommand)]
     Environment(EnvironmentCommand),
+    /// Key rotation of the stored connection secrets.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Start a run of an export (environments/ENV/exports/ID) and, with --watch, follow it.
     RunExport {
         /// The export's name, e.g. environments/demo/exports/lake.
@@ -95,6 +98,13 @@ enum EnvironmentCommand {
     List,
     /// Change an environment's display name or system refresh schedule.
     Update(UpdateEnvironment),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Seal every stored connection secret again with the current key (`sealing_key_id`);
+    /// afterwards the older keys can be removed from `sealing_keys`. Safe while servers run.
+    Reseal,
 }
 
 #[derive(Args)]
@@ -149,13 +159,23 @@ async fn run(cli: Cli) -> Result<(), String> {
         flags.listen = listen.clone();
     }
     let settings = Settings::load(&flags)?;
-    init_logging(&settings);
-    match cli.command {
+    let telemetry = init_logging(&settings, matches!(cli.command, Command::Serve { .. }))?;
+    let result = command(cli.command, settings).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn command(command: Command, settings: Settings) -> Result<(), String> {
+    match command {
         Command::Serve { .. } => serve(settings).await,
         Command::Migrate => {
-            let store = open_store(&settings).await?;
+            let (store, applied) = open_store(&settings).await?;
             store.close().await;
-            println!("migrations applied to {}", database_shown(&settings));
+            let database = database_shown(&settings);
+            match applied {
+                0 => println!("the schema of {database} is up to date"),
+                n => println!("applied {n} migrations to {database}"),
+            }
             Ok(())
         }
         Command::Token { envs, sub, ttl } => {
@@ -182,6 +202,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Environment(command) => environment(settings, command).await,
+        Command::Secrets(SecretsCommand::Reseal) => reseal(settings).await,
         Command::RunExport {
             name,
             watch,
@@ -203,21 +224,57 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn init_logging(settings: &Settings) {
-    use tracing_subscriber::EnvFilter;
+/// Keeps the span exporter (feature `otlp`) until the command ends, then flushes it.
+struct Telemetry {
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    fn shutdown(self) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = self.provider
+            && let Err(e) = tokio::task::block_in_place(|| provider.shutdown())
+        {
+            eprintln!("exportd: cannot send the last spans: {e}");
+        }
+    }
+}
+
+/// Logs go to stderr; `serve` also exports its spans when `otlp_endpoint` is set.
+fn init_logging(settings: &Settings, export_spans: bool) -> Result<Telemetry, String> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info")));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = match settings.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let fmt = match settings.log_format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    #[cfg(feature = "otlp")]
+    {
+        let provider = match (&settings.otlp_endpoint, export_spans) {
+            (Some(endpoint), true) => Some(exportd::telemetry::otlp::provider(endpoint)?),
+            _ => None,
+        };
+        let otel = provider.as_ref().map(exportd::telemetry::otlp::layer);
+        let _ = registry.with(otel).try_init();
+        Ok(Telemetry { provider })
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        let _ = export_spans;
+        let _ = registry.try_init();
+        Ok(Telemetry {})
+    }
 }
 
 /// The database a command works on, for people: the SQLite file's absolute path, or the
@@ -247,16 +304,16 @@ async fn open_existing_store(settings: &Settings) -> Result<Store, String> {
             settings.data_dir.display()
         ));
     }
-    open_store(settings).await
+    open_store(settings).await.map(|(store, _)| store)
 }
 
 /// Opens the database for an operator command; secrets are not needed, so a missing sealing
-/// key is fine here.
-async fn open_store(settings: &Settings) -> Result<Store, String> {
+/// key is fine here. Also says how many migrations it applied.
+async fn open_store(settings: &Settings) -> Result<(Store, usize), String> {
     let sealer = Sealer::new(settings.sealing_keys.clone(), settings.sealing_key_id.clone())?;
     let store = Store::open(&settings.database_url, sealer, settings.read_cache_entries).await?;
-    store.migrate().await?;
-    Ok(store)
+    let applied = store.migrate().await?;
+    Ok((store, applied))
 }
 
 async fn serve(settings: Settings) -> Result<(), String> {
@@ -284,6 +341,10 @@ async fn serve(settings: Settings) -> Result<(), String> {
     }
     let server = exportd::server::start(state).await?;
     tracing::info!(addr = %server.addr, "exportd is serving");
+    // Before the "listening" line, which tools wait for: when they see it, both are up.
+    if let Some(metrics) = server.metrics_addr {
+        println!("exportd metrics on http://{metrics}/metrics");
+    }
     println!("exportd listening on {}", server.addr);
     if dev && let Some(secret) = secret {
         let roles = BTreeMap::from([("demo".to_string(), Role::Admin)]);
@@ -386,6 +447,30 @@ async fn environment(settings: Settings, command: EnvironmentCommand) -> Result<
     };
     store.close().await;
     result
+}
+
+/// Prints what it did; fails when some secrets were sealed with a key that is not configured
+/// (they are named with their key id, never their values).
+async fn reseal(settings: Settings) -> Result<(), String> {
+    settings.check_can_seal()?;
+    let (store, _) = open_store(&settings).await?;
+    let report = store.reseal_secrets().await.map_err(|e| e.message);
+    store.close().await;
+    let report = report?;
+    println!(
+        "resealed {} connection secrets with key '{}'; {} already used it",
+        report.resealed, settings.sealing_key_id, report.current
+    );
+    if report.unopenable.is_empty() {
+        return Ok(());
+    }
+    for (connection, key_id) in &report.unopenable {
+        eprintln!("{connection}: sealed with key '{key_id}', which is not configured");
+    }
+    Err(format!(
+        "{} connections could not be resealed: add the keys they name to sealing_keys and run it again",
+        report.unopenable.len()
+    ))
 }
 
 /// A short-lived admin token for the export's environment, signed with the configured (or dev)

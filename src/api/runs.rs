@@ -198,9 +198,7 @@ impl Runs {
         })?;
         self.export_for(&principal, &name.export_name(), Action::CancelExportRun)
             .await?;
-        let run = self.state.store.cancel_run(&name).await?;
-        self.state.engine.signal_cancel(&name.to_string());
-        self.state.engine.run_changed(&name.to_string());
+        let run = self.state.engine.cancel_run(&name).await?;
         tracing::info!(run = %name, state = run.state.as_str(), "run cancellation requested");
         let role = policy::role_in(&principal, &name.env)?;
         show_one(&self.state.store, role, &run).await

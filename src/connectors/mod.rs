@@ -15,6 +15,7 @@ use crate::domain::output_area::LocalRoots;
 pub mod azure_blob;
 pub mod cdm;
 pub mod local_files;
+pub mod metered;
 pub mod parquet_partition;
 pub mod registry;
 pub mod retry;

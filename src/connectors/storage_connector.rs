@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::cdm::{CdmAttribute, CdmEntity, CdmFolderWriter, CdmType, CsvOptions, MODEL_JSON, ParquetCompression};
+use super::metered::MeteredStorage;
 use super::storage::ByteStore;
 use super::storage::blocking::BlockingStorage;
 use super::{Check, Connector, PartSchema, RunTarget, Sink, SinkSummary, Target, TestReport, io_failure};
@@ -139,6 +140,8 @@ impl<K: StorageKind> Connector for StorageConnector<K> {
         let run_id = run.run_id.to_string();
         let run_time = run.run_time;
         let keep_runs: Option<Vec<String>> = run.keep_runs.map(<[String]>::to_vec);
+        // Metrics label the type by its id from the catalogue (a bounded set).
+        let connection_type = super::registry::find(&run.target.connection.type_id).map_or("unknown", |spec| spec.id);
         tokio::task::spawn_blocking(move || {
             let storage = BlockingStorage::new(store, runtime);
             // An earlier attempt of this very run may have committed before its process died
@@ -155,7 +158,8 @@ impl<K: StorageKind> Connector for StorageConnector<K> {
                     },
                 }) as Box<dyn Sink>);
             }
-            let mut writer = CdmFolderWriter::new(Box::new(storage), &folder, &export_id, &run_id, run_time, options);
+            let metered = MeteredStorage::new(storage, connection_type);
+            let mut writer = CdmFolderWriter::new(Box::new(metered), &folder, &export_id, &run_id, run_time, options);
             if let Some(keep) = keep_runs {
                 writer.keep_only_runs(keep);
             }

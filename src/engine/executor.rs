@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::Engine;
 use super::pipeline::{Control, Outcome};
@@ -27,9 +28,20 @@ impl Engine {
             // Register interest before looking, so that a run queued meanwhile wakes us.
             let notified = self.work.notified();
             match self.store.claim_run(&owner, self.lease()).await {
-                Ok(Some(run)) => {
-                    self.run_changed(&run.name.to_string());
-                    self.execute(&owner, run).await;
+                Ok(Some(claimed)) => {
+                    if claimed.takeover {
+                        crate::metrics::lease_takeover();
+                    }
+                    self.run_changed(&claimed.run.name.to_string());
+                    // A trace of its own per attempt: every log line of the run names it.
+                    let span = tracing::info_span!(
+                        "run",
+                        run = %claimed.run.name,
+                        attempt = claimed.run.attempt,
+                        trace_id = tracing::field::Empty
+                    );
+                    crate::telemetry::link(&span, &http::HeaderMap::new());
+                    self.execute(&owner, claimed.run).instrument(span).await;
                     continue;
                 }
                 Ok(None) => {}
@@ -94,10 +106,15 @@ impl Engine {
         match outcome {
             Outcome::Finished(finish) => {
                 let state = finish.state;
+                let counts = finish.counts;
                 match self.store.finish_run(&run.name, owner, *finish).await {
-                    Ok(catch_up) => {
+                    Ok(finished) if !finished.recorded => {
+                        tracing::info!(run = %run.name, "the run was taken over before its end was recorded");
+                    }
+                    Ok(finished) => {
                         tracing::info!(run = %run.name, state = state.as_str(), attempt = run.attempt, "run ended");
-                        if let Some(catch_up) = catch_up {
+                        self.count_run_end(&run, state, counts).await;
+                        if let Some(catch_up) = finished.catch_up {
                             tracing::info!(run = %catch_up.name, "started the pending catch-up run");
                             self.wake_workers();
                         }

@@ -20,6 +20,7 @@ use crate::store::Store;
 pub mod dependencies;
 pub mod executor;
 pub mod pipeline;
+pub mod run_metrics;
 pub mod run_watch;
 pub mod scheduler;
 pub mod segments;

@@ -23,9 +23,10 @@ const PASS: u64 = 500;
 impl Engine {
     pub(crate) async fn scheduler_loop(self: Arc<Self>) {
         let owner = format!("{}-scheduler", self.instance);
+        let mut held = false;
         while !self.is_stopping() {
             let changed = self.schedules_changed.notified();
-            let sleep = match self.scheduler_pass(&owner).await {
+            let sleep = match self.scheduler_pass(&owner, &mut held).await {
                 Ok(sleep) => sleep,
                 Err(e) => {
                     tracing::warn!(error = %e.message, "scheduler pass failed");
@@ -41,8 +42,18 @@ impl Engine {
     }
 
     /// Fires what is due if this process holds the scheduler lease; returns how long to sleep.
-    async fn scheduler_pass(self: &Arc<Self>, owner: &str) -> Result<Duration> {
-        if !self.store.acquire_lease(LEASE_NAME, owner, LEASE).await? {
+    /// `held` is whether it held the lease at the last pass: operators see in the logs which
+    /// process schedules, and when that moves.
+    async fn scheduler_pass(self: &Arc<Self>, owner: &str, held: &mut bool) -> Result<Duration> {
+        let holds = self.store.acquire_lease(LEASE_NAME, owner, LEASE).await?;
+        if holds != *held {
+            *held = holds;
+            match holds {
+                true => tracing::info!(instance = %self.instance, "this process now runs the scheduler"),
+                false => tracing::info!(instance = %self.instance, "another process runs the scheduler now"),
+            }
+        }
+        if !holds {
             return Ok(LEASE / 3);
         }
         let now = now_micros();
@@ -57,6 +68,7 @@ impl Engine {
                 if !self.store.advance_export_schedule(&export, now).await? {
                     continue;
                 }
+                crate::metrics::scheduler_lag(lag(export.due_at));
                 let env = &export.name.env;
                 if !refreshing.contains_key(env) {
                     refreshing.insert(env.clone(), self.refreshing_in(env).await?);
@@ -91,6 +103,7 @@ impl Engine {
             if !self.store.advance_environment_schedule(&env, now).await? {
                 continue;
             }
+            crate::metrics::scheduler_lag(lag(env.due_at));
             match self
                 .run_system_refresh(&crate::domain::names::EnvironmentName::new(&env.id))
                 .await
@@ -108,4 +121,9 @@ impl Engine {
         // Wake at least often enough to keep the lease.
         Ok(until_next.min(LEASE / 3))
     }
+}
+
+/// How late an occurrence due at `due_at` fires now.
+fn lag(due_at: crate::domain::time::Micros) -> Duration {
+    Duration::from_micros(u64::try_from(now_micros() - due_at).unwrap_or(0))
 }

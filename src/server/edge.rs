@@ -1,7 +1,7 @@
 //! The outermost layer: a request id per RPC (taken from `x-request-id` or generated), a
 //! tracing span around the call, one log line per RPC with its outcome, an `ErrorInfo` on
-//! error statuses that tonic itself produced (decode errors, oversize messages), and the
-//! request metadata limit.
+//! error statuses that tonic itself produced (decode errors, oversize messages), the request
+//! metadata limit, and the RPC metrics (`rpc_metrics`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
 use tracing::Instrument;
+
+use super::rpc_metrics::{MeteredBody, RpcRecord, method_label};
 
 /// Counts the RPCs being handled, so that shutdown can wait for exactly those (and not for
 /// idle client connections, which may stay open indefinitely).
@@ -128,7 +130,7 @@ where
     ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<MeteredBody<ResBody>>;
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
@@ -139,7 +141,16 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let request_id = request_id_of(request.headers());
         let method = request.uri().path().to_string();
-        let span = tracing::info_span!("rpc", method = %method, request_id = %request_id, sub = tracing::field::Empty);
+        let method_label = method_label(&method);
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "rpc",
+            method = %method,
+            request_id = %request_id,
+            sub = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        );
+        crate::telemetry::link(&span, request.headers());
         let metadata_size = metadata_bytes(request.headers());
         if metadata_size > MAX_METADATA_BYTES {
             let _entered = span.enter();
@@ -148,7 +159,8 @@ where
             if let Ok(value) = http::HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID, value);
             }
-            return Box::pin(async move { Ok(response) });
+            let record = RpcRecord::new(method_label, started, Some(tonic::Code::ResourceExhausted));
+            return Box::pin(async move { Ok(response.map(|body| MeteredBody::new(body, record))) });
         }
         let future = {
             let _entered = span.enter();
@@ -159,7 +171,6 @@ where
         Box::pin(
             async move {
                 let _guard = guard;
-                let started = Instant::now();
                 let mut response = future.await?;
                 let status = tonic::Status::from_header_map(response.headers());
                 if let Some(status) = &status
@@ -187,7 +198,8 @@ where
                         _ => tracing::info!(grpc_code = ?tonic::Code::Ok, elapsed_ms, "rpc"),
                     }
                 }
-                Ok(response)
+                let record = RpcRecord::new(method_label, started, status.as_ref().map(|s| s.code()));
+                Ok(response.map(|body| MeteredBody::new(body, record)))
             }
             .instrument(span),
         )

@@ -25,6 +25,8 @@ use crate::pb::export_service_server::ExportServiceServer;
 use crate::store::{Sealer, Store};
 
 pub mod edge;
+mod metrics_http;
+mod rpc_metrics;
 
 /// The largest HTTP/2 header block (all of a request's metadata) the server reads. Metadata up
 /// to this size gets a gRPC answer on its own stream (the edge and auth layers refuse what is
@@ -36,6 +38,8 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 1024 * 1024;
 /// A server that is running; dropping it does not stop it, [`RunningServer::shutdown`] does.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: State,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), String>>,
@@ -64,7 +68,10 @@ pub async fn open_state(settings: Settings) -> Result<State, String> {
     settings.check_can_serve()?;
     let sealer = Sealer::new(settings.sealing_keys.clone(), settings.sealing_key_id.clone())?;
     let store = Store::open(&settings.database_url, sealer, settings.read_cache_entries).await?;
-    store.migrate().await?;
+    let applied = store.migrate().await?;
+    if applied > 0 {
+        tracing::info!(applied, "applied database migrations");
+    }
     // Default areas are created below the exports root, never above it: it exists first.
     if let Err(e) =
         crate::connectors::local_files::prepare_exports_root(&settings.exports_root, settings.export_file_mode)
@@ -134,6 +141,11 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
         .add_service(catalog);
 
     let (stop, mut stopped) = watch::channel(false);
+    let metrics = match state.settings.metrics_listen {
+        Some(addr) => Some(metrics_http::start(addr, state.store.clone(), stopped.clone()).await?),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().map(|(addr, _)| *addr);
     let engine = state.engine.clone();
     // Small gRPC frames must not wait for the peer's delayed ACK (Nagle): tonic sets
     // TCP_NODELAY only on listeners it binds itself, not on an incoming stream.
@@ -174,10 +186,14 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
         // Running exports stop at a safe point and go back to the queue (or, if they cannot,
         // keep their rows; their leases expire and they are taken over).
         engine.stop(grace).await;
+        if let Some((_, task)) = metrics {
+            let _ = task.await;
+        }
         outcome
     });
     Ok(RunningServer {
         addr,
+        metrics_addr,
         state,
         stop,
         task,

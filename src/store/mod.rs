@@ -24,6 +24,7 @@ pub mod placement;
 pub mod record_rows;
 pub mod records;
 pub mod request_ids;
+pub mod reseal;
 pub mod runs;
 pub mod schedules;
 pub mod secrets;
@@ -91,10 +92,36 @@ impl Store {
         })
     }
 
-    pub async fn migrate(&self) -> Result<(), String> {
-        migration::Migrator::up(&self.writer, None)
+    /// Applies the pending migrations; returns how many it applied (0: the schema was up to
+    /// date). On PostgreSQL, several processes may start at once on one database: the whole
+    /// migration runs in one transaction holding an advisory lock, so that one process
+    /// migrates while the others wait for it, then find nothing pending. (Without the lock
+    /// they would race on `CREATE TABLE` and all but one fail.) On SQLite the transaction's
+    /// write lock does the same. DDL is transactional in both databases, so a migration that
+    /// fails leaves the schema as it was.
+    pub async fn migrate(&self) -> Result<usize, String> {
+        use sea_orm::{ConnectionTrait, SqliteTransactionMode, TransactionOptions, TransactionTrait};
+        let failed = |e: sea_orm::DbErr| format!("database migration failed: {e}");
+        // SQLite: the write lock from the start, so that a second process waits for it rather
+        // than read the pending migrations and then fail to upgrade to a writer.
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
+        let txn = self.writer.begin_with_options(options).await.map_err(failed)?;
+        if self.is_postgres() {
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+                .await
+                .map_err(failed)?;
+        }
+        // Creates sea-orm's migrations table first if needed (under the lock).
+        let pending = migration::Migrator::get_pending_migrations(&txn)
             .await
-            .map_err(|e| format!("database migration failed: {e}"))
+            .map_err(failed)?
+            .len();
+        migration::Migrator::up(&txn, None).await.map_err(failed)?;
+        txn.commit().await.map_err(failed)?;
+        Ok(pending)
     }
 
     /// The connection for writes (one writer on SQLite). Every write goes through it: the
@@ -132,6 +159,10 @@ impl Store {
         let _ = self.writer.close().await;
     }
 }
+
+/// Key of the PostgreSQL advisory lock held while migrating ("migrate" in ASCII); the
+/// output-area lock (`placement.rs`) uses another.
+const MIGRATION_LOCK: i64 = i64::from_be_bytes(*b"\0migrate");
 
 /// The file of a `sqlite:` URL (None for other databases and in-memory SQLite).
 pub fn sqlite_path(url: &str) -> Option<String> {

@@ -114,6 +114,19 @@ pub struct Finish {
     pub sync_state: Option<BTreeMap<String, i64>>,
 }
 
+/// A run a worker claimed; `takeover` when its previous worker's lease had expired.
+pub struct Claimed {
+    pub run: Run,
+    pub takeover: bool,
+}
+
+/// What recording a run's end did: `recorded` is false when the worker had lost the run
+/// (another took it over); `catch_up` is the pending catch-up run it started.
+pub struct Finished {
+    pub recorded: bool,
+    pub catch_up: Option<Run>,
+}
+
 /// What a lease renewal learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseStatus {
@@ -267,11 +280,19 @@ impl Store {
         Ok((models.into_iter().map(to_domain).collect::<Result<_>>()?, total))
     }
 
+    /// How many runs are in `state` (all environments).
+    pub async fn count_runs_in(&self, state: RunState) -> Result<u64> {
+        Ok(Table::find()
+            .filter(Column::State.eq(state.number()))
+            .count(self.reader())
+            .await?)
+    }
+
     /// Claims the oldest queued run, or a running run whose lease has expired (its worker died:
     /// the same run continues as its next attempt, with fresh counts). Never hands one run to
     /// two workers: on PostgreSQL the row is locked `FOR UPDATE SKIP LOCKED`; on SQLite the one
     /// writer connection serialises claims.
-    pub async fn claim_run(&self, owner: &str, lease: Duration) -> Result<Option<Run>> {
+    pub async fn claim_run(&self, owner: &str, lease: Duration) -> Result<Option<Claimed>> {
         let now = now_micros();
         let txn = self.writer().begin().await?;
         let claimable = Condition::any().add(Column::State.eq(RunState::Queued.number())).add(
@@ -326,7 +347,7 @@ impl Store {
         if takeover {
             tracing::warn!(run = %name, attempt = model.attempt + 1, "took over a run whose worker stopped renewing its lease");
         }
-        self.get_run(&name).await
+        Ok(self.get_run(&name).await?.map(|run| Claimed { run, takeover }))
     }
 
     /// Extends a worker's lease; says whether the worker still holds the run and whether a
@@ -386,7 +407,7 @@ impl Store {
     /// Ends a running run that this worker holds: the outcome, the export's last run (and, on
     /// success, its last refreshed time and delivered change sequences), then any pending
     /// catch-up run — all in one transaction. Returns the catch-up run, if one was started.
-    pub async fn finish_run(&self, name: &RunName, owner: &str, finish: Finish) -> Result<Option<Run>> {
+    pub async fn finish_run(&self, name: &RunName, owner: &str, finish: Finish) -> Result<Finished> {
         let txn = self.writer().begin().await?;
         let end = now_micros();
         let result = Table::update_many()
@@ -411,7 +432,10 @@ impl Store {
         if result.rows_affected == 0 {
             // Lost the lease meanwhile: the run belongs to another worker now.
             txn.commit().await?;
-            return Ok(None);
+            return Ok(Finished {
+                recorded: false,
+                catch_up: None,
+            });
         }
         mirror_on_export(&txn, name, finish.state, Some(end)).await?;
         if let Some(error) = &finish.error {
@@ -435,7 +459,10 @@ impl Store {
         }
         let catch_up = start_catch_up(&txn, &name.export_name()).await?;
         txn.commit().await?;
-        Ok(catch_up)
+        Ok(Finished {
+            recorded: true,
+            catch_up,
+        })
     }
 
     /// Cancels a run: a queued or waiting one at once; a running one is flagged, and its worker

@@ -42,6 +42,15 @@ impl Sealer {
         Ok(Sealer { keys, active })
     }
 
+    /// The key that seals new secrets.
+    pub fn active_key_id(&self) -> &str {
+        &self.active
+    }
+
+    pub fn has_key(&self, key_id: &str) -> bool {
+        self.keys.contains_key(key_id)
+    }
+
     /// Seals a map of secrets for the resource `owner`.
     pub fn seal(&self, owner: &str, secrets: &BTreeMap<String, String>) -> Result<Sealed> {
         let plaintext = serde_json::to_vec(secrets).map_err(|e| Error::internal(e.to_string()))?;

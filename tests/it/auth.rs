@@ -223,6 +223,29 @@ async fn list_settings_in_the_config_file_take_both_forms() {
 }
 
 #[tokio::test]
+async fn a_jwt_key_rotates_by_listing_both_keys_then_removing_the_old_one() {
+    let c = claims(json!({}));
+    let old = signed(Algorithm::ES256, "ec-test.key", Some("ec-test"), &c);
+    let new = signed(Algorithm::EdDSA, "ed-test.key", Some("ed-test"), &c);
+    // While both are listed, tokens signed with either are accepted.
+    let both = Options::default().var(
+        "EXPORTD_JWT_PUBLIC_KEY_FILES",
+        format!("{FIXTURES}/ec-test.pem,{FIXTURES}/ed-test.pem"),
+    );
+    let t = TestServer::start_with(both).await;
+    assert!(list_with(&t, Some(old.clone())).await.is_ok());
+    assert!(list_with(&t, Some(new.clone())).await.is_ok());
+    t.stop().await;
+    // Once the old key is removed, its tokens are refused and the new ones still work.
+    let new_only = Options::default().var("EXPORTD_JWT_PUBLIC_KEY_FILES", format!("{FIXTURES}/ed-test.pem"));
+    let t = TestServer::start_with(new_only).await;
+    let status = expect_code(list_with(&t, Some(old)).await, Code::Unauthenticated);
+    assert_eq!(reason(&status), "UNKNOWN_SIGNING_KEY");
+    assert!(list_with(&t, Some(new)).await.is_ok());
+    t.stop().await;
+}
+
+#[tokio::test]
 async fn health_and_reflection_need_no_token() {
     let t = TestServer::start().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(t.channel().await);

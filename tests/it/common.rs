@@ -295,6 +295,22 @@ pub fn local_files(env: &str, id: &str, display_name: &str, shared: bool) -> pb:
 // Runs
 // ---------------------------------------------------------------------------------------------
 
+/// A DATA_OUT export `id` of `acme`'s `customers` entity to its `files` connection.
+pub fn files_export(id: &str) -> pb::CreateExportRequest {
+    pb::CreateExportRequest {
+        parent: "environments/acme".into(),
+        export_id: id.into(),
+        export: Some(pb::Export {
+            display_name: id.into(),
+            connection: "environments/acme/connections/files".into(),
+            kind: pb::ExportKind::DataOut as i32,
+            entities: vec!["environments/acme/entities/customers".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// A local-files connection request writing under `root` (an absolute folder).
 pub fn local_files_at(
     env: &str,

@@ -15,12 +15,12 @@ use crate::common::*;
 use crate::process::{ServeProcess, run};
 use crate::storage_targets::Storage;
 
-fn token(env: &str) -> String {
+pub(crate) fn token(env: &str) -> String {
     let roles = BTreeMap::from([(env.to_string(), Role::Admin)]);
     exportd::auth::jwt::sign_hs256(HS_SECRET.as_bytes(), "durability", &roles, Duration::from_secs(3600)).unwrap()
 }
 
-fn server_env(database_url: &str, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
+pub(crate) fn server_env(database_url: &str, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
     let mut envs = vec![
         ("EXPORTD_DATABASE_URL", database_url.to_string()),
         ("EXPORTD_JWT_HS256_SECRET", HS_SECRET.to_string()),
@@ -37,12 +37,12 @@ fn server_env(database_url: &str, extra: &[(&'static str, &'static str)]) -> Vec
     envs
 }
 
-fn start(dir: &std::path::Path, envs: &[(&'static str, String)]) -> ServeProcess {
+pub(crate) fn start(dir: &std::path::Path, envs: &[(&'static str, String)]) -> ServeProcess {
     let borrowed: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     ServeProcess::start(dir, &[], &borrowed)
 }
 
-async fn clients(addr: &str, env: &str) -> (Catalog, Connections, Exports) {
+pub(crate) async fn clients(addr: &str, env: &str) -> (Catalog, Connections, Exports) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -57,7 +57,7 @@ async fn clients(addr: &str, env: &str) -> (Catalog, Connections, Exports) {
 }
 
 /// Creates the database (as an operator does before the first start) and an environment in it.
-fn create_environment(dir: &std::path::Path, envs: &[(&'static str, String)], id: &str) {
+pub(crate) fn create_environment(dir: &std::path::Path, envs: &[(&'static str, String)], id: &str) {
     let borrowed: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (code, _, err) = run(&["migrate", "--data-dir", dir.to_str().unwrap()], &borrowed);
     assert_eq!(code, 0, "{err}");
@@ -77,7 +77,7 @@ fn create_environment(dir: &std::path::Path, envs: &[(&'static str, String)], id
 }
 
 /// Polls a run until `done` holds (bounded).
-async fn wait_run(
+pub(crate) async fn wait_run(
     exports: &mut Exports,
     name: &str,
     what: &str,
@@ -103,7 +103,7 @@ async fn wait_run(
 }
 
 /// Every data row of the partitions model.json points to, as (key, row) — read back from disk.
-fn exported_keys(root: &std::path::Path, export: &str) -> Vec<String> {
+pub(crate) fn exported_keys(root: &std::path::Path, export: &str) -> Vec<String> {
     let model: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join(export).join("model.json")).unwrap()).unwrap();
     let mut keys = Vec::new();
@@ -224,7 +224,9 @@ async fn killed_mid_run_then_taken_over(storage: Option<Storage>) {
     assert_eq!(first.wait(), None, "killed by a signal");
 
     // Another process on the same database takes the same run over once its lease expires.
-    let second = start(dir.path(), &envs);
+    let mut with_metrics = envs.clone();
+    with_metrics.push(("EXPORTD_METRICS_LISTEN", "127.0.0.1:0".to_string()));
+    let second = start(dir.path(), &with_metrics);
     let (_, _, mut exports) = clients(&second.addr, "acme").await;
     let done = wait_run(&mut exports, &started.name, "a terminal state", |r| {
         !matches!(
@@ -256,6 +258,12 @@ async fn killed_mid_run_then_taken_over(storage: Option<Storage>) {
     let unique: HashSet<&String> = keys.iter().collect();
     assert_eq!(keys.len(), RECORDS, "every row exactly once");
     assert_eq!(unique.len(), RECORDS);
+    let metrics = crate::metrics::scrape(&second);
+    assert_eq!(
+        crate::metrics::sample(&metrics, "exportd_run_lease_takeovers_total"),
+        Some(1.0),
+        "{metrics}"
+    );
     second.signal("TERM");
     assert_eq!(second.wait(), Some(0));
 }

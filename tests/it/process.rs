@@ -12,12 +12,20 @@ pub struct ServeProcess {
     pub child: Child,
     pub addr: String,
     pub token: Option<String>,
+    /// `http://…/metrics`, when the process serves metrics.
+    pub metrics_url: Option<String>,
     pub log_path: std::path::PathBuf,
 }
 
 impl ServeProcess {
     /// Starts `exportd serve <args>` with `envs` and waits for its "listening on" line.
     pub fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
+        Self::spawn(data_dir, args, envs).ready()
+    }
+
+    /// Starts `exportd serve <args>` without waiting for it: several can be started at the
+    /// same moment, then waited for with [`Starting::ready`].
+    pub fn spawn(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Starting {
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log_path = data_dir.join(format!("serve-{}-{n}.log", std::process::id()));
@@ -36,38 +44,11 @@ impl ServeProcess {
         for (k, v) in envs {
             command.env(k, v);
         }
-        let mut child = command.spawn().expect("spawn exportd");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let mut addr = None;
-        let mut token = None;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            let Some(Ok(line)) = lines.next() else { break };
-            if let Some(rest) = line.strip_prefix("exportd listening on ") {
-                addr = Some(rest.trim().to_string());
-                if !args.contains(&"--dev") {
-                    break;
-                }
-            }
-            if let Some(rest) = line.strip_prefix("export EXPORTD_TOKEN=") {
-                token = Some(rest.trim().to_string());
-                break;
-            }
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        let addr = addr.unwrap_or_else(|| {
-            panic!(
-                "exportd did not start; log:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            )
-        });
-        ServeProcess {
-            child,
-            addr,
-            token,
+        let child = command.spawn().expect("spawn exportd");
+        Starting {
+            child: Some(child),
             log_path,
+            dev: args.contains(&"--dev"),
         }
     }
 
@@ -87,6 +68,67 @@ impl ServeProcess {
     /// Waits for the process to exit and returns its exit code.
     pub fn wait(mut self) -> Option<i32> {
         self.child.wait().unwrap().code()
+    }
+}
+
+/// A `serve` process that has been started and may not be listening yet.
+pub struct Starting {
+    /// Taken by `ready`; a `Starting` dropped before that kills its process.
+    child: Option<Child>,
+    log_path: std::path::PathBuf,
+    dev: bool,
+}
+
+impl Starting {
+    /// Waits (up to 60 s) for the "listening on" line (and, in dev mode, the token).
+    pub fn ready(mut self) -> ServeProcess {
+        let mut child = self.child.take().expect("not ready yet");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addr = None;
+        let mut token = None;
+        let mut metrics_url = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(rest) = line.strip_prefix("exportd metrics on ") {
+                metrics_url = Some(rest.trim().to_string());
+            }
+            if let Some(rest) = line.strip_prefix("exportd listening on ") {
+                addr = Some(rest.trim().to_string());
+                if !self.dev {
+                    break;
+                }
+            }
+            if let Some(rest) = line.strip_prefix("export EXPORTD_TOKEN=") {
+                token = Some(rest.trim().to_string());
+                break;
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let process = ServeProcess {
+            child,
+            addr: addr.unwrap_or_default(),
+            token,
+            metrics_url,
+            log_path: self.log_path.clone(),
+        };
+        assert!(
+            !process.addr.is_empty(),
+            "exportd did not start; log:\n{}",
+            process.logs()
+        );
+        process
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -129,4 +171,31 @@ fn output_of(mut command: Command, envs: &[(&str, &str)]) -> (i32, String, Strin
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     let code = child.wait().unwrap().code().unwrap_or(-1);
     (code, out, err)
+}
+
+/// `(name, value)` settings as the `&str` pairs `start` and `run` take.
+pub fn borrowed<'a>(envs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    envs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// `GET` of an `http://host:port/path` URL over HTTP/1.1: (status code, body).
+pub fn http_get(url: &str, method: &str) -> (u16, String) {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, body.to_string())
 }

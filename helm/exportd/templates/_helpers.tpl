@@ -253,6 +253,9 @@ same database settings. Secrets come from Secrets, never from the ConfigMap.
 {{/* The TOML config file; keys are exportd's setting names (src/config.rs SETTINGS). */}}
 {{- define "exportd.configToml" -}}
 data_dir = {{ .Values.persistence.mountPath | toJson }}
+{{- if .Values.metrics.enabled }}
+metrics_listen = {{ printf "0.0.0.0:%d" (int64 .Values.metrics.port) | toJson }}
+{{- end }}
 log_format = {{ .Values.config.logFormat | toJson }}
 log_filter = {{ .Values.config.logFilter | toJson }}
 max_message_bytes = {{ int64 .Values.config.maxMessageBytes }}
