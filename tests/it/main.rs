@@ -12,6 +12,7 @@ mod eligibility;
 mod environments;
 mod exports;
 mod limits;
+mod not_built;
 mod output_areas;
 mod process;
 mod raw;
