@@ -9,6 +9,8 @@ const PROTOS: &[&str] = &[
     "exportd/v1/connection_service.proto",
     "exportd/v1/export_service.proto",
     "exportd/v1/catalog_service.proto",
+    "exportd/v1/alert_service.proto",
+    "exportd/v1/audit_service.proto",
     // Served by reflection so that clients can decode `google.rpc` error details.
     "google/rpc/error_details.proto",
 ];

@@ -58,6 +58,15 @@ macro_rules! for_each_request {
             pb::CompleteRefreshRequest,
             pb::RunSystemRefreshRequest,
             pb::GetSystemRefreshRequest,
+            pb::PreviewExportRequest,
+            pb::ListRejectedRecordsRequest,
+            pb::CreateAlertPolicyRequest,
+            pb::GetAlertPolicyRequest,
+            pb::ListAlertPoliciesRequest,
+            pb::UpdateAlertPolicyRequest,
+            pb::DeleteAlertPolicyRequest,
+            pb::ListAlertEventsRequest,
+            pb::ListAuditEventsRequest,
         )
     };
 }
@@ -109,6 +118,8 @@ name_only!(
     pb::CompleteRefreshRequest => name,
     pb::RunSystemRefreshRequest => parent,
     pb::GetSystemRefreshRequest => name,
+    pb::PreviewExportRequest => name,
+    pb::GetAlertPolicyRequest => name,
 );
 
 impl Bounded for pb::ListConnectionTypesRequest {
@@ -178,6 +189,37 @@ impl Bounded for pb::ListSegmentsRequest {
     fn bounds(&self, b: &mut Bounds, prefix: &str) {
         b.text(prefix, "parent", &self.parent, limit::NAME);
         page(b, prefix, &self.page_token);
+    }
+}
+
+impl Bounded for pb::ListRejectedRecordsRequest {
+    fn bounds(&self, b: &mut Bounds, prefix: &str) {
+        b.text(prefix, "parent", &self.parent, limit::NAME);
+        page(b, prefix, &self.page_token);
+        b.text(prefix, "filter", &self.filter, limit::LIST_QUERY);
+    }
+}
+
+impl Bounded for pb::ListAlertPoliciesRequest {
+    fn bounds(&self, b: &mut Bounds, prefix: &str) {
+        b.text(prefix, "parent", &self.parent, limit::NAME);
+        page(b, prefix, &self.page_token);
+    }
+}
+
+impl Bounded for pb::ListAlertEventsRequest {
+    fn bounds(&self, b: &mut Bounds, prefix: &str) {
+        b.text(prefix, "parent", &self.parent, limit::NAME);
+        page(b, prefix, &self.page_token);
+        b.text(prefix, "filter", &self.filter, limit::LIST_QUERY);
+    }
+}
+
+impl Bounded for pb::ListAuditEventsRequest {
+    fn bounds(&self, b: &mut Bounds, prefix: &str) {
+        b.text(prefix, "parent", &self.parent, limit::NAME);
+        page(b, prefix, &self.page_token);
+        list_query(b, prefix, &self.filter, &self.order_by);
     }
 }
 
@@ -347,6 +389,50 @@ impl Bounded for pb::UpdateExportSchedulesRequest {
         if let Some(schedule) = &self.schedule {
             b.nested(prefix, "schedule", schedule);
         }
+    }
+}
+
+impl Bounded for pb::AlertPolicy {
+    fn bounds(&self, b: &mut Bounds, prefix: &str) {
+        b.text(prefix, "name", &self.name, limit::NAME);
+        b.text(prefix, "display_name", &self.display_name, limit::DISPLAY_NAME);
+        b.text(prefix, "connection", &self.connection, limit::NAME);
+        b.count(prefix, "conditions", self.conditions.len(), limit::ALERT_CONDITIONS);
+        b.texts(
+            prefix,
+            "exports",
+            &self.exports,
+            limit::EXPORTS_PER_ALERT_POLICY,
+            limit::NAME,
+        );
+        b.text(prefix, "etag", &self.etag, limit::ETAG);
+    }
+}
+
+impl Bounded for pb::CreateAlertPolicyRequest {
+    fn bounds(&self, b: &mut Bounds, prefix: &str) {
+        b.text(prefix, "parent", &self.parent, limit::NAME);
+        b.text(prefix, "alert_policy_id", &self.alert_policy_id, limit::ID);
+        b.text(prefix, "request_id", &self.request_id, limit::REQUEST_ID);
+        if let Some(policy) = &self.alert_policy {
+            b.nested(prefix, "alert_policy", policy);
+        }
+    }
+}
+
+impl Bounded for pb::UpdateAlertPolicyRequest {
+    fn bounds(&self, b: &mut Bounds, prefix: &str) {
+        if let Some(policy) = &self.alert_policy {
+            b.nested(prefix, "alert_policy", policy);
+        }
+        update_mask(b, prefix, &self.update_mask);
+    }
+}
+
+impl Bounded for pb::DeleteAlertPolicyRequest {
+    fn bounds(&self, b: &mut Bounds, prefix: &str) {
+        b.text(prefix, "name", &self.name, limit::NAME);
+        b.text(prefix, "etag", &self.etag, limit::ETAG);
     }
 }
 

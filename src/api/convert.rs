@@ -583,6 +583,10 @@ pub fn run(run: &crate::domain::run::Run, may_see: &dyn Fn(&str) -> bool) -> pb:
         end_time: opt_timestamp(run.end_time),
         skip_reason: run.skip_reason.clone().unwrap_or_default(),
         waiting_for: run.waiting_for.clone(),
+        // Not counted by this version (removals and retries are not tracked yet): 0, which
+        // the protos document.
+        records_removed: 0,
+        records_retried: 0,
     }
 }
 

@@ -1,5 +1,6 @@
 //! ExportService: export management (create, read, list, update, delete, duplicate, detach,
-//! batch schedules). Runs are the run engine's and answer UNIMPLEMENTED until it lands.
+//! batch schedules); runs are in `runs`. PreviewExport and ListRejectedRecords are authorized
+//! like the other edits and then answer UNIMPLEMENTED: they are not built yet.
 
 use std::collections::{HashMap, HashSet};
 
@@ -19,7 +20,9 @@ use crate::domain::export::{
     segment_warnings,
 };
 use crate::domain::list_query::{FieldKind, Filter, FilterField, Value as FilterValue, parse_filter, parse_order_by};
-use crate::domain::names::{ConnectionName, EntityName, EnvironmentName, ExportName, SegmentName, id_or_generate};
+use crate::domain::names::{
+    ConnectionName, EntityName, EnvironmentName, ExportName, RejectedRecordParent, SegmentName, id_or_generate,
+};
 use crate::domain::schedule::{Schedule, Trigger};
 use crate::domain::time::{now_micros, to_datetime};
 use crate::domain::{etag, paging};
@@ -649,6 +652,39 @@ impl ExportApi {
         self.show_one(role, &environment, updated).await
     }
 
+    /// Not built: authorized as an edit of the export, then UNIMPLEMENTED.
+    async fn preview(&self, principal: Principal, request: pb::PreviewExportRequest) -> Result<pb::ExportPreview> {
+        let name = ExportName::parse("name", &request.name)?;
+        self.editable_export(&principal, &name, Action::PreviewExport).await?;
+        Err(super::not_built(
+            "ExportService/PreviewExport",
+            "export previews are not built",
+        ))
+    }
+
+    /// Not built: the run (when the parent is one) must exist, the export must be editable by
+    /// the caller, then UNIMPLEMENTED.
+    async fn list_rejected(
+        &self,
+        principal: Principal,
+        request: pb::ListRejectedRecordsRequest,
+    ) -> Result<pb::ListRejectedRecordsResponse> {
+        let parent = RejectedRecordParent::parse("parent", &request.parent)?;
+        if let RejectedRecordParent::Run(run) = &parent {
+            self.state.store.run_or_not_found(run).await.or_else(|e| {
+                // Without a role, even the run's existence is not told.
+                policy::role_in(&principal, parent.env())?;
+                Err(e)
+            })?;
+        }
+        self.editable_export(&principal, &parent.export_name(), Action::ListRejectedRecords)
+            .await?;
+        Err(super::not_built(
+            "ExportService/ListRejectedRecords",
+            "rejected records are not kept yet",
+        ))
+    }
+
     async fn update_schedules(
         &self,
         principal: Principal,
@@ -970,6 +1006,17 @@ impl ExportService for ExportApi {
     async fn cancel_export_run(&self, request: Request<pb::CancelExportRunRequest>) -> Reply<pb::ExportRun> {
         let principal = principal(&request)?;
         respond(self.runs.cancel(principal, request.into_inner())).await
+    }
+    async fn preview_export(&self, request: Request<pb::PreviewExportRequest>) -> Reply<pb::ExportPreview> {
+        let principal = principal(&request)?;
+        respond(self.preview(principal, request.into_inner())).await
+    }
+    async fn list_rejected_records(
+        &self,
+        request: Request<pb::ListRejectedRecordsRequest>,
+    ) -> Reply<pb::ListRejectedRecordsResponse> {
+        let principal = principal(&request)?;
+        respond(self.list_rejected(principal, request.into_inner())).await
     }
 }
 

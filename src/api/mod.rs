@@ -11,6 +11,8 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
+pub mod alerts;
+pub mod audit;
 pub mod bounds;
 pub mod catalog;
 pub mod codec;
@@ -51,4 +53,15 @@ pub fn required<'a, T>(field: &str, value: &'a Option<T>) -> Result<&'a T> {
     value
         .as_ref()
         .ok_or_else(|| Error::invalid(field, format!("{field} is required")))
+}
+
+/// The answer of an RPC that is in the protos but not built in this version: UNIMPLEMENTED
+/// (reason NOT_IMPLEMENTED, the method in the metadata). Handlers return it only after the
+/// caller was authorized and the request's names were parsed, as for any other RPC. `rpc` is
+/// `Service/Method`; `why` says what is missing.
+pub fn not_built(rpc: &str, why: &str) -> Error {
+    Error::unimplemented(
+        &format!("/exportd.v1.{rpc}"),
+        format!("exportd.v1.{rpc} is part of the API, but this version of exportd does not provide it yet: {why}"),
+    )
 }

@@ -29,6 +29,8 @@ pub enum Action {
     GetExportRun,
     WatchExportRun,
     CancelExportRun,
+    PreviewExport,
+    ListRejectedRecords,
     GetEnvironment,
     UpdateEnvironment,
     ListEnvironments,
@@ -49,6 +51,13 @@ pub enum Action {
     CompleteRefresh,
     RunSystemRefresh,
     GetSystemRefresh,
+    CreateAlertPolicy,
+    GetAlertPolicy,
+    ListAlertPolicies,
+    UpdateAlertPolicy,
+    DeleteAlertPolicy,
+    ListAlertEvents,
+    ListAuditEvents,
 }
 
 /// What one role may do for one action.
@@ -93,6 +102,8 @@ impl PolicyRow {
 const C: &str = "exportd.v1.ConnectionService";
 const E: &str = "exportd.v1.ExportService";
 const K: &str = "exportd.v1.CatalogService";
+const A: &str = "exportd.v1.AlertService";
+const U: &str = "exportd.v1.AuditService";
 
 macro_rules! row {
     ($action:ident, $service:expr, $permission:literal, $scoped:literal, $admin:ident, $contributor:ident, $viewer:ident) => {
@@ -136,6 +147,8 @@ pub const TABLE: &[PolicyRow] = &[
     row!(GetExportRun,          E, "runs.get",                 true,  Allow, Allow,               Allow),
     row!(WatchExportRun,        E, "runs.watch",               true,  Allow, Allow,               Allow),
     row!(CancelExportRun,       E, "runs.cancel",              true,  Allow, IfExportEditable,    Deny),
+    row!(PreviewExport,         E, "exports.preview",          true,  Allow, IfExportEditable,    Deny),
+    row!(ListRejectedRecords,   E, "rejectedRecords.list",     true,  Allow, IfExportEditable,    Deny),
     row!(GetEnvironment,        K, "environments.get",         true,  Allow, Allow,               Allow),
     row!(UpdateEnvironment,     K, "environments.update",      true,  Allow, Deny,                Deny),
     row!(ListEnvironments,      K, "environments.list",        false, Allow, Allow,               Allow),
@@ -156,6 +169,13 @@ pub const TABLE: &[PolicyRow] = &[
     row!(CompleteRefresh,       K, "refresh.complete",         true,  Allow, Deny,                Deny),
     row!(RunSystemRefresh,      K, "systemRefreshes.run",      true,  Allow, Deny,                Deny),
     row!(GetSystemRefresh,      K, "systemRefreshes.get",      true,  Allow, Allow,               Allow),
+    row!(CreateAlertPolicy,     A, "alertPolicies.create",     true,  Allow, Deny,                Deny),
+    row!(GetAlertPolicy,        A, "alertPolicies.get",        true,  Allow, Allow,               Allow),
+    row!(ListAlertPolicies,     A, "alertPolicies.list",       true,  Allow, Allow,               Allow),
+    row!(UpdateAlertPolicy,     A, "alertPolicies.update",     true,  Allow, Deny,                Deny),
+    row!(DeleteAlertPolicy,     A, "alertPolicies.delete",     true,  Allow, Deny,                Deny),
+    row!(ListAlertEvents,       A, "alertEvents.list",         true,  Allow, Allow,               Allow),
+    row!(ListAuditEvents,       U, "auditEvents.list",         true,  Allow, Deny,                Deny),
 ];
 
 pub fn row(action: Action) -> &'static PolicyRow {

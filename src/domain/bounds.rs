@@ -49,6 +49,10 @@ pub const TIME_OF_DAY: Text = Text::chars(16);
 pub const DAYS_OF_WEEK: usize = 7;
 /// Exports named by one UpdateExportSchedules request (one transaction).
 pub const EXPORTS_PER_BATCH: usize = 1_000;
+/// Exports one alert policy watches.
+pub const EXPORTS_PER_ALERT_POLICY: usize = 1_000;
+/// Conditions of one alert policy: each AlertCondition once, with room to spare.
+pub const ALERT_CONDITIONS: usize = 16;
 /// Fields of an entity's schema.
 pub const ENTITY_FIELDS: usize = super::catalog::MAX_FIELDS;
 /// A schema field's name and the primary key (the name rule allows 128 characters).

@@ -145,6 +145,10 @@ env_scoped_name!(
     /// `environments/{environment}/systemRefreshes/{refresh}`
     SystemRefreshName, "systemRefreshes", "system refresh"
 );
+env_scoped_name!(
+    /// `environments/{environment}/alertPolicies/{policy}`
+    AlertPolicyName, "alertPolicies", "alert policy"
+);
 
 /// `environments/{environment}`
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -222,6 +226,62 @@ impl RunParent {
     }
 }
 
+/// The parent of ListAlertEvents: one alert policy, or `-` for every policy of the
+/// environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertEventParent {
+    pub env: String,
+    /// None for `alertPolicies/-`.
+    pub policy: Option<String>,
+}
+
+impl AlertEventParent {
+    pub fn parse(field: &str, name: &str) -> Result<Self> {
+        let ids = split_name(field, name, &["environments", "alertPolicies"], "alert policy")?;
+        check_ids(field, name, &ids, "alert policy", true)?;
+        let policy = (ids[1] != "-").then(|| ids[1].to_string());
+        Ok(AlertEventParent {
+            env: ids[0].to_string(),
+            policy,
+        })
+    }
+}
+
+/// The parent of ListRejectedRecords: a run (the records it rejected) or an export (its
+/// outstanding rejects).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectedRecordParent {
+    Export(ExportName),
+    Run(RunName),
+}
+
+impl RejectedRecordParent {
+    pub fn parse(field: &str, name: &str) -> Result<Self> {
+        // `environments/{e}/exports/{x}` has four segments, a run name six.
+        if name.split('/').count() == 6 {
+            RunName::parse(field, name).map(RejectedRecordParent::Run)
+        } else {
+            ExportName::parse(field, name).map(RejectedRecordParent::Export)
+        }
+    }
+
+    /// The environment it is in.
+    pub fn env(&self) -> &str {
+        match self {
+            RejectedRecordParent::Export(name) => &name.env,
+            RejectedRecordParent::Run(name) => &name.env,
+        }
+    }
+
+    /// The export whose rejects are asked for.
+    pub fn export_name(&self) -> ExportName {
+        match self {
+            RejectedRecordParent::Export(name) => name.clone(),
+            RejectedRecordParent::Run(name) => name.export_name(),
+        }
+    }
+}
+
 /// `connectionTypes/{type}`
 pub fn connection_type_name(id: &str) -> String {
     format!("connectionTypes/{id}")
@@ -293,5 +353,34 @@ mod tests {
             Some("e1")
         );
         assert!(RunParent::parse("parent", "environments/-/exports/-").is_err());
+    }
+
+    #[test]
+    fn alert_event_parent_accepts_the_wildcard_only_for_policies() {
+        let all = AlertEventParent::parse("parent", "environments/demo/alertPolicies/-").unwrap();
+        assert_eq!((all.env.as_str(), all.policy), ("demo", None));
+        let one = AlertEventParent::parse("parent", "environments/demo/alertPolicies/p1").unwrap();
+        assert_eq!(one.policy.as_deref(), Some("p1"));
+        assert!(AlertEventParent::parse("parent", "environments/-/alertPolicies/-").is_err());
+        assert!(AlertEventParent::parse("parent", "environments/demo/exports/-").is_err());
+    }
+
+    #[test]
+    fn rejected_record_parents_are_exports_or_runs() {
+        let export = RejectedRecordParent::parse("parent", "environments/demo/exports/e1").unwrap();
+        assert!(matches!(export, RejectedRecordParent::Export(_)));
+        let run = RejectedRecordParent::parse("parent", "environments/demo/exports/e1/runs/r1").unwrap();
+        assert!(matches!(run, RejectedRecordParent::Run(_)));
+        assert_eq!(run.env(), "demo");
+        assert_eq!(run.export_name().to_string(), "environments/demo/exports/e1");
+        for bad in [
+            "",
+            "environments/demo",
+            "environments/demo/exports/-",
+            "environments/demo/exports/e1/runs",
+        ] {
+            let err = RejectedRecordParent::parse("parent", bad).unwrap_err();
+            assert_eq!(err.field_violations[0].field, "parent", "{bad}");
+        }
     }
 }

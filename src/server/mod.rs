@@ -1,4 +1,4 @@
-//! Builds and runs the tonic server: edge and auth layers, the three services, health,
+//! Builds and runs the tonic server: edge and auth layers, the five services, health,
 //! reflection (v1 and v1alpha, so that both grpcurl and buf curl work), message size limits,
 //! and graceful shutdown.
 
@@ -11,6 +11,8 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::api::alerts::AlertApi;
+use crate::api::audit::AuditApi;
 use crate::api::catalog::CatalogApi;
 use crate::api::connections::ConnectionApi;
 use crate::api::exports::ExportApi;
@@ -19,6 +21,8 @@ use crate::auth::jwt::Verifier;
 use crate::auth::layer::AuthLayer;
 use crate::config::Settings;
 use crate::pb;
+use crate::pb::alert_service_server::AlertServiceServer;
+use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::catalog_service_server::CatalogServiceServer;
 use crate::pb::connection_service_server::ConnectionServiceServer;
 use crate::pb::export_service_server::ExportServiceServer;
@@ -113,6 +117,8 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
     health.set_serving::<ConnectionServiceServer<ConnectionApi>>().await;
     health.set_serving::<ExportServiceServer<ExportApi>>().await;
     health.set_serving::<CatalogServiceServer<CatalogApi>>().await;
+    health.set_serving::<AlertServiceServer<AlertApi>>().await;
+    health.set_serving::<AuditServiceServer<AuditApi>>().await;
 
     let connections = ConnectionServiceServer::new(ConnectionApi::new(state.clone()))
         .max_decoding_message_size(limit)
@@ -121,6 +127,12 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let catalog = CatalogServiceServer::new(CatalogApi::new(state.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let alerts = AlertServiceServer::new(AlertApi)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let audit = AuditServiceServer::new(AuditApi)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 
@@ -138,7 +150,9 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
         .add_service(reflection_v1alpha)
         .add_service(connections)
         .add_service(exports)
-        .add_service(catalog);
+        .add_service(catalog)
+        .add_service(alerts)
+        .add_service(audit);
 
     let (stop, mut stopped) = watch::channel(false);
     let metrics = match state.settings.metrics_listen {
@@ -165,6 +179,8 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
                 health.set_not_serving::<ConnectionServiceServer<ConnectionApi>>().await;
                 health.set_not_serving::<ExportServiceServer<ExportApi>>().await;
                 health.set_not_serving::<CatalogServiceServer<CatalogApi>>().await;
+                health.set_not_serving::<AlertServiceServer<AlertApi>>().await;
+                health.set_not_serving::<AuditServiceServer<AuditApi>>().await;
             }
         };
         let serve = router.serve_with_incoming_shutdown(incoming, signal);

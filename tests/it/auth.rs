@@ -293,6 +293,8 @@ async fn health_and_reflection_need_no_token() {
         "exportd.v1.ConnectionService",
         "exportd.v1.ExportService",
         "exportd.v1.CatalogService",
+        "exportd.v1.AlertService",
+        "exportd.v1.AuditService",
         "grpc.health.v1.Health",
     ] {
         assert!(names.iter().any(|n| n == expected), "{names:?}");

@@ -22,6 +22,7 @@ use crate::raw;
 const FILES: &str = "environments/acme/connections/files";
 const NIGHTLY: &str = "environments/acme/exports/nightly";
 const RUN: &str = "environments/acme/exports/nightly/runs/run-1";
+const POLICY: &str = "environments/acme/alertPolicies/failures";
 
 /// C-core clients (Python, C++) accept at most 16 KiB of trailers and may refuse more than
 /// 8 KiB; an error status must stay under the lower.
@@ -714,6 +715,34 @@ fn corpus(t: &TestServer) -> Vec<Case> {
             },
         )
         .field("name"),
+        bad(
+            "ExportService/PreviewExport",
+            "a name over 256 characters",
+            pb::PreviewExportRequest {
+                name: name_over_256(),
+                sample_size: 0,
+            },
+        )
+        .field("name"),
+        bad(
+            "ExportService/ListRejectedRecords",
+            "a parent over 256 characters",
+            pb::ListRejectedRecordsRequest {
+                parent: format!("{RUN}{}", long(240)),
+                ..Default::default()
+            },
+        )
+        .field("parent"),
+        bad(
+            "ExportService/ListRejectedRecords",
+            "a filter over 2,000 characters",
+            pb::ListRejectedRecordsRequest {
+                parent: NIGHTLY.into(),
+                filter: format!("source = \"{}\"", long(2_000)),
+                ..Default::default()
+            },
+        )
+        .field("filter"),
         // CatalogService
         bad(
             "CatalogService/GetEnvironment",
@@ -1054,6 +1083,87 @@ fn corpus(t: &TestServer) -> Vec<Case> {
             pb::GetSystemRefreshRequest { name: name_over_256() },
         )
         .field("name"),
+        // AlertService and AuditService (not built: the bounds refuse before any handler)
+        bad(
+            "AlertService/CreateAlertPolicy",
+            "a parent over 256 characters",
+            pb::CreateAlertPolicyRequest {
+                parent: format!("environments/{}", long(250)),
+                ..Default::default()
+            },
+        )
+        .field("parent"),
+        bad(
+            "AlertService/CreateAlertPolicy",
+            "1,001 exports",
+            pb::CreateAlertPolicyRequest {
+                parent: ACME.into(),
+                alert_policy: Some(pb::AlertPolicy {
+                    exports: vec![NIGHTLY.to_string(); 1_001],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .field("alert_policy.exports"),
+        bad(
+            "AlertService/GetAlertPolicy",
+            "a name over 256 characters",
+            pb::GetAlertPolicyRequest {
+                name: format!("{POLICY}{}", long(240)),
+            },
+        )
+        .field("name"),
+        bad(
+            "AlertService/ListAlertPolicies",
+            "a page token over 512 characters",
+            pb::ListAlertPoliciesRequest {
+                parent: ACME.into(),
+                page_token: long(513),
+                ..Default::default()
+            },
+        )
+        .field("page_token"),
+        bad(
+            "AlertService/UpdateAlertPolicy",
+            "a name over 256 characters",
+            pb::UpdateAlertPolicyRequest {
+                alert_policy: Some(pb::AlertPolicy {
+                    name: format!("{POLICY}{}", long(240)),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["enabled"]),
+            },
+        )
+        .field("alert_policy.name"),
+        bad(
+            "AlertService/DeleteAlertPolicy",
+            "an etag over 128 characters",
+            pb::DeleteAlertPolicyRequest {
+                name: POLICY.into(),
+                etag: long(129),
+            },
+        )
+        .field("etag"),
+        bad(
+            "AlertService/ListAlertEvents",
+            "a parent over 256 characters",
+            pb::ListAlertEventsRequest {
+                parent: format!("{POLICY}{}", long(240)),
+                ..Default::default()
+            },
+        )
+        .field("parent"),
+        bad(
+            "AuditService/ListAuditEvents",
+            "an order_by over 2,000 characters",
+            pb::ListAuditEventsRequest {
+                parent: ACME.into(),
+                order_by: long(2_001),
+                ..Default::default()
+            },
+        )
+        .field("order_by"),
         // Authentication and metadata
         bad(
             "ConnectionService/GetConnection",

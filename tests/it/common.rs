@@ -39,6 +39,8 @@ pub type Authed = InterceptedService<Channel, Bearer>;
 pub type Connections = pb::connection_service_client::ConnectionServiceClient<Authed>;
 pub type Exports = pb::export_service_client::ExportServiceClient<Authed>;
 pub type Catalog = pb::catalog_service_client::CatalogServiceClient<Authed>;
+pub type Alerts = pb::alert_service_client::AlertServiceClient<Authed>;
+pub type Audit = pb::audit_service_client::AuditServiceClient<Authed>;
 
 /// Which database the suite runs on.
 pub fn backend() -> String {
@@ -231,6 +233,14 @@ impl TestServer {
 
     pub async fn catalog_with(&self, token: Option<String>) -> Catalog {
         pb::catalog_service_client::CatalogServiceClient::new(self.authed(token).await)
+    }
+
+    pub async fn alerts(&self, env: &str, role: Role) -> Alerts {
+        pb::alert_service_client::AlertServiceClient::new(self.authed(Some(self.token(&[(env, role)]))).await)
+    }
+
+    pub async fn audit(&self, env: &str, role: Role) -> Audit {
+        pb::audit_service_client::AuditServiceClient::new(self.authed(Some(self.token(&[(env, role)]))).await)
     }
 
     pub async fn stop(mut self) {

@@ -15,6 +15,7 @@ mod key_rotation;
 mod limits;
 mod metrics;
 mod migrations;
+mod not_built;
 mod output_areas;
 mod process;
 mod raw;
