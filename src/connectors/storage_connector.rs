@@ -142,7 +142,11 @@ impl<K: StorageKind> Connector for StorageConnector<K> {
         let keep_runs: Option<Vec<String>> = run.keep_runs.map(<[String]>::to_vec);
         // Metrics label the type by its id from the catalogue (a bounded set).
         let connection_type = super::registry::find(&run.target.connection.type_id).map_or("unknown", |spec| spec.id);
+        // The run's span, so that the storage's request spans are its children on the
+        // blocking thread too.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _run = span.enter();
             let storage = BlockingStorage::new(store, runtime);
             // An earlier attempt of this very run may have committed before its process died
             // (between the commit and recording the outcome): its files are complete and must
