@@ -102,6 +102,11 @@ impl Store {
     pub async fn migrate(&self) -> Result<usize, String> {
         use sea_orm::{ConnectionTrait, SqliteTransactionMode, TransactionOptions, TransactionTrait};
         let failed = |e: sea_orm::DbErr| format!("database migration failed: {e}");
+        // The usual case (an operator command beside a running server, a restart) has nothing
+        // to apply: a plain read says so without the write lock, which a busy server holds often.
+        if self.schema_is_current().await {
+            return Ok(0);
+        }
         // SQLite: the write lock from the start, so that a second process waits for it rather
         // than read the pending migrations and then fail to upgrade to a writer.
         let options = TransactionOptions {
@@ -122,6 +127,26 @@ impl Store {
         migration::Migrator::up(&txn, None).await.map_err(failed)?;
         txn.commit().await.map_err(failed)?;
         Ok(pending)
+    }
+
+    /// True when exactly the migrations this build knows are recorded as applied (read-only;
+    /// false when the migrations table does not exist yet).
+    async fn schema_is_current(&self) -> bool {
+        use sea_orm::{ConnectionTrait, Statement};
+        let Ok(rows) = self
+            .reader
+            .query_all_raw(Statement::from_string(self.backend(), "SELECT version FROM seaql_migrations"))
+            .await
+        else {
+            return false;
+        };
+        let applied: std::collections::BTreeSet<String> =
+            rows.iter().filter_map(|row| row.try_get::<String>("", "version").ok()).collect();
+        // Equal, not a superset: a database migrated by a newer build takes the locked path,
+        // whose `up` refuses it naming the migration this build lacks.
+        let known: std::collections::BTreeSet<String> =
+            migration::Migrator::migrations().iter().map(|m| m.name().to_string()).collect();
+        applied == known
     }
 
     /// The connection for writes (one writer on SQLite). Every write goes through it: the
