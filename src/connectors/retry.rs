@@ -31,11 +31,14 @@ impl Failure {
     }
 }
 
+/// PRODUCT.md §11: at most 6 attempts within 120 s per request.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
+    /// No retry starts later than this after the first attempt.
+    pub within: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -44,6 +47,7 @@ impl Default for RetryPolicy {
             max_attempts: 6,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(30),
+            within: Duration::from_secs(120),
         }
     }
 }
@@ -62,9 +66,56 @@ impl RetryPolicy {
     }
 }
 
-/// Runs `operation` until it succeeds, fails permanently, or the attempts are used up. `wait`
-/// sleeps (tests pass a recorder instead of real time). Returns the last failure with the
-/// number of attempts made.
+/// Where a retry loop stands: the attempts made and the time spent, so that the loop stays
+/// within its policy. Callers that cannot pass a closure to [`retry`] (an operation on
+/// `&mut self`) drive one of these themselves.
+pub struct Attempts {
+    policy: RetryPolicy,
+    made: u32,
+    started: std::time::Instant,
+    /// Time spent waiting, counted even when `wait` does not really sleep (tests).
+    waited: Duration,
+}
+
+impl Attempts {
+    pub fn new(policy: RetryPolicy) -> Attempts {
+        Attempts {
+            policy,
+            made: 1,
+            started: std::time::Instant::now(),
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// The attempts made so far (1 while the first runs).
+    pub fn made(&self) -> u32 {
+        self.made
+    }
+
+    /// After a failed attempt: how long to wait before the next, or `None` when the failure is
+    /// final (permanent, unsupported, or the attempts or the time are used up).
+    pub fn next(&mut self, failure: &Failure) -> Option<Duration> {
+        let Failure::Transient { retry_after, message } = failure else {
+            return None;
+        };
+        if self.made >= self.policy.max_attempts {
+            return None;
+        }
+        let wait = self.policy.delay(self.made, *retry_after);
+        let spent = self.started.elapsed().max(self.waited);
+        if spent + wait > self.policy.within {
+            return None;
+        }
+        tracing::debug!(attempt = self.made, %message, "transient target error; retrying");
+        self.made += 1;
+        self.waited += wait;
+        Some(wait)
+    }
+}
+
+/// Runs `operation` until it succeeds, fails permanently, or the attempts or the time are used
+/// up. `wait` sleeps (tests pass a recorder instead of real time). Returns the last failure
+/// with the number of attempts made.
 pub async fn retry<T, Op, Fut, Wait, WaitFut>(
     policy: RetryPolicy,
     mut operation: Op,
@@ -76,21 +127,27 @@ where
     Wait: FnMut(Duration) -> WaitFut,
     WaitFut: Future<Output = ()>,
 {
-    let mut attempt = 1;
+    let mut attempts = Attempts::new(policy);
     loop {
-        match operation(attempt).await {
+        match operation(attempts.made()).await {
             Ok(value) => return Ok(value),
-            Err(failure @ (Failure::Permanent { .. } | Failure::Unsupported { .. })) => return Err((failure, attempt)),
-            Err(failure @ Failure::Transient { .. }) if attempt >= policy.max_attempts => {
-                return Err((failure, attempt));
-            }
-            Err(Failure::Transient { retry_after, message }) => {
-                tracing::debug!(attempt, %message, "transient target error; retrying");
-                wait(policy.delay(attempt, retry_after)).await;
-                attempt += 1;
-            }
+            Err(failure) => match attempts.next(&failure) {
+                Some(pause) => wait(pause).await,
+                None => return Err((failure, attempts.made())),
+            },
         }
     }
+}
+
+/// [`retry`] with real sleeps and the default policy, for a store's requests: the last failure.
+pub async fn retried<T, Op, Fut>(operation: Op) -> Result<T, Failure>
+where
+    Op: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    retry(RetryPolicy::default(), operation, tokio::time::sleep)
+        .await
+        .map_err(|(failure, _)| failure)
 }
 
 /// Reads an HTTP `Retry-After` value: seconds, or an HTTP date.
@@ -170,6 +227,23 @@ mod tests {
         assert_eq!(waits.borrow()[0], Duration::from_secs(7));
     }
 
+    #[tokio::test]
+    async fn no_retry_starts_after_the_time_bound() {
+        let waits = RefCell::new(Vec::new());
+        // The target asks for 100 s each time: the second wait would pass 120 s.
+        let result = retry(
+            RetryPolicy::default(),
+            |_| async { Err::<(), _>(transient(Some(100))) },
+            |d| {
+                waits.borrow_mut().push(d);
+                async {}
+            },
+        )
+        .await;
+        assert_eq!(result.unwrap_err().1, 2, "two attempts fit in 120 s");
+        assert_eq!(*waits.borrow(), vec![Duration::from_secs(100)]);
+    }
+
     #[test]
     fn retry_after_reads_seconds_and_dates() {
         let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
@@ -189,6 +263,7 @@ mod tests {
             max_attempts: 10,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
+            within: Duration::from_secs(120),
         };
         for retry in 1..10 {
             assert!(policy.delay(retry, None) <= Duration::from_secs(1));

@@ -42,7 +42,7 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
 use super::object::redact;
 use super::{ByteStore, Upload, check_path, encode_url_path};
 use crate::connectors::Check;
-use crate::connectors::retry::Failure;
+use crate::connectors::retry::{Attempts, Failure, RetryPolicy, retried};
 
 /// The port when the connection names none.
 pub const DEFAULT_PORT: u16 = 22;
@@ -696,9 +696,9 @@ fn is_dir(attrs: &FileAttributes) -> bool {
     attrs.permissions.is_some_and(|p| p & S_IFMT == S_IFDIR)
 }
 
-#[async_trait]
-impl ByteStore for SftpBytes {
-    async fn put(&self, path: &str, bytes: Bytes) -> Result<(), Failure> {
+/// One attempt of each request; [`ByteStore`] retries them (a lost connection reconnects).
+impl SftpBytes {
+    async fn put_once(&self, path: &str, bytes: Bytes) -> Result<(), Failure> {
         check_path(path)?;
         let inner = &self.inner;
         let conn = inner.conn().await?;
@@ -722,7 +722,7 @@ impl ByteStore for SftpBytes {
         Ok(())
     }
 
-    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, Failure> {
+    async fn upload_once(&self, path: &str) -> Result<Box<dyn Upload>, Failure> {
         check_path(path)?;
         let conn = self.inner.conn().await?;
         let dest = conn.path(path);
@@ -730,12 +730,13 @@ impl ByteStore for SftpBytes {
         Ok(Box::new(SftpUpload {
             inner: self.inner.clone(),
             open: Some(OpenFile { conn, handle, tmp }),
+            lost: false,
             dest,
             size: 0,
         }))
     }
 
-    async fn get(&self, path: &str) -> Result<Option<Bytes>, Failure> {
+    async fn get_once(&self, path: &str) -> Result<Option<Bytes>, Failure> {
         check_path(path)?;
         let inner = &self.inner;
         let conn = inner.conn().await?;
@@ -756,7 +757,7 @@ impl ByteStore for SftpBytes {
             .map_err(|e| inner.failure(&conn, &what(), e))
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, Failure> {
+    async fn list_once(&self, prefix: &str) -> Result<Vec<String>, Failure> {
         if !prefix.is_empty() {
             check_path(prefix.trim_end_matches('/'))?;
         }
@@ -804,7 +805,7 @@ impl ByteStore for SftpBytes {
         Ok(found)
     }
 
-    async fn delete(&self, path: &str) -> Result<(), Failure> {
+    async fn delete_once(&self, path: &str) -> Result<(), Failure> {
         check_path(path)?;
         let inner = &self.inner;
         let conn = inner.conn().await?;
@@ -823,6 +824,32 @@ impl ByteStore for SftpBytes {
             dir = parent(current);
         }
         Ok(())
+    }
+}
+
+/// Every request is retried as PRODUCT.md §11 says (a transient failure — a lost connection, a
+/// server that did not answer — reconnects on the next attempt); each is idempotent: `put`
+/// writes a fresh temporary file, `delete` accepts a missing file.
+#[async_trait]
+impl ByteStore for SftpBytes {
+    async fn put(&self, path: &str, bytes: Bytes) -> Result<(), Failure> {
+        retried(|_| self.put_once(path, bytes.clone())).await
+    }
+
+    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, Failure> {
+        retried(|_| self.upload_once(path)).await
+    }
+
+    async fn get(&self, path: &str) -> Result<Option<Bytes>, Failure> {
+        retried(|_| self.get_once(path)).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, Failure> {
+        retried(|_| self.list_once(prefix)).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), Failure> {
+        retried(|_| self.delete_once(path)).await
     }
 
     fn url(&self, path: &str) -> String {
@@ -867,10 +894,16 @@ struct OpenFile {
     tmp: String,
 }
 
+/// A streamed file: written to `<dest>.exportd-tmp`, renamed into place by `finish`. A write,
+/// the close or the rename that fails transiently is tried again on a new connection: the
+/// temporary file is opened again (without truncating) and the bytes go to the same offset,
+/// since SFTP writes name their offset.
 struct SftpUpload {
     inner: Arc<Inner>,
     /// `None` once finished or aborted.
     open: Option<OpenFile>,
+    /// The connection under `open` was lost: reopen the temporary file before the next request.
+    lost: bool,
     dest: String,
     size: u64,
 }
@@ -881,32 +914,117 @@ fn closed() -> Failure {
     }
 }
 
+impl SftpUpload {
+    /// The connection and handle of the open file, opened again on a new connection after a
+    /// lost one (a failure to do so leaves it lost).
+    async fn file(&mut self) -> Result<(Arc<Conn>, String), Failure> {
+        let open = self.open.as_mut().ok_or_else(closed)?;
+        if self.lost || !open.conn.alive() {
+            self.lost = true;
+            let conn = self.inner.conn().await?;
+            let reopened = conn
+                .sftp
+                .open(open.tmp.as_str(), OpenFlags::WRITE, FileAttributes::empty())
+                .await;
+            let handle = reopened
+                .map_err(|e| self.inner.failure(&conn, &format!("cannot reopen {}", self.inner.url_of(&open.tmp)), e))?
+                .handle;
+            open.conn = conn;
+            open.handle = handle;
+            self.lost = false;
+        }
+        Ok((open.conn.clone(), open.handle.clone()))
+    }
+
+    fn tmp(&self) -> String {
+        self.open.as_ref().map(|open| open.tmp.clone()).unwrap_or_default()
+    }
+
+    /// Notes a failure: a transient one means the connection is gone.
+    fn failed(&mut self, failure: Failure) -> Failure {
+        if matches!(failure, Failure::Transient { .. }) {
+            self.lost = true;
+        }
+        failure
+    }
+
+    async fn write_once(&mut self, bytes: &Bytes) -> Result<(), Failure> {
+        let (conn, handle) = self.file().await?;
+        if let Err(e) = write_at(&conn, &handle, self.size, bytes).await {
+            let failure = self.inner.failure(&conn, &format!("cannot write {}", self.inner.url_of(&self.tmp())), e);
+            return Err(self.failed(failure));
+        }
+        Ok(())
+    }
+
+    /// Closes (with fsync where the server can) and renames into place. A rename whose answer
+    /// was lost may have happened: a missing temporary file with the destination at the
+    /// written size means it did.
+    async fn finish_once(&mut self) -> Result<(), Failure> {
+        let was_lost = self.lost;
+        let (conn, handle) = self.file().await?;
+        if was_lost && let Some(done) = self.renamed_already(&conn).await {
+            return done;
+        }
+        if let Err(e) = close_written(&conn, &handle).await {
+            let failure = self.inner.failure(&conn, &format!("cannot write {}", self.inner.url_of(&self.dest)), e);
+            return Err(self.failed(failure));
+        }
+        if let Err(failure) = self.inner.replace(&conn, &self.tmp(), &self.dest).await {
+            return Err(self.failed(failure));
+        }
+        Ok(())
+    }
+
+    /// After a lost connection: `Some(Ok)` when the file is already in place.
+    async fn renamed_already(&self, conn: &Conn) -> Option<Result<(), Failure>> {
+        let tmp = self.tmp();
+        let tmp_missing =
+            matches!(conn.sftp.stat(tmp.as_str()).await, Err(e) if status_code(&e) == Some(StatusCode::NoSuchFile));
+        if !tmp_missing {
+            return None;
+        }
+        match conn.sftp.stat(self.dest.as_str()).await {
+            Ok(attrs) if attrs.attrs.size == Some(self.size) => Some(Ok(())),
+            _ => Some(Err(Failure::Permanent {
+                message: format!("the temporary file of {} went missing", self.inner.url_of(&self.dest)),
+            })),
+        }
+    }
+}
+
 #[async_trait]
 impl Upload for SftpUpload {
     async fn write(&mut self, bytes: Bytes) -> Result<(), Failure> {
-        let open = self.open.as_ref().ok_or_else(closed)?;
-        if let Err(e) = write_at(&open.conn, &open.handle, self.size, &bytes).await {
-            return Err(self
-                .inner
-                .failure(&open.conn, &format!("cannot write {}", self.inner.url_of(&open.tmp)), e));
+        let mut attempts = Attempts::new(RetryPolicy::default());
+        loop {
+            match self.write_once(&bytes).await {
+                Ok(()) => break,
+                Err(failure) => match attempts.next(&failure) {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => return Err(failure),
+                },
+            }
         }
         self.size += bytes.len() as u64;
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64, Failure> {
-        let open = self.open.take().ok_or_else(closed)?;
-        let inner = &self.inner;
-        if let Err(e) = close_written(&open.conn, &open.handle).await {
-            let failure = inner.failure(&open.conn, &format!("cannot write {}", inner.url_of(&self.dest)), e);
-            let _ = open.conn.sftp.remove(open.tmp.as_str()).await;
-            return Err(failure);
+        let mut attempts = Attempts::new(RetryPolicy::default());
+        loop {
+            match self.finish_once().await {
+                Ok(()) => {
+                    self.open = None;
+                    return Ok(self.size);
+                }
+                Err(failure) => match attempts.next(&failure) {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    // Dropping `self` removes the temporary file.
+                    None => return Err(failure),
+                },
+            }
         }
-        if let Err(failure) = inner.replace(&open.conn, &open.tmp, &self.dest).await {
-            let _ = open.conn.sftp.remove(open.tmp.as_str()).await;
-            return Err(failure);
-        }
-        Ok(self.size)
     }
 
     async fn abort(mut self: Box<Self>) {
