@@ -16,10 +16,6 @@ use std::time::{Duration, Instant};
 use exportd::pb;
 use support::*;
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 /// In the child process: a tonic server with only the health service, until killed.
 fn serve_echo() {
     let runtime = tokio::runtime::Runtime::new().unwrap();

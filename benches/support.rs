@@ -280,3 +280,39 @@ pub async fn write_records(server: &Server, n: usize) -> f64 {
     assert_eq!(response.upserted as usize, n);
     seconds
 }
+
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+pub async fn exports_client(server: &Server) -> pb::export_service_client::ExportServiceClient<Authed> {
+    pb::export_service_client::ExportServiceClient::new(server.authed("bench").await)
+}
+
+pub async fn connections_client(server: &Server) -> pb::connection_service_client::ConnectionServiceClient<Authed> {
+    pb::connection_service_client::ConnectionServiceClient::new(server.authed("bench").await)
+}
+
+/// Runs an export and waits for its end; returns (seconds, final run).
+pub async fn run_and_wait(server: &Server, export: &str) -> (f64, pb::ExportRun) {
+    let mut exports = exports_client(server).await;
+    let started = Instant::now();
+    let run = exports
+        .run_export(pb::RunExportRequest {
+            name: format!("environments/bench/exports/{export}"),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watch = exports
+        .watch_export_run(pb::WatchExportRunRequest { name: run.name })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(update) = watch.message().await.unwrap() {
+        last = Some(update);
+    }
+    (started.elapsed().as_secs_f64(), last.unwrap())
+}

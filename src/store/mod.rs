@@ -135,17 +135,24 @@ impl Store {
         use sea_orm::{ConnectionTrait, Statement};
         let Ok(rows) = self
             .reader
-            .query_all_raw(Statement::from_string(self.backend(), "SELECT version FROM seaql_migrations"))
+            .query_all_raw(Statement::from_string(
+                self.backend(),
+                "SELECT version FROM seaql_migrations",
+            ))
             .await
         else {
             return false;
         };
-        let applied: std::collections::BTreeSet<String> =
-            rows.iter().filter_map(|row| row.try_get::<String>("", "version").ok()).collect();
+        let applied: std::collections::BTreeSet<String> = rows
+            .iter()
+            .filter_map(|row| row.try_get::<String>("", "version").ok())
+            .collect();
         // Equal, not a superset: a database migrated by a newer build takes the locked path,
         // whose `up` refuses it naming the migration this build lacks.
-        let known: std::collections::BTreeSet<String> =
-            migration::Migrator::migrations().iter().map(|m| m.name().to_string()).collect();
+        let known: std::collections::BTreeSet<String> = migration::Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect();
         applied == known
     }
 

@@ -11,6 +11,7 @@ mod durability;
 mod eligibility;
 mod environments;
 mod exports;
+mod failing_proxy;
 mod key_rotation;
 mod limits;
 mod metrics;

@@ -687,3 +687,61 @@ async fn a_cancelled_run_leaves_nothing_at_the_target() {
     }
     t.stop().await;
 }
+
+/// A target that starts answering 500 mid-run (after a few partitions went up) fails the run
+/// with the target's answer and where it came from; the partitions already written are
+/// removed and no `model.json` appears. Object stores only: SFTP has no HTTP to fail (its lost
+/// connections are the SFTP suite's).
+#[tokio::test]
+async fn a_target_that_fails_mid_run_fails_the_run_and_removes_what_it_wrote() {
+    let t = setup(Options::default()).await;
+    let mut connections = t.connections("acme", Role::Admin).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    let mut storages = Vec::new();
+    storages.extend(Storage::s3().await);
+    storages.extend(Storage::azure().await);
+    for (i, storage) in storages.iter().enumerate() {
+        let proxy = crate::failing_proxy::FailingProxy::start(&storage.config["endpoint"], 3).await;
+        let mut request = storage.connection(&format!("flaky{i}"));
+        let connection = request.connection.as_mut().unwrap();
+        connection.config.insert("endpoint".into(), proxy.endpoint.clone());
+        connections.create_connection(request).await.unwrap();
+        let id = format!("flaky{i}");
+        let mut export = data_out("acme", &id, "Flaky", &format!("flaky{i}"), &[CUSTOMERS]);
+        let settings = &mut export.export.as_mut().unwrap().settings;
+        settings.insert("max_rows_per_file".into(), "1".into());
+        create_export(&mut exports, export).await;
+
+        let run = run_to_end(&mut exports, &export_name("acme", &id)).await;
+        assert_eq!(run_state(&run), pb::RunState::Failed, "{}", storage.kind);
+        let error = run.error.expect("a failed run says why").message;
+        assert!(
+            error.contains("500"),
+            "{}: the error says what the target answered: {error}",
+            storage.kind
+        );
+        assert!(error.contains("127.0.0.1"), "{}: and where: {error}", storage.kind);
+        assert!(
+            proxy.refused() >= 1,
+            "{}: the failure came from the proxy",
+            storage.kind
+        );
+        let left: Vec<String> = storage
+            .list()
+            .await
+            .into_iter()
+            .filter(|path| path.starts_with(&format!("{id}/")))
+            .collect();
+        assert_eq!(
+            left,
+            Vec::<String>::new(),
+            "{}: the partitions written are removed",
+            storage.kind
+        );
+    }
+    assert!(
+        !storages.is_empty() || std::env::var("CI").is_err(),
+        "moto and Azurite are required under CI"
+    );
+    t.stop().await;
+}

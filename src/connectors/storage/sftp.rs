@@ -927,7 +927,10 @@ impl SftpUpload {
                 .open(open.tmp.as_str(), OpenFlags::WRITE, FileAttributes::empty())
                 .await;
             let handle = reopened
-                .map_err(|e| self.inner.failure(&conn, &format!("cannot reopen {}", self.inner.url_of(&open.tmp)), e))?
+                .map_err(|e| {
+                    self.inner
+                        .failure(&conn, &format!("cannot reopen {}", self.inner.url_of(&open.tmp)), e)
+                })?
                 .handle;
             open.conn = conn;
             open.handle = handle;
@@ -951,7 +954,9 @@ impl SftpUpload {
     async fn write_once(&mut self, bytes: &Bytes) -> Result<(), Failure> {
         let (conn, handle) = self.file().await?;
         if let Err(e) = write_at(&conn, &handle, self.size, bytes).await {
-            let failure = self.inner.failure(&conn, &format!("cannot write {}", self.inner.url_of(&self.tmp())), e);
+            let failure = self
+                .inner
+                .failure(&conn, &format!("cannot write {}", self.inner.url_of(&self.tmp())), e);
             return Err(self.failed(failure));
         }
         Ok(())
@@ -967,7 +972,9 @@ impl SftpUpload {
             return done;
         }
         if let Err(e) = close_written(&conn, &handle).await {
-            let failure = self.inner.failure(&conn, &format!("cannot write {}", self.inner.url_of(&self.dest)), e);
+            let failure = self
+                .inner
+                .failure(&conn, &format!("cannot write {}", self.inner.url_of(&self.dest)), e);
             return Err(self.failed(failure));
         }
         if let Err(failure) = self.inner.replace(&conn, &self.tmp(), &self.dest).await {

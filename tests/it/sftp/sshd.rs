@@ -189,6 +189,12 @@ impl Sshd {
         self.config(self.folder.to_str().expect("utf-8 path"))
     }
 
+    /// The file of [`Sshd::client_key`], for OpenSSH's own clients.
+    #[allow(dead_code)]
+    pub fn client_key_file(&self) -> PathBuf {
+        self.dir.path().join("client_ed25519")
+    }
+
     /// What sshd logged so far.
     pub fn log(&self) -> String {
         let mut log = String::new();

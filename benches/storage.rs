@@ -1,0 +1,325 @@
+//! Storage targets benchmark (issue 14), side by side in one run: a DATA_OUT of N six-field
+//! records (default 1,000,000) to S3 (moto), Azure Blob (Azurite) and SFTP (OpenSSH), as CSV and
+//! as Parquet, against a bare upload of the very bytes the run wrote to the same server:
+//! `object_store` alone (the same 8 MiB parts, 4 in flight) for moto and Azurite, OpenSSH's
+//! `sftp` client `put` for SFTP. Each run starts in a fresh server process, so that the peak RSS
+//! (`VmHWM`) is that run's own.
+//!
+//! Run: `cargo bench --bench storage` (BENCH_SIZES, comma-separated record counts, e.g.
+//! `250000,1000000` to see memory stay flat with size; BENCH_TARGETS=s3,azure-blob,sftp;
+//! BENCH_FORMATS=csv,parquet). Needs moto, Azurite and sshd as `.ci/run` installs them.
+
+mod support;
+
+#[allow(dead_code)]
+#[path = "../tests/it/sftp/sshd.rs"]
+mod sshd;
+#[allow(dead_code)]
+#[path = "../tests/it/storage_servers.rs"]
+mod storage_servers;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use exportd::pb;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use sshd::Sshd;
+use storage_servers::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Moto};
+use support::*;
+
+const BUCKET: &str = "bench";
+const PART_BYTES: usize = 8 << 20;
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// A target server, how exportd connects to it, and a direct client of it.
+struct Target {
+    kind: &'static str,
+    config: BTreeMap<String, String>,
+    secrets: BTreeMap<String, String>,
+    /// Reads what a run wrote and does the bare upload (object stores), rooted at the bucket or
+    /// container; for SFTP, the server's folder on the local disk.
+    direct: Arc<dyn ObjectStore>,
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn s3(moto: &Moto) -> Target {
+    let direct = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(BUCKET)
+        .with_region("us-east-1")
+        .with_access_key_id("AKIABENCH")
+        .with_secret_access_key("bench-secret")
+        .with_endpoint(&moto.endpoint)
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    Target {
+        kind: "s3",
+        config: map(&[
+            ("bucket", BUCKET),
+            ("region", "us-east-1"),
+            ("endpoint", &moto.endpoint),
+        ]),
+        secrets: map(&[("access_key_id", "AKIABENCH"), ("secret_access_key", "bench-secret")]),
+        direct: Arc::new(direct),
+    }
+}
+
+fn azure(azurite: &Azurite) -> Target {
+    let direct = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account(AZURITE_ACCOUNT)
+        .with_access_key(AZURITE_KEY)
+        .with_container_name(BUCKET)
+        .with_endpoint(azurite.endpoint.clone())
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    Target {
+        kind: "azure-blob",
+        config: map(&[
+            ("account", AZURITE_ACCOUNT),
+            ("container", BUCKET),
+            ("endpoint", &azurite.endpoint),
+        ]),
+        secrets: map(&[("account_key", AZURITE_KEY)]),
+        direct: Arc::new(direct),
+    }
+}
+
+fn sftp(sshd: &Sshd) -> Target {
+    let folder = std::fs::canonicalize(&sshd.folder).unwrap();
+    Target {
+        kind: "sftp",
+        config: map(&[
+            ("host", &sshd.host),
+            ("port", &sshd.port.to_string()),
+            ("username", &sshd.username),
+            ("folder", folder.to_str().unwrap()),
+            ("host_key", &sshd.host_key.public),
+        ]),
+        secrets: map(&[("private_key", &sshd.client_key.private)]),
+        direct: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&folder).unwrap()),
+    }
+}
+
+async fn create_connection(server: &Server, id: &str, target: &Target) {
+    connections_client(server)
+        .await
+        .create_connection(pb::CreateConnectionRequest {
+            parent: "environments/bench".into(),
+            connection_id: id.into(),
+            connection: Some(pb::Connection {
+                display_name: target.kind.into(),
+                r#type: target.kind.into(),
+                config: target.config.clone().into_iter().collect(),
+                secrets: target.secrets.clone().into_iter().collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+async fn create_export(server: &Server, id: &str, connection: &str, format: &str) {
+    let mut settings = BTreeMap::new();
+    settings.insert("format".to_string(), format.to_string());
+    exports_client(server)
+        .await
+        .create_export(pb::CreateExportRequest {
+            parent: "environments/bench".into(),
+            export_id: id.into(),
+            export: Some(pb::Export {
+                display_name: id.into(),
+                connection: format!("environments/bench/connections/{connection}"),
+                kind: pb::ExportKind::DataOut as i32,
+                entities: vec!["environments/bench/entities/customers".into()],
+                settings: settings.into_iter().collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// The partitions of an export folder as `model.json` lists them (paths under the direct
+/// client's root) with their bytes.
+async fn partitions(target: &Target, folder: &str) -> Vec<(String, bytes::Bytes)> {
+    let model = target
+        .direct
+        .get(&ObjectPath::from(format!("{folder}/model.json")))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let model: serde_json::Value = serde_json::from_slice(&model).unwrap();
+    let mut out = Vec::new();
+    for entity in model["entities"].as_array().unwrap() {
+        for partition in entity["partitions"].as_array().unwrap() {
+            let location = partition["location"].as_str().unwrap();
+            let at = location
+                .find(&format!("/{folder}/"))
+                .expect("the export folder in the location");
+            let path = ObjectPath::from(&location[at + 1..]);
+            let bytes = target.direct.get(&path).await.unwrap().bytes().await.unwrap();
+            out.push((path.to_string(), bytes));
+        }
+    }
+    out
+}
+
+/// `object_store` alone uploading the same files: seconds.
+async fn bare_object_store_upload(target: &Target, files: &[(String, bytes::Bytes)]) -> f64 {
+    let started = Instant::now();
+    for (i, (_, bytes)) in files.iter().enumerate() {
+        let path = ObjectPath::from(format!("bare/{i}"));
+        let upload = target.direct.put_multipart(&path).await.unwrap();
+        let mut write = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        for chunk in bytes.chunks(1 << 20) {
+            write.wait_for_capacity(PARTS_IN_FLIGHT).await.unwrap();
+            write.write(chunk);
+        }
+        write.finish().await.unwrap();
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// OpenSSH's `sftp` client putting the same files (copied to a local folder first): seconds.
+fn bare_sftp_put(sshd: &Sshd, files: &[(String, bytes::Bytes)]) -> f64 {
+    let local = tempfile::tempdir().unwrap();
+    let remote = std::fs::canonicalize(&sshd.folder).unwrap().join("bare");
+    let mut batch = format!("-mkdir {}\n", remote.display());
+    for (i, (_, bytes)) in files.iter().enumerate() {
+        let file = local.path().join(i.to_string());
+        std::fs::write(&file, bytes).unwrap();
+        batch.push_str(&format!("put {} {}/{i}\n", file.display(), remote.display()));
+    }
+    let batch_file = local.path().join("batch");
+    std::fs::write(&batch_file, batch).unwrap();
+    let started = Instant::now();
+    let status = std::process::Command::new("sftp")
+        .args(["-q", "-b"])
+        .arg(&batch_file)
+        .arg("-i")
+        .arg(sshd.client_key_file())
+        .args(["-P", &sshd.port.to_string()])
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .arg(format!("{}@{}", sshd.username, sshd.host))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("OpenSSH's sftp client");
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(status.success(), "sftp put failed");
+    let _ = std::fs::remove_dir_all(&remote);
+    seconds
+}
+
+struct Measured {
+    seconds: f64,
+    bytes: u64,
+    rss_mib: f64,
+    baseline: f64,
+    files: usize,
+}
+
+fn measure(
+    runtime: &tokio::runtime::Runtime,
+    server: Server,
+    export: &str,
+    target: &Target,
+    sshd: Option<&Sshd>,
+    n: usize,
+) -> (Server, Measured) {
+    // A fresh process, so that the peak RSS is this run's own.
+    let (data_dir, url) = server.stop();
+    let server = Server::start_on(data_dir, url, &[]);
+    let (seconds, run) = runtime.block_on(run_and_wait(&server, export));
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}");
+    assert_eq!(run.records_exported as usize, n);
+    let rss_mib = server.peak_rss_mib();
+    let files = runtime.block_on(partitions(target, export));
+    let baseline = match sshd {
+        Some(sshd) => bare_sftp_put(sshd, &files),
+        None => runtime.block_on(bare_object_store_upload(target, &files)),
+    };
+    let measured = Measured {
+        seconds,
+        bytes: run.bytes_written as u64,
+        rss_mib,
+        baseline,
+        files: files.len(),
+    };
+    (server, measured)
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
+        .unwrap_or_else(|_| "1000000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("a record count"))
+        .collect();
+    let kinds = std::env::var("BENCH_TARGETS").unwrap_or_else(|_| "s3,azure-blob,sftp".into());
+    let formats = std::env::var("BENCH_FORMATS").unwrap_or_else(|_| "csv,parquet".into());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (moto, azurite) = runtime.block_on(async {
+        let moto = Moto::start().await.expect("moto_server (see .ci/run)");
+        moto.create_bucket(BUCKET).await;
+        let azurite = Azurite::start().await.expect("azurite-blob (see .ci/run)");
+        azurite.create_container(BUCKET).await;
+        (moto, azurite)
+    });
+    let sshd = Sshd::start().expect("sshd (see .ci/run)");
+    let targets = [s3(&moto), azure(&azurite), sftp(&sshd)];
+    println!(
+        "{}",
+        table_row(&[
+            "records".into(),
+            "target".into(),
+            "format".into(),
+            "files".into(),
+            "MiB".into(),
+            "bare upload s".into(),
+            "exportd run s".into(),
+            "ratio".into(),
+            "server peak RSS MiB".into(),
+        ])
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &n in &sizes {
+        let mut server = Server::start("sqlite", &[]);
+        server.create_environment("bench", "b2c");
+        runtime.block_on(write_records(&server, n));
+        for target in targets.iter().filter(|t| kinds.split(',').any(|k| k == t.kind)) {
+            let connection = target.kind.replace('-', "");
+            runtime.block_on(create_connection(&server, &connection, target));
+            for format in formats.split(',') {
+                let export = format!("{connection}-{format}-{n}");
+                runtime.block_on(create_export(&server, &export, &connection, format));
+                let sftp = (target.kind == "sftp").then_some(&sshd);
+                let (next, m) = measure(&runtime, server, &export, target, sftp, n);
+                server = next;
+                println!(
+                    "{}",
+                    table_row(&[
+                        n.to_string(),
+                        target.kind.into(),
+                        format.into(),
+                        m.files.to_string(),
+                        format!("{:.1}", m.bytes as f64 / (1 << 20) as f64),
+                        format!("{:.2}", m.baseline),
+                        format!("{:.2}", m.seconds),
+                        format!("**{:.2}×**", m.seconds / m.baseline),
+                        format!("{:.0}", m.rss_mib),
+                    ])
+                );
+            }
+        }
+        let _ = server.stop();
+    }
+}
