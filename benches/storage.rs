@@ -5,8 +5,12 @@
 //! `sftp` client `put` for SFTP. Each run starts in a fresh server process, so that the peak RSS
 //! (`VmHWM`) is that run's own.
 //!
+//! Local files come first, against `std::fs` writes of the same bytes: the floor of a run
+//! (reading the records and encoding them), beside which each target's upload shows its cost.
+//!
 //! Run: `cargo bench --bench storage` (BENCH_SIZES, comma-separated record counts, e.g.
-//! `250000,1000000` to see memory stay flat with size; BENCH_TARGETS=s3,azure-blob,sftp;
+//! `250000,1000000` to see memory stay flat with size;
+//! BENCH_TARGETS=local-files,s3,azure-blob,sftp;
 //! BENCH_FORMATS=csv,parquet). Needs moto, Azurite and sshd as `.ci/run` installs them.
 
 mod support;
@@ -104,6 +108,37 @@ fn sftp(sshd: &Sshd) -> Target {
         secrets: map(&[("private_key", &sshd.client_key.private)]),
         direct: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&folder).unwrap()),
     }
+}
+
+/// Local files under the server's data folder: the floor of a run (reading and encoding, with
+/// the cheapest writes), beside which each target's upload shows what it adds.
+fn local(server: &Server) -> Target {
+    // In the environment's own folder under the default allowed root, `<data dir>/exports`.
+    let root = server.data_dir.path().join("exports/bench/lake");
+    std::fs::create_dir_all(&root).unwrap();
+    let root = std::fs::canonicalize(&root).unwrap();
+    Target {
+        kind: "local-files",
+        config: map(&[("root", root.to_str().unwrap())]),
+        secrets: BTreeMap::new(),
+        direct: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap()),
+    }
+}
+
+/// Writing the same files with `std::fs` (and fsync, as exportd does): seconds.
+fn bare_local_write(target: &Target, files: &[(String, bytes::Bytes)]) -> f64 {
+    use std::io::Write;
+    let root = std::path::PathBuf::from(&target.config["root"]).join("bare");
+    std::fs::create_dir_all(&root).unwrap();
+    let started = Instant::now();
+    for (i, (_, bytes)) in files.iter().enumerate() {
+        let mut file = std::fs::File::create(root.join(i.to_string())).unwrap();
+        file.write_all(bytes).unwrap();
+        file.sync_all().unwrap();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&root);
+    seconds
 }
 
 async fn create_connection(server: &Server, id: &str, target: &Target) {
@@ -244,9 +279,10 @@ fn measure(
     assert_eq!(run.records_exported as usize, n);
     let rss_mib = server.peak_rss_mib();
     let files = runtime.block_on(partitions(target, export));
-    let baseline = match sshd {
-        Some(sshd) => bare_sftp_put(sshd, &files),
-        None => runtime.block_on(bare_object_store_upload(target, &files)),
+    let baseline = match (target.kind, sshd) {
+        ("local-files", _) => bare_local_write(target, &files),
+        (_, Some(sshd)) => bare_sftp_put(sshd, &files),
+        _ => runtime.block_on(bare_object_store_upload(target, &files)),
     };
     let measured = Measured {
         seconds,
@@ -264,7 +300,7 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("a record count"))
         .collect();
-    let kinds = std::env::var("BENCH_TARGETS").unwrap_or_else(|_| "s3,azure-blob,sftp".into());
+    let kinds = std::env::var("BENCH_TARGETS").unwrap_or_else(|_| "local-files,s3,azure-blob,sftp".into());
     let formats = std::env::var("BENCH_FORMATS").unwrap_or_else(|_| "csv,parquet".into());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (moto, azurite) = runtime.block_on(async {
@@ -295,7 +331,9 @@ fn main() {
         let mut server = Server::start("sqlite", &[]);
         server.create_environment("bench", "b2c");
         runtime.block_on(write_records(&server, n));
-        for target in targets.iter().filter(|t| kinds.split(',').any(|k| k == t.kind)) {
+        let floor = local(&server);
+        let all = std::iter::once(&floor).chain(targets.iter());
+        for target in all.filter(|t| kinds.split(',').any(|k| k == t.kind)) {
             let connection = target.kind.replace('-', "");
             runtime.block_on(create_connection(&server, &connection, target));
             for format in formats.split(',') {

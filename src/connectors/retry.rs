@@ -71,6 +71,8 @@ impl RetryPolicy {
 /// `&mut self`) drive one of these themselves.
 pub struct Attempts {
     policy: RetryPolicy,
+    /// The connection type whose retries are counted (`exportd_target_retries_total`).
+    connection_type: Option<&'static str>,
     made: u32,
     started: std::time::Instant,
     /// Time spent waiting, counted even when `wait` does not really sleep (tests).
@@ -81,10 +83,17 @@ impl Attempts {
     pub fn new(policy: RetryPolicy) -> Attempts {
         Attempts {
             policy,
+            connection_type: None,
             made: 1,
             started: std::time::Instant::now(),
             waited: Duration::ZERO,
         }
+    }
+
+    /// Counts each retry in the metrics under `connection_type`.
+    pub fn of_target(mut self, connection_type: &'static str) -> Attempts {
+        self.connection_type = Some(connection_type);
+        self
     }
 
     /// The attempts made so far (1 while the first runs).
@@ -107,6 +116,10 @@ impl Attempts {
             return None;
         }
         tracing::debug!(attempt = self.made, %message, "transient target error; retrying");
+        if let Some(connection_type) = self.connection_type {
+            let reason = if retry_after.is_some() { "throttled" } else { "connection" };
+            crate::metrics::target_retry(connection_type, reason);
+        }
         self.made += 1;
         self.waited += wait;
         Some(wait)
@@ -118,6 +131,20 @@ impl Attempts {
 /// with the number of attempts made.
 pub async fn retry<T, Op, Fut, Wait, WaitFut>(
     policy: RetryPolicy,
+    operation: Op,
+    wait: Wait,
+) -> Result<T, (Failure, u32)>
+where
+    Op: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+    Wait: FnMut(Duration) -> WaitFut,
+    WaitFut: Future<Output = ()>,
+{
+    retry_with(Attempts::new(policy), operation, wait).await
+}
+
+async fn retry_with<T, Op, Fut, Wait, WaitFut>(
+    mut attempts: Attempts,
     mut operation: Op,
     mut wait: Wait,
 ) -> Result<T, (Failure, u32)>
@@ -127,7 +154,6 @@ where
     Wait: FnMut(Duration) -> WaitFut,
     WaitFut: Future<Output = ()>,
 {
-    let mut attempts = Attempts::new(policy);
     loop {
         match operation(attempts.made()).await {
             Ok(value) => return Ok(value),
@@ -139,13 +165,15 @@ where
     }
 }
 
-/// [`retry`] with real sleeps and the default policy, for a store's requests: the last failure.
-pub async fn retried<T, Op, Fut>(operation: Op) -> Result<T, Failure>
+/// A target's request with real sleeps and the default policy, each retry counted under the
+/// connection type: the value, or the last failure.
+pub async fn retried<T, Op, Fut>(connection_type: &'static str, operation: Op) -> Result<T, Failure>
 where
     Op: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
 {
-    retry(RetryPolicy::default(), operation, tokio::time::sleep)
+    let attempts = Attempts::new(RetryPolicy::default()).of_target(connection_type);
+    retry_with(attempts, operation, tokio::time::sleep)
         .await
         .map_err(|(failure, _)| failure)
 }

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use super::Engine;
-use crate::connectors::retry::{Failure, RetryPolicy, retry};
+use crate::connectors::retry::Failure;
 use crate::connectors::{self, Column, PartSchema, RunTarget, Sink, Target, registry};
 use crate::domain::catalog::{Entity, Segment};
 use crate::domain::connection::Connection;
@@ -446,12 +446,10 @@ impl Engine {
             keep_runs: keep_runs.as_deref(),
         };
         progress.start("write", &format!("opening the {} target", plan.connection.type_id));
-        let opened = retry(
-            RetryPolicy::default(),
-            |_| connector.open_sink(&run_target),
-            tokio::time::sleep,
-        )
-        .await;
+        // Not retried here: every request a store makes is retried where it is made (by
+        // object_store, by the SFTP store), and a second loop around them would multiply the
+        // attempts past PRODUCT.md §11's six.
+        let opened = connector.open_sink(&run_target).await;
         // What the target says may name where the connection writes: callers who may not see
         // the connection read it with folders relative to it (asked after opening, when the
         // folders exist and resolve).
@@ -462,7 +460,7 @@ impl Engine {
         };
         let mut sink = match opened {
             Ok(sink) => sink,
-            Err((failure, _)) => {
+            Err(failure) => {
                 return self
                     .fail(run, control, progress, "write", target_error("write", "", &failure))
                     .await;

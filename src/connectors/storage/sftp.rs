@@ -44,6 +44,9 @@ use super::{ByteStore, Upload, check_path, encode_url_path};
 use crate::connectors::Check;
 use crate::connectors::retry::{Attempts, Failure, RetryPolicy, retried};
 
+/// The connection type whose retries this store counts.
+const CONNECTION_TYPE: &str = "sftp";
+
 /// The port when the connection names none.
 pub const DEFAULT_PORT: u16 = 22;
 /// Temporary files end with this; nothing else the store writes does.
@@ -833,23 +836,23 @@ impl SftpBytes {
 #[async_trait]
 impl ByteStore for SftpBytes {
     async fn put(&self, path: &str, bytes: Bytes) -> Result<(), Failure> {
-        retried(|_| self.put_once(path, bytes.clone())).await
+        retried(CONNECTION_TYPE, |_| self.put_once(path, bytes.clone())).await
     }
 
     async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, Failure> {
-        retried(|_| self.upload_once(path)).await
+        retried(CONNECTION_TYPE, |_| self.upload_once(path)).await
     }
 
     async fn get(&self, path: &str) -> Result<Option<Bytes>, Failure> {
-        retried(|_| self.get_once(path)).await
+        retried(CONNECTION_TYPE, |_| self.get_once(path)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, Failure> {
-        retried(|_| self.list_once(prefix)).await
+        retried(CONNECTION_TYPE, |_| self.list_once(prefix)).await
     }
 
     async fn delete(&self, path: &str) -> Result<(), Failure> {
-        retried(|_| self.delete_once(path)).await
+        retried(CONNECTION_TYPE, |_| self.delete_once(path)).await
     }
 
     fn url(&self, path: &str) -> String {
@@ -1003,7 +1006,7 @@ impl SftpUpload {
 #[async_trait]
 impl Upload for SftpUpload {
     async fn write(&mut self, bytes: Bytes) -> Result<(), Failure> {
-        let mut attempts = Attempts::new(RetryPolicy::default());
+        let mut attempts = Attempts::new(RetryPolicy::default()).of_target(CONNECTION_TYPE);
         loop {
             match self.write_once(&bytes).await {
                 Ok(()) => break,
@@ -1018,7 +1021,7 @@ impl Upload for SftpUpload {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64, Failure> {
-        let mut attempts = Attempts::new(RetryPolicy::default());
+        let mut attempts = Attempts::new(RetryPolicy::default()).of_target(CONNECTION_TYPE);
         loop {
             match self.finish_once().await {
                 Ok(()) => {
