@@ -10,8 +10,7 @@ use crate::auth::Principal;
 use crate::auth::policy::{self, Action, Facts};
 use crate::connectors::registry;
 use crate::domain::catalog::{
-    Entity, EntityField, FieldType, MAX_KEY_LEN, Segment, SegmentDefinition, field_type_str, validate_record,
-    validate_schema,
+    Entity, EntityField, FieldType, MAX_KEY_LEN, Segment, SegmentDefinition, validate_record, validate_schema,
 };
 use crate::domain::connection::check_display_name;
 use crate::domain::connection_type::check_map;
@@ -216,7 +215,7 @@ fn schema_from_pb(
         .filter_map(|(f, (_, ty))| {
             Some(EntityField {
                 name: f.name.clone(),
-                type_name: field_type_str(ty?).to_string(),
+                type_name: ty?.as_str().to_string(),
                 description: f.description.clone(),
                 mapping: f.mapping.clone(),
             })
@@ -713,7 +712,7 @@ impl CatalogApi {
             Action::ListEligibleSegments,
             Facts::connection(connection.contributors_can_use),
         )?;
-        let spec = registry::find(&connection.type_id).ok_or_else(|| Error::internal("unknown connection type"))?;
+        let spec = registry::type_of(&connection)?;
         let settings: BTreeMap<String, String> = request.settings.clone().into_iter().collect();
         let violations = check_map("settings", spec.settings, &settings);
         if !violations.is_empty() {

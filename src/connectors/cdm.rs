@@ -31,6 +31,7 @@ use serde_json::Value;
 
 pub use super::parquet_partition::ParquetCompression;
 use super::parquet_partition::{ParquetColumn, ParquetPartition};
+use crate::domain::catalog::FieldType;
 
 /// The metadata file of a CDM folder.
 pub const MODEL_JSON: &str = "model.json";
@@ -56,8 +57,10 @@ const LOCAL_BUFFER_BYTES: usize = 64 * 1024;
 // What the caller describes
 // ---------------------------------------------------------------------------------------------
 
-/// CDM data types of the catalog's field types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// CDM data types of the catalog's field types; the names are the `dataType` strings of
+/// `model.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr)]
+#[strum(serialize_all = "camelCase")]
 pub enum CdmType {
     String,
     Int64,
@@ -71,29 +74,20 @@ pub enum CdmType {
 impl CdmType {
     /// The `dataType` string of `model.json`.
     pub fn data_type(self) -> &'static str {
-        match self {
-            CdmType::String => "string",
-            CdmType::Int64 => "int64",
-            CdmType::Double => "double",
-            CdmType::Boolean => "boolean",
-            CdmType::DateTimeOffset => "dateTimeOffset",
-            CdmType::Date => "date",
-            CdmType::Json => "json",
-        }
+        self.into()
     }
 
-    /// The CDM type of a catalog field type: STRING, INT64, DOUBLE, BOOL, TIMESTAMP, DATE, JSON.
-    pub fn from_field_type(field_type: &str) -> Option<CdmType> {
-        Some(match field_type {
-            "STRING" => CdmType::String,
-            "INT64" => CdmType::Int64,
-            "DOUBLE" => CdmType::Double,
-            "BOOL" => CdmType::Boolean,
-            "TIMESTAMP" => CdmType::DateTimeOffset,
-            "DATE" => CdmType::Date,
-            "JSON" => CdmType::Json,
-            _ => return None,
-        })
+    /// The CDM type of a catalog field type.
+    pub fn of(field_type: FieldType) -> CdmType {
+        match field_type {
+            FieldType::String => CdmType::String,
+            FieldType::Int64 => CdmType::Int64,
+            FieldType::Double => CdmType::Double,
+            FieldType::Bool => CdmType::Boolean,
+            FieldType::Timestamp => CdmType::DateTimeOffset,
+            FieldType::Date => CdmType::Date,
+            FieldType::Json => CdmType::Json,
+        }
     }
 }
 
@@ -2369,9 +2363,12 @@ mod tests {
             ("JSON", "json"),
         ];
         for (field_type, data_type) in pairs {
-            assert_eq!(CdmType::from_field_type(field_type).unwrap().data_type(), data_type);
+            assert_eq!(
+                CdmType::of(FieldType::parse(field_type).unwrap()).data_type(),
+                data_type
+            );
         }
-        assert_eq!(CdmType::from_field_type("BLOB"), None);
+        assert_eq!(FieldType::parse("BLOB"), None);
     }
 
     #[test]

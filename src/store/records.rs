@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::Store;
 use super::models::record::{Column, Entity as Table};
 use super::models::{segment, segment_member};
-use super::pg_copy::{Copied, CopyTxn, push_copy_text};
+use super::tuning::pg_copy::{Copied, CopyTxn, push_copy_text};
 use crate::domain::catalog::ValidRecord;
 use crate::domain::names::EntityName;
 use crate::error::{Error, Result};

@@ -5,8 +5,8 @@
 
 use chrono::{Datelike, TimeZone, Timelike, Utc};
 use exportd::auth::Role;
-use exportd::domain::export::RunState;
 use exportd::domain::names::ExportName;
+use exportd::domain::run::RunState;
 use exportd::pb;
 use tonic::Code;
 use tonic_types::StatusExt;

@@ -41,31 +41,7 @@ use cel::{Context, Env, ExecutionError, Value};
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime};
 use serde_json::{Map, Value as Json};
 
-/// The schema types of entity fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldType {
-    String,
-    Int64,
-    Double,
-    Bool,
-    Timestamp,
-    Date,
-    Json,
-}
-
-impl FieldType {
-    fn name(self) -> &'static str {
-        match self {
-            FieldType::String => "STRING",
-            FieldType::Int64 => "INT64",
-            FieldType::Double => "DOUBLE",
-            FieldType::Bool => "BOOL",
-            FieldType::Timestamp => "TIMESTAMP",
-            FieldType::Date => "DATE",
-            FieldType::Json => "JSON",
-        }
-    }
-}
+use crate::domain::catalog::FieldType;
 
 /// A field of the entity schema a rule is checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -787,7 +763,7 @@ impl Compiler<'_> {
                 format!(
                     "field '{}' is {} and has no members; only JSON fields do",
                     def.name,
-                    def.ty.name()
+                    def.ty.as_str()
                 ),
             ));
         }
@@ -922,7 +898,7 @@ impl Compiler<'_> {
             return Ok(());
         }
         let what = match other_field {
-            Some(other) => format!("{} field '{}'", other.ty.name(), other.name),
+            Some(other) => format!("{} field '{}'", other.ty.as_str(), other.name),
             None => other_type.describe().to_string(),
         };
         Err(self.error_at(
@@ -930,7 +906,7 @@ impl Compiler<'_> {
             format!(
                 "field '{}' is {} and cannot be compared with {what}",
                 def.name,
-                def.ty.name()
+                def.ty.as_str()
             ),
         ))
     }
@@ -1157,7 +1133,7 @@ impl Compiler<'_> {
             {
                 return Err(self.error_at(
                     &c.args[1],
-                    format!("'in' needs a list or a map; field '{}' is {}", def.name, ty.name()),
+                    format!("'in' needs a list or a map; field '{}' is {}", def.name, ty.as_str()),
                 ));
             }
             if let Some((def, ty)) = self.field_type(&c.args[0], bound)
@@ -1211,7 +1187,7 @@ impl Compiler<'_> {
             Expr::Map(_) => not_a_condition("a map".into()),
             Expr::Ident(name) => match self.field(name).map(|i| &self.fields[i]) {
                 Some(def) if def.ty != FieldType::Bool && def.ty != FieldType::Json => {
-                    not_a_condition(format!("field '{name}' ({})", def.ty.name()))
+                    not_a_condition(format!("field '{name}' ({})", def.ty.as_str()))
                 }
                 _ => Ok(()),
             },
