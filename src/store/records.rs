@@ -410,6 +410,17 @@ async fn upsert_chunk_sqlite(
     Ok(())
 }
 
+/// A record that is not deleted, from a row whose first columns are its key, data and seq (the
+/// readers of segment members and of incremental deliveries select them so).
+pub(crate) fn live_record_of(row: &sea_orm::QueryResult) -> Result<StoredRecord> {
+    to_stored((
+        row.try_get_by_index(0)?,
+        row.try_get_by_index(1)?,
+        row.try_get_by_index(2)?,
+        false,
+    ))
+}
+
 fn to_stored((key, data, seq, deleted): (String, String, i64, bool)) -> Result<StoredRecord> {
     let data = match serde_json::from_str::<Value>(&data) {
         Ok(Value::Object(map)) => map,

@@ -353,23 +353,7 @@ impl Store {
             query.and_where(Expr::col((r, R::Key)).gt(after));
         }
         let rows = self.reader().query_all(&query).await?;
-        rows.into_iter()
-            .map(|row| {
-                let key: String = row.try_get("", "key")?;
-                let data: String = row.try_get("", "data")?;
-                let seq: i64 = row.try_get("", "seq")?;
-                let data = match serde_json::from_str(&data) {
-                    Ok(serde_json::Value::Object(map)) => map,
-                    _ => return Err(Error::internal(format!("record '{key}' is corrupt"))),
-                };
-                Ok(StoredRecord {
-                    key,
-                    data,
-                    seq,
-                    deleted: false,
-                })
-            })
-            .collect()
+        rows.iter().map(super::records::live_record_of).collect()
     }
 
     /// Member keys of the current generation (for tests and small segments).

@@ -281,6 +281,38 @@ async fn a_run_goes_from_queued_to_succeeded_with_its_progress() {
     t.stop().await;
 }
 
+/// A root whose path has a space in it: its `file://` URL is percent-encoded, and the run still
+/// reports the bytes of the files it wrote there.
+#[tokio::test]
+async fn a_run_under_a_root_with_a_space_reports_the_bytes_it_committed() {
+    let t = setup(Options::default()).await;
+    let root = t.data_dir.path().join("out with space");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut connections = t.connections("acme", Role::Admin).await;
+    connections
+        .create_connection(local_files_at("acme", "spaced", "Spaced", true, &root))
+        .await
+        .unwrap();
+    let mut admin = t.exports("acme", Role::Admin).await;
+    create_export(&mut admin, data_out("acme", "out", "Out", "spaced", &[CUSTOMERS])).await;
+
+    let started = run_export(&mut admin, &export_name("acme", "out")).await;
+    let run = wait_for_end(&mut admin, &started.name).await;
+    assert_eq!(run_state(&run), pb::RunState::Succeeded, "{run:#?}");
+    let finalized = &task(&run, "finalize").message;
+    assert!(finalized.contains("%20"), "the location is a URL: {finalized}");
+    let folder = root.join("out");
+    let files = files_under(&folder);
+    assert!(files.contains(&"model.json".to_string()), "{files:?}");
+    let size: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(folder.join(f)).unwrap().len())
+        .sum();
+    assert!(size > 0);
+    assert_eq!(run.bytes_written as u64, size, "{files:?}");
+    t.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Watch
 // ---------------------------------------------------------------------------------------------
