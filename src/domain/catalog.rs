@@ -9,43 +9,28 @@ use super::names::{EntityName, SegmentName};
 use super::time::Micros;
 use crate::error::FieldViolation;
 
-/// The schema types of entity fields; shared with the rule language, so that rules type-check
-/// against schemas. Stored and sent by name.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr, strum::VariantArray, strum::VariantNames,
-)]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-pub enum FieldType {
-    String,
-    Int64,
-    Double,
-    Bool,
-    Timestamp,
-    Date,
-    Json,
+named_enum! {
+    /// The schema types of entity fields; shared with the rule language, so that rules type-check
+    /// against schemas. Stored and sent by name.
+    pub enum FieldType {
+        String,
+        Int64,
+        Double,
+        Bool,
+        Timestamp,
+        Date,
+        Json,
+    }
 }
 
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-    strum::VariantNames,
-)]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-pub enum EntityKind {
-    Profile,
-    Account,
-    Contact,
-    Other,
+named_enum! {
+    pub enum EntityKind {
+        Profile,
+        Account,
+        Contact,
+        Other,
+    }
 }
-
-named_enum!(FieldType, EntityKind);
 
 impl EntityKind {
     /// The type of the segments built on an entity of this kind; OTHER entities carry none.

@@ -29,69 +29,28 @@ impl Category {
     }
 }
 
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-    strum::VariantNames,
-)]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-pub enum ExportKind {
-    DataOut,
-    Segment,
+named_enum! {
+    pub enum ExportKind {
+        DataOut,
+        Segment,
+    }
 }
 
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-    strum::VariantNames,
-)]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-pub enum SegmentType {
-    Profile,
-    Account,
-    Contact,
+named_enum! {
+    pub enum SegmentType {
+        Profile,
+        Account,
+        Contact,
+    }
 }
 
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-    strum::VariantNames,
-)]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-pub enum SyncMode {
-    Full,
-    Incremental,
-    Mirror,
+named_enum! {
+    pub enum SyncMode {
+        Full,
+        Incremental,
+        Mirror,
+    }
 }
-
-named_enum!(ExportKind, SegmentType, SyncMode);
 
 /// What values a configuration, secret or setting key accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

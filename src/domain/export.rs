@@ -41,18 +41,14 @@ pub const SYSTEM_REFRESH_SORT: i64 = i64::MAX - 1;
 /// does not occur): after system-refresh schedules, still before the ones that are off.
 pub const NEVER_SORT: i64 = i64::MAX;
 
-/// Whether an export can run; stored by name.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr, strum::VariantArray, strum::VariantNames,
-)]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-pub enum ExportState {
-    Active,
-    /// The connection was detached: no connection, cannot run until an admin sets one.
-    Detached,
+named_enum! {
+    /// Whether an export can run; stored by name.
+    pub enum ExportState {
+        Active,
+        /// The connection was detached: no connection, cannot run until an admin sets one.
+        Detached,
+    }
 }
-
-named_enum!(ExportState);
 
 /// Maps one field of a segment's entity to one field of the target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,45 +5,23 @@ use serde::{Deserialize, Serialize};
 use super::names::RunName;
 use super::time::Micros;
 
-/// The state of a run. The numbers are those of the API's `RunState`, because they are
-/// stored (`exports.last_run_state`) and sorted on: the lifecycle order. The names are what a
-/// list filter accepts (`status = FAILED`), without the enum prefix.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-    strum::VariantNames,
-)]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-pub enum RunState {
-    Queued = 1,
-    WaitingForDependencies = 2,
-    Running = 3,
-    Succeeded = 4,
-    Failed = 5,
-    Skipped = 6,
-    Cancelled = 7,
+named_enum! {
+    numbered
+    /// The state of a run. The numbers are those of the API's `RunState`, because they are
+    /// stored (`exports.last_run_state`) and sorted on: the lifecycle order. The names are what a
+    /// list filter accepts (`status = FAILED`), without the enum prefix.
+    pub enum RunState {
+        Queued = 1,
+        WaitingForDependencies = 2,
+        Running = 3,
+        Succeeded = 4,
+        Failed = 5,
+        Skipped = 6,
+        Cancelled = 7,
+    }
 }
 
-named_enum!(RunState, RunTrigger);
-
 impl RunState {
-    pub fn number(self) -> i32 {
-        self as i32
-    }
-
-    pub fn from_number(n: i32) -> Option<Self> {
-        Self::ALL.iter().copied().find(|s| s.number() == n)
-    }
-
     /// Queued, waiting or running: an export has at most one such run.
     pub fn is_active(self) -> bool {
         matches!(
@@ -57,34 +35,14 @@ impl RunState {
     }
 }
 
-/// What started a run; the numbers are the API's `RunTrigger`.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-    strum::VariantNames,
-)]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-pub enum RunTrigger {
-    Manual = 1,
-    RunAll = 2,
-    Schedule = 3,
-    SystemRefresh = 4,
-}
-
-impl RunTrigger {
-    pub fn number(self) -> i32 {
-        self as i32
-    }
-
-    pub fn from_number(n: i32) -> Option<Self> {
-        Self::ALL.iter().copied().find(|t| t.number() == n)
+named_enum! {
+    numbered
+    /// What started a run; the numbers are the API's `RunTrigger`.
+    pub enum RunTrigger {
+        Manual = 1,
+        RunAll = 2,
+        Schedule = 3,
+        SystemRefresh = 4,
     }
 }
 
