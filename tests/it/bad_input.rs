@@ -14,8 +14,8 @@ use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use crate::common::raw;
 use crate::common::*;
-use crate::raw;
 
 const FILES: &str = "environments/acme/connections/files";
 const NIGHTLY: &str = "environments/acme/exports/nightly";

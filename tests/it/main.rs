@@ -17,7 +17,6 @@ mod metrics;
 mod migrations;
 mod not_built;
 mod output_areas;
-mod raw;
 mod readme;
 mod recurrences;
 mod request_ids;

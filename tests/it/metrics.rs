@@ -88,7 +88,7 @@ async fn a_scrape_after_a_known_workload_shows_every_series_with_exact_counts() 
         .await
         .unwrap();
     let token = crate::common::token("acme");
-    let made_up = crate::raw::unary(
+    let made_up = crate::common::raw::unary(
         channel,
         Some(&token),
         "/exportd.v1.ExportService/NoSuchMethod-42",

@@ -5,8 +5,8 @@ use exportd::auth::Role;
 use exportd::pb;
 use prost::Message;
 
+use crate::common::raw;
 use crate::common::*;
-use crate::raw;
 
 const RETRIES: usize = 50;
 

@@ -9,6 +9,7 @@ mod catalog;
 mod eventually;
 mod exports;
 mod process;
+pub mod raw;
 mod runs;
 
 pub use catalog::*;
