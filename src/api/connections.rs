@@ -17,8 +17,8 @@ use crate::domain::{etag, paging};
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::pb::connection_service_server::ConnectionService;
-use crate::store::connections::{ConnectionQuery, RequestKey};
-use crate::store::request_ids;
+use crate::store::connections::ConnectionQuery;
+use crate::store::request_ids::{self, RequestKey};
 
 const FILTER_FIELDS: &[FilterField] = &[
     FilterField {
@@ -96,7 +96,7 @@ impl ConnectionApi {
         request_ids::check_format(&request.request_id)?;
         let input = required("connection", &request.connection)?;
         let id = id_or_generate("connection_id", &request.connection_id, "conn")?;
-        let spec = registry::find(&input.r#type).ok_or_else(|| unknown_type(&input.r#type))?;
+        let spec = registry::requested(&input.r#type)?;
         let config: BTreeMap<String, String> = input.config.clone().into_iter().collect();
         let secrets: BTreeMap<String, String> = input.secrets.clone().into_iter().collect();
         let mut violations = connection::validate(
@@ -136,11 +136,7 @@ impl ConnectionApi {
             return Ok(shown);
         }
         let hash = request_ids::request_hash(&hashable(&request));
-        let key = (!request.request_id.is_empty()).then(|| RequestKey {
-            method: "CreateConnection",
-            request_id: &request.request_id,
-            hash: &hash,
-        });
+        let key = RequestKey::given("CreateConnection", &request.request_id, &hash);
         let created = self
             .state
             .store
@@ -199,7 +195,7 @@ impl ConnectionApi {
         if !input.etag.is_empty() && input.etag != current_etag {
             return Err(Error::etag_mismatch(name.to_string(), &input.etag, &current_etag));
         }
-        let spec = registry::find(&connection.type_id).ok_or_else(|| unknown_type(&connection.type_id))?;
+        let spec = registry::type_of(&connection)?;
         let mut secrets: Option<BTreeMap<String, String>> = None;
         for path in &paths {
             match path.as_str() {
@@ -312,21 +308,6 @@ impl ConnectionApi {
                 .collect(),
         })
     }
-}
-
-fn unknown_type(type_id: &str) -> Error {
-    let description = if type_id.is_empty() {
-        format!(
-            "a connection type is required; known types: {}",
-            registry::known_ids().join(", ")
-        )
-    } else {
-        format!(
-            "unknown connection type '{type_id}'; known types: {}",
-            registry::known_ids().join(", ")
-        )
-    };
-    Error::invalid("connection.type", description)
 }
 
 /// An empty value removes a key; any other value sets it.

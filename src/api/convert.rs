@@ -446,8 +446,8 @@ pub fn sync_mode_from_pb(field: &str, value: i32) -> Result<SyncMode> {
     }
 }
 
-pub fn run_state(state: crate::domain::export::RunState) -> pb::RunState {
-    use crate::domain::export::RunState as R;
+pub fn run_state(state: crate::domain::run::RunState) -> pb::RunState {
+    use crate::domain::run::RunState as R;
     match state {
         R::Queued => pb::RunState::Queued,
         R::WaitingForDependencies => pb::RunState::WaitingForDependencies,
@@ -467,7 +467,7 @@ pub fn export_state(state: crate::domain::export::ExportState) -> pb::ExportStat
     }
 }
 
-pub fn export_warning(warning: &crate::domain::export::Warning) -> pb::ExportWarning {
+pub fn export_warning(warning: &crate::domain::run::Warning) -> pb::ExportWarning {
     pb::ExportWarning {
         code: warning.code.clone(),
         message: warning.message.clone(),
@@ -484,7 +484,7 @@ pub struct ExportView<'a> {
     pub may_edit: bool,
     /// Segment name → member count, for the segments that exist.
     pub member_counts: std::collections::HashMap<String, i64>,
-    pub warnings: Vec<crate::domain::export::Warning>,
+    pub warnings: Vec<crate::domain::run::Warning>,
 }
 
 pub fn export(export: &crate::domain::export::Export, view: &ExportView) -> pb::Export {
@@ -563,7 +563,7 @@ pub fn run(run: &crate::domain::run::Run, may_see: &dyn Fn(&str) -> bool) -> pb:
             .iter()
             .map(|t| pb::RunTask {
                 name: t.name.clone(),
-                state: crate::domain::export::RunState::from_number(t.state)
+                state: crate::domain::run::RunState::from_number(t.state)
                     .map(|s| run_state(s) as i32)
                     .unwrap_or(0),
                 start_time: opt_timestamp(t.start_time),

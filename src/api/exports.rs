@@ -12,27 +12,26 @@ use super::{State, convert, mask, pages, principal, required, respond};
 use crate::auth::policy::{self, Action, Facts};
 use crate::auth::{Principal, Role};
 use crate::connectors::registry;
-use crate::domain::catalog::{Entity, Segment};
+use crate::domain::catalog::Segment;
 use crate::domain::connection::{Connection, check_display_name};
 use crate::domain::environment::EnvironmentKind;
 use crate::domain::export::{
-    self, CatalogFacts, Export, ExportState, FieldMapping, RunState, default_schedule, parse_sources, segment_facts,
-    segment_warnings,
+    self, Export, ExportState, FieldMapping, default_schedule, parse_sources, segment_facts, segment_warnings,
 };
 use crate::domain::list_query::{FieldKind, Filter, FilterField, Value as FilterValue, parse_filter, parse_order_by};
 use crate::domain::names::{
-    ConnectionName, EntityName, EnvironmentName, ExportName, RejectedRecordParent, SegmentName, id_or_generate,
+    ConnectionName, EnvironmentName, ExportName, RejectedRecordParent, SegmentName, id_or_generate,
 };
+use crate::domain::run::RunState;
 use crate::domain::schedule::{Schedule, Trigger};
 use crate::domain::time::{now_micros, to_datetime};
 use crate::domain::{etag, paging};
 use crate::error::{Error, FieldViolation, Result};
 use crate::pb;
 use crate::pb::export_service_server::ExportService;
-use crate::store::connections::RequestKey;
 use crate::store::exports::{ExportQuery, StoredExport};
 use crate::store::placement::Placement;
-use crate::store::request_ids;
+use crate::store::request_ids::{self, RequestKey};
 
 const FILTER_FIELDS: &[FilterField] = &[
     FilterField {
@@ -53,7 +52,7 @@ const FILTER_FIELDS: &[FilterField] = &[
     FilterField {
         name: "status",
         kind: FieldKind::Keyword,
-        allowed: &RunState::NAMES,
+        allowed: RunState::NAMES,
     },
     FilterField {
         name: "kind",
@@ -148,52 +147,22 @@ impl ExportApi {
         // Without a role in the environment, the export does not exist for the caller.
         policy::role_in(principal, &name.env)?;
         let stored = self.state.store.export_or_not_found(name).await?;
-        let role = policy::authorize(principal, &name.env, action, Facts::export(editable(&stored)))
-            .map_err(|e| e.with_meta("export", name.to_string()))?;
+        let role = policy::authorize(
+            principal,
+            &name.env,
+            action,
+            Facts::export(stored.editable_by_contributors()),
+        )
+        .map_err(|e| e.with_meta("export", name.to_string()))?;
         Ok((stored, role))
-    }
-
-    /// Every entity the export names or its segments are built on, and its segments: what
-    /// validation needs, in two queries.
-    async fn catalog_facts(
-        &self,
-        export: &Export,
-    ) -> Result<(HashMap<EntityName, Entity>, HashMap<SegmentName, Segment>)> {
-        let env = &export.name.env;
-        let segment_ids: Vec<String> = export.segments.iter().map(|s| s.id.clone()).collect();
-        let segments: HashMap<SegmentName, Segment> = self
-            .state
-            .store
-            .segments_by_ids(env, &segment_ids)
-            .await?
-            .into_iter()
-            .map(|s| (s.name.clone(), s))
-            .collect();
-        let mut entity_ids: Vec<String> = export.entities.iter().map(|e| e.id.clone()).collect();
-        entity_ids.extend(segments.values().map(|s| s.entity.id.clone()));
-        entity_ids.sort();
-        entity_ids.dedup();
-        let entities = self
-            .state
-            .store
-            .entities_by_ids(env, &entity_ids)
-            .await?
-            .into_iter()
-            .map(|e| (e.name.clone(), e))
-            .collect();
-        Ok((entities, segments))
     }
 
     /// The whole validation of an export as it would be stored: INVALID_ARGUMENT with every
     /// problem, then eligibility (FAILED_PRECONDITION).
     async fn validate(&self, environment: &Place, export: &Export, connection: Option<&Connection>) -> Result<()> {
-        let (entities, segments) = self.catalog_facts(export).await?;
-        let catalog = CatalogFacts {
-            entities: &entities,
-            segments: &segments,
-        };
+        let catalog = self.state.store.catalog_facts(export).await?;
         let spec = match connection {
-            Some(c) => Some(type_of(c)?),
+            Some(c) => Some(registry::type_of(c)?),
             None => None,
         };
         let destination = match (connection, spec) {
@@ -229,7 +198,7 @@ impl ExportApi {
                 let member_counts = chosen.iter().map(|s| (s.name.to_string(), s.member_count)).collect();
                 let warnings = match (&stored.connection, export.state) {
                     (Some(connection), ExportState::Active) => {
-                        let spec = type_of(connection)?;
+                        let spec = registry::type_of(connection)?;
                         let destination = export::destination(environment.kind, spec, connection, export);
                         let facts: Vec<_> = chosen.iter().map(|s| segment_facts(s)).collect();
                         segment_warnings(&destination, &facts)
@@ -244,7 +213,7 @@ impl ExportApi {
                             .connection
                             .as_ref()
                             .is_some_and(|c| policy::can_see_connection(role, c.contributors_can_use)),
-                        may_edit: policy::may_edit_export(role, editable(stored)),
+                        may_edit: policy::may_edit_export(role, stored.editable_by_contributors()),
                         member_counts,
                         warnings,
                     },
@@ -386,11 +355,7 @@ impl ExportApi {
             return Ok(shown);
         }
         let hash = request_ids::request_hash(&hashable(&request));
-        let key = (!request.request_id.is_empty()).then(|| RequestKey {
-            method: "CreateExport",
-            request_id: &request.request_id,
-            hash: &hash,
-        });
+        let key = RequestKey::given("CreateExport", &request.request_id, &hash);
         let created = self.state.store.create_export(&stored.export, key, &placement).await?;
         self.state.engine.schedules_changed();
         tracing::info!(export = %created.export.name, kind = ?created.export.kind, "export created");
@@ -459,7 +424,7 @@ impl ExportApi {
         {
             return Err(Error::invalid("export.kind", "kind cannot change after creation"));
         }
-        let was_editable = editable(&current);
+        let was_editable = current.editable_by_contributors();
         let mut export = current.export.clone();
         let mut connection = current.connection.clone();
         let mut sources_changed = false;
@@ -768,7 +733,7 @@ impl ExportApi {
                 &principal,
                 &parent.env,
                 Action::UpdateExportSchedules,
-                Facts::export(editable(&stored)),
+                Facts::export(stored.editable_by_contributors()),
             )
             .map_err(|e| e.concerning("export", &name.to_string()))?;
             current.push(stored);
@@ -835,22 +800,6 @@ fn check_answer_fits(current: &[pb::Export]) -> Result<()> {
             pages::MAX_ANSWER_BYTES
         ),
     ))
-}
-
-/// Contributors edit only attached exports whose connection is shared with them; the flag is
-/// read from the connection as it is now.
-pub(crate) fn editable(stored: &StoredExport) -> bool {
-    let shared = stored.connection.as_ref().is_some_and(|c| c.contributors_can_use);
-    stored.export.editable_by_contributors(shared)
-}
-
-fn type_of(connection: &Connection) -> Result<&'static crate::domain::connection_type::ConnectionTypeSpec> {
-    registry::find(&connection.type_id).ok_or_else(|| {
-        Error::internal(format!(
-            "connection '{}' has the unknown type '{}'",
-            connection.name, connection.type_id
-        ))
-    })
 }
 
 /// `connection = "…"` compares whole connection names: each must name a connection of the

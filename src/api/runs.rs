@@ -6,35 +6,33 @@ use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::exports::editable;
 use std::collections::HashSet;
 
 use super::{State, convert, pages};
 use crate::auth::policy::{self, Action, Facts};
 use crate::auth::{Principal, Role};
-use crate::domain::export::{ExportState, RunState};
+use crate::domain::export::ExportState;
 use crate::domain::list_query::{FieldKind, FilterField, OrderKey, parse_filter, parse_order_by};
 use crate::domain::names::{ConnectionName, EnvironmentName, ExportName, RunName, RunParent};
 use crate::domain::paging;
-use crate::domain::run::{Run, RunTrigger};
+use crate::domain::run::{Run, RunState, RunTrigger};
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::store::Store;
-use crate::store::connections::RequestKey;
 use crate::store::exports::StoredExport;
-use crate::store::request_ids;
+use crate::store::request_ids::{self, RequestKey};
 use crate::store::runs::RunQuery;
 
 const FILTER_FIELDS: &[FilterField] = &[
     FilterField {
         name: "state",
         kind: FieldKind::Keyword,
-        allowed: &RunState::NAMES,
+        allowed: RunState::NAMES,
     },
     FilterField {
         name: "trigger",
         kind: FieldKind::Keyword,
-        allowed: &RunTrigger::NAMES,
+        allowed: RunTrigger::NAMES,
     },
     FilterField {
         name: "create_time",
@@ -57,8 +55,13 @@ impl Runs {
     async fn export_for(&self, principal: &Principal, name: &ExportName, action: Action) -> Result<StoredExport> {
         policy::role_in(principal, &name.env)?;
         let stored = self.state.store.export_or_not_found(name).await?;
-        policy::authorize(principal, &name.env, action, Facts::export(editable(&stored)))
-            .map_err(|e| e.with_meta("export", name.to_string()))?;
+        policy::authorize(
+            principal,
+            &name.env,
+            action,
+            Facts::export(stored.editable_by_contributors()),
+        )
+        .map_err(|e| e.with_meta("export", name.to_string()))?;
         Ok(stored)
     }
 
@@ -76,11 +79,7 @@ impl Runs {
         }
         let waiting = self.state.engine.refreshing_dependencies(&stored.export).await?;
         let hash = request_ids::request_hash(&request.encode_to_vec());
-        let key = (!request.request_id.is_empty()).then(|| RequestKey {
-            method: "RunExport",
-            request_id: &request.request_id,
-            hash: &hash,
-        });
+        let key = RequestKey::given("RunExport", &request.request_id, &hash);
         let run = self
             .state
             .store
@@ -110,7 +109,7 @@ impl Runs {
             if !export.schedule.enabled || export.state != ExportState::Active || stored.connection.is_none() {
                 continue;
             }
-            if !policy::may_edit_export(role, editable(&stored)) {
+            if !policy::may_edit_export(role, stored.editable_by_contributors()) {
                 continue;
             }
             if self.state.store.active_run(&export.name).await?.is_some() {

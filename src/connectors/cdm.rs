@@ -31,6 +31,7 @@ use serde_json::Value;
 
 pub use super::parquet_partition::ParquetCompression;
 use super::parquet_partition::{ParquetColumn, ParquetPartition};
+use crate::domain::catalog::FieldType;
 
 /// The metadata file of a CDM folder.
 pub const MODEL_JSON: &str = "model.json";
@@ -56,8 +57,10 @@ const LOCAL_BUFFER_BYTES: usize = 64 * 1024;
 // What the caller describes
 // ---------------------------------------------------------------------------------------------
 
-/// CDM data types of the catalog's field types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// CDM data types of the catalog's field types; the names are the `dataType` strings of
+/// `model.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr)]
+#[strum(serialize_all = "camelCase")]
 pub enum CdmType {
     String,
     Int64,
@@ -71,29 +74,20 @@ pub enum CdmType {
 impl CdmType {
     /// The `dataType` string of `model.json`.
     pub fn data_type(self) -> &'static str {
-        match self {
-            CdmType::String => "string",
-            CdmType::Int64 => "int64",
-            CdmType::Double => "double",
-            CdmType::Boolean => "boolean",
-            CdmType::DateTimeOffset => "dateTimeOffset",
-            CdmType::Date => "date",
-            CdmType::Json => "json",
-        }
+        self.into()
     }
 
-    /// The CDM type of a catalog field type: STRING, INT64, DOUBLE, BOOL, TIMESTAMP, DATE, JSON.
-    pub fn from_field_type(field_type: &str) -> Option<CdmType> {
-        Some(match field_type {
-            "STRING" => CdmType::String,
-            "INT64" => CdmType::Int64,
-            "DOUBLE" => CdmType::Double,
-            "BOOL" => CdmType::Boolean,
-            "TIMESTAMP" => CdmType::DateTimeOffset,
-            "DATE" => CdmType::Date,
-            "JSON" => CdmType::Json,
-            _ => return None,
-        })
+    /// The CDM type of a catalog field type.
+    pub fn of(field_type: FieldType) -> CdmType {
+        match field_type {
+            FieldType::String => CdmType::String,
+            FieldType::Int64 => CdmType::Int64,
+            FieldType::Double => CdmType::Double,
+            FieldType::Bool => CdmType::Boolean,
+            FieldType::Timestamp => CdmType::DateTimeOffset,
+            FieldType::Date => CdmType::Date,
+            FieldType::Json => CdmType::Json,
+        }
     }
 }
 
@@ -365,21 +359,20 @@ impl CdmStorage for LocalStorage {
     }
 
     fn location(&self, relative_path: &str) -> String {
-        let mut url = file_url(&self.root);
-        for segment in relative_path.split('/').filter(|s| !s.is_empty()) {
-            url.push('/');
-            percent_encode_into(segment.as_bytes(), &mut url);
-        }
-        url
+        let path = relative_path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .fold(self.root.clone(), |path, segment| path.join(segment));
+        file_url(&path)
     }
 }
 
-/// The `file://` URL of an absolute path, as partition locations are written.
+/// The `file://` URL of an absolute path, as partition locations are written: percent-encoded
+/// by the `url` crate, whose `Url::to_file_path` gives the path back (a reader of `model.json`
+/// decodes it the same way). A relative path has no file URL; the local stores only have
+/// absolute roots, so it is shown as it is.
 pub fn file_url(path: &Path) -> String {
-    let mut url = String::from("file://");
-    let bytes = url_path_bytes(path);
-    percent_encode_into(bytes.strip_suffix(b"/").unwrap_or(&bytes), &mut url);
-    url
+    url::Url::from_file_path(path).map_or_else(|()| path.display().to_string(), String::from)
 }
 
 /// A local file written to `<name>.tmp` and renamed to `<name>` when finished.
@@ -468,37 +461,6 @@ fn sync_parent(path: &Path) -> io::Result<()> {
 #[cfg(not(unix))]
 fn sync_parent(_path: &Path) -> io::Result<()> {
     Ok(())
-}
-
-#[cfg(unix)]
-fn url_path_bytes(path: &Path) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    path.as_os_str().as_bytes().to_vec()
-}
-
-#[cfg(not(unix))]
-fn url_path_bytes(path: &Path) -> Vec<u8> {
-    let text = path.to_string_lossy();
-    let text = text.strip_prefix(r"\\?\").unwrap_or(&text).replace('\\', "/");
-    if text.starts_with('/') {
-        text.into_bytes()
-    } else {
-        format!("/{text}").into_bytes()
-    }
-}
-
-/// Percent-encodes everything but unreserved characters, `/` and `:` (RFC 3986 path).
-fn percent_encode_into(bytes: &[u8], out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &byte in bytes {
-        if byte.is_ascii_alphanumeric() || b"-._~/:".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(byte >> 4)] as char);
-            out.push(HEX[usize::from(byte & 0x0f)] as char);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1771,26 +1733,11 @@ mod tests {
         );
     }
 
-    fn percent_decode(text: &str) -> Vec<u8> {
-        let bytes = text.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' {
-                out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        out
-    }
-
     fn path_of_location(location: &str) -> PathBuf {
-        let encoded = location.strip_prefix("file://").expect("a file:// URL");
-        assert!(encoded.starts_with('/'), "absolute: {location}");
-        PathBuf::from(String::from_utf8(percent_decode(encoded)).unwrap())
+        url::Url::parse(location)
+            .ok()
+            .and_then(|url| url.to_file_path().ok())
+            .unwrap_or_else(|| panic!("an absolute file:// URL: {location}"))
     }
 
     fn expected_files(run_id: &str, extension: &str) -> Vec<String> {
@@ -2369,9 +2316,12 @@ mod tests {
             ("JSON", "json"),
         ];
         for (field_type, data_type) in pairs {
-            assert_eq!(CdmType::from_field_type(field_type).unwrap().data_type(), data_type);
+            assert_eq!(
+                CdmType::of(FieldType::parse(field_type).unwrap()).data_type(),
+                data_type
+            );
         }
-        assert_eq!(CdmType::from_field_type("BLOB"), None);
+        assert_eq!(FieldType::parse("BLOB"), None);
     }
 
     #[test]

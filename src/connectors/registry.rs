@@ -5,9 +5,11 @@
 use super::Connector;
 use super::storage_connector::StorageConnector;
 use super::{azure_blob, local_files, s3, sftp};
+use crate::domain::connection::Connection;
 use crate::domain::connection_type::{
     Category, ConnectionTypeSpec, ExportKind, KeySpec, SegmentType, SyncMode, TargetOptionSpec, ValueKind,
 };
+use crate::error::{Error, Result};
 
 use ExportKind::*;
 use SegmentType::*;
@@ -329,6 +331,31 @@ pub fn connector(type_id: &str) -> Option<&'static dyn Connector> {
 
 pub fn find(id: &str) -> Option<&'static ConnectionTypeSpec> {
     CONNECTION_TYPES.iter().find(|t| t.id == id)
+}
+
+/// The type a request names (`connection.type`): INVALID_ARGUMENT, listing the known types,
+/// when there is no such type.
+pub fn requested(type_id: &str) -> Result<&'static ConnectionTypeSpec> {
+    find(type_id).ok_or_else(|| {
+        let known = known_ids().join(", ");
+        let description = if type_id.is_empty() {
+            format!("a connection type is required; known types: {known}")
+        } else {
+            format!("unknown connection type '{type_id}'; known types: {known}")
+        };
+        Error::invalid("connection.type", description)
+    })
+}
+
+/// The type of a stored connection. It was known when the connection was stored, so a type
+/// this version does not know is the server's fault (INTERNAL), not the caller's.
+pub fn type_of(connection: &Connection) -> Result<&'static ConnectionTypeSpec> {
+    find(&connection.type_id).ok_or_else(|| {
+        Error::internal(format!(
+            "connection '{}' has the unknown type '{}'",
+            connection.name, connection.type_id
+        ))
+    })
 }
 
 pub fn known_ids() -> Vec<&'static str> {

@@ -16,7 +16,6 @@ use super::storage::ByteStore;
 use super::storage::blocking::BlockingStorage;
 use super::{Check, Connector, PartSchema, RunTarget, Sink, SinkSummary, Target, TestReport, io_failure};
 use crate::connectors::retry::Failure;
-use crate::domain::catalog::field_type_str;
 use crate::domain::output_area::export_folder;
 use crate::error::FieldViolation;
 
@@ -253,7 +252,7 @@ fn cdm_entity(part: &PartSchema) -> CdmEntity {
             .iter()
             .map(|c| CdmAttribute {
                 name: c.name.clone(),
-                data_type: CdmType::from_field_type(field_type_str(c.field_type)).unwrap_or(CdmType::String),
+                data_type: CdmType::of(c.field_type),
                 description: c.description.clone(),
                 mapping: c.mapping.clone(),
             })

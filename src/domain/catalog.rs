@@ -9,37 +9,30 @@ use super::names::{EntityName, SegmentName};
 use super::time::Micros;
 use crate::error::FieldViolation;
 
-/// Field types are shared with the rule language, so that rules type-check against schemas.
-pub use super::rule::FieldType;
+named_enum! {
+    /// The schema types of entity fields; shared with the rule language, so that rules type-check
+    /// against schemas. Stored and sent by name.
+    pub enum FieldType {
+        String,
+        Int64,
+        Double,
+        Bool,
+        Timestamp,
+        Date,
+        Json,
+    }
+}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EntityKind {
-    Profile,
-    Account,
-    Contact,
-    Other,
+named_enum! {
+    pub enum EntityKind {
+        Profile,
+        Account,
+        Contact,
+        Other,
+    }
 }
 
 impl EntityKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntityKind::Profile => "PROFILE",
-            EntityKind::Account => "ACCOUNT",
-            EntityKind::Contact => "CONTACT",
-            EntityKind::Other => "OTHER",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "PROFILE" => Some(EntityKind::Profile),
-            "ACCOUNT" => Some(EntityKind::Account),
-            "CONTACT" => Some(EntityKind::Contact),
-            "OTHER" => Some(EntityKind::Other),
-            _ => None,
-        }
-    }
-
     /// The type of the segments built on an entity of this kind; OTHER entities carry none.
     pub fn segment_type(self) -> Option<SegmentType> {
         match self {
@@ -49,48 +42,6 @@ impl EntityKind {
             EntityKind::Other => None,
         }
     }
-}
-
-pub fn segment_type_str(t: SegmentType) -> &'static str {
-    match t {
-        SegmentType::Profile => "PROFILE",
-        SegmentType::Account => "ACCOUNT",
-        SegmentType::Contact => "CONTACT",
-    }
-}
-
-pub fn parse_segment_type(text: &str) -> Option<SegmentType> {
-    match text {
-        "PROFILE" => Some(SegmentType::Profile),
-        "ACCOUNT" => Some(SegmentType::Account),
-        "CONTACT" => Some(SegmentType::Contact),
-        _ => None,
-    }
-}
-
-pub fn field_type_str(t: FieldType) -> &'static str {
-    match t {
-        FieldType::String => "STRING",
-        FieldType::Int64 => "INT64",
-        FieldType::Double => "DOUBLE",
-        FieldType::Bool => "BOOL",
-        FieldType::Timestamp => "TIMESTAMP",
-        FieldType::Date => "DATE",
-        FieldType::Json => "JSON",
-    }
-}
-
-pub fn parse_field_type(text: &str) -> Option<FieldType> {
-    Some(match text {
-        "STRING" => FieldType::String,
-        "INT64" => FieldType::Int64,
-        "DOUBLE" => FieldType::Double,
-        "BOOL" => FieldType::Bool,
-        "TIMESTAMP" => FieldType::Timestamp,
-        "DATE" => FieldType::Date,
-        "JSON" => FieldType::Json,
-        _ => return None,
-    })
 }
 
 /// One field of a schema, as stored (JSON) and as the domain uses it.
@@ -107,7 +58,7 @@ pub struct EntityField {
 
 impl EntityField {
     pub fn field_type(&self) -> FieldType {
-        parse_field_type(&self.type_name).unwrap_or(FieldType::Json)
+        FieldType::parse(&self.type_name).unwrap_or(FieldType::Json)
     }
 }
 
@@ -216,7 +167,7 @@ pub fn validate_schema(prefix: &str, fields: &[(String, Option<FieldType>)], pri
             format!("{prefix}.primary_key"),
             format!(
                 "the primary key must be a STRING or INT64 field, not {}",
-                field_type_str(*other)
+                other.as_str()
             ),
         ),
     }

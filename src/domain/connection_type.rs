@@ -29,24 +29,27 @@ impl Category {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ExportKind {
-    DataOut,
-    Segment,
+named_enum! {
+    pub enum ExportKind {
+        DataOut,
+        Segment,
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SegmentType {
-    Profile,
-    Account,
-    Contact,
+named_enum! {
+    pub enum SegmentType {
+        Profile,
+        Account,
+        Contact,
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SyncMode {
-    Full,
-    Incremental,
-    Mirror,
+named_enum! {
+    pub enum SyncMode {
+        Full,
+        Incremental,
+        Mirror,
+    }
 }
 
 /// What values a configuration, secret or setting key accepts.

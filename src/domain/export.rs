@@ -20,6 +20,7 @@ use super::connection_type::{ConnectionTypeSpec, ExportKind, SyncMode, check_map
 use super::eligibility::{self, Destination, SegmentFacts};
 use super::environment::EnvironmentKind;
 use super::names::{ConnectionName, EntityName, ExportName, SegmentName};
+use super::run::{LastRun, Warning};
 use super::schedule::{Schedule, Trigger};
 use super::time::{Micros, from_datetime};
 use crate::error::{Error, FieldViolation, Result};
@@ -40,110 +41,12 @@ pub const SYSTEM_REFRESH_SORT: i64 = i64::MAX - 1;
 /// does not occur): after system-refresh schedules, still before the ones that are off.
 pub const NEVER_SORT: i64 = i64::MAX;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportState {
-    Active,
-    /// The connection was detached: no connection, cannot run until an admin sets one.
-    Detached,
-}
-
-impl ExportState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExportState::Active => "ACTIVE",
-            ExportState::Detached => "DETACHED",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "ACTIVE" => Some(ExportState::Active),
-            "DETACHED" => Some(ExportState::Detached),
-            _ => None,
-        }
-    }
-}
-
-pub fn export_kind_str(kind: ExportKind) -> &'static str {
-    match kind {
-        ExportKind::DataOut => "DATA_OUT",
-        ExportKind::Segment => "SEGMENT",
-    }
-}
-
-pub fn parse_export_kind(text: &str) -> Option<ExportKind> {
-    match text {
-        "DATA_OUT" => Some(ExportKind::DataOut),
-        "SEGMENT" => Some(ExportKind::Segment),
-        _ => None,
-    }
-}
-
-pub fn sync_mode_str(mode: SyncMode) -> &'static str {
-    match mode {
-        SyncMode::Full => "FULL",
-        SyncMode::Incremental => "INCREMENTAL",
-        SyncMode::Mirror => "MIRROR",
-    }
-}
-
-pub fn parse_sync_mode(text: &str) -> Option<SyncMode> {
-    match text {
-        "FULL" => Some(SyncMode::Full),
-        "INCREMENTAL" => Some(SyncMode::Incremental),
-        "MIRROR" => Some(SyncMode::Mirror),
-        _ => None,
-    }
-}
-
-/// The state of a run. The numbers are those of the API's `RunState`, because they are
-/// stored (`exports.last_run_state`) and sorted on: the lifecycle order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RunState {
-    Queued = 1,
-    WaitingForDependencies = 2,
-    Running = 3,
-    Succeeded = 4,
-    Failed = 5,
-    Skipped = 6,
-    Cancelled = 7,
-}
-
-impl RunState {
-    pub const ALL: [RunState; 7] = [
-        RunState::Queued,
-        RunState::WaitingForDependencies,
-        RunState::Running,
-        RunState::Succeeded,
-        RunState::Failed,
-        RunState::Skipped,
-        RunState::Cancelled,
-    ];
-    /// The names a list filter accepts (`status = FAILED`), without the enum prefix.
-    pub const NAMES: [&'static str; 7] = [
-        "QUEUED",
-        "WAITING_FOR_DEPENDENCIES",
-        "RUNNING",
-        "SUCCEEDED",
-        "FAILED",
-        "SKIPPED",
-        "CANCELLED",
-    ];
-
-    pub fn number(self) -> i32 {
-        self as i32
-    }
-
-    pub fn from_number(n: i32) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.number() == n)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        Self::NAMES[self as usize - 1]
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
+named_enum! {
+    /// Whether an export can run; stored by name.
+    pub enum ExportState {
+        Active,
+        /// The connection was detached: no connection, cannot run until an admin sets one.
+        Detached,
     }
 }
 
@@ -152,16 +55,6 @@ impl RunState {
 pub struct FieldMapping {
     pub source_field: String,
     pub target_field: String,
-}
-
-/// The latest run, as an export remembers it (written by the run engine).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LastRun {
-    pub id: String,
-    pub state: RunState,
-    pub end_time: Option<Micros>,
-    /// Why it failed, when it did.
-    pub error: Option<super::run::RunError>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -265,16 +158,6 @@ impl ScheduleTimes {
     }
 }
 
-/// A warning that does not stop an export from being saved (SEGMENT_OVER_LIMIT,
-/// SEGMENT_UNDER_MINIMUM).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Warning {
-    pub code: String,
-    pub message: String,
-    /// The resource it is about (a segment name).
-    pub subject: String,
-}
-
 /// The entity and segment names of a request, typed. Problems are violations on
 /// `<prefix>.entities[i]` / `<prefix>.segments[i]`: a malformed name, one of another
 /// environment, one named twice, too many.
@@ -334,10 +217,12 @@ fn parse_names<N: Clone + Eq + std::hash::Hash>(
 }
 
 /// What validation knows of the catalog: every entity the export names or its segments are
-/// built on, and every segment it names (missing ones are simply absent).
-pub struct CatalogFacts<'a> {
-    pub entities: &'a HashMap<EntityName, Entity>,
-    pub segments: &'a HashMap<SegmentName, Segment>,
+/// built on, and every segment it names (missing ones are simply absent). The store reads it
+/// (`Store::catalog_facts`) for the API's checks and the run engine's alike.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogFacts {
+    pub entities: HashMap<EntityName, Entity>,
+    pub segments: HashMap<SegmentName, Segment>,
 }
 
 /// Where an export goes: the destination of eligibility, built from the export's connection,
@@ -486,14 +371,14 @@ pub fn validate(
     if let Some(destination) = destination {
         let spec = destination.spec;
         if !spec.export_kinds.contains(&export.kind) {
-            let kinds: Vec<&str> = spec.export_kinds.iter().map(|k| export_kind_str(*k)).collect();
+            let kinds: Vec<&str> = spec.export_kinds.iter().map(|k| k.as_str()).collect();
             push(
                 format!("{prefix}.kind"),
                 format!(
                     "{} accepts only {} exports, not {}",
                     spec.display_name,
                     kinds.join(" and "),
-                    export_kind_str(export.kind)
+                    export.kind.as_str()
                 ),
             );
         }
@@ -504,14 +389,14 @@ pub fn validate(
             push(format!("{prefix}.settings.compression"), problem);
         }
         if !spec.sync_modes.contains(&export.sync_mode) {
-            let modes: Vec<&str> = spec.sync_modes.iter().map(|m| sync_mode_str(*m)).collect();
+            let modes: Vec<&str> = spec.sync_modes.iter().map(|m| m.as_str()).collect();
             push(
                 format!("{prefix}.sync_mode"),
                 format!(
                     "{} supports the sync modes {}, not {}",
                     spec.display_name,
                     modes.join(", "),
-                    sync_mode_str(export.sync_mode)
+                    export.sync_mode.as_str()
                 ),
             );
         }
@@ -772,10 +657,10 @@ mod tests {
             }
         }
 
-        fn facts(&self) -> CatalogFacts<'_> {
+        fn facts(&self) -> CatalogFacts {
             CatalogFacts {
-                entities: &self.entities,
-                segments: &self.segments,
+                entities: self.entities.clone(),
+                segments: self.segments.clone(),
             }
         }
     }
@@ -979,14 +864,5 @@ mod tests {
         };
         assert_eq!(ScheduleTimes::of(&off, ExportState::Active, now).sort_key, None);
         assert_eq!(ScheduleTimes::of(&cron, ExportState::Detached, now).next_run_at, None);
-    }
-
-    #[test]
-    fn run_states_keep_the_api_numbers() {
-        assert_eq!(RunState::Queued.number(), 1);
-        assert_eq!(RunState::Cancelled.number(), 7);
-        assert_eq!(RunState::parse("FAILED"), Some(RunState::Failed));
-        assert_eq!(RunState::from_number(4), Some(RunState::Succeeded));
-        assert_eq!(RunState::Skipped.as_str(), "SKIPPED");
     }
 }

@@ -2,10 +2,24 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use super::export::RunState;
-use super::export::Warning;
 use super::names::RunName;
 use super::time::Micros;
+
+named_enum! {
+    numbered
+    /// The state of a run. The numbers are those of the API's `RunState`, because they are
+    /// stored (`exports.last_run_state`) and sorted on: the lifecycle order. The names are what a
+    /// list filter accepts (`status = FAILED`), without the enum prefix.
+    pub enum RunState {
+        Queued = 1,
+        WaitingForDependencies = 2,
+        Running = 3,
+        Succeeded = 4,
+        Failed = 5,
+        Skipped = 6,
+        Cancelled = 7,
+    }
+}
 
 impl RunState {
     /// Queued, waiting or running: an export has at most one such run.
@@ -21,52 +35,35 @@ impl RunState {
     }
 }
 
-/// What started a run; the numbers are the API's `RunTrigger`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RunTrigger {
-    Manual = 1,
-    RunAll = 2,
-    Schedule = 3,
-    SystemRefresh = 4,
+named_enum! {
+    numbered
+    /// What started a run; the numbers are the API's `RunTrigger`.
+    pub enum RunTrigger {
+        Manual = 1,
+        RunAll = 2,
+        Schedule = 3,
+        SystemRefresh = 4,
+    }
 }
 
-impl RunTrigger {
-    pub fn number(self) -> i32 {
-        self as i32
-    }
+/// The latest run, as an export remembers it (written by the run engine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRun {
+    pub id: String,
+    pub state: RunState,
+    pub end_time: Option<Micros>,
+    /// Why it failed, when it did.
+    pub error: Option<RunError>,
+}
 
-    pub fn from_number(n: i32) -> Option<Self> {
-        [
-            RunTrigger::Manual,
-            RunTrigger::RunAll,
-            RunTrigger::Schedule,
-            RunTrigger::SystemRefresh,
-        ]
-        .into_iter()
-        .find(|t| t.number() == n)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunTrigger::Manual => "MANUAL",
-            RunTrigger::RunAll => "RUN_ALL",
-            RunTrigger::Schedule => "SCHEDULE",
-            RunTrigger::SystemRefresh => "SYSTEM_REFRESH",
-        }
-    }
-
-    pub const NAMES: [&'static str; 4] = ["MANUAL", "RUN_ALL", "SCHEDULE", "SYSTEM_REFRESH"];
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [
-            RunTrigger::Manual,
-            RunTrigger::RunAll,
-            RunTrigger::Schedule,
-            RunTrigger::SystemRefresh,
-        ]
-        .into_iter()
-        .find(|t| t.as_str() == text)
-    }
+/// A warning that does not stop an export from being saved or a run from succeeding
+/// (SEGMENT_OVER_LIMIT, SEGMENT_UNDER_MINIMUM, OLD_RUNS_NOT_REMOVED); a run keeps those it met.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub code: String,
+    pub message: String,
+    /// The resource it is about (a segment name).
+    pub subject: String,
 }
 
 /// The steps of every run, in order.
@@ -229,6 +226,25 @@ pub struct Run {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_states_keep_the_api_numbers() {
+        assert_eq!(RunState::Queued.number(), 1);
+        assert_eq!(RunState::Cancelled.number(), 7);
+        assert_eq!(RunState::parse("FAILED"), Some(RunState::Failed));
+        assert_eq!(RunState::from_number(4), Some(RunState::Succeeded));
+        assert_eq!(RunState::Skipped.as_str(), "SKIPPED");
+    }
+
+    #[test]
+    fn names_are_the_api_names_without_their_prefix() {
+        assert_eq!(RunState::WaitingForDependencies.as_str(), "WAITING_FOR_DEPENDENCIES");
+        assert_eq!(RunState::NAMES.len(), 7);
+        assert_eq!(RunTrigger::parse("SYSTEM_REFRESH"), Some(RunTrigger::SystemRefresh));
+        assert_eq!(RunTrigger::NAMES, ["MANUAL", "RUN_ALL", "SCHEDULE", "SYSTEM_REFRESH"]);
+        assert_eq!(RunTrigger::from_number(2), Some(RunTrigger::RunAll));
+        assert_eq!(RunState::parse("queued"), None);
+    }
 
     #[test]
     fn concealed_messages_name_folders_relative_to_the_connection() {

@@ -24,9 +24,9 @@ use crate::domain::catalog::{Entity, Segment};
 use crate::domain::connection::Connection;
 use crate::domain::connection_type::{ExportKind, SyncMode};
 use crate::domain::eligibility::{SEGMENT_OVER_LIMIT, SEGMENT_UNDER_MINIMUM};
-use crate::domain::export::{self, CatalogFacts, Export, ExportState, Warning};
+use crate::domain::export::{self, Export, ExportState};
 use crate::domain::names::ExportName;
-use crate::domain::run::{ConnectionDetail, Counts, Run, RunError, RunState, Task};
+use crate::domain::run::{ConnectionDetail, Counts, Run, RunError, RunState, Task, Warning};
 use crate::domain::time::{now_micros, to_datetime};
 use crate::error::{Error, ErrorCode};
 use crate::store::record_rows::DocumentBatch;
@@ -291,28 +291,15 @@ impl Engine {
             .check_export_placement(&export, roots.exports_root, "export.settings.folder")
             .await
             .map_err(area_refused)?;
-        let spec = registry::find(&connection.type_id)
-            .ok_or_else(|| Error::internal(format!("unknown connection type '{}'", connection.type_id)))?;
+        let spec = registry::type_of(&connection)?;
         let environment = self
             .store
             .get_environment(&export.name.env)
             .await?
             .ok_or_else(|| Error::not_found("environment", format!("environments/{}", export.name.env)))?;
 
-        let segment_ids: Vec<String> = export.segments.iter().map(|s| s.id.clone()).collect();
-        let segments = self.store.segments_by_ids(&export.name.env, &segment_ids).await?;
-        let mut entity_ids: Vec<String> = export.entities.iter().map(|e| e.id.clone()).collect();
-        entity_ids.extend(segments.iter().map(|s| s.entity.id.clone()));
-        let entities = self.store.entities_by_ids(&export.name.env, &entity_ids).await?;
-        let entities_by_name: std::collections::HashMap<_, _> =
-            entities.into_iter().map(|e| (e.name.clone(), e)).collect();
-        let segments_by_name: std::collections::HashMap<_, _> =
-            segments.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let catalog = self.store.catalog_facts(&export).await?;
         let destination = export::destination(environment.kind, spec, &connection, &export);
-        let catalog = CatalogFacts {
-            entities: &entities_by_name,
-            segments: &segments_by_name,
-        };
         let warnings = match export::validate_all("export", &export, &catalog, Some(&destination)) {
             Ok(warnings) => warnings,
             // Eligibility may change after an export was saved: such a run is skipped, with
@@ -355,7 +342,8 @@ impl Engine {
         match export.kind {
             ExportKind::DataOut => {
                 for name in &export.entities {
-                    let entity = entities_by_name
+                    let entity = catalog
+                        .entities
                         .get(name)
                         .cloned()
                         .ok_or_else(|| missing("entity", name))?;
@@ -371,11 +359,13 @@ impl Engine {
             }
             ExportKind::Segment => {
                 for name in &export.segments {
-                    let segment = segments_by_name
+                    let segment = catalog
+                        .segments
                         .get(name)
                         .cloned()
                         .ok_or_else(|| missing("segment", name))?;
-                    let entity = entities_by_name
+                    let entity = catalog
+                        .entities
                         .get(&segment.entity)
                         .cloned()
                         .ok_or_else(|| missing("entity", &segment.entity))?;

@@ -3,14 +3,13 @@
 use std::collections::BTreeMap;
 
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
-use super::list::{SortColumn, apply_order, compare, contains_ci, to_condition};
+use super::list::{SortColumn, apply_order, compare, contains_ci, page_of, to_condition};
 use super::models::connection::{ActiveModel, Column, Entity, Model};
+use super::request_ids::{self, Outcome, RequestKey};
 use super::secrets::Sealed;
-use super::{Store, placement, request_ids};
+use super::{Store, placement};
 use crate::domain::connection::Connection;
 use crate::domain::list_query::{CompareOp, Filter, OrderKey, Value};
 use crate::domain::names::ConnectionName;
@@ -18,13 +17,6 @@ use crate::domain::output_area::LocalRoots;
 use crate::domain::paging::Page;
 use crate::domain::time::now_micros;
 use crate::error::{Error, Result};
-
-/// An idempotency key to record with a create.
-pub struct RequestKey<'a> {
-    pub method: &'a str,
-    pub request_id: &'a str,
-    pub hash: &'a str,
-}
 
 /// What a list of connections asks for.
 pub struct ConnectionQuery<'a> {
@@ -98,36 +90,22 @@ impl Store {
             revision: Set(1),
         };
         let name = connection.name.to_string();
-        let attempt = async {
-            let txn = self.writer().begin().await?;
-            let mut outcome = None;
-            if let Some(key) = &request {
-                outcome = request_ids::lookup(&txn, &env, key.method, key.request_id, key.hash).await?;
-            }
-            if outcome.is_none() {
-                placement::lock(&txn).await?;
-                placement::check_root_of(&txn, connection, roots).await?;
-                Entity::insert(model).exec(&txn).await.map_err(|e| {
-                    if super::is_unique_violation(&e) {
-                        Error::already_exists("connection", name.clone())
-                    } else {
-                        e.into()
-                    }
-                })?;
-                if let Some(key) = &request {
-                    request_ids::record(&txn, &env, key.method, key.request_id, key.hash, &name).await?;
+        let outcome = request_ids::create_once(self, &env, request.as_ref(), async |txn| {
+            placement::lock(txn).await?;
+            placement::check_root_of(txn, connection, roots).await?;
+            Entity::insert(model).exec(txn).await.map_err(|e| {
+                if super::is_unique_violation(&e) {
+                    Error::already_exists("connection", name.clone())
+                } else {
+                    e.into()
                 }
-            }
-            txn.commit().await?;
-            Ok::<_, Error>(outcome)
-        };
-        let outcome = match attempt.await {
-            Ok(outcome) => outcome,
-            Err(e) => Some(request_ids::first_result_or(e, self.primary(), &env, request.as_ref()).await?),
-        };
+            })?;
+            Ok(((), name.clone()))
+        })
+        .await?;
         let name = match outcome {
-            Some(existing) => ConnectionName::parse("request_id", &existing)?,
-            None => connection.name.clone(),
+            Outcome::Existing(existing) => ConnectionName::parse("request_id", &existing)?,
+            Outcome::Created(()) => connection.name.clone(),
         };
         self.get_connection(&name)
             .await?
@@ -158,15 +136,14 @@ impl Store {
         if let Some(filter) = query.filter {
             condition = condition.add(to_condition(filter, &filter_leaf));
         }
-        let select = Entity::find().filter(condition);
-        let total = select.clone().count(self.reader()).await?;
-        let select = apply_order(select, query.order, &sort_column, vec![Expr::col(Column::Id)]);
-        let models = select
-            .offset(query.page.offset)
-            .limit(query.page.limit)
-            .all(self.reader())
-            .await?;
-        Ok((models.into_iter().map(to_domain).collect::<Result<_>>()?, total))
+        page_of(
+            self.reader(),
+            Entity::find().filter(condition),
+            |select| apply_order(select, query.order, &sort_column, vec![Expr::col(Column::Id)]),
+            query.page,
+            to_domain,
+        )
+        .await
     }
 
     /// Writes a changed connection if its revision is still `connection.revision`; `secrets`

@@ -9,7 +9,7 @@ use super::Store;
 use super::records::StoredRecord;
 use crate::domain::catalog::Segment;
 use crate::domain::names::ExportName;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const DELIVERED: i32 = 0;
 const PENDING: i32 = 1;
@@ -90,23 +90,7 @@ impl Store {
             .reader()
             .query_all_raw(Statement::from_sql_and_values(backend, text, values))
             .await?;
-        rows.into_iter()
-            .map(|row| {
-                let key: String = row.try_get_by_index(0)?;
-                let data: String = row.try_get_by_index(1)?;
-                let seq: i64 = row.try_get_by_index(2)?;
-                let data = match serde_json::from_str(&data) {
-                    Ok(serde_json::Value::Object(map)) => map,
-                    _ => return Err(Error::internal(format!("record '{key}' is corrupt"))),
-                };
-                Ok(StoredRecord {
-                    key,
-                    data,
-                    seq,
-                    deleted: false,
-                })
-            })
-            .collect()
+        rows.iter().map(super::records::live_record_of).collect()
     }
 
     /// Keys delivered before but absent from the snapshot (members who left, or whose records

@@ -7,9 +7,11 @@ use sea_orm::{
 };
 
 use super::Store;
+use super::list::page_of;
 use super::models::entity::{ActiveModel, Column, Entity as Table, Model};
 use crate::domain::catalog::{Entity, EntityField, EntityKind};
 use crate::domain::names::EntityName;
+use crate::domain::paging::Page;
 use crate::domain::schema_change::SchemaChange;
 use crate::domain::time::now_micros;
 use crate::error::{Error, Result};
@@ -69,15 +71,14 @@ impl Store {
     }
 
     pub async fn list_entities(&self, env: &str, offset: u64, limit: u64) -> Result<(Vec<Entity>, u64)> {
-        let query = Table::find().filter(Column::Env.eq(env));
-        let total = query.clone().count(self.reader()).await?;
-        let models = query
-            .order_by_asc(Column::Id)
-            .offset(offset)
-            .limit(limit)
-            .all(self.reader())
-            .await?;
-        Ok((models.into_iter().map(to_domain).collect::<Result<_>>()?, total))
+        page_of(
+            self.reader(),
+            Table::find().filter(Column::Env.eq(env)),
+            |select| select.order_by_asc(Column::Id),
+            Page { offset, limit },
+            to_domain,
+        )
+        .await
     }
 
     /// Stores a new display name and field list of `current`, in one transaction. Refused when

@@ -1,12 +1,12 @@
 //! Environments: created by the operator, read by everyone with a role in them.
 
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use super::Store;
+use super::list::page_of;
 use super::models::environment::{ActiveModel, Column, Entity, Model};
 use crate::domain::environment::{Environment, EnvironmentKind};
+use crate::domain::paging::Page;
 use crate::domain::schedule::Schedule;
 use crate::domain::time::now_micros;
 use crate::error::{Error, Result};
@@ -99,15 +99,14 @@ impl Store {
         if let Some(ids) = ids {
             query = query.filter(Column::Id.is_in(ids.iter().cloned()));
         }
-        let total = query.clone().count(self.reader()).await?;
-        let models = query
-            .order_by_asc(Column::Id)
-            .offset(offset)
-            .limit(limit)
-            .all(self.reader())
-            .await?;
-        let items = models.into_iter().map(to_domain).collect::<Result<Vec<_>>>()?;
-        Ok((items, total))
+        page_of(
+            self.reader(),
+            query,
+            |select| select.order_by_asc(Column::Id),
+            Page { offset, limit },
+            to_domain,
+        )
+        .await
     }
 
     /// Writes the changed fields of an environment (display name, schedule and its next time).

@@ -14,20 +14,19 @@ use sea_orm::{
     QueryOrder, QuerySelect, RelationTrait,
 };
 
-use super::connections::RequestKey;
+use super::Store;
 use super::list::{SortColumn, apply_order, compare, contains_ci, to_condition};
 use super::models::export::{ActiveModel, Column, Entity as Table, Model, Relation};
 use super::models::{connection, entity, export_source, segment};
 use super::placement::{self, Change, Placement};
-use super::{Store, request_ids};
+use super::request_ids::{self, Outcome, RequestKey};
 use crate::domain::connection::Connection;
-use crate::domain::export::{
-    Export, ExportState, FieldMapping, LastRun, RunState, ScheduleTimes, export_kind_str, parse_export_kind,
-    parse_sync_mode, sync_mode_str,
-};
+use crate::domain::connection_type::{ExportKind, SyncMode};
+use crate::domain::export::{CatalogFacts, Export, ExportState, FieldMapping, ScheduleTimes};
 use crate::domain::list_query::{CompareOp, Filter, OrderKey, Value};
 use crate::domain::names::{ConnectionName, EntityName, ExportName, SegmentName};
 use crate::domain::paging::Page;
+use crate::domain::run::{LastRun, RunState};
 use crate::domain::schedule::Schedule;
 use crate::domain::time::{Micros, now_micros};
 use crate::error::{Error, Result};
@@ -40,6 +39,15 @@ const SEGMENT: &str = "segment";
 pub struct StoredExport {
     pub export: Export,
     pub connection: Option<Connection>,
+}
+
+impl StoredExport {
+    /// Whether contributors may edit it: only attached exports whose connection is shared with
+    /// them; the flag is read from the connection as it is now.
+    pub fn editable_by_contributors(&self) -> bool {
+        let shared = self.connection.as_ref().is_some_and(|c| c.contributors_can_use);
+        self.export.editable_by_contributors(shared)
+    }
 }
 
 /// What a list of exports asks for.
@@ -77,13 +85,13 @@ fn to_domain(model: Model) -> Result<Export> {
     Ok(Export {
         name: ExportName::new(&model.env, &model.id),
         connection: model.connection_id.as_ref().map(|c| ConnectionName::new(&model.env, c)),
-        kind: parse_export_kind(&model.kind).ok_or_else(|| corrupt("kind"))?,
+        kind: ExportKind::parse(&model.kind).ok_or_else(|| corrupt("kind"))?,
         entities,
         segments,
         field_mappings: serde_json::from_str::<Vec<FieldMapping>>(&model.field_mappings)
             .map_err(|_| corrupt("field mapping"))?,
         settings: serde_json::from_str::<BTreeMap<String, String>>(&model.settings).map_err(|_| corrupt("settings"))?,
-        sync_mode: parse_sync_mode(&model.sync_mode).ok_or_else(|| corrupt("sync mode"))?,
+        sync_mode: SyncMode::parse(&model.sync_mode).ok_or_else(|| corrupt("sync mode"))?,
         schedule: serde_json::from_str::<Schedule>(&model.schedule).map_err(|_| corrupt("schedule"))?,
         next_run_at: model.next_run_at,
         state: ExportState::parse(&model.state).ok_or_else(|| corrupt("state"))?,
@@ -108,12 +116,12 @@ fn definition(export: &Export) -> ActiveModel {
         display_name: Set(export.display_name.clone()),
         description: Set(export.description.clone()),
         connection_id: Set(export.connection.as_ref().map(|c| c.id.clone())),
-        kind: Set(export_kind_str(export.kind).to_string()),
+        kind: Set(export.kind.as_str().to_string()),
         entities: Set(json(&export.entities.iter().map(|e| &e.id).collect::<Vec<_>>())),
         segments: Set(json(&export.segments.iter().map(|s| &s.id).collect::<Vec<_>>())),
         field_mappings: Set(json(&export.field_mappings)),
         settings: Set(json(&export.settings)),
-        sync_mode: Set(sync_mode_str(export.sync_mode).to_string()),
+        sync_mode: Set(export.sync_mode.as_str().to_string()),
         schedule: Set(json(&export.schedule)),
         schedule_sort: Set(ScheduleTimes::sort_key_of(export)),
         next_run_at: Set(export.next_run_at),
@@ -158,58 +166,44 @@ impl Store {
     ) -> Result<StoredExport> {
         let env = export.name.env.clone();
         let name = export.name.to_string();
-        let attempt = async {
-            let txn = self.writer().begin().await?;
-            let mut outcome = None;
-            if let Some(key) = &request {
-                outcome = request_ids::lookup(&txn, &env, key.method, key.request_id, key.hash).await?;
+        let outcome = request_ids::create_once(self, &env, request.as_ref(), async |txn| {
+            hold_sources(txn, export).await?;
+            placement::lock(txn).await?;
+            placement::check_exports(
+                txn,
+                Change::Export(export),
+                placement.roots.exports_root,
+                placement.field,
+            )
+            .await?;
+            let mut model = definition(export);
+            model.env = Set(env.clone());
+            model.id = Set(export.name.id.clone());
+            model.last_refreshed_time = Set(None);
+            model.last_run_id = Set(None);
+            model.last_run_state = Set(None);
+            model.last_run_end = Set(None);
+            model.last_run_error = Set(None);
+            model.creator = Set(export.creator.clone());
+            model.create_time = Set(export.create_time);
+            model.update_time = Set(export.update_time);
+            model.revision = Set(1);
+            Table::insert(model)
+                .exec(txn)
+                .await
+                .map_err(|e| map_write_error(e, export))?;
+            let rows = source_rows(export);
+            if !rows.is_empty() {
+                export_source::Entity::insert_many(rows)
+                    .exec_without_returning(txn)
+                    .await?;
             }
-            if outcome.is_none() {
-                hold_sources(&txn, export).await?;
-                placement::lock(&txn).await?;
-                placement::check_exports(
-                    &txn,
-                    Change::Export(export),
-                    placement.roots.exports_root,
-                    placement.field,
-                )
-                .await?;
-                let mut model = definition(export);
-                model.env = Set(env.clone());
-                model.id = Set(export.name.id.clone());
-                model.last_refreshed_time = Set(None);
-                model.last_run_id = Set(None);
-                model.last_run_state = Set(None);
-                model.last_run_end = Set(None);
-                model.last_run_error = Set(None);
-                model.creator = Set(export.creator.clone());
-                model.create_time = Set(export.create_time);
-                model.update_time = Set(export.update_time);
-                model.revision = Set(1);
-                Table::insert(model)
-                    .exec(&txn)
-                    .await
-                    .map_err(|e| map_write_error(e, export))?;
-                let rows = source_rows(export);
-                if !rows.is_empty() {
-                    export_source::Entity::insert_many(rows)
-                        .exec_without_returning(&txn)
-                        .await?;
-                }
-                if let Some(key) = &request {
-                    request_ids::record(&txn, &env, key.method, key.request_id, key.hash, &name).await?;
-                }
-            }
-            txn.commit().await?;
-            Ok::<_, Error>(outcome)
-        };
-        let outcome = match attempt.await {
-            Ok(outcome) => outcome,
-            Err(e) => Some(request_ids::first_result_or(e, self.primary(), &env, request.as_ref()).await?),
-        };
+            Ok(((), name.clone()))
+        })
+        .await?;
         let name = match outcome {
-            Some(existing) => ExportName::parse("request_id", &existing)?,
-            None => export.name.clone(),
+            Outcome::Existing(existing) => ExportName::parse("request_id", &existing)?,
+            Outcome::Created(()) => export.name.clone(),
         };
         self.export_or_not_found(&name).await
     }
@@ -309,6 +303,25 @@ impl Store {
         // An export deleted between the two reads is left out of the page.
         let page = ids.iter().filter_map(|id| rows.remove(id)).collect();
         Ok((page, total))
+    }
+
+    /// Every export of an environment in display-name order, with its connection (for
+    /// RunAllExports).
+    pub async fn all_exports(&self, env: &str) -> Result<Vec<StoredExport>> {
+        let order = [OrderKey {
+            field: "display_name".into(),
+            desc: false,
+        }];
+        let query = ExportQuery {
+            env,
+            filter: None,
+            order: &order,
+            page: Page {
+                offset: 0,
+                limit: u64::MAX >> 1,
+            },
+        };
+        Ok(self.list_exports(&query).await?.0)
     }
 
     /// Writes a changed export if its revision is still `export.revision` (else ABORTED, as an
@@ -468,6 +481,30 @@ impl Store {
             return Err(Error::not_found("export", name.to_string()));
         }
         Ok(())
+    }
+
+    /// Every entity the export names or its segments are built on, and its segments: what
+    /// validating it needs, in two queries.
+    pub async fn catalog_facts(&self, export: &Export) -> Result<CatalogFacts> {
+        let env = &export.name.env;
+        let segment_ids: Vec<String> = export.segments.iter().map(|s| s.id.clone()).collect();
+        let segments: HashMap<SegmentName, crate::domain::catalog::Segment> = self
+            .segments_by_ids(env, &segment_ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let mut entity_ids: Vec<String> = export.entities.iter().map(|e| e.id.clone()).collect();
+        entity_ids.extend(segments.values().map(|s| s.entity.id.clone()));
+        entity_ids.sort();
+        entity_ids.dedup();
+        let entities = self
+            .entities_by_ids(env, &entity_ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect();
+        Ok(CatalogFacts { entities, segments })
     }
 
     /// Entities of one environment by id (missing ones are left out).

@@ -2,9 +2,31 @@
 //! clauses. Each repository supplies only how its fields map to columns.
 
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
-use sea_orm::{Condition, Order, QueryOrder, sea_query::NullOrdering};
+use sea_orm::{
+    Condition, ConnectionTrait, EntityTrait, Order, PaginatorTrait, QueryOrder, QuerySelect, Select,
+    sea_query::NullOrdering,
+};
 
 use crate::domain::list_query::{CompareOp, Filter, OrderKey, Value};
+use crate::domain::paging::Page;
+use crate::error::Result;
+
+/// One page of the rows `select` finds, in the order `order` gives them, as domain values; and
+/// the number of all the rows it finds (a list's `total_size`).
+pub async fn page_of<E: EntityTrait, T>(
+    db: &impl ConnectionTrait,
+    select: Select<E>,
+    order: impl FnOnce(Select<E>) -> Select<E>,
+    page: Page,
+    to_domain: impl Fn(E::Model) -> Result<T>,
+) -> Result<(Vec<T>, u64)>
+where
+    E::Model: Sync,
+{
+    let total = select.clone().count(db).await?;
+    let models = order(select).offset(page.offset).limit(page.limit).all(db).await?;
+    Ok((models.into_iter().map(to_domain).collect::<Result<_>>()?, total))
+}
 
 /// Builds the condition of a filter; `leaf` turns one comparison into an expression.
 pub fn to_condition(filter: &Filter, leaf: &dyn Fn(&str, CompareOp, &Value) -> Expr) -> Condition {

@@ -9,17 +9,15 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
 
-mod changes;
 pub mod connections;
 pub mod delivered;
 pub mod entities;
 pub mod environments;
 pub mod exports;
+pub mod leases;
 pub mod list;
 pub mod migration;
 pub mod models;
-mod pg_copy;
-mod pg_nodelay;
 pub mod placement;
 pub mod record_rows;
 pub mod records;
@@ -29,9 +27,10 @@ pub mod runs;
 pub mod schedules;
 pub mod secrets;
 pub mod segments;
-mod sqlite_plans;
-mod statistics;
 pub mod system_refreshes;
+mod tuning;
+
+use tuning::{changes, pg_nodelay, sqlite_plans, statistics};
 
 pub use changes::{WriteTxn, Writer};
 pub use secrets::Sealer;

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::Store;
 use super::models::record::{Column, Entity as Table};
 use super::models::{segment, segment_member};
-use super::pg_copy::{Copied, CopyTxn, push_copy_text};
+use super::tuning::pg_copy::{Copied, CopyTxn, push_copy_text};
 use crate::domain::catalog::ValidRecord;
 use crate::domain::names::EntityName;
 use crate::error::{Error, Result};
@@ -408,6 +408,17 @@ async fn upsert_chunk_sqlite(
     db.execute_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values))
         .await?;
     Ok(())
+}
+
+/// A record that is not deleted, from a row whose first columns are its key, data and seq (the
+/// readers of segment members and of incremental deliveries select them so).
+pub(crate) fn live_record_of(row: &sea_orm::QueryResult) -> Result<StoredRecord> {
+    to_stored((
+        row.try_get_by_index(0)?,
+        row.try_get_by_index(1)?,
+        row.try_get_by_index(2)?,
+        false,
+    ))
 }
 
 fn to_stored((key, data, seq, deleted): (String, String, i64, bool)) -> Result<StoredRecord> {

@@ -5,8 +5,68 @@ use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
 use sha2::{Digest, Sha256};
 
 use super::models::request_id::{ActiveModel, Entity};
+use super::{Store, WriteTxn};
 use crate::domain::time::now_micros;
 use crate::error::{Error, Result};
+
+/// An idempotency key to record with a create.
+pub struct RequestKey<'a> {
+    pub method: &'a str,
+    pub request_id: &'a str,
+    pub hash: &'a str,
+}
+
+impl<'a> RequestKey<'a> {
+    /// The key of a create request, or None when the request has no request id.
+    pub fn given(method: &'a str, request_id: &'a str, hash: &'a str) -> Option<Self> {
+        (!request_id.is_empty()).then_some(RequestKey {
+            method,
+            request_id,
+            hash,
+        })
+    }
+}
+
+/// What [`create_once`] did: made the resource now, or found the one a request with the same id
+/// made before (its resource name).
+pub enum Outcome<T> {
+    Created(T),
+    Existing(String),
+}
+
+/// Runs an idempotent create (AIP-155) in one write transaction: a request id already used
+/// answers with what it produced; otherwise `create` writes the resource and returns it with
+/// its resource name, which is recorded under the request id in the same transaction. When the
+/// transaction fails and a concurrent request with the same id won (on PostgreSQL this one then
+/// fails on the unique index), the winner's result is the answer to both.
+pub async fn create_once<T>(
+    store: &Store,
+    env: &str,
+    request: Option<&RequestKey<'_>>,
+    create: impl AsyncFnOnce(&WriteTxn) -> Result<(T, String)>,
+) -> Result<Outcome<T>> {
+    let attempt = async {
+        let txn = store.writer().begin().await?;
+        if let Some(key) = request
+            && let Some(existing) = lookup(&txn, env, key.method, key.request_id, key.hash).await?
+        {
+            txn.commit().await?;
+            return Ok(Outcome::Existing(existing));
+        }
+        let (created, name) = create(&txn).await?;
+        if let Some(key) = request {
+            record(&txn, env, key.method, key.request_id, key.hash, &name).await?;
+        }
+        txn.commit().await?;
+        Ok(Outcome::Created(created))
+    };
+    match attempt.await {
+        Ok(outcome) => Ok(outcome),
+        Err(failure) => first_result_or(failure, store.primary(), env, request)
+            .await
+            .map(Outcome::Existing),
+    }
+}
 
 /// A request id as it arrives: empty = none.
 pub fn check_format(request_id: &str) -> Result<()> {
@@ -30,7 +90,7 @@ pub fn request_hash(encoded_request: &[u8]) -> String {
 }
 
 /// What a request id already produced, if anything.
-pub async fn lookup(
+async fn lookup(
     db: &impl ConnectionTrait,
     env: &str,
     method: &str,
@@ -50,8 +110,8 @@ pub async fn lookup(
     }
 }
 
-/// Records what a request id produced; call inside the transaction that creates the resource.
-pub async fn record(
+/// Records what a request id produced, inside the transaction that creates the resource.
+async fn record(
     db: &impl ConnectionTrait,
     env: &str,
     method: &str,
@@ -74,11 +134,11 @@ pub async fn record(
 /// After a create with a request id failed: on PostgreSQL a concurrent request with the same id
 /// may have won (this one then fails on a unique index); its result is the answer to both.
 /// Otherwise the failure stands.
-pub async fn first_result_or(
+async fn first_result_or(
     failure: Error,
     db: &impl ConnectionTrait,
     env: &str,
-    key: Option<&super::connections::RequestKey<'_>>,
+    key: Option<&RequestKey<'_>>,
 ) -> Result<String> {
     if let Some(key) = key
         && let Some(existing) = lookup(db, env, key.method, key.request_id, key.hash).await?

@@ -8,24 +8,22 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, LockBehavior, LockType};
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 
-use super::connections::RequestKey;
-use super::list::{SortColumn, apply_order, compare, to_condition};
+use super::Store;
+use super::list::{SortColumn, apply_order, compare, page_of, to_condition};
 use super::models::export as export_model;
-use super::models::lease;
 use super::models::run::{ActiveModel, Column, Entity as Table, Model};
-use super::{Store, request_ids};
-use crate::domain::export::Warning;
+use super::request_ids::{self, Outcome, RequestKey};
 use crate::domain::list_query::{CompareOp, Filter, OrderKey, Value};
 use crate::domain::names::{ExportName, RunName, generate_id};
 use crate::domain::paging::Page;
-use crate::domain::run::{Counts, Run, RunError, RunState, RunTrigger, Task};
+use crate::domain::run::{Counts, Run, RunError, RunState, RunTrigger, Task, Warning};
 use crate::domain::time::{Micros, now_micros};
 use crate::error::{Error, Result};
 
@@ -157,56 +155,24 @@ impl Store {
         waiting_for: &[String],
         request: Option<RequestKey<'_>>,
     ) -> Result<Run> {
-        match self
-            .create_run_once(export, trigger, waiting_for, request.as_ref())
-            .await
-        {
-            Ok(run) => Ok(run),
-            Err(e) => {
-                let existing = request_ids::first_result_or(e, self.primary(), &export.env, request.as_ref()).await?;
+        let outcome = request_ids::create_once(self, &export.env, request.as_ref(), async |txn| {
+            if let Some(active) = active_run_on(txn, export).await? {
+                return Err(run_active(export, &active));
+            }
+            let run = insert_run(txn, export, trigger, waiting_for).await?;
+            let name = run.name.to_string();
+            Ok((run, name))
+        })
+        .await?;
+        match outcome {
+            Outcome::Created(run) => Ok(run),
+            Outcome::Existing(existing) => {
                 let name = RunName::parse("request_id", &existing)?;
                 self.get_run(&name)
                     .await?
                     .ok_or_else(|| Error::not_found("export run", existing))
             }
         }
-    }
-
-    async fn create_run_once(
-        &self,
-        export: &ExportName,
-        trigger: RunTrigger,
-        waiting_for: &[String],
-        request: Option<&RequestKey<'_>>,
-    ) -> Result<Run> {
-        let txn = self.writer().begin().await?;
-        if let Some(key) = &request
-            && let Some(existing) = request_ids::lookup(&txn, &export.env, key.method, key.request_id, key.hash).await?
-        {
-            txn.commit().await?;
-            let name = RunName::parse("request_id", &existing)?;
-            return self
-                .get_run(&name)
-                .await?
-                .ok_or_else(|| Error::not_found("export run", existing));
-        }
-        if let Some(active) = active_run_on(&txn, export).await? {
-            return Err(run_active(export, &active));
-        }
-        let run = insert_run(&txn, export, trigger, waiting_for).await?;
-        if let Some(key) = &request {
-            request_ids::record(
-                &txn,
-                &export.env,
-                key.method,
-                key.request_id,
-                key.hash,
-                &run.name.to_string(),
-            )
-            .await?;
-        }
-        txn.commit().await?;
-        Ok(run)
     }
 
     /// For runs the system starts (schedules, system refreshes): a new run, or — when the
@@ -220,7 +186,7 @@ impl Store {
         let txn = self.writer().begin().await?;
         if active_run_on(&txn, export).await?.is_some() {
             export_model::Entity::update_many()
-                .col_expr(Alias::new("catch_up_trigger"), Expr::val(trigger.number()))
+                .col_expr(export_model::Column::CatchUpTrigger, Expr::val(trigger.number()))
                 .filter(export_model::Column::Env.eq(&export.env))
                 .filter(export_model::Column::Id.eq(&export.id))
                 .exec(&txn)
@@ -261,23 +227,26 @@ impl Store {
         if let Some(filter) = query.filter {
             condition = condition.add(to_condition(filter, &run_filter_leaf));
         }
-        let select = Table::find().filter(condition);
-        let total = select.clone().count(self.reader()).await?;
-        let select = apply_order(
-            select,
-            query.order,
-            &|_| SortColumn {
-                expr: Expr::col(Column::CreateTime),
-                nulls_last: false,
+        // Runs sort by one key only: their create time.
+        let by_create_time = |_: &str| SortColumn {
+            expr: Expr::col(Column::CreateTime),
+            nulls_last: false,
+        };
+        page_of(
+            self.reader(),
+            Table::find().filter(condition),
+            |select| {
+                apply_order(
+                    select,
+                    query.order,
+                    &by_create_time,
+                    vec![Expr::col(Column::Export), Expr::col(Column::Id)],
+                )
             },
-            vec![Expr::col(Column::Export), Expr::col(Column::Id)],
-        );
-        let models = select
-            .offset(query.page.offset)
-            .limit(query.page.limit)
-            .all(self.reader())
-            .await?;
-        Ok((models.into_iter().map(to_domain).collect::<Result<_>>()?, total))
+            query.page,
+            to_domain,
+        )
+        .await
     }
 
     /// How many runs are in `state` (all environments).
@@ -448,7 +417,7 @@ impl Store {
         }
         if let Some(sync_state) = &finish.sync_state {
             export_model::Entity::update_many()
-                .col_expr(Alias::new("sync_state"), Expr::val(json(sync_state)))
+                .col_expr(export_model::Column::SyncState, Expr::val(json(sync_state)))
                 .filter(export_model::Column::Env.eq(&name.env))
                 .filter(export_model::Column::Id.eq(&name.export))
                 .exec(&txn)
@@ -598,7 +567,7 @@ impl Store {
     pub async fn export_sync_state(&self, export: &ExportName) -> Result<BTreeMap<String, i64>> {
         let text: Option<Option<String>> = export_model::Entity::find()
             .select_only()
-            .column_as(Expr::col(Alias::new("sync_state")), "sync_state")
+            .column(export_model::Column::SyncState)
             .filter(export_model::Column::Env.eq(&export.env))
             .filter(export_model::Column::Id.eq(&export.id))
             .into_tuple()
@@ -610,47 +579,6 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// Takes or renews the named lease for `owner`; true while `owner` holds it. Several
-    /// processes on one database agree on one holder (the scheduler).
-    pub async fn acquire_lease(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
-        let now = now_micros();
-        let expires = now + ttl.as_micros() as i64;
-        let txn = self.untracked_writer().begin().await?;
-        let mut select = lease::Entity::find_by_id(name.to_string());
-        if self.backend() == DbBackend::Postgres {
-            select = select.lock(LockType::Update);
-        }
-        let held = match select.one(&txn).await? {
-            None => {
-                let row = lease::ActiveModel {
-                    name: Set(name.to_string()),
-                    owner: Set(owner.to_string()),
-                    expires_at: Set(expires),
-                };
-                match lease::Entity::insert(row).exec(&txn).await {
-                    Ok(_) => true,
-                    Err(e) if super::is_unique_violation(&e) => false,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Some(current) if current.owner == owner || current.expires_at < now => {
-                lease::Entity::update_many()
-                    .col_expr(lease::Column::Owner, Expr::val(owner))
-                    .col_expr(lease::Column::ExpiresAt, Expr::val(expires))
-                    .filter(lease::Column::Name.eq(name))
-                    .filter(lease::Column::Owner.eq(&current.owner))
-                    .filter(lease::Column::ExpiresAt.eq(current.expires_at))
-                    .exec(&txn)
-                    .await?
-                    .rows_affected
-                    > 0
-            }
-            Some(_) => false,
-        };
-        txn.commit().await?;
-        Ok(held)
-    }
-
     /// Ids of exports with a pending catch-up and no active run (left over by a crash between
     /// a run's end and its catch-up's start): they get their run now.
     pub async fn start_pending_catch_ups(&self) -> Result<Vec<Run>> {
@@ -658,7 +586,7 @@ impl Store {
             .select_only()
             .column(export_model::Column::Env)
             .column(export_model::Column::Id)
-            .filter(Expr::col(Alias::new("catch_up_trigger")).is_not_null())
+            .filter(export_model::Column::CatchUpTrigger.is_not_null())
             .into_tuple()
             .all(self.primary())
             .await?;
@@ -794,7 +722,7 @@ async fn mirror_on_export(
 async fn start_catch_up(db: &impl ConnectionTrait, export: &ExportName) -> Result<Option<Run>> {
     let trigger: Option<Option<i32>> = export_model::Entity::find()
         .select_only()
-        .column_as(Expr::col(Alias::new("catch_up_trigger")), "catch_up_trigger")
+        .column(export_model::Column::CatchUpTrigger)
         .filter(export_model::Column::Env.eq(&export.env))
         .filter(export_model::Column::Id.eq(&export.id))
         .into_tuple()
@@ -804,7 +732,7 @@ async fn start_catch_up(db: &impl ConnectionTrait, export: &ExportName) -> Resul
         return Ok(None);
     };
     export_model::Entity::update_many()
-        .col_expr(Alias::new("catch_up_trigger"), Expr::val(Option::<i32>::None))
+        .col_expr(export_model::Column::CatchUpTrigger, Expr::val(Option::<i32>::None))
         .filter(export_model::Column::Env.eq(&export.env))
         .filter(export_model::Column::Id.eq(&export.id))
         .exec(db)
@@ -828,26 +756,6 @@ fn run_filter_leaf(field: &str, op: CompareOp, value: &Value) -> Expr {
             Err(_) => Expr::val(false).eq(true),
         },
         _ => Expr::val(false).eq(true),
-    }
-}
-
-impl Store {
-    /// Every export of an environment, with its connection (for RunAllExports).
-    pub async fn all_exports(&self, env: &str) -> Result<Vec<super::exports::StoredExport>> {
-        let order = [OrderKey {
-            field: "display_name".into(),
-            desc: false,
-        }];
-        let query = super::exports::ExportQuery {
-            env,
-            filter: None,
-            order: &order,
-            page: Page {
-                offset: 0,
-                limit: u64::MAX >> 1,
-            },
-        };
-        Ok(self.list_exports(&query).await?.0)
     }
 }
 

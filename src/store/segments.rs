@@ -12,11 +12,14 @@ use sea_orm::{
 };
 
 use super::Store;
+use super::list::page_of;
 use super::models::segment::{ActiveModel, Column, Entity as Table, Model};
 use super::models::{record, segment_member};
 use super::records::StoredRecord;
-use crate::domain::catalog::{Segment, SegmentDefinition, parse_segment_type, segment_type_str};
+use crate::domain::catalog::{Segment, SegmentDefinition};
+use crate::domain::connection_type::SegmentType;
 use crate::domain::names::{EntityName, SegmentName};
+use crate::domain::paging::Page;
 use crate::domain::time::now_micros;
 use crate::error::{Error, Result};
 
@@ -26,7 +29,7 @@ pub(crate) fn to_domain(model: Model) -> Result<Segment> {
     Ok(Segment {
         name: SegmentName::new(&model.env, &model.id),
         entity: EntityName::new(&model.env, &model.entity),
-        segment_type: parse_segment_type(&model.segment_type)
+        segment_type: SegmentType::parse(&model.segment_type)
             .ok_or_else(|| Error::internal(format!("segment '{}' is corrupt", model.id)))?,
         definition: match model.rule {
             Some(rule) => SegmentDefinition::Rule(rule),
@@ -92,7 +95,7 @@ async fn insert_segment(
         id: Set(segment.name.id.clone()),
         display_name: Set(segment.display_name.clone()),
         entity: Set(segment.entity.id.clone()),
-        segment_type: Set(segment_type_str(segment.segment_type).to_string()),
+        segment_type: Set(segment.segment_type.as_str().to_string()),
         rule: Set(stored_rule(&segment.definition)),
         member_count: Set(member_count),
         generation: Set(generation.0),
@@ -145,15 +148,14 @@ impl Store {
     }
 
     pub async fn list_segments(&self, env: &str, offset: u64, limit: u64) -> Result<(Vec<Segment>, u64)> {
-        let query = Table::find().filter(Column::Env.eq(env));
-        let total = query.clone().count(self.reader()).await?;
-        let models = query
-            .order_by_asc(Column::Id)
-            .offset(offset)
-            .limit(limit)
-            .all(self.reader())
-            .await?;
-        Ok((models.into_iter().map(to_domain).collect::<Result<_>>()?, total))
+        page_of(
+            self.reader(),
+            Table::find().filter(Column::Env.eq(env)),
+            |select| select.order_by_asc(Column::Id),
+            Page { offset, limit },
+            to_domain,
+        )
+        .await
     }
 
     /// Segments built on one entity.
@@ -351,23 +353,7 @@ impl Store {
             query.and_where(Expr::col((r, R::Key)).gt(after));
         }
         let rows = self.reader().query_all(&query).await?;
-        rows.into_iter()
-            .map(|row| {
-                let key: String = row.try_get("", "key")?;
-                let data: String = row.try_get("", "data")?;
-                let seq: i64 = row.try_get("", "seq")?;
-                let data = match serde_json::from_str(&data) {
-                    Ok(serde_json::Value::Object(map)) => map,
-                    _ => return Err(Error::internal(format!("record '{key}' is corrupt"))),
-                };
-                Ok(StoredRecord {
-                    key,
-                    data,
-                    seq,
-                    deleted: false,
-                })
-            })
-            .collect()
+        rows.iter().map(super::records::live_record_of).collect()
     }
 
     /// Member keys of the current generation (for tests and small segments).

@@ -207,7 +207,7 @@ async fn list_settings_in_the_config_file_take_both_forms() {
         }
         // Secrets are sealed with the configured key.
         let mut connections = t.connections("acme", Role::Admin).await;
-        let lake = crate::exports::connection(
+        let lake = crate::common::connection(
             "acme",
             "lake",
             "Lake",

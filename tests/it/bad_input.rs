@@ -14,10 +14,8 @@ use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::catalog::{CUSTOMERS, write};
+use crate::common::raw;
 use crate::common::*;
-use crate::exports::{ACME, VIP, acme, data_out, mask};
-use crate::raw;
 
 const FILES: &str = "environments/acme/connections/files";
 const NIGHTLY: &str = "environments/acme/exports/nightly";
@@ -170,7 +168,7 @@ fn update_export(edit: impl FnOnce(&mut pb::Export), paths: &[&str]) -> pb::Upda
 }
 
 fn entity_with(edit: impl FnOnce(&mut pb::Entity)) -> pb::CreateEntityRequest {
-    let mut request = crate::catalog::customers_entity("acme", "new", pb::EntityKind::Profile);
+    let mut request = crate::common::customers_entity("acme", "new", pb::EntityKind::Profile);
     edit(request.entity.as_mut().unwrap());
     request
 }
@@ -798,7 +796,7 @@ fn corpus(t: &TestServer) -> Vec<Case> {
         bad(
             "CatalogService/CreateEntity",
             "1,001 fields",
-            entity_with(|e| e.fields = vec![crate::catalog::field("f", pb::FieldType::String); 1_001]),
+            entity_with(|e| e.fields = vec![crate::common::field("f", pb::FieldType::String); 1_001]),
         )
         .field("entity.fields")
         .says("at most 1000 items"),
@@ -1451,7 +1449,7 @@ async fn the_cli_refuses_a_system_refresh_cron_that_never_matches() {
     let before = catalog.get_environment(get.clone()).await.unwrap().into_inner();
     let data_dir = t.data_dir.path().to_str().unwrap().to_string();
     let envs = [("EXPORTD_DATABASE_URL", t.database_url.as_str())];
-    let (code, _, err) = crate::process::run(
+    let (code, _, err) = crate::common::run(
         &[
             "environment",
             "update",

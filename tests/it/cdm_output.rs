@@ -9,10 +9,7 @@ use exportd::auth::Role;
 use exportd::pb;
 use serde_json::{Value, json};
 
-use crate::catalog::{CUSTOMERS, field, ten_customers, write, write_all};
 use crate::common::*;
-use crate::exports::{ACME, data_out, export_name, mask, segment_export};
-use crate::runs::{VIP, create_export, out, setup};
 
 const PEOPLE: &str = "environments/acme/entities/people";
 const ORDERS_BY_ID: &str = "environments/acme/entities/purchases";
@@ -211,31 +208,6 @@ pub fn schema_errors(model: &Value) -> Vec<String> {
         .collect()
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
-
-/// The file a `file://` location names (absolute).
-fn path_of(location: &str) -> PathBuf {
-    let path = location
-        .strip_prefix("file://")
-        .unwrap_or_else(|| panic!("a file:// URL: {location}"));
-    assert!(path.starts_with('/'), "absolute: {location}");
-    PathBuf::from(percent_decode(path))
-}
-
 fn run_id(run: &pb::ExportRun) -> String {
     run.name.rsplit('/').next().unwrap().to_string()
 }
@@ -334,7 +306,7 @@ fn check_model(folder: &Path, export_id: &str, delimiter: &str, entities: &[Expe
                 assert!(p["refreshTime"].is_string(), "{p:#}");
                 assert_eq!(p["fileFormatSettings"]["columnHeaders"], true, "{p:#}");
                 assert_eq!(p["fileFormatSettings"]["delimiter"], delimiter, "{p:#}");
-                let path = path_of(p["location"].as_str().unwrap());
+                let path = path_of_location(p["location"].as_str().unwrap());
                 assert!(path.is_file(), "{} exists", path.display());
                 path
             })
@@ -721,8 +693,8 @@ async fn json_string_values_read_back_as_strings() {
 async fn incremental_segment_exports_send_joined_changed_and_left_members() {
     let t = setup(Options::default()).await;
     let mut catalog = t.catalog("acme", Role::Admin).await;
-    let segment = crate::catalog::create_pushed_segment(&mut catalog, "acme", "picked", "customers", "Picked").await;
-    crate::catalog::set_members(
+    let segment = crate::common::create_pushed_segment(&mut catalog, "acme", "picked", "customers", "Picked").await;
+    crate::common::set_members(
         &mut catalog,
         &segment.name,
         vec![vec!["c00".into(), "c01".into(), "c02".into()]],
@@ -763,7 +735,7 @@ async fn incremental_segment_exports_send_joined_changed_and_left_members() {
     );
 
     // c03 joins (its record unchanged), c02 leaves, c00's record changes, c01's is deleted.
-    crate::catalog::set_members(
+    crate::common::set_members(
         &mut catalog,
         &segment.name,
         vec![vec!["c00".into(), "c01".into(), "c03".into()]],
@@ -804,13 +776,13 @@ async fn incremental_rows_carry_the_key_when_the_mapping_leaves_it_out() {
     let t = setup(Options::default()).await;
     let mut catalog = t.catalog("acme", Role::Admin).await;
     // c02, c05, c08.
-    let france = crate::catalog::create_rule_segment(&mut catalog, "acme", "france", "customers", "country == \"FR\"")
+    let france = crate::common::create_rule_segment(&mut catalog, "acme", "france", "customers", "country == \"FR\"")
         .await
         .unwrap();
     assert_eq!(france.member_count, 3);
     let mut admin = t.exports("acme", Role::Admin).await;
     let incremental = |request: pb::CreateExportRequest| {
-        let mut request = crate::runs::with_schedule(request, crate::runs::schedule_off());
+        let mut request = crate::common::with_schedule(request, crate::common::schedule_off());
         request.export.as_mut().unwrap().sync_mode = pb::SyncMode::Incremental as i32;
         request
     };
@@ -886,7 +858,7 @@ async fn incremental_rows_carry_the_key_when_the_mapping_leaves_it_out() {
         .await
         .unwrap()
         .into_inner();
-    crate::catalog::wait_for_system_refresh(&mut catalog, &refresh.name).await;
+    crate::common::wait_for_system_refresh(&mut catalog, &refresh.name).await;
 
     let second = run_ok(&mut admin, &export).await;
     let mut rows = read_csv(&partition(&second), b',');
@@ -951,7 +923,7 @@ async fn keep_runs_removes_older_runs_after_each_commit() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| path_of(p["location"].as_str().unwrap()))
+        .map(|p| path_of_location(p["location"].as_str().unwrap()))
         .collect();
     assert_eq!(
         locations,

@@ -4,7 +4,6 @@ use exportd::pb;
 use tonic::Code;
 
 use crate::common::*;
-use crate::process::{ServeProcess, run, run_in};
 
 async fn client(addr: &str, token: &str) -> Connections {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -260,7 +259,7 @@ async fn run_export_starts_a_run_and_follows_it_to_its_end() {
     let mut exports = pb::export_service_client::ExportServiceClient::new(authed);
     let mut connections = client(&server.addr, &token).await;
     catalog
-        .create_entity(crate::catalog::customers_entity(
+        .create_entity(crate::common::customers_entity(
             "demo",
             "customers",
             pb::EntityKind::Profile,
@@ -268,9 +267,9 @@ async fn run_export_starts_a_run_and_follows_it_to_its_end() {
         .await
         .unwrap();
     catalog
-        .write_records(tokio_stream::iter(vec![crate::catalog::write(
+        .write_records(tokio_stream::iter(vec![crate::common::write(
             "environments/demo/entities/customers",
-            crate::catalog::ten_customers(),
+            crate::common::ten_customers(),
             &[],
         )]))
         .await
@@ -293,7 +292,7 @@ async fn run_export_starts_a_run_and_follows_it_to_its_end() {
     connections.create_connection(webhook).await.unwrap();
     for (id, connection) in [("lake", "files"), ("hooked", "hook")] {
         exports
-            .create_export(crate::exports::data_out(
+            .create_export(crate::common::data_out(
                 "demo",
                 id,
                 id,
@@ -528,7 +527,7 @@ async fn operator_commands_read_as_words_and_find_the_server() {
                 }),
                 ..Default::default()
             }),
-            update_mask: crate::exports::mask(&["system_refresh_schedule"]),
+            update_mask: crate::common::mask(&["system_refresh_schedule"]),
         })
         .await
         .unwrap();

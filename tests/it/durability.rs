@@ -2,127 +2,15 @@
 //! taken over, and it completes exactly once with every row; two servers on one PostgreSQL
 //! execute each due run exactly once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
-use base64::Engine as _;
 use exportd::auth::Role;
 use exportd::pb;
 use serde_json::json;
 
-use crate::catalog::{customers_entity, write};
 use crate::common::*;
-use crate::process::{ServeProcess, run};
 use crate::storage_targets::Storage;
-
-pub(crate) fn token(env: &str) -> String {
-    let roles = BTreeMap::from([(env.to_string(), Role::Admin)]);
-    exportd::auth::jwt::sign_hs256(HS_SECRET.as_bytes(), "durability", &roles, Duration::from_secs(3600)).unwrap()
-}
-
-pub(crate) fn server_env(database_url: &str, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
-    let mut envs = vec![
-        ("EXPORTD_DATABASE_URL", database_url.to_string()),
-        ("EXPORTD_JWT_HS256_SECRET", HS_SECRET.to_string()),
-        (
-            "EXPORTD_SEALING_KEYS",
-            format!(
-                "test1:{}",
-                base64::engine::general_purpose::STANDARD.encode(SEALING_KEY)
-            ),
-        ),
-        ("EXPORTD_LOG_FILTER", "info,sqlx=warn,sea_orm=warn".to_string()),
-    ];
-    envs.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-    envs
-}
-
-pub(crate) fn start(dir: &std::path::Path, envs: &[(&'static str, String)]) -> ServeProcess {
-    let borrowed: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    ServeProcess::start(dir, &[], &borrowed)
-}
-
-pub(crate) async fn clients(addr: &str, env: &str) -> (Catalog, Connections, Exports) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let authed = tonic::service::interceptor::InterceptedService::new(channel, Bearer(Some(token(env))));
-    (
-        pb::catalog_service_client::CatalogServiceClient::new(authed.clone()).max_encoding_message_size(64 << 20),
-        pb::connection_service_client::ConnectionServiceClient::new(authed.clone()),
-        pb::export_service_client::ExportServiceClient::new(authed),
-    )
-}
-
-/// Creates the database (as an operator does before the first start) and an environment in it.
-pub(crate) fn create_environment(dir: &std::path::Path, envs: &[(&'static str, String)], id: &str) {
-    let borrowed: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (code, _, err) = run(&["migrate", "--data-dir", dir.to_str().unwrap()], &borrowed);
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run(
-        &[
-            "environment",
-            "create",
-            id,
-            "--kind",
-            "b2c",
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ],
-        &borrowed,
-    );
-    assert_eq!(code, 0, "{err}");
-}
-
-/// Polls a run until `done` holds (bounded).
-pub(crate) async fn wait_run(
-    exports: &mut Exports,
-    name: &str,
-    what: &str,
-    done: impl Fn(&pb::ExportRun) -> bool,
-) -> pb::ExportRun {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(run) = exports
-            .get_export_run(pb::GetExportRunRequest { name: name.into() })
-            .await
-        {
-            let run = run.into_inner();
-            if done(&run) {
-                return run;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "run {name} never reached: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Every data row of the partitions model.json points to, as (key, row) — read back from disk.
-pub(crate) fn exported_keys(root: &std::path::Path, export: &str) -> Vec<String> {
-    let model: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join(export).join("model.json")).unwrap()).unwrap();
-    let mut keys = Vec::new();
-    for entity in model["entities"].as_array().unwrap() {
-        for partition in entity["partitions"].as_array().unwrap() {
-            let path = partition["location"]
-                .as_str()
-                .unwrap()
-                .strip_prefix("file://")
-                .unwrap()
-                .to_string();
-            let mut reader = csv::Reader::from_path(path).unwrap();
-            for record in reader.records() {
-                keys.push(record.unwrap()[0].to_string());
-            }
-        }
-    }
-    keys
-}
 
 #[tokio::test]
 async fn a_run_killed_mid_way_is_taken_over_and_completes_exactly_once() {
@@ -258,9 +146,9 @@ async fn killed_mid_run_then_taken_over(storage: Option<Storage>) {
     let unique: HashSet<&String> = keys.iter().collect();
     assert_eq!(keys.len(), RECORDS, "every row exactly once");
     assert_eq!(unique.len(), RECORDS);
-    let metrics = crate::metrics::scrape(&second);
+    let metrics = crate::common::scrape(&second);
     assert_eq!(
-        crate::metrics::sample(&metrics, "exportd_run_lease_takeovers_total"),
+        crate::common::sample(&metrics, "exportd_run_lease_takeovers_total"),
         Some(1.0),
         "{metrics}"
     );
@@ -335,31 +223,32 @@ async fn two_servers_on_one_postgres_execute_each_due_run_exactly_once() {
             .unwrap();
         db.close().await.unwrap();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let runs = loop {
-        let runs = exports
-            .list_export_runs(pb::ListExportRunsRequest {
-                parent: "environments/acme/exports/-".into(),
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .runs;
-        let done = runs
-            .iter()
-            .filter(|r| r.state == pb::RunState::Succeeded as i32)
-            .count();
-        if done >= EXPORTS {
-            break runs;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {done} of {EXPORTS} runs succeeded"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let runs = eventually(
+        Duration::from_secs(120),
+        format_args!("{EXPORTS} runs succeeding"),
+        async || {
+            let runs = exports
+                .list_export_runs(pb::ListExportRunsRequest {
+                    parent: "environments/acme/exports/-".into(),
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .runs;
+            let done = runs
+                .iter()
+                .filter(|r| r.state == pb::RunState::Succeeded as i32)
+                .count();
+            if done >= EXPORTS {
+                Ok(runs)
+            } else {
+                Err(format!("only {done} of {EXPORTS} runs succeeded"))
+            }
+        },
+    )
+    .await;
     assert_eq!(runs.len(), EXPORTS, "one run per due export, never two");
     let per_export: HashSet<&String> = runs.iter().map(|r| &r.export).collect();
     assert_eq!(per_export.len(), EXPORTS);
@@ -387,17 +276,17 @@ async fn two_servers_on_one_postgres_execute_each_due_run_exactly_once() {
 #[tokio::test]
 async fn a_run_whose_process_died_after_committing_is_not_written_twice() {
     use sea_orm::{ConnectionTrait, Database};
-    let t = crate::runs::setup(Options::default().var("EXPORTD_RUN_LEASE_SECONDS", "2")).await;
+    let t = crate::common::setup(Options::default().var("EXPORTD_RUN_LEASE_SECONDS", "2")).await;
     let mut exports = t.exports("acme", Role::Admin).await;
-    let export = crate::runs::create_export(
+    let export = crate::common::create_export(
         &mut exports,
-        crate::exports::data_out("acme", "lake", "Lake", "files", &[crate::catalog::CUSTOMERS]),
+        crate::common::data_out("acme", "lake", "Lake", "files", &[crate::common::CUSTOMERS]),
     )
     .await;
     let first = run_export(&mut exports, &export.name).await;
     let done = wait_for_end(&mut exports, &first.name).await;
     assert_eq!(done.state, pb::RunState::Succeeded as i32);
-    let root = crate::runs::out(&t);
+    let root = crate::common::out(&t);
     let model = std::fs::read(root.join("lake/model.json")).unwrap();
 
     // As if the process had died between the commit and recording it: the run is RUNNING

@@ -6,7 +6,6 @@ use exportd::pb;
 use serde_json::json;
 use tonic::Code;
 
-use crate::catalog::{create_pushed_segment, customers_entity, set_members, write, write_all};
 use crate::common::*;
 
 fn connection(

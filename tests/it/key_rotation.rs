@@ -9,8 +9,6 @@ use exportd::pb;
 use tonic::Code;
 
 use crate::common::*;
-use crate::durability::{clients, create_environment};
-use crate::process::{ServeProcess, borrowed, run};
 
 const K1: [u8; 32] = [1u8; 32];
 const K2: [u8; 32] = [2u8; 32];

@@ -10,9 +10,7 @@ use prost::Message;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::catalog::CUSTOMERS;
 use crate::common::*;
-use crate::exports::{ACME, acme, data_out};
 
 /// A default gRPC client's largest answer.
 const CLIENT_LIMIT: usize = 4 * 1024 * 1024;

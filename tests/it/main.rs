@@ -18,8 +18,6 @@ mod metrics;
 mod migrations;
 mod not_built;
 mod output_areas;
-mod process;
-mod raw;
 mod readme;
 mod recurrences;
 mod request_ids;

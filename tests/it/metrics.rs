@@ -5,10 +5,7 @@ use exportd::pb;
 use serde_json::json;
 use tonic::Code;
 
-use crate::catalog::{customers_entity, write};
 use crate::common::*;
-use crate::durability::{clients, create_environment, server_env};
-use crate::process::{ServeProcess, borrowed, http_get};
 
 /// Every series of PRODUCT.md §16 with its type, in the order the endpoint lists them.
 const SERIES: [(&str, &str); 11] = [
@@ -24,20 +21,6 @@ const SERIES: [(&str, &str); 11] = [
     ("exportd_target_requests_total", "counter"),
     ("exportd_target_retries_total", "counter"),
 ];
-
-/// The value of one sample line (`name{labels} value`), if the scrape has it.
-pub(crate) fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-pub(crate) fn scrape(server: &ServeProcess) -> String {
-    let url = server.metrics_url.as_ref().expect("the server serves metrics");
-    let (status, body) = http_get(url, "GET");
-    assert_eq!(status, 200, "{body}");
-    body
-}
 
 #[tokio::test]
 async fn a_scrape_after_a_known_workload_shows_every_series_with_exact_counts() {
@@ -104,8 +87,8 @@ async fn a_scrape_after_a_known_workload_shows_every_series_with_exact_counts() 
         .connect()
         .await
         .unwrap();
-    let token = crate::durability::token("acme");
-    let made_up = crate::raw::unary(
+    let token = crate::common::token("acme");
+    let made_up = crate::common::raw::unary(
         channel,
         Some(&token),
         "/exportd.v1.ExportService/NoSuchMethod-42",

@@ -6,8 +6,6 @@
 use std::process::{Command, Stdio};
 
 use crate::common::*;
-use crate::durability::{clients, server_env};
-use crate::process::{EXE, ServeProcess, borrowed, run};
 
 #[tokio::test]
 async fn three_servers_started_at_once_on_an_empty_database_all_come_up_and_migrate_once() {

@@ -5,9 +5,7 @@ use exportd::auth::Role;
 use exportd::pb;
 use tonic::Code;
 
-use crate::catalog::CUSTOMERS;
 use crate::common::*;
-use crate::exports::{ACME, acme, data_out, mask};
 
 const NIGHTLY: &str = "environments/acme/exports/nightly";
 const POLICY: &str = "environments/acme/alertPolicies/failures";

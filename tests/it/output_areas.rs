@@ -9,9 +9,7 @@ use exportd::auth::Role;
 use exportd::pb;
 use tonic::Code;
 
-use crate::catalog::{customers_entity, ten_customers, write, write_all};
 use crate::common::*;
-use crate::exports::{conn_name, data_out, export_name, mask};
 
 fn exports_root(t: &TestServer) -> PathBuf {
     t.data_dir.path().join("exports")
@@ -71,8 +69,7 @@ fn exported_keys(folder: &Path) -> Vec<String> {
     for entity in model["entities"].as_array().unwrap() {
         for partition in entity["partitions"].as_array().unwrap() {
             let location = partition["location"].as_str().unwrap();
-            let path = location.strip_prefix("file://").unwrap();
-            let text = std::fs::read_to_string(path).unwrap();
+            let text = std::fs::read_to_string(path_of_location(location)).unwrap();
             keys.extend(
                 text.lines()
                     .skip(1)
@@ -713,7 +710,11 @@ async fn run_messages_name_a_connections_folder_only_to_callers_who_may_see_it()
     };
     // Admins read where the files are.
     assert!(
-        finalize(&secret).contains(&format!("file://{}/secret/model.json", hidden.display())),
+        finalize(&secret).contains(
+            url::Url::from_file_path(hidden.join("secret/model.json"))
+                .unwrap()
+                .as_str()
+        ),
         "{}",
         finalize(&secret)
     );

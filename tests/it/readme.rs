@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::process::EXE;
-use crate::sdk_python::required;
+use crate::common::*;
 
 /// The walkthrough block of the README.
 fn walkthrough() -> String {

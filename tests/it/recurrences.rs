@@ -9,10 +9,7 @@ use exportd::pb;
 use pb::google::r#type::DayOfWeek;
 use sea_orm::{ColumnTrait, ConnectionTrait, Database, EntityTrait, QueryFilter};
 
-use crate::catalog::CUSTOMERS;
 use crate::common::*;
-use crate::exports::{data_out, export_name, mask};
-use crate::runs::{api_only, create_export, setup, with_schedule};
 
 fn time_of(timestamp: &Option<prost_types::Timestamp>) -> DateTime<Utc> {
     let t = timestamp.as_ref().expect("a timestamp");

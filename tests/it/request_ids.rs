@@ -5,10 +5,8 @@ use exportd::auth::Role;
 use exportd::pb;
 use prost::Message;
 
-use crate::catalog::CUSTOMERS;
+use crate::common::raw;
 use crate::common::*;
-use crate::exports::{ACME, acme, data_out};
-use crate::raw;
 
 const RETRIES: usize = 50;
 

@@ -8,11 +8,7 @@ use exportd::auth::policy::{self, Action, Rule, TABLE};
 use exportd::pb;
 use tonic::Code;
 
-use crate::catalog::{
-    CUSTOMERS, create_pushed_segment, customers_entity, ten_customers, wait_for_system_refresh, write,
-};
 use crate::common::*;
-use crate::exports::data_out;
 
 /// RPCs in the protos that are not built yet: where the table allows them they answer
 /// UNIMPLEMENTED (after the same authorization as every RPC).

@@ -12,8 +12,9 @@ use serde_json::json;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::catalog::{CUSTOMERS, create_rule_segment, customers_entity, wait_for_system_refresh, write, write_all};
 use crate::common::{Catalog, Options, TestServer, bad_fields, expect_code, reason};
+
+use crate::common::*;
 
 /// A literal list of `n` numbers.
 fn list(n: usize) -> String {

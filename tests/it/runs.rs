@@ -2,115 +2,13 @@
 //! dependency waits, system refreshes, cancellation in every state, RunExport's rules and
 //! catch-up runs. The CDM files themselves are read back in `cdm_output`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use exportd::auth::Role;
 use exportd::pb;
 use tonic::Code;
-use tonic_types::StatusExt;
 
-use crate::catalog::{
-    CUSTOMERS, create_rule_segment, customers_entity, field, ten_customers, wait_for_system_refresh, write, write_all,
-};
 use crate::common::*;
-use crate::exports::{ACME, connection, data_out, export_name, mailchimp, segment_export};
-
-pub const VIP: &str = "environments/acme/segments/vip";
-pub const ORDERS: &str = "environments/acme/entities/orders";
-
-/// A server whose workers execute nothing: runs stay QUEUED (or WAITING_FOR_DEPENDENCIES).
-pub fn api_only() -> Options {
-    Options::default().var("EXPORTD_WORKERS", "0")
-}
-
-/// Where the `files` connection writes.
-pub fn out(t: &TestServer) -> PathBuf {
-    t.data_dir.path().join("out")
-}
-
-/// acme with the customers entity (ten records), an empty `orders` entity, the rule segment
-/// `vip` (5 members) and two local-files connections: `files` (shared, writing under
-/// `<data dir>/out`) and `private` (not shared, under `<data dir>/private`).
-pub async fn setup(options: Options) -> TestServer {
-    let t = TestServer::start_with(options).await;
-    let mut catalog = t.catalog("acme", Role::Admin).await;
-    catalog
-        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
-        .await
-        .unwrap();
-    catalog
-        .create_entity(customers_entity("acme", "orders", pb::EntityKind::Other))
-        .await
-        .unwrap();
-    write_all(&mut catalog, vec![write(CUSTOMERS, ten_customers(), &[])])
-        .await
-        .unwrap();
-    let vip = create_rule_segment(&mut catalog, "acme", "vip", "customers", "vip == true")
-        .await
-        .unwrap();
-    assert_eq!(vip.member_count, 5);
-    let mut connections = t.connections("acme", Role::Admin).await;
-    connections
-        .create_connection(local_files_at("acme", "files", "Files", true, &out(&t)))
-        .await
-        .unwrap();
-    connections
-        .create_connection(local_files_at(
-            "acme",
-            "private",
-            "Private",
-            false,
-            &t.data_dir.path().join("private"),
-        ))
-        .await
-        .unwrap();
-    t
-}
-
-pub fn schedule_off() -> pb::Schedule {
-    pb::Schedule {
-        enabled: false,
-        trigger: Some(pb::schedule::Trigger::SystemRefresh(pb::SystemRefreshTrigger {})),
-        next_run_time: None,
-    }
-}
-
-/// On, on a cron that does not come due during a test (midnight on January 1st).
-pub fn yearly_cron() -> pb::Schedule {
-    pb::Schedule {
-        enabled: true,
-        trigger: Some(pb::schedule::Trigger::Cron(pb::CronSchedule {
-            expression: "0 0 1 1 *".into(),
-            time_zone: String::new(),
-        })),
-        next_run_time: None,
-    }
-}
-
-pub fn with_schedule(mut request: pb::CreateExportRequest, schedule: pb::Schedule) -> pb::CreateExportRequest {
-    request.export.as_mut().unwrap().schedule = Some(schedule);
-    request
-}
-
-pub async fn create_export(client: &mut Exports, request: pb::CreateExportRequest) -> pb::Export {
-    client.create_export(request).await.unwrap().into_inner()
-}
-
-pub async fn list_runs(client: &mut Exports, parent: &str, filter: &str, order_by: &str) -> Vec<pb::ExportRun> {
-    client
-        .list_export_runs(pb::ListExportRunsRequest {
-            parent: parent.into(),
-            filter: filter.into(),
-            order_by: order_by.into(),
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|s| panic!("ListExportRuns {parent} {filter:?} {order_by:?}: {s:?}"))
-        .into_inner()
-        .runs
-}
 
 fn names(runs: &[pb::ExportRun]) -> Vec<String> {
     runs.iter().map(|r| r.name.clone()).collect()
@@ -124,20 +22,6 @@ async fn cancel(client: &mut Exports, name: &str) -> pb::ExportRun {
         .into_inner()
 }
 
-pub async fn start_refresh(catalog: &mut Catalog, name: &str) {
-    catalog
-        .start_refresh(pb::StartRefreshRequest { name: name.into() })
-        .await
-        .unwrap();
-}
-
-pub async fn complete_refresh(catalog: &mut Catalog, name: &str) {
-    catalog
-        .complete_refresh(pb::CompleteRefreshRequest { name: name.into() })
-        .await
-        .unwrap();
-}
-
 async fn system_refresh(catalog: &mut Catalog) -> pb::SystemRefresh {
     let refresh = catalog
         .run_system_refresh(pb::RunSystemRefreshRequest { parent: ACME.into() })
@@ -147,14 +31,6 @@ async fn system_refresh(catalog: &mut Catalog) -> pb::SystemRefresh {
     let done = wait_for_system_refresh(catalog, &refresh.name).await;
     assert_eq!(done.state, pb::SystemRefreshState::Succeeded as i32, "{done:#?}");
     done
-}
-
-fn precondition_subjects(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_error_details()
-        .precondition_failure()
-        .map(|p| p.violations.iter().map(|v| v.subject.clone()).collect())
-        .unwrap_or_default()
 }
 
 fn task<'a>(run: &'a pb::ExportRun, name: &str) -> &'a pb::RunTask {
@@ -278,6 +154,38 @@ async fn a_run_goes_from_queued_to_succeeded_with_its_progress() {
     assert_eq!(last_run.state, pb::RunState::Succeeded as i32);
     assert_eq!(last_run.end_time, run.end_time);
     assert_eq!(export.last_refreshed_time, run.end_time);
+    t.stop().await;
+}
+
+/// A root whose path has a space in it: its `file://` URL is percent-encoded, and the run still
+/// reports the bytes of the files it wrote there.
+#[tokio::test]
+async fn a_run_under_a_root_with_a_space_reports_the_bytes_it_committed() {
+    let t = setup(Options::default()).await;
+    let root = t.data_dir.path().join("out with space");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut connections = t.connections("acme", Role::Admin).await;
+    connections
+        .create_connection(local_files_at("acme", "spaced", "Spaced", true, &root))
+        .await
+        .unwrap();
+    let mut admin = t.exports("acme", Role::Admin).await;
+    create_export(&mut admin, data_out("acme", "out", "Out", "spaced", &[CUSTOMERS])).await;
+
+    let started = run_export(&mut admin, &export_name("acme", "out")).await;
+    let run = wait_for_end(&mut admin, &started.name).await;
+    assert_eq!(run_state(&run), pb::RunState::Succeeded, "{run:#?}");
+    let finalized = &task(&run, "finalize").message;
+    assert!(finalized.contains("%20"), "the location is a URL: {finalized}");
+    let folder = root.join("out");
+    let files = files_under(&folder);
+    assert!(files.contains(&"model.json".to_string()), "{files:?}");
+    let size: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(folder.join(f)).unwrap().len())
+        .sum();
+    assert!(size > 0);
+    assert_eq!(run.bytes_written as u64, size, "{files:?}");
     t.stop().await;
 }
 
@@ -1123,43 +1031,6 @@ async fn queued_and_waiting_runs_are_cancelled_at_once() {
     t.stop().await;
 }
 
-/// An entity `big` with `count` small records, written in messages of 10,000.
-pub async fn big_entity(t: &TestServer, count: usize) -> String {
-    let mut catalog = t.catalog("acme", Role::Admin).await;
-    catalog
-        .create_entity(pb::CreateEntityRequest {
-            parent: ACME.into(),
-            entity_id: "big".into(),
-            entity: Some(pb::Entity {
-                display_name: "Big".into(),
-                kind: pb::EntityKind::Other as i32,
-                fields: vec![field("id", pb::FieldType::String), field("n", pb::FieldType::Int64)],
-                primary_key: "id".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    let name = "environments/acme/entities/big".to_string();
-    let messages: Vec<pb::WriteRecordsRequest> = (0..count)
-        .collect::<Vec<_>>()
-        .chunks(10_000)
-        .map(|chunk| {
-            write(
-                &name,
-                chunk
-                    .iter()
-                    .map(|i| serde_json::json!({"id": format!("r{i:07}"), "n": i}))
-                    .collect(),
-                &[],
-            )
-        })
-        .collect();
-    let written = write_all(&mut catalog, messages).await.unwrap();
-    assert_eq!(written.upserted as usize, count);
-    name
-}
-
 #[tokio::test]
 async fn a_running_run_is_cancelled_promptly_and_its_files_removed() {
     let t = setup(Options::default()).await;
@@ -1393,16 +1264,16 @@ async fn a_catch_up_run_starts_when_the_active_run_ends() {
     // The system refresh refreshed the entity too: the first run goes on, then the catch-up.
     let done = wait_for_end(&mut admin, &first.name).await;
     assert_eq!(run_state(&done), pb::RunState::Succeeded, "{done:#?}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let catch_up = loop {
+    let catch_up = eventually(Duration::from_secs(30), "a catch-up run", async || {
         let runs = list_runs(&mut admin, &export, "", "").await;
         assert!(runs.len() <= 2, "{runs:#?}");
         if runs.len() == 2 {
-            break runs[0].clone();
+            Ok(runs[0].clone())
+        } else {
+            Err(format!("{runs:#?}"))
         }
-        assert!(tokio::time::Instant::now() < deadline, "no catch-up run");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(catch_up.trigger, pb::RunTrigger::SystemRefresh as i32);
     let done = wait_for_end(&mut admin, &catch_up.name).await;
     assert_eq!(run_state(&done), pb::RunState::Succeeded, "{done:#?}");

@@ -10,11 +10,7 @@ use std::time::Duration;
 use exportd::pb;
 use serde_json::json;
 
-use crate::catalog::{customers_entity, write};
 use crate::common::*;
-use crate::durability::{clients, create_environment, exported_keys, server_env};
-use crate::metrics::{sample, scrape};
-use crate::process::{ServeProcess, borrowed};
 
 const EXPORTS: usize = 30;
 const RECORDS: usize = 20_000;
@@ -76,18 +72,15 @@ async fn wait_runs(
     what: &str,
     done: impl Fn(&[pb::ExportRun]) -> bool,
 ) -> Vec<pb::ExportRun> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    loop {
+    eventually(Duration::from_secs(180), what, async || {
         let runs = runs_of(exports, "environments/acme/exports/-", filter).await;
         if done(&runs) {
-            return runs;
+            Ok(runs)
+        } else {
+            Err(format!("runs: {runs:#?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never reached: {what}; runs: {runs:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]

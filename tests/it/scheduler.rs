@@ -9,12 +9,7 @@ use exportd::auth::Role;
 use exportd::pb;
 use sea_orm::{ConnectionTrait, Database};
 
-use crate::catalog::CUSTOMERS;
 use crate::common::*;
-use crate::exports::data_out;
-use crate::runs::{
-    ORDERS, api_only, complete_refresh, create_export, list_runs, setup, start_refresh, with_schedule, yearly_cron,
-};
 
 /// Makes every timed schedule (exports and environments) due as of a minute ago.
 async fn time_passes(t: &TestServer) {
@@ -36,18 +31,19 @@ async fn time_passes(t: &TestServer) {
 
 /// Polls until `count` runs of the environment satisfy `filter` (bounded).
 async fn wait_for_runs(exports: &mut Exports, filter: &str, count: usize) -> Vec<pb::ExportRun> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let runs = list_runs(exports, "environments/acme/exports/-", filter, "").await;
-        if runs.len() >= count {
-            return runs;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{count} runs with `{filter}` never appeared: {runs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        format_args!("{count} runs with `{filter}` appearing"),
+        async || {
+            let runs = list_runs(exports, "environments/acme/exports/-", filter, "").await;
+            if runs.len() >= count {
+                Ok(runs)
+            } else {
+                Err(format!("{runs:?}"))
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -90,22 +86,27 @@ async fn a_due_schedule_fires_once_and_never_piles_up_behind_an_active_run() {
     // Due again while the first run is still active: one pending catch-up, no second run.
     time_passes(&t).await;
     time_passes(&t).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        // The stored next time moves past now once the occurrence was handled.
-        let export = exports
-            .get_export(pb::GetExportRequest {
-                name: created.name.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if export.schedule.unwrap().next_run_time.unwrap().seconds > chrono::Utc::now().timestamp() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The stored next time moves past now once the occurrence was handled.
+    eventually(
+        Duration::from_secs(30),
+        "the next run time moving past now",
+        async || {
+            let export = exports
+                .get_export(pb::GetExportRequest {
+                    name: created.name.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let next = export.schedule.unwrap().next_run_time.unwrap();
+            if next.seconds > chrono::Utc::now().timestamp() {
+                Ok(())
+            } else {
+                Err(format!("next run time {next:?}"))
+            }
+        },
+    )
+    .await;
     let runs = list_runs(&mut exports, &created.name, "", "").await;
     assert_eq!(runs.len(), 1, "never two active runs of one export");
 

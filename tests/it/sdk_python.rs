@@ -24,18 +24,6 @@ fn python() -> Option<String> {
     usable.then_some(candidate)
 }
 
-/// Either a usable tool or, outside CI, a note that the test cannot run here.
-pub(crate) fn required<T>(tool: Option<T>, what: &str) -> Option<T> {
-    if tool.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{what} is required under CI=true (.ci/run installs it)"
-        );
-        eprintln!("note: {what} is not installed; skipping (CI installs it)");
-    }
-    tool
-}
-
 fn generate(python: &str, out: &Path) {
     let protos = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
     let mut files: Vec<String> = Vec::new();

@@ -11,10 +11,7 @@ use exportd::pb;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::{Value, json};
 
-use crate::catalog::{CUSTOMERS, ten_customers, write, write_all};
 use crate::common::*;
-use crate::exports::{data_out, export_name, segment_export};
-use crate::runs::{VIP, create_export, setup};
 use crate::sftp::sshd::Sshd;
 use crate::storage_servers::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Moto};
 

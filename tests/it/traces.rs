@@ -3,8 +3,6 @@
 //! RPCs (children of the caller's span), runs and target requests reach an OTLP collector.
 
 use crate::common::*;
-use crate::durability::{create_environment, server_env, token};
-use crate::process::{ServeProcess, borrowed};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
@@ -53,7 +51,6 @@ mod otlp {
     use opentelemetry_proto::tonic::trace::v1::Span;
 
     use super::*;
-    use crate::durability::clients;
 
     /// An OTLP collector that keeps every span it is sent.
     #[derive(Clone, Default)]
@@ -96,7 +93,7 @@ mod otlp {
         traced_call(&server.addr).await;
         let (mut catalog, _, mut exports) = clients(&server.addr, "acme").await;
         catalog
-            .create_entity(crate::catalog::customers_entity(
+            .create_entity(crate::common::customers_entity(
                 "acme",
                 "customers",
                 pb::EntityKind::Profile,

@@ -37,6 +37,12 @@ pub struct Model {
     pub last_run_end: Option<i64>,
     /// JSON of the latest run\'s failure (see `domain::run::RunError`).
     pub last_run_error: Option<String>,
+    /// Incremental exports: JSON object of the change sequence each entity was delivered up to
+    /// (written by the run engine, never by an edit).
+    pub sync_state: Option<String>,
+    /// The RunTrigger number of the catch-up run that starts when the active run ends; None
+    /// when there is none pending.
+    pub catch_up_trigger: Option<i32>,
     pub creator: String,
     pub create_time: i64,
     pub update_time: i64,

@@ -1,7 +1,22 @@
 #![allow(dead_code)]
 //! The test harness: a real exportd server on 127.0.0.1:0 with its own database (SQLite in a
 //! temp dir, or a fresh PostgreSQL database when EXPORTD_TEST_DATABASE=postgres), spoken to
-//! through the generated gRPC clients.
+//! through the generated gRPC clients; the same binary as a process (`process`); and the
+//! fixtures every test file shares (`catalog`, `exports`, `runs`), so that no test file imports
+//! another.
+
+mod catalog;
+mod eventually;
+mod exports;
+mod process;
+pub mod raw;
+mod runs;
+
+pub use catalog::*;
+pub use eventually::eventually;
+pub use exports::*;
+pub use process::*;
+pub use runs::*;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,6 +34,16 @@ use tonic::transport::Channel;
 
 pub const HS_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
 pub const SEALING_KEY: [u8; 32] = [7u8; 32];
+
+/// The file a `file://` location of `model.json` names: decoded by the `url` crate, as the
+/// server encodes it (an absolute path; a space in it is `%20`).
+pub fn path_of_location(location: &str) -> std::path::PathBuf {
+    url::Url::parse(location)
+        .ok()
+        .filter(|url| url.scheme() == "file")
+        .and_then(|url| url.to_file_path().ok())
+        .unwrap_or_else(|| panic!("an absolute file:// URL: {location}"))
+}
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
@@ -371,24 +396,25 @@ pub async fn get_run(client: &mut Exports, name: &str) -> pb::ExportRun {
         .into_inner()
 }
 
-/// Polls GetExportRun every 20 ms (for up to 30 s) until `predicate` holds; returns that run.
+/// Asks GetExportRun (for up to 30 s) until `predicate` holds; returns that run.
 pub async fn wait_for_run(
     client: &mut Exports,
     name: &str,
     predicate: impl Fn(&pb::ExportRun) -> bool,
 ) -> pb::ExportRun {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let run = get_run(client, name).await;
-        if predicate(&run) {
-            return run;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "run {name} did not get there within 30 s; it is now {run:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        format_args!("run {name} getting there"),
+        async || {
+            let run = get_run(client, name).await;
+            if predicate(&run) {
+                Ok(run)
+            } else {
+                Err(format!("{run:#?}"))
+            }
+        },
+    )
+    .await
 }
 
 /// Waits until the run is SUCCEEDED, FAILED, SKIPPED or CANCELLED.
@@ -460,4 +486,16 @@ pub fn files_under(dir: &std::path::Path) -> Vec<String> {
 pub fn micros(time: &Option<prost_types::Timestamp>) -> i64 {
     let time = time.as_ref().expect("a timestamp");
     time.seconds * 1_000_000 + i64::from(time.nanos) / 1000
+}
+
+/// Either a usable tool or, outside CI, a note that the test cannot run here.
+pub fn required<T>(tool: Option<T>, what: &str) -> Option<T> {
+    if tool.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{what} is required under CI=true (.ci/run installs it)"
+        );
+        eprintln!("note: {what} is not installed; skipping (CI installs it)");
+    }
+    tool
 }

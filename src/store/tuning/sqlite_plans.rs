@@ -15,7 +15,7 @@ use libsqlite3_sys::{SQLITE_DBCONFIG_ENABLE_QPSG, SQLITE_OK, sqlite3_db_config};
 use sea_orm::sqlx::sqlite::SqliteConnection;
 
 /// Turns the query planner stability guarantee on for this connection.
-pub(super) async fn enable_stable_plans(connection: &mut SqliteConnection) -> Result<(), sea_orm::sqlx::Error> {
+pub(crate) async fn enable_stable_plans(connection: &mut SqliteConnection) -> Result<(), sea_orm::sqlx::Error> {
     let mut handle = connection.lock_handle().await?;
     let db = handle.as_raw_handle().as_ptr();
     // SAFETY: `db` is a valid connection handle, and locking it keeps sqlx's worker thread
@@ -57,7 +57,7 @@ mod tests {
     async fn every_connection_of_a_sqlite_store_plans_without_bound_values() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("plans.db").display());
-        let db = super::super::connect(&url, 2).await.unwrap();
+        let db = crate::store::connect(&url, 2).await.unwrap();
         let pool = db.get_sqlite_connection_pool();
         let mut first = pool.acquire().await.unwrap();
         let mut second = pool.acquire().await.unwrap();

@@ -31,7 +31,7 @@ impl Statistics {
     }
 }
 
-impl super::Store {
+impl crate::store::Store {
     /// Notes rows written to `table` and refreshes PostgreSQL's statistics in the background
     /// when the table has grown enough.
     pub(crate) fn wrote_rows(&self, table: &'static str, rows: u64) {

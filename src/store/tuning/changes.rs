@@ -243,10 +243,10 @@ mod tests {
     async fn a_sqlite_write_transaction_is_not_broken_by_another_process_writing() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("locks.db").display());
-        let ours = super::super::connect(&url, 1).await.unwrap();
+        let ours = crate::store::connect(&url, 1).await.unwrap();
         ours.execute_unprepared("CREATE TABLE t (v INTEGER)").await.unwrap();
         // The other process: another connection that does not wait for locks at all.
-        let theirs = super::super::connect(&url, 1).await.unwrap();
+        let theirs = crate::store::connect(&url, 1).await.unwrap();
         theirs.execute_unprepared("PRAGMA busy_timeout = 0").await.unwrap();
 
         let txn = Writer::untracked(&ours).begin().await.unwrap();

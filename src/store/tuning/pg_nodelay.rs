@@ -18,7 +18,7 @@ use sea_orm::sqlx::{self, PgConnection};
 use socket2::SockRef;
 
 /// Sets TCP_NODELAY on the socket of `connection`, if it is a TCP connection we can find.
-pub(super) async fn enable_nodelay(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+pub(crate) async fn enable_nodelay(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
     let Some((client_port, server_port)) = ports(connection).await? else {
         return Ok(());
     };
@@ -77,7 +77,7 @@ mod tests {
         }
         let url = std::env::var("EXPORTD_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let db = super::super::connect(&url, 2).await.unwrap();
+        let db = crate::store::connect(&url, 2).await.unwrap();
         let pool = db.get_postgres_connection_pool();
         let mut first = pool.acquire().await.unwrap();
         let mut second = pool.acquire().await.unwrap();

@@ -5,6 +5,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use exportd::auth::Role;
+use exportd::pb;
+
+use super::*;
+
 pub const EXE: &str = env!("CARGO_BIN_EXE_exportd");
 
 /// A running `exportd serve` child process. Its stderr (the logs) is collected in a file.
@@ -198,4 +206,125 @@ pub fn http_get(url: &str, method: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .expect("a status code");
     (status, body.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers as processes: their settings, clients and what they wrote
+// ---------------------------------------------------------------------------------------------
+
+pub fn token(env: &str) -> String {
+    let roles = BTreeMap::from([(env.to_string(), Role::Admin)]);
+    exportd::auth::jwt::sign_hs256(HS_SECRET.as_bytes(), "durability", &roles, Duration::from_secs(3600)).unwrap()
+}
+
+pub fn server_env(database_url: &str, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
+    let mut envs = vec![
+        ("EXPORTD_DATABASE_URL", database_url.to_string()),
+        ("EXPORTD_JWT_HS256_SECRET", HS_SECRET.to_string()),
+        (
+            "EXPORTD_SEALING_KEYS",
+            format!(
+                "test1:{}",
+                base64::engine::general_purpose::STANDARD.encode(SEALING_KEY)
+            ),
+        ),
+        ("EXPORTD_LOG_FILTER", "info,sqlx=warn,sea_orm=warn".to_string()),
+    ];
+    envs.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    envs
+}
+
+pub fn start(dir: &std::path::Path, envs: &[(&'static str, String)]) -> ServeProcess {
+    let borrowed: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ServeProcess::start(dir, &[], &borrowed)
+}
+
+pub async fn clients(addr: &str, env: &str) -> (Catalog, Connections, Exports) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let authed = tonic::service::interceptor::InterceptedService::new(channel, Bearer(Some(token(env))));
+    (
+        pb::catalog_service_client::CatalogServiceClient::new(authed.clone()).max_encoding_message_size(64 << 20),
+        pb::connection_service_client::ConnectionServiceClient::new(authed.clone()),
+        pb::export_service_client::ExportServiceClient::new(authed),
+    )
+}
+
+/// Creates the database (as an operator does before the first start) and an environment in it.
+pub fn create_environment(dir: &std::path::Path, envs: &[(&'static str, String)], id: &str) {
+    let borrowed: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, err) = run(&["migrate", "--data-dir", dir.to_str().unwrap()], &borrowed);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(
+        &[
+            "environment",
+            "create",
+            id,
+            "--kind",
+            "b2c",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        &borrowed,
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Polls a run until `done` holds (bounded).
+pub async fn wait_run(
+    exports: &mut Exports,
+    name: &str,
+    what: &str,
+    done: impl Fn(&pb::ExportRun) -> bool,
+) -> pb::ExportRun {
+    eventually(
+        Duration::from_secs(120),
+        format_args!("run {name} reaching {what}"),
+        async || {
+            // A server being killed or starting may not answer: that is asked again too.
+            match exports
+                .get_export_run(pb::GetExportRunRequest { name: name.into() })
+                .await
+            {
+                Ok(run) if done(run.get_ref()) => Ok(run.into_inner()),
+                Ok(run) => Err(format!("{:#?}", run.into_inner())),
+                Err(status) => Err(format!("{status:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// Every data row of the partitions model.json points to, as (key, row) — read back from disk.
+pub fn exported_keys(root: &std::path::Path, export: &str) -> Vec<String> {
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join(export).join("model.json")).unwrap()).unwrap();
+    let mut keys = Vec::new();
+    for entity in model["entities"].as_array().unwrap() {
+        for partition in entity["partitions"].as_array().unwrap() {
+            let path = path_of_location(partition["location"].as_str().unwrap());
+            let mut reader = csv::Reader::from_path(path).unwrap();
+            for record in reader.records() {
+                keys.push(record.unwrap()[0].to_string());
+            }
+        }
+    }
+    keys
+}
+
+/// The value of one sample line (`name{labels} value`), if the scrape has it.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+pub fn scrape(server: &ServeProcess) -> String {
+    let url = server.metrics_url.as_ref().expect("the server serves metrics");
+    let (status, body) = http_get(url, "GET");
+    assert_eq!(status, 200, "{body}");
+    body
 }
