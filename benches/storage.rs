@@ -16,10 +16,10 @@
 mod support;
 
 #[allow(dead_code)]
-#[path = "../tests/it/sftp/sshd.rs"]
+#[path = "../tests/it/common/sshd.rs"]
 mod sshd;
 #[allow(dead_code)]
-#[path = "../tests/it/storage_servers.rs"]
+#[path = "../tests/it/common/storage_servers.rs"]
 mod storage_servers;
 
 use std::collections::BTreeMap;

@@ -117,7 +117,11 @@ impl Attempts {
         }
         tracing::debug!(attempt = self.made, %message, "transient target error; retrying");
         if let Some(connection_type) = self.connection_type {
-            let reason = if retry_after.is_some() { "throttled" } else { "connection" };
+            let reason = if retry_after.is_some() {
+                "throttled"
+            } else {
+                "connection"
+            };
             crate::metrics::target_retry(connection_type, reason);
         }
         self.made += 1;

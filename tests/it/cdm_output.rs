@@ -13,9 +13,6 @@ use crate::common::*;
 
 const PEOPLE: &str = "environments/acme/entities/people";
 const ORDERS_BY_ID: &str = "environments/acme/entities/purchases";
-/// The CDM project's model.json schema, kept in the repository (tests/fixtures/README.md).
-const SCHEMA_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cdm-model.schema.json");
-
 /// `people`: one field of every type. `purchases`: an INT64 key.
 async fn people_and_purchases(t: &TestServer) {
     let mut catalog = t.catalog("acme", Role::Admin).await;
@@ -193,19 +190,6 @@ fn read_partitions(paths: &[PathBuf], delimiter: u8) -> Vec<Vec<String>> {
         all.extend(rows.into_iter().skip(1));
     }
     all
-}
-
-pub fn schema_errors(model: &Value) -> Vec<String> {
-    let text = std::fs::read_to_string(SCHEMA_PATH).unwrap_or_else(|e| panic!("{SCHEMA_PATH}: {e}"));
-    let schema: Value = serde_json::from_str(&text).unwrap();
-    let validator = jsonschema::options()
-        .should_validate_formats(true)
-        .build(&schema)
-        .unwrap();
-    validator
-        .iter_errors(model)
-        .map(|e| format!("{e} at {}", e.instance_path()))
-        .collect()
 }
 
 fn run_id(run: &pb::ExportRun) -> String {

@@ -10,7 +10,6 @@ use exportd::pb;
 use serde_json::json;
 
 use crate::common::*;
-use crate::storage_targets::Storage;
 
 #[tokio::test]
 async fn a_run_killed_mid_way_is_taken_over_and_completes_exactly_once() {

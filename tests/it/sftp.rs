@@ -1,13 +1,11 @@
 //! The SFTP storage layer against a real OpenSSH server, through the public `ByteStore` API.
 
-pub mod sshd;
-
+use crate::common::sshd::Sshd;
 use bytes::Bytes;
 use exportd::connectors::Check;
 use exportd::connectors::retry::Failure;
 use exportd::connectors::storage::ByteStore;
 use exportd::connectors::storage::sftp::{SftpBytes, SftpConfig, SftpCredentials, check_config, probe};
-use sshd::Sshd;
 
 fn store(config: &SftpConfig) -> SftpBytes {
     SftpBytes::new(config).expect("a good configuration")
@@ -292,7 +290,7 @@ async fn sftp_probe_passes_every_step_and_creates_a_missing_folder() {
 async fn sftp_wrong_host_key_fails_naming_both_fingerprints_and_writes_nothing() {
     let Some(sshd) = Sshd::start() else { return };
     let other_dir = tempfile::tempdir().unwrap();
-    let other = sshd::keygen(other_dir.path(), "impostor", "");
+    let other = crate::common::sshd::keygen(other_dir.path(), "impostor", "");
     let mut config = sshd.data_config();
     config.host_key = other.public.clone();
     assert_eq!(
@@ -340,7 +338,7 @@ async fn sftp_wrong_host_key_fails_naming_both_fingerprints_and_writes_nothing()
 async fn sftp_wrong_private_key_fails_authentication_without_showing_it() {
     let Some(sshd) = Sshd::start() else { return };
     let other_dir = tempfile::tempdir().unwrap();
-    let stranger = sshd::keygen(other_dir.path(), "stranger", "");
+    let stranger = crate::common::sshd::keygen(other_dir.path(), "stranger", "");
     let mut config = sshd.data_config();
     config.credentials = SftpCredentials::PrivateKey {
         key: stranger.private.clone(),

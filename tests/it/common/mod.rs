@@ -8,15 +8,20 @@
 mod catalog;
 mod eventually;
 mod exports;
+pub mod failing_proxy;
 mod process;
 pub mod raw;
 mod runs;
+pub mod sshd;
+pub mod storage;
+pub mod storage_servers;
 
 pub use catalog::*;
 pub use eventually::eventually;
 pub use exports::*;
 pub use process::*;
 pub use runs::*;
+pub use storage::Storage;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -498,4 +503,21 @@ pub fn required<T>(tool: Option<T>, what: &str) -> Option<T> {
         eprintln!("note: {what} is not installed; skipping (CI installs it)");
     }
     tool
+}
+
+/// The CDM `model.json` schema (a copy kept in the repository, see tests/fixtures/README).
+const SCHEMA_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cdm-model.schema.json");
+
+/// What is wrong with a `model.json` by the CDM schema (nothing: an empty list).
+pub fn schema_errors(model: &serde_json::Value) -> Vec<String> {
+    let text = std::fs::read_to_string(SCHEMA_PATH).unwrap_or_else(|e| panic!("{SCHEMA_PATH}: {e}"));
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    validator
+        .iter_errors(model)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect()
 }
