@@ -14,6 +14,7 @@ use crate::domain::output_area::LocalRoots;
 
 pub mod azure_blob;
 pub mod cdm;
+pub mod http;
 pub mod local_files;
 pub mod metered;
 pub mod parquet_partition;
@@ -23,6 +24,7 @@ pub mod s3;
 pub mod sftp;
 pub mod storage;
 pub mod storage_connector;
+pub mod webhook;
 
 /// Everything a connector may know about its connection.
 pub struct Target<'a> {
@@ -133,6 +135,11 @@ pub struct RunTarget<'a> {
     pub target: Target<'a>,
     pub export_id: &'a str,
     pub run_id: &'a str,
+    /// Resource names, for targets that tell their receiver what it is being sent.
+    pub export_name: &'a str,
+    pub run_name: &'a str,
+    /// The attempt of the run (a taken-over run continues as its next attempt).
+    pub attempt: i32,
     /// Stable across attempts of the run, so that a retried attempt writes to the same place.
     pub run_time: chrono::DateTime<chrono::Utc>,
     pub settings: &'a BTreeMap<String, String>,
@@ -154,6 +161,8 @@ pub struct Column {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartSchema {
     pub id: String,
+    /// The entity's or segment's resource name.
+    pub source: String,
     pub description: String,
     pub primary_key: String,
     pub columns: Vec<Column>,
@@ -174,15 +183,62 @@ pub struct SinkSummary {
     pub cleanup_error: Option<String>,
 }
 
+/// Reasons of rejected records are cut to this many bytes (PRODUCT.md §12).
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// A record the target refused (PRODUCT.md §12): its key, the target's reason and code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub key: String,
+    /// At most [`MAX_REASON_BYTES`] (cut at a character boundary).
+    pub reason: String,
+    pub code: String,
+}
+
+impl Rejection {
+    pub fn new(key: impl Into<String>, reason: &str, code: impl Into<String>) -> Rejection {
+        Rejection {
+            key: key.into(),
+            reason: truncate_bytes(reason, MAX_REASON_BYTES).to_string(),
+            code: code.into(),
+        }
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends at a character boundary.
+pub fn truncate_bytes(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// What a target made of the rows handed to it: records accepted, removals done, records
+/// rejected (the rest of a batch is still delivered).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    pub accepted: u64,
+    pub removed: u64,
+    pub rejected: Vec<Rejection>,
+    /// Bytes written so far, for sinks that count them.
+    pub bytes: Option<u64>,
+}
+
 /// Where one run's rows go. Parts are written one after another; `commit` makes the whole run
 /// visible at once (commit last), `abort` removes what the run wrote.
+///
+/// A sink may hold rows back (to fill a batch, or to know which batch is a source's last): it
+/// answers for the rows it actually delivered, in `write_rows` or at the latest in `end_part`.
 #[async_trait]
 pub trait Sink: Send {
     async fn begin_part(&mut self, part: &PartSchema) -> Result<(), Failure>;
-    /// Rows in column order (then `_deleted` for incremental parts). Returns the bytes written
-    /// so far.
-    async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<u64, Failure>;
-    async fn end_part(&mut self) -> Result<(), Failure>;
+    /// Rows in column order (then `_deleted` for incremental parts).
+    async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<Delivery, Failure>;
+    async fn end_part(&mut self) -> Result<Delivery, Failure>;
     async fn commit(self: Box<Self>) -> Result<SinkSummary, Failure>;
     async fn abort(self: Box<Self>);
     /// Stops without cleaning up: the run now belongs to another worker, which writes to the

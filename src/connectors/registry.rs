@@ -4,7 +4,7 @@
 
 use super::Connector;
 use super::storage_connector::StorageConnector;
-use super::{azure_blob, local_files, s3, sftp};
+use super::{azure_blob, local_files, s3, sftp, webhook};
 use crate::domain::connection::Connection;
 use crate::domain::connection_type::{
     Category, ConnectionTypeSpec, ExportKind, KeySpec, SegmentType, SyncMode, TargetOptionSpec, ValueKind,
@@ -166,34 +166,7 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
         ],
         target_options: &[],
     },
-    ConnectionTypeSpec {
-        id: "webhook",
-        display_name: "Webhook",
-        category: Category::Webhook,
-        export_kinds: BOTH_KINDS,
-        segment_types: ALL_SEGMENTS,
-        sync_modes: FILE_MODES,
-        required_fields: &[],
-        identifier_fields: &[],
-        profile_limit: 0,
-        minimum_segment_size: 0,
-        config: &[
-            key("url", "endpoint receiving JSON batches by POST", HTTP_URL),
-            optional(
-                "batch_size",
-                "records per POST (default 500)",
-                ValueKind::Integer { min: 1, max: 10_000 },
-            ),
-        ],
-        secrets: &[optional(
-            "signing_secret",
-            "HMAC-SHA256 key for the X-Exportd-Signature header",
-            TEXT,
-        )],
-        one_of_secrets: &[],
-        settings: &[],
-        target_options: &[],
-    },
+    webhook::SPEC,
     ConnectionTypeSpec {
         id: "mailchimp",
         display_name: "Mailchimp",
@@ -319,6 +292,7 @@ static CONNECTORS: &[(&ConnectionTypeSpec, &(dyn Connector + 'static))] = &[
     (&s3::SPEC, &StorageConnector(s3::S3)),
     (&azure_blob::SPEC, &StorageConnector(azure_blob::AzureBlob)),
     (&sftp::SPEC, &StorageConnector(sftp::Sftp)),
+    (&webhook::SPEC, &webhook::Webhook),
 ];
 
 /// The connector of a type, if this version has one.

@@ -14,7 +14,7 @@ use super::cdm::{CdmAttribute, CdmEntity, CdmFolderWriter, CdmType, CsvOptions, 
 use super::metered::MeteredStorage;
 use super::storage::ByteStore;
 use super::storage::blocking::BlockingStorage;
-use super::{Check, Connector, PartSchema, RunTarget, Sink, SinkSummary, Target, TestReport, io_failure};
+use super::{Check, Connector, Delivery, PartSchema, RunTarget, Sink, SinkSummary, Target, TestReport, io_failure};
 use crate::connectors::retry::Failure;
 use crate::domain::output_area::export_folder;
 use crate::error::FieldViolation;
@@ -269,13 +269,22 @@ impl Sink for CdmSink {
             .await
     }
 
-    async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<u64, Failure> {
-        self.with_writer("cannot write rows", move |w| w.write_rows(&rows))
-            .await
+    /// Files take every row: storage targets reject nothing.
+    async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<Delivery, Failure> {
+        let accepted = rows.len() as u64;
+        let bytes = self
+            .with_writer("cannot write rows", move |w| w.write_rows(&rows))
+            .await?;
+        Ok(Delivery {
+            accepted,
+            bytes: Some(bytes),
+            ..Delivery::default()
+        })
     }
 
-    async fn end_part(&mut self) -> Result<(), Failure> {
-        self.with_writer("cannot close a partition", |w| w.end_entity()).await
+    async fn end_part(&mut self) -> Result<Delivery, Failure> {
+        self.with_writer("cannot close a partition", |w| w.end_entity()).await?;
+        Ok(Delivery::default())
     }
 
     async fn commit(mut self: Box<Self>) -> Result<SinkSummary, Failure> {
@@ -319,12 +328,16 @@ impl Sink for AlreadyCommitted {
         Ok(())
     }
 
-    async fn write_rows(&mut self, _: Vec<Vec<Value>>) -> Result<u64, Failure> {
-        Ok(self.summary.bytes)
+    async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<Delivery, Failure> {
+        Ok(Delivery {
+            accepted: rows.len() as u64,
+            bytes: Some(self.summary.bytes),
+            ..Delivery::default()
+        })
     }
 
-    async fn end_part(&mut self) -> Result<(), Failure> {
-        Ok(())
+    async fn end_part(&mut self) -> Result<Delivery, Failure> {
+        Ok(Delivery::default())
     }
 
     async fn commit(self: Box<Self>) -> Result<SinkSummary, Failure> {

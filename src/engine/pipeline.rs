@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Engine;
 use crate::connectors::retry::Failure;
-use crate::connectors::{self, Column, PartSchema, RunTarget, Sink, Target, registry};
+use crate::connectors::{self, Column, Delivery, PartSchema, RunTarget, Sink, Target, registry};
 use crate::domain::catalog::{Entity, Segment};
 use crate::domain::connection::Connection;
 use crate::domain::connection_type::{ExportKind, SyncMode};
@@ -37,6 +37,10 @@ use crate::store::runs::Finish;
 const BATCH: u64 = 10_000;
 /// Warning of a run that committed but could not remove what `keep_runs` lets go.
 const OLD_RUNS_NOT_REMOVED: &str = "OLD_RUNS_NOT_REMOVED";
+/// Warning of a run in which the target rejected some records (PRODUCT.md §12).
+const RECORDS_REJECTED: &str = "RECORDS_REJECTED";
+/// Error reason of a run in which the target rejected every record it was sent.
+const ALL_RECORDS_REJECTED: &str = "ALL_RECORDS_REJECTED";
 /// Counts are stored at least this often while a run works (and on every task change).
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -142,6 +146,15 @@ impl Progress {
         task.end_time = Some(now_micros());
         task.message = message.into();
         task.detail = detail;
+    }
+
+    /// Counts what the target made of a batch.
+    fn account(&mut self, delivery: Delivery) {
+        self.counts.exported += delivery.accepted as i64;
+        self.counts.rejected += delivery.rejected.len() as i64;
+        if let Some(bytes) = delivery.bytes {
+            self.counts.bytes = bytes as i64;
+        }
     }
 
     /// Tasks that never started end with the run (cancelled or skipped).
@@ -405,6 +418,8 @@ impl Engine {
         };
         let connector = connectors::connector_for(&plan.connection.type_id);
         let run_id = run.name.id.clone();
+        let export_name = plan.export.name.to_string();
+        let run_name = run.name.to_string();
         // `keep_runs` = N keeps this run and the N - 1 latest successful ones before it.
         let keep_runs = match plan
             .export
@@ -431,6 +446,9 @@ impl Engine {
             },
             export_id: &plan.export.name.id,
             run_id: &run_id,
+            export_name: &export_name,
+            run_name: &run_name,
+            attempt: run.attempt,
             run_time: to_datetime(run.create_time),
             settings: &plan.export.settings,
             keep_runs: keep_runs.as_deref(),
@@ -498,7 +516,40 @@ impl Engine {
         let read = progress.counts.total;
         progress.end("extract", RunState::Succeeded, format!("read {read} records"));
         let exported = progress.counts.exported;
-        progress.end("write", RunState::Succeeded, format!("wrote {exported} records"));
+        let rejected = progress.counts.rejected;
+        // PRODUCT.md §12: a target that refused every record it was sent fails the run; one
+        // that refused some lets it succeed with a warning.
+        if rejected > 0 && exported == 0 {
+            sink.abort().await;
+            let error = RunError {
+                code: ErrorCode::FailedPrecondition.rpc_number(),
+                reason: ALL_RECORDS_REJECTED.into(),
+                message: format!("the target rejected every record it was sent ({rejected})"),
+                task: "write".into(),
+                part: String::new(),
+                detail: None,
+            };
+            return self.fail(run, control, progress, "write", error).await;
+        }
+        if rejected > 0 {
+            progress.warnings.push(Warning {
+                code: RECORDS_REJECTED.into(),
+                message: format!(
+                    "the target rejected {rejected} {}; ListRejectedRecords shows them",
+                    if rejected == 1 { "record" } else { "records" }
+                ),
+                subject: plan.export.name.to_string(),
+            });
+        }
+        let rejected_note = match rejected {
+            0 => String::new(),
+            n => format!(" ({n} rejected)"),
+        };
+        progress.end(
+            "write",
+            RunState::Succeeded,
+            format!("wrote {exported} records{rejected_note}"),
+        );
         progress.start("finalize", "committing");
         self.flush(run, control, &mut progress).await;
         if let Some(stop) = interrupted(self, control) {
@@ -622,10 +673,8 @@ impl Engine {
                 }
                 let rows = batch.into_rows(&columns, incremental).map_err(Stop::Store)?;
                 progress.counts.total += read as i64;
-                let written = rows.len() as i64;
-                let bytes = sink.write_rows(rows).await.map_err(Stop::Failed)?;
-                progress.counts.exported += written;
-                progress.counts.bytes = bytes as i64;
+                let delivery = sink.write_rows(rows).await.map_err(Stop::Failed)?;
+                progress.account(delivery);
                 if progress.flushed.elapsed() >= PROGRESS_EVERY {
                     self.flush(run, control, progress).await;
                 }
@@ -635,7 +684,9 @@ impl Engine {
         .await;
         reader.abort();
         result?;
-        sink.end_part().await.map_err(Stop::Failed)
+        let delivery = sink.end_part().await.map_err(Stop::Failed)?;
+        progress.account(delivery);
+        Ok(())
     }
 
     /// Stores the run's progress and tells watchers.
@@ -752,6 +803,7 @@ fn entity_part(entity: Entity, since: Option<i64>, until: i64, incremental: bool
     Part {
         schema: PartSchema {
             id: entity.name.id.clone(),
+            source: entity.name.to_string(),
             description: entity.display_name.clone(),
             primary_key: entity.primary_key.clone(),
             columns: fields.iter().map(|f| column_of(&entity, f, f)).collect(),
@@ -788,6 +840,7 @@ fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Sourc
     Part {
         schema: PartSchema {
             id: segment.name.id.clone(),
+            source: segment.name.to_string(),
             description: segment.display_name.clone(),
             primary_key,
             columns: pairs
