@@ -75,11 +75,7 @@ struct Endpoint {
 
 impl Endpoint {
     fn of(target: &Target<'_>) -> Endpoint {
-        let signing_secret = target
-            .secrets
-            .get("signing_secret")
-            .filter(|s| !s.is_empty())
-            .cloned();
+        let signing_secret = target.secrets.get("signing_secret").filter(|s| !s.is_empty()).cloned();
         Endpoint {
             url: target.config("url").to_string(),
             secrets: signing_secret.iter().cloned().collect(),
@@ -132,7 +128,10 @@ impl Connector for Webhook {
     /// `{"ping": true}`; the status is reported.
     async fn test(&self, target: &Target<'_>) -> TestReport {
         let endpoint = Endpoint::of(target);
-        let options = http::send(TYPE_ID, &endpoint.secrets, || http::client().request(reqwest::Method::OPTIONS, &endpoint.url)).await;
+        let options = http::send(TYPE_ID, &endpoint.secrets, || {
+            http::client().request(reqwest::Method::OPTIONS, &endpoint.url)
+        })
+        .await;
         let check = match options {
             Ok(answer) if answer.status.is_success() => {
                 Check::pass("request", format!("OPTIONS answered {}", answer.status))
@@ -140,7 +139,10 @@ impl Connector for Webhook {
             Ok(refused) => match endpoint.post(br#"{"ping":true}"#.to_vec(), None).await {
                 Ok(answer) if answer.status.is_success() => Check::pass(
                     "request",
-                    format!("OPTIONS answered {}; a ping POST answered {}", refused.status, answer.status),
+                    format!(
+                        "OPTIONS answered {}; a ping POST answered {}",
+                        refused.status, answer.status
+                    ),
                 ),
                 Ok(answer) => Check::fail(
                     "request",
@@ -258,7 +260,11 @@ fn typed(field_type: FieldType, value: Value) -> Value {
     };
     let parsed = match field_type {
         FieldType::Int64 => text.trim().parse::<i64>().ok().map(Value::from),
-        FieldType::Double => text.trim().parse::<f64>().ok().and_then(|f| serde_json::Number::from_f64(f).map(Value::Number)),
+        FieldType::Double => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number)),
         FieldType::Bool => text.trim().parse::<bool>().ok().map(Value::Bool),
         FieldType::Json => serde_json::from_str(text).ok(),
         _ => None,
@@ -339,17 +345,14 @@ impl WebhookSink {
                 ..Delivery::default()
             });
         }
+        // 1xx/3xx: redirects are not followed (a POST must not turn into a GET elsewhere).
         Err(Failure::Permanent {
             message: format!(
-                "the receiver answered {} to batch {} of {}",
-                answer.status, part_sequence(&self.part), idempotency_key
+                "the receiver answered {} to the batch with Idempotency-Key {idempotency_key}",
+                answer.status
             ),
         })
     }
-}
-
-fn part_sequence(part: &Option<OpenPart>) -> u64 {
-    part.as_ref().map_or(0, |p| p.sequence)
 }
 
 fn add(total: &mut Delivery, more: Delivery) {
@@ -434,7 +437,10 @@ mod tests {
         let body = br#"{"rejected": [{"key": "a", "reason": "bad email", "code": "E1"}, {"key": 7, "reason": "x"}, {"reason": "no key"}]}"#;
         assert_eq!(
             rejected_entries(body),
-            vec![Rejection::new("a", "bad email", "E1"), Rejection::new("7", "x", "REJECTED")]
+            vec![
+                Rejection::new("a", "bad email", "E1"),
+                Rejection::new("7", "x", "REJECTED")
+            ]
         );
         assert!(rejected_entries(b"ok").is_empty());
         assert!(rejected_entries(br#"{"accepted": 3}"#).is_empty());

@@ -29,3 +29,4 @@ mod sdk_python;
 mod sftp;
 mod storage_targets;
 mod traces;
+mod webhook_targets;

@@ -706,7 +706,7 @@ async fn over_limit_segments_skip_the_run_before_the_target_is_contacted() {
         ))
         .await
         .unwrap();
-    // Types whose connector is not built yet: nothing listens at the webhook's address.
+    // Over the limit, the target is never contacted: nothing listens at the webhook's address.
     connections
         .create_connection(with_limit(
             connection(
@@ -725,11 +725,11 @@ async fn over_limit_segments_skip_the_run_before_the_target_is_contacted() {
     connections
         .create_connection(connection(
             "acme",
-            "open-hook",
-            "Open hook",
-            "webhook",
-            &[("url", "http://127.0.0.1:9/hook")],
+            "open-pg",
+            "Open database",
+            "postgres",
             &[],
+            &[("url", "postgres://user:pw@127.0.0.1:9/db")],
             true,
         ))
         .await
@@ -800,12 +800,12 @@ async fn over_limit_segments_skip_the_run_before_the_target_is_contacted() {
     // Within the limits, a connector that is not built yet fails the run plainly.
     create_export(
         &mut admin,
-        segment_export("acme", "open-hook", "Open hook", "open-hook", &[VIP], &mappings),
+        segment_export("acme", "open-pg", "Open database", "open-pg", &[VIP], &mappings),
     )
     .await;
     create_export(
         &mut admin,
-        data_out("acme", "hook-data", "Hook data", "open-hook", &[CUSTOMERS]),
+        data_out("acme", "pg-data", "Database data", "open-pg", &[CUSTOMERS]),
     )
     .await;
     create_export(
@@ -814,8 +814,8 @@ async fn over_limit_segments_skip_the_run_before_the_target_is_contacted() {
     )
     .await;
     for (id, type_id) in [
-        ("open-hook", "webhook"),
-        ("hook-data", "webhook"),
+        ("open-pg", "postgres"),
+        ("pg-data", "postgres"),
         ("open-mc", "mailchimp"),
     ] {
         let run = run_to_end(&mut admin, &export_name("acme", id)).await;
@@ -1289,10 +1289,10 @@ async fn a_failed_run_is_the_exports_last_run_with_its_error() {
         .create_connection(connection(
             "acme",
             "hook",
-            "Hook",
-            "webhook",
-            &[("url", "http://127.0.0.1:9/hook")],
+            "Database",
+            "postgres",
             &[],
+            &[("url", "postgres://user:pw@127.0.0.1:9/db")],
             true,
         ))
         .await
@@ -1301,7 +1301,7 @@ async fn a_failed_run_is_the_exports_last_run_with_its_error() {
     create_export(&mut admin, data_out("acme", "hook", "Hook", "hook", &[CUSTOMERS])).await;
     let export = export_name("acme", "hook");
     let run = run_to_end(&mut admin, &export).await;
-    assert_not_supported(&run, "webhook");
+    assert_not_supported(&run, "postgres");
     let got = admin
         .get_export(pb::GetExportRequest { name: export.clone() })
         .await

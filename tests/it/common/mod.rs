@@ -15,6 +15,7 @@ mod runs;
 pub mod sshd;
 pub mod storage;
 pub mod storage_servers;
+pub mod webhook_receiver;
 
 pub use catalog::*;
 pub use eventually::eventually;
