@@ -583,10 +583,8 @@ pub fn run(run: &crate::domain::run::Run, may_see: &dyn Fn(&str) -> bool) -> pb:
         end_time: opt_timestamp(run.end_time),
         skip_reason: run.skip_reason.clone().unwrap_or_default(),
         waiting_for: run.waiting_for.clone(),
-        // Not counted by this version (removals and retries are not tracked yet): 0, which
-        // the protos document.
-        records_removed: 0,
-        records_retried: 0,
+        records_removed: run.counts.removed,
+        records_retried: run.counts.retried,
     }
 }
 
@@ -612,4 +610,33 @@ fn run_error(error: &crate::domain::run::RunError, may_see: &dyn Fn(&str) -> boo
             value: info.encode_to_vec(),
         }],
     }
+}
+
+/// A rejected record (PRODUCT.md §12) as the API shows it.
+pub fn rejected_record(reject: &crate::store::rejects::StoredReject) -> pb::RejectedRecord {
+    pb::RejectedRecord {
+        name: format!("{}/rejectedRecords/{}", reject.export, escape_name_segment(&reject.key)),
+        key: reject.key.clone(),
+        source: reject.source.clone(),
+        reason: reject.reason.clone(),
+        code: reject.code.clone(),
+        run: format!("{}/runs/{}", reject.export, reject.run_id),
+        attempts: i32::try_from(reject.attempts).unwrap_or(i32::MAX),
+        first_reject_time: Some(timestamp(reject.first_reject_time)),
+        last_reject_time: Some(timestamp(reject.last_reject_time)),
+    }
+}
+
+/// A key as one segment of a resource name: every byte but the URL-unreserved ones
+/// (`A-Z a-z 0-9 - . _ ~`) percent-encoded, so that a `/` in a key cannot split the name.
+pub fn escape_name_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

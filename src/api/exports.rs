@@ -31,7 +31,22 @@ use crate::pb;
 use crate::pb::export_service_server::ExportService;
 use crate::store::exports::{ExportQuery, StoredExport};
 use crate::store::placement::Placement;
+use crate::store::rejects::RejectQuery;
 use crate::store::request_ids::{self, RequestKey};
+
+/// ListRejectedRecords filters: `source = "…"`, `code = "…"` (API.md).
+const REJECT_FILTER_FIELDS: &[FilterField] = &[
+    FilterField {
+        name: "source",
+        kind: FieldKind::Text,
+        allowed: &[],
+    },
+    FilterField {
+        name: "code",
+        kind: FieldKind::Keyword,
+        allowed: &[],
+    },
+];
 
 const FILTER_FIELDS: &[FilterField] = &[
     FilterField {
@@ -627,8 +642,8 @@ impl ExportApi {
         ))
     }
 
-    /// Not built: the run (when the parent is one) must exist, the export must be editable by
-    /// the caller, then UNIMPLEMENTED.
+    /// PRODUCT.md §12: the rejects of one run (parent = a run), or those outstanding for an
+    /// export (parent = the export), in source and key order.
     async fn list_rejected(
         &self,
         principal: Principal,
@@ -642,12 +657,31 @@ impl ExportApi {
                 Err(e)
             })?;
         }
-        self.editable_export(&principal, &parent.export_name(), Action::ListRejectedRecords)
+        let export = parent.export_name();
+        self.editable_export(&principal, &export, Action::ListRejectedRecords)
             .await?;
-        Err(super::not_built(
-            "ExportService/ListRejectedRecords",
-            "rejected records are not kept yet",
-        ))
+        let filter = parse_filter(&request.filter, REJECT_FILTER_FIELDS, &[])
+            .map_err(|e| Error::invalid("filter", e.to_string()))?;
+        let fingerprint = paging::fingerprint(&[&request.parent, &request.filter]);
+        let page = paging::parse(request.page_size, &request.page_token, &fingerprint)?;
+        let run_id = match &parent {
+            RejectedRecordParent::Run(run) => Some(run.id.as_str()),
+            RejectedRecordParent::Export(_) => None,
+        };
+        let query = RejectQuery {
+            export: &export,
+            run_id,
+            filter: filter.as_ref(),
+            page,
+        };
+        let (rejects, total) = self.state.store.list_rejects(&query).await?;
+        let mut rejected_records: Vec<pb::RejectedRecord> = rejects.iter().map(convert::rejected_record).collect();
+        pages::fit(&mut rejected_records);
+        Ok(pb::ListRejectedRecordsResponse {
+            next_page_token: paging::next_token(page, rejected_records.len(), total, &fingerprint),
+            rejected_records,
+            total_size: total as i32,
+        })
     }
 
     async fn update_schedules(

@@ -201,6 +201,10 @@ pub struct Counts {
     pub total: i64,
     pub exported: i64,
     pub rejected: i64,
+    /// Records or members removed at the target (INCREMENTAL deletions, MIRROR leavers).
+    pub removed: i64,
+    /// Outstanding rejects of earlier runs sent again.
+    pub retried: i64,
     pub bytes: i64,
 }
 

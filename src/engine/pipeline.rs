@@ -10,7 +10,7 @@
 //!
 //! Tasks are stored the moment they change; counts at most every half second.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use crate::domain::time::{now_micros, to_datetime};
 use crate::error::{Error, ErrorCode};
 use crate::store::record_rows::DocumentBatch;
 use crate::store::records::StoredRecord;
+use crate::store::rejects::NewReject;
 use crate::store::runs::Finish;
 
 /// Records per read (and per write to the sink).
@@ -68,6 +69,8 @@ enum Source {
         entity: Entity,
         since: Option<i64>,
         until: i64,
+        /// Whose outstanding rejects an incremental run sends again.
+        export: ExportName,
     },
     /// Every member of the segment.
     Segment { segment: Segment },
@@ -152,6 +155,7 @@ impl Progress {
     fn account(&mut self, delivery: Delivery) {
         self.counts.exported += delivery.accepted as i64;
         self.counts.rejected += delivery.rejected.len() as i64;
+        self.counts.removed += delivery.removed as i64;
         if let Some(bytes) = delivery.bytes {
             self.counts.bytes = bytes as i64;
         }
@@ -367,7 +371,7 @@ impl Engine {
                         None
                     };
                     sync_state.insert(entity.name.id.clone(), until);
-                    parts.push(entity_part(entity, since, until, incremental));
+                    parts.push(entity_part(&export.name, entity, since, until, incremental));
                 }
             }
             ExportKind::Segment => {
@@ -477,10 +481,11 @@ impl Engine {
 
         progress.start("extract", "reading records");
         self.flush(run, control, &mut progress).await;
+        let sources: Vec<String> = plan.parts.iter().map(|p| p.schema.source.clone()).collect();
         for part in plan.parts {
             let id = part.schema.id.clone();
             match self
-                .transfer_part(run, control, &mut progress, sink.as_mut(), part)
+                .transfer_part(run, control, &mut progress, sink.as_mut(), &plan.export.name, part)
                 .await
             {
                 Ok(()) => {}
@@ -580,6 +585,15 @@ impl Engine {
                     .await;
             }
         };
+        // Outstanding rejects this run sent (or that no longer exist) and did not reject again
+        // are delivered. Should this fail, they stay outstanding and are sent once more.
+        if let Err(e) = self
+            .store
+            .settle_rejects(&plan.export.name, &run.name.id, &sources)
+            .await
+        {
+            tracing::warn!(run = %run.name, error = %e.message, "cannot mark delivered rejects");
+        }
         progress.counts.bytes = summary.bytes as i64;
         let files = summary.files.len();
         let removed = match summary.removed_run_folders {
@@ -624,8 +638,20 @@ impl Engine {
         control: &Control,
         progress: &mut Progress,
         sink: &mut dyn Sink,
+        export: &ExportName,
         part: Part,
     ) -> Result<(), Stop> {
+        // Rejects of earlier runs still outstanding: sending one again counts as a retry.
+        let mut outstanding = self
+            .store
+            .outstanding_keys(export, &part.schema.source)
+            .await
+            .map_err(Stop::Store)?;
+        let rejects = PartRejects {
+            export: export.clone(),
+            run_id: run.name.id.clone(),
+            source: part.schema.source.clone(),
+        };
         sink.begin_part(&part.schema).await.map_err(Stop::Failed)?;
         let (tx, mut rx) = mpsc::channel::<crate::error::Result<(usize, Batch)>>(2);
         let store = self.store.clone();
@@ -635,8 +661,9 @@ impl Engine {
         let incremental = part.schema.incremental;
         let reader = tokio::spawn(async move {
             // Phase 0 reads the records; incremental segment parts then (phase 1) the members
-            // who left.
-            for phase in 0..2 {
+            // who left; incremental parts last (phase 2) the outstanding rejects that did not
+            // change (PRODUCT.md §12: they are sent again in every sync mode).
+            for phase in 0..3 {
                 let mut after: Option<String> = None;
                 loop {
                     let batch = read_rows(
@@ -673,7 +700,9 @@ impl Engine {
                 }
                 let rows = batch.into_rows(&columns, incremental).map_err(Stop::Store)?;
                 progress.counts.total += read as i64;
+                progress.counts.retried += retried_in(&rows, key_column, &mut outstanding);
                 let delivery = sink.write_rows(rows).await.map_err(Stop::Failed)?;
+                rejects.store(self, &delivery).await?;
                 progress.account(delivery);
                 if progress.flushed.elapsed() >= PROGRESS_EVERY {
                     self.flush(run, control, progress).await;
@@ -685,6 +714,7 @@ impl Engine {
         reader.abort();
         result?;
         let delivery = sink.end_part().await.map_err(Stop::Failed)?;
+        rejects.store(self, &delivery).await?;
         progress.account(delivery);
         Ok(())
     }
@@ -753,6 +783,53 @@ impl Engine {
     }
 }
 
+/// Where a part's rejects are kept.
+struct PartRejects {
+    export: ExportName,
+    run_id: String,
+    source: String,
+}
+
+impl PartRejects {
+    /// Stores a batch's rejects before the run moves on (nothing is lost across a crash).
+    async fn store(&self, engine: &Engine, delivery: &Delivery) -> Result<(), Stop> {
+        if delivery.rejected.is_empty() {
+            return Ok(());
+        }
+        let rejects: Vec<NewReject> = delivery
+            .rejected
+            .iter()
+            .map(|r| NewReject {
+                key: r.key.clone(),
+                reason: r.reason.clone(),
+                code: r.code.clone(),
+            })
+            .collect();
+        engine
+            .store
+            .record_rejects(&self.export, &self.run_id, &self.source, &rejects)
+            .await
+            .map_err(Stop::Store)
+    }
+}
+
+/// How many of `rows` are outstanding rejects being sent again (each counted once).
+fn retried_in(rows: &[Vec<Value>], key_column: Option<usize>, outstanding: &mut HashSet<String>) -> i64 {
+    let Some(column) = key_column else {
+        return 0;
+    };
+    if outstanding.is_empty() {
+        return 0;
+    }
+    rows.iter()
+        .filter(|row| match row.get(column) {
+            Some(Value::String(key)) => outstanding.remove(key),
+            Some(Value::Null) | None => false,
+            Some(other) => outstanding.remove(&other.to_string()),
+        })
+        .count() as i64
+}
+
 /// Why a transfer stopped early.
 enum Stop {
     Failed(Failure),
@@ -798,7 +875,7 @@ fn column_of(entity: &Entity, field: &str, name: &str) -> Column {
 }
 
 /// A data-out part: every field of the entity, named by the entity's id.
-fn entity_part(entity: Entity, since: Option<i64>, until: i64, incremental: bool) -> Part {
+fn entity_part(export: &ExportName, entity: Entity, since: Option<i64>, until: i64, incremental: bool) -> Part {
     let fields: Vec<String> = entity.fields.iter().map(|f| f.name.clone()).collect();
     Part {
         schema: PartSchema {
@@ -811,7 +888,12 @@ fn entity_part(entity: Entity, since: Option<i64>, until: i64, incremental: bool
         },
         fields,
         key_field: entity.primary_key.clone(),
-        source: Source::Entity { entity, since, until },
+        source: Source::Entity {
+            entity,
+            since,
+            until,
+            export: export.clone(),
+        },
     }
 }
 
@@ -928,6 +1010,7 @@ async fn read_batch(
                 entity,
                 since: Some(since),
                 until,
+                ..
             },
             0,
         ) => store.read_changes(&entity.name, *since, *until, after, BATCH).await,
@@ -948,6 +1031,25 @@ async fn read_batch(
                 deleted: true,
             })
             .collect()),
+        // Incremental: outstanding rejects the changes above did not include.
+        (
+            Source::Entity {
+                entity,
+                since: Some(since),
+                export,
+                ..
+            },
+            2,
+        ) => {
+            store
+                .outstanding_unchanged_records(export, &entity.name, *since, after, BATCH)
+                .await
+        }
+        (Source::SegmentChanges { segment, export, since }, 2) => {
+            store
+                .outstanding_unchanged_members(export, segment, *since, after, BATCH)
+                .await
+        }
         _ => Ok(Vec::new()),
     }
 }

@@ -438,6 +438,7 @@ impl Store {
         let txn = self.writer().begin().await?;
         // The run history goes with the export; a running run must be cancelled first.
         super::runs::delete_runs_of(&txn, &export.name).await?;
+        super::rejects::delete_rejects_of(&txn, &export.name).await?;
         export_source::Entity::delete_many()
             .filter(export_source::Column::Env.eq(&export.name.env))
             .filter(export_source::Column::Export.eq(&export.name.id))

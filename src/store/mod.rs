@@ -21,6 +21,7 @@ pub mod models;
 pub mod placement;
 pub mod record_rows;
 pub mod records;
+pub mod rejects;
 pub mod request_ids;
 pub mod reseal;
 pub mod runs;

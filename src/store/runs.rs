@@ -67,6 +67,8 @@ fn to_domain(model: Model) -> Result<Run> {
             total: model.records_total,
             exported: model.records_exported,
             rejected: model.records_rejected,
+            removed: model.records_removed,
+            retried: model.records_retried,
             bytes: model.bytes_written,
         },
         warnings: warnings
@@ -298,6 +300,8 @@ impl Store {
             .col_expr(Column::RecordsTotal, Expr::val(0i64))
             .col_expr(Column::RecordsExported, Expr::val(0i64))
             .col_expr(Column::RecordsRejected, Expr::val(0i64))
+            .col_expr(Column::RecordsRemoved, Expr::val(0i64))
+            .col_expr(Column::RecordsRetried, Expr::val(0i64))
             .col_expr(Column::BytesWritten, Expr::val(0i64))
             .col_expr(Column::WaitingFor, Expr::val("[]"))
             .col_expr(Column::Revision, Expr::val(model.revision + 1))
@@ -360,6 +364,8 @@ impl Store {
             .col_expr(Column::RecordsTotal, Expr::val(counts.total))
             .col_expr(Column::RecordsExported, Expr::val(counts.exported))
             .col_expr(Column::RecordsRejected, Expr::val(counts.rejected))
+            .col_expr(Column::RecordsRemoved, Expr::val(counts.removed))
+            .col_expr(Column::RecordsRetried, Expr::val(counts.retried))
             .col_expr(Column::BytesWritten, Expr::val(counts.bytes))
             .col_expr(Column::Warnings, Expr::val(warnings_json(warnings)))
             .col_expr(Column::Revision, Expr::col(Column::Revision).add(1))
@@ -385,6 +391,8 @@ impl Store {
             .col_expr(Column::RecordsTotal, Expr::val(finish.counts.total))
             .col_expr(Column::RecordsExported, Expr::val(finish.counts.exported))
             .col_expr(Column::RecordsRejected, Expr::val(finish.counts.rejected))
+            .col_expr(Column::RecordsRemoved, Expr::val(finish.counts.removed))
+            .col_expr(Column::RecordsRetried, Expr::val(finish.counts.retried))
             .col_expr(Column::BytesWritten, Expr::val(finish.counts.bytes))
             .col_expr(Column::Warnings, Expr::val(warnings_json(&finish.warnings)))
             .col_expr(Column::Error, Expr::val(finish.error.as_ref().map(json)))
@@ -664,6 +672,8 @@ async fn insert_run(
         records_total: Set(0),
         records_exported: Set(0),
         records_rejected: Set(0),
+        records_removed: Set(0),
+        records_retried: Set(0),
         bytes_written: Set(0),
         warnings: Set("[]".into()),
         error: Set(None),

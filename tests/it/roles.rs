@@ -16,7 +16,6 @@ fn not_built(action: Action) -> bool {
     matches!(
         action,
         Action::PreviewExport
-            | Action::ListRejectedRecords
             | Action::CreateAlertPolicy
             | Action::GetAlertPolicy
             | Action::ListAlertPolicies

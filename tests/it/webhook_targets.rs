@@ -345,3 +345,183 @@ async fn bad_webhook_settings_are_invalid_argument_naming_the_key_and_nothing_is
     assert_eq!(stored.config.get("batch_size").map(String::as_str), Some("10000"));
     t.stop().await;
 }
+
+async fn list_rejected(exports: &mut Exports, parent: &str, filter: &str) -> Vec<pb::RejectedRecord> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = exports
+            .list_rejected_records(pb::ListRejectedRecordsRequest {
+                parent: parent.into(),
+                page_size: 1,
+                page_token: page_token.clone(),
+                filter: filter.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.rejected_records);
+        if page.next_page_token.is_empty() {
+            assert_eq!(page.total_size as usize, all.len());
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+fn keys(rejects: &[pb::RejectedRecord]) -> Vec<&str> {
+    rejects.iter().map(|r| r.key.as_str()).collect()
+}
+
+#[tokio::test]
+async fn rejects_are_listed_by_run_and_outstanding_and_sent_again_by_the_next_run() {
+    let receiver = WebhookReceiver::start(Some(SECRET)).await;
+    receiver.refuse("c01", "email bounced", Some("BOUNCED"));
+    receiver.refuse("c07", "unknown customer", None);
+    let t = server_with_hook(&receiver, None).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    create_export(&mut exports, data_out("acme", "push", "Push", "hook", &[CUSTOMERS])).await;
+    let export = export_name("acme", "push");
+    let first = run_to_end(&mut exports, &export).await;
+    assert_eq!((first.records_rejected, first.records_retried), (2, 0));
+
+    // One page at a time, in key order; the run's rejects are the export's outstanding ones.
+    let of_run = list_rejected(&mut exports, &first.name, "").await;
+    assert_eq!(keys(&of_run), ["c01", "c07"]);
+    assert_eq!(of_run, list_rejected(&mut exports, &export, "").await);
+    let c01 = &of_run[0];
+    assert_eq!(c01.name, format!("{export}/rejectedRecords/c01"));
+    assert_eq!((c01.source.as_str(), c01.code.as_str()), (CUSTOMERS, "BOUNCED"));
+    assert_eq!(c01.reason, "email bounced");
+    assert_eq!(c01.run, first.name);
+    assert_eq!(c01.attempts, 1);
+    assert_eq!(of_run[1].code, "REJECTED", "a rejected entry without a code");
+    assert!(c01.first_reject_time.is_some() && c01.last_reject_time == c01.first_reject_time);
+    assert_eq!(
+        keys(&list_rejected(&mut exports, &export, "code = \"BOUNCED\"").await),
+        ["c01"]
+    );
+    let by_source = format!("source = \"{CUSTOMERS}\"");
+    assert_eq!(list_rejected(&mut exports, &export, &by_source).await.len(), 2);
+    assert!(
+        list_rejected(&mut exports, &export, "source = \"elsewhere\"")
+            .await
+            .is_empty()
+    );
+
+    // The next run sends both again; c07 now gets through, c01 is refused a second time.
+    receiver.accept_all();
+    receiver.refuse("c01", "still bounced", Some("BOUNCED"));
+    let second = run_to_end(&mut exports, &export).await;
+    assert_eq!(run_state(&second), pb::RunState::Succeeded, "{:?}", second.error);
+    assert_eq!(
+        (second.records_exported, second.records_rejected, second.records_retried),
+        (9, 1, 2)
+    );
+    let outstanding = list_rejected(&mut exports, &export, "").await;
+    assert_eq!(keys(&outstanding), ["c01"]);
+    assert_eq!(
+        (outstanding[0].attempts, outstanding[0].run.as_str()),
+        (2, second.name.as_str())
+    );
+    assert_eq!(outstanding[0].reason, "still bounced");
+    assert_eq!(outstanding[0].first_reject_time, c01.first_reject_time);
+    assert_eq!(keys(&list_rejected(&mut exports, &second.name, "").await), ["c01"]);
+
+    // Delivered at last: nothing is outstanding.
+    receiver.accept_all();
+    let third = run_to_end(&mut exports, &export).await;
+    assert_eq!((third.records_rejected, third.records_retried), (0, 1));
+    assert!(list_rejected(&mut exports, &export, "").await.is_empty());
+
+    // Bad filters and unknown runs.
+    let bad = exports
+        .list_rejected_records(pb::ListRejectedRecordsRequest {
+            parent: export.clone(),
+            filter: "reason = \"x\"".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(bad_fields(&expect_code(bad, Code::InvalidArgument)), ["filter"]);
+    let missing = exports
+        .list_rejected_records(pb::ListRejectedRecordsRequest {
+            parent: format!("{export}/runs/run-missing"),
+            ..Default::default()
+        })
+        .await;
+    expect_code(missing, Code::NotFound);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_batch_keeps_every_key_with_the_first_kib_of_the_answer() {
+    let receiver = WebhookReceiver::start(Some(SECRET)).await;
+    let long = "é".repeat(3000);
+    receiver.cue([Cue::status(422, &long)]);
+    let t = server_with_hook(&receiver, Some("4")).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    create_export(&mut exports, data_out("acme", "push", "Push", "hook", &[CUSTOMERS])).await;
+    let run = run_to_end(&mut exports, &export_name("acme", "push")).await;
+    assert_eq!(run.records_rejected, 4);
+    let rejects = list_rejected(&mut exports, &run.name, "").await;
+    assert_eq!(keys(&rejects), ["c00", "c01", "c02", "c03"]);
+    for reject in &rejects {
+        assert_eq!(reject.code, "HTTP_422");
+        assert!(
+            reject.reason.len() <= 1024 && reject.reason.len() >= 1022,
+            "{}",
+            reject.reason.len()
+        );
+        assert!(long.starts_with(&reject.reason));
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn incremental_runs_send_outstanding_rejects_again_even_when_unchanged() {
+    let receiver = WebhookReceiver::start(Some(SECRET)).await;
+    receiver.refuse("c03", "try later", None);
+    receiver.refuse("c02", "try later", None);
+    let t = server_with_hook(&receiver, None).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    let mut data = data_out("acme", "changes", "Changes", "hook", &[CUSTOMERS]);
+    data.export.as_mut().unwrap().sync_mode = pb::SyncMode::Incremental as i32;
+    create_export(&mut exports, data).await;
+    let mut members = segment_export(
+        "acme",
+        "vips",
+        "VIPs",
+        "hook",
+        &[VIP],
+        &[("id", "id"), ("email", "email")],
+    );
+    members.export.as_mut().unwrap().sync_mode = pb::SyncMode::Incremental as i32;
+    create_export(&mut exports, members).await;
+    for (export, rejected) in [("changes", 2), ("vips", 1)] {
+        let run = run_to_end(&mut exports, &export_name("acme", export)).await;
+        assert_eq!(run.records_rejected, rejected, "{export}");
+    }
+
+    // Nothing changed: each run sends only its outstanding rejects.
+    receiver.accept_all();
+    receiver.clear();
+    for (export, retried) in [("changes", vec!["c02", "c03"]), ("vips", vec!["c02"])] {
+        let name = export_name("acme", export);
+        let run = run_to_end(&mut exports, &name).await;
+        assert_eq!(run_state(&run), pb::RunState::Succeeded, "{:?}", run.error);
+        assert_eq!(run.records_retried, retried.len() as i64, "{export}");
+        assert_eq!(run.records_exported, retried.len() as i64, "{export}");
+        let posts: Vec<_> = receiver
+            .posts()
+            .into_iter()
+            .filter(|p| p.body["export"] == json!(name))
+            .collect();
+        assert_eq!(
+            posts.iter().flat_map(record_ids).collect::<Vec<_>>(),
+            retried,
+            "{export}"
+        );
+        assert!(list_rejected(&mut exports, &name, "").await.is_empty(), "{export}");
+    }
+    t.stop().await;
+}

@@ -6,6 +6,7 @@ mod m0002_catalog;
 mod m0003_exports;
 mod m0004_runs;
 mod m0005_recurrence_anchors;
+mod m0006_rejected_records;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_exports::Migration),
             Box::new(m0004_runs::Migration),
             Box::new(m0005_recurrence_anchors::Migration),
+            Box::new(m0006_rejected_records::Migration),
         ]
     }
 }

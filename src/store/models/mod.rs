@@ -6,6 +6,7 @@ pub mod export;
 pub mod export_source;
 pub mod lease;
 pub mod record;
+pub mod rejected_record;
 pub mod request_id;
 pub mod run;
 pub mod segment;

@@ -16,6 +16,8 @@ pub struct Model {
     pub records_total: i64,
     pub records_exported: i64,
     pub records_rejected: i64,
+    pub records_removed: i64,
+    pub records_retried: i64,
     pub bytes_written: i64,
     /// JSON array of warnings.
     pub warnings: String,
