@@ -169,6 +169,7 @@ impl Connector for Webhook {
             idempotency_prefix: format!("{}.{}", run.run_id, run.attempt),
             part: None,
             posts: 0,
+            bytes_sent: 0,
         }))
     }
 }
@@ -195,6 +196,8 @@ struct WebhookSink {
     idempotency_prefix: String,
     part: Option<OpenPart>,
     posts: u64,
+    /// Body bytes of the batches delivered (`bytes_written`).
+    bytes_sent: u64,
 }
 
 /// One batch as it goes out: the body, and the keys it carries (to reject them).
@@ -305,8 +308,10 @@ impl WebhookSink {
         part.sequence += 1;
         let batch = part.batch(&self.export, &self.run, rows, part.sequence, last);
         let idempotency_key = format!("{}.{}.{}", self.idempotency_prefix, part.schema.id, part.sequence);
+        let size = batch.body.len() as u64;
         let answer = self.endpoint.post(batch.body, Some(&idempotency_key)).await?;
         self.posts += 1;
+        self.bytes_sent += size;
         let (records, removals) = (batch.record_keys.len() as u64, batch.removed_keys.len() as u64);
         if answer.status.is_success() {
             // Only keys of this batch count, each once: a receiver cannot reject what it was
@@ -324,7 +329,7 @@ impl WebhookSink {
                 accepted: records - rejected_records,
                 removed: removals - rejected_removals,
                 rejected,
-                bytes: None,
+                bytes: Some(self.bytes_sent),
             });
         }
         if answer.status.is_client_error() {
@@ -342,6 +347,7 @@ impl WebhookSink {
                 .collect();
             return Ok(Delivery {
                 rejected,
+                bytes: Some(self.bytes_sent),
                 ..Delivery::default()
             });
         }
@@ -359,6 +365,7 @@ fn add(total: &mut Delivery, more: Delivery) {
     total.accepted += more.accepted;
     total.removed += more.removed;
     total.rejected.extend(more.rejected);
+    total.bytes = more.bytes.or(total.bytes);
 }
 
 #[async_trait]
@@ -377,7 +384,10 @@ impl Sink for WebhookSink {
     /// Sends every full batch but the newest, which is held until the next rows or the end of
     /// the part say whether it is the last.
     async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<Delivery, Failure> {
-        let mut delivery = Delivery::default();
+        let mut delivery = Delivery {
+            bytes: Some(self.bytes_sent),
+            ..Delivery::default()
+        };
         let Some(part) = self.part.as_mut() else {
             return Err(Failure::Permanent {
                 message: "no part is open".into(),
@@ -408,8 +418,12 @@ impl Sink for WebhookSink {
     async fn commit(self: Box<Self>) -> Result<SinkSummary, Failure> {
         Ok(SinkSummary {
             files: Vec::new(),
-            bytes: 0,
-            location: format!("{} POST requests", self.posts),
+            bytes: self.bytes_sent,
+            location: format!(
+                "{} {} to the webhook",
+                self.posts,
+                if self.posts == 1 { "batch" } else { "batches" }
+            ),
             removed_run_folders: 0,
             cleanup_error: None,
         })

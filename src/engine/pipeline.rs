@@ -609,15 +609,17 @@ impl Engine {
                 subject: plan.export.name.to_string(),
             });
         }
-        let (message, detail) = ConnectionDetail::split(
+        // Record-level targets write no files: their summary says what was delivered.
+        let committed = if files == 0 && !summary.location.is_empty() {
+            format!("delivered {}", summary.location)
+        } else {
             format!(
                 "committed {files} {}{removed}; see {}",
                 if files == 1 { "file" } else { "files" },
                 summary.location
-            ),
-            &connection_name,
-            &locations,
-        );
+            )
+        };
+        let (message, detail) = ConnectionDetail::split(committed, &connection_name, &locations);
         progress.end_with_detail("finalize", RunState::Succeeded, message, detail);
         Outcome::Finished(Box::new(Finish {
             state: RunState::Succeeded,

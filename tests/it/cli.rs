@@ -278,18 +278,18 @@ async fn run_export_starts_a_run_and_follows_it_to_its_end() {
         .create_connection(local_files("demo", "files", "Files", false))
         .await
         .unwrap();
-    let webhook = pb::CreateConnectionRequest {
+    let database = pb::CreateConnectionRequest {
         parent: "environments/demo".into(),
         connection_id: "hook".into(),
         connection: Some(pb::Connection {
-            display_name: "Hook".into(),
-            r#type: "webhook".into(),
-            config: [("url".to_string(), "http://127.0.0.1:9/none".to_string())].into(),
+            display_name: "Database".into(),
+            r#type: "postgres".into(),
+            secrets: [("url".to_string(), "postgres://user:pw@127.0.0.1:9/none".to_string())].into(),
             ..Default::default()
         }),
         ..Default::default()
     };
-    connections.create_connection(webhook).await.unwrap();
+    connections.create_connection(database).await.unwrap();
     for (id, connection) in [("lake", "files"), ("hooked", "hook")] {
         exports
             .create_export(crate::common::data_out(

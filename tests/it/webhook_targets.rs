@@ -60,8 +60,15 @@ async fn batches_have_the_documented_body_headers_and_sizes_and_are_signed() {
     assert_eq!(run_state(&run), pb::RunState::Succeeded, "{:?}", run.error);
     assert_eq!((run.records_exported, run.records_rejected), (10, 0));
     assert!(!warning_codes(&run).contains(&"RECORDS_REJECTED"));
+    let finalize = run.tasks.iter().find(|t| t.name == "finalize").unwrap();
+    assert_eq!(finalize.message, "delivered 3 batches to the webhook");
 
     let posts = receiver.posts();
+    assert_eq!(
+        run.bytes_written as usize,
+        posts.iter().map(|p| p.raw.len()).sum::<usize>(),
+        "bytes_written counts the bodies delivered"
+    );
     // 10 records in batches of at most 4.
     assert_eq!(posts.iter().map(|p| record_ids(p).len()).collect::<Vec<_>>(), [4, 4, 2]);
     let mut ids: Vec<String> = posts.iter().flat_map(record_ids).collect();
