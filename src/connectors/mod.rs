@@ -130,6 +130,57 @@ pub trait Connector: Send + Sync {
     }
 }
 
+/// Tells a sink that its run was cancelled or taken over by another worker, so that it stops
+/// between requests (and in a request or a retry's wait) instead of at the end of a batch.
+#[derive(Clone, Default)]
+pub struct Cancellation {
+    signals: Vec<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Cancellation {
+    /// Cancelled when any of `signals` turns true.
+    pub fn of(signals: Vec<tokio::sync::watch::Receiver<bool>>) -> Cancellation {
+        Cancellation { signals }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.signals.iter().any(|s| *s.borrow())
+    }
+
+    /// Resolves once the run is cancelled (never, without signals).
+    pub async fn cancelled(&self) {
+        let waits = self.signals.iter().cloned().map(|mut signal| {
+            Box::pin(async move {
+                // A closed channel (the run's owner is gone) counts as cancelled too.
+                let _ = signal.wait_for(|cancelled| *cancelled).await;
+            })
+        });
+        let waits: Vec<_> = waits.collect();
+        if waits.is_empty() {
+            return std::future::pending().await;
+        }
+        futures::future::select_all(waits).await;
+    }
+
+    /// Runs `work` unless the run is cancelled first: then a permanent failure saying so (the
+    /// pipeline reports the run as cancelled, not failed).
+    pub async fn unless_cancelled<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, crate::connectors::retry::Failure>>,
+    ) -> Result<T, crate::connectors::retry::Failure> {
+        let stopped = || crate::connectors::retry::Failure::Permanent {
+            message: "the run was cancelled".into(),
+        };
+        if self.is_cancelled() {
+            return Err(stopped());
+        }
+        tokio::select! {
+            result = work => result,
+            _ = self.cancelled() => Err(stopped()),
+        }
+    }
+}
+
 /// A run as a connector sees it.
 pub struct RunTarget<'a> {
     pub target: Target<'a>,
@@ -140,6 +191,8 @@ pub struct RunTarget<'a> {
     pub run_name: &'a str,
     /// The attempt of the run (a taken-over run continues as its next attempt).
     pub attempt: i32,
+    /// Set when the run is cancelled or lost: sinks that make many requests stop between them.
+    pub cancellation: Cancellation,
     /// Stable across attempts of the run, so that a retried attempt writes to the same place.
     pub run_time: chrono::DateTime<chrono::Utc>,
     pub settings: &'a BTreeMap<String, String>,

@@ -170,6 +170,7 @@ impl Connector for Webhook {
             part: None,
             posts: 0,
             bytes_sent: 0,
+            cancellation: run.cancellation.clone(),
         }))
     }
 }
@@ -198,6 +199,8 @@ struct WebhookSink {
     posts: u64,
     /// Body bytes of the batches delivered (`bytes_written`).
     bytes_sent: u64,
+    /// Stops between POSTs, and in one or its retries' waits, once the run is cancelled.
+    cancellation: super::Cancellation,
 }
 
 /// One batch as it goes out: the body, and the keys it carries (to reject them).
@@ -309,7 +312,10 @@ impl WebhookSink {
         let batch = part.batch(&self.export, &self.run, rows, part.sequence, last);
         let idempotency_key = format!("{}.{}.{}", self.idempotency_prefix, part.schema.id, part.sequence);
         let size = batch.body.len() as u64;
-        let answer = self.endpoint.post(batch.body, Some(&idempotency_key)).await?;
+        let answer = self
+            .cancellation
+            .unless_cancelled(self.endpoint.post(batch.body, Some(&idempotency_key)))
+            .await?;
         self.posts += 1;
         self.bytes_sent += size;
         let (records, removals) = (batch.record_keys.len() as u64, batch.removed_keys.len() as u64);

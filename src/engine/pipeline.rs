@@ -453,6 +453,7 @@ impl Engine {
             export_name: &export_name,
             run_name: &run_name,
             attempt: run.attempt,
+            cancellation: connectors::Cancellation::of(vec![control.cancel.clone(), control.lost.clone()]),
             run_time: to_datetime(run.create_time),
             settings: &plan.export.settings,
             keep_runs: keep_runs.as_deref(),
@@ -703,7 +704,10 @@ impl Engine {
                 let rows = batch.into_rows(&columns, incremental).map_err(Stop::Store)?;
                 progress.counts.total += read as i64;
                 progress.counts.retried += retried_in(&rows, key_column, &mut outstanding);
-                let delivery = sink.write_rows(rows).await.map_err(Stop::Failed)?;
+                let delivery = sink
+                    .write_rows(rows)
+                    .await
+                    .map_err(|f| stopped_or_failed(self, control, f))?;
                 rejects.store(self, &delivery).await?;
                 progress.account(delivery);
                 if progress.flushed.elapsed() >= PROGRESS_EVERY {
@@ -715,7 +719,7 @@ impl Engine {
         .await;
         reader.abort();
         result?;
-        let delivery = sink.end_part().await.map_err(Stop::Failed)?;
+        let delivery = sink.end_part().await.map_err(|f| stopped_or_failed(self, control, f))?;
         rejects.store(self, &delivery).await?;
         progress.account(delivery);
         Ok(())
@@ -851,6 +855,11 @@ fn interrupted(engine: &Engine, control: &Control) -> Option<Stop> {
     } else {
         None
     }
+}
+
+/// A sink that failed because its run was cancelled or lost stopped; any other failure is one.
+fn stopped_or_failed(engine: &Engine, control: &Control, failure: Failure) -> Stop {
+    interrupted(engine, control).unwrap_or(Stop::Failed(failure))
 }
 
 fn missing(what: &str, name: &dyn std::fmt::Display) -> Error {

@@ -532,3 +532,32 @@ async fn incremental_runs_send_outstanding_rejects_again_even_when_unchanged() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_cancelled_run_stops_between_requests_without_finishing_its_batch() {
+    let receiver = WebhookReceiver::start(Some(SECRET)).await;
+    receiver.hold();
+    // One record per POST: the pipeline's batch of ten is ten requests.
+    let t = server_with_hook(&receiver, Some("1")).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    create_export(&mut exports, data_out("acme", "push", "Push", "hook", &[CUSTOMERS])).await;
+    let run = run_export(&mut exports, &export_name("acme", "push")).await;
+    eventually(
+        std::time::Duration::from_secs(20),
+        "the first POST",
+        async || match receiver.posts().len() {
+            0 => Err("no POST yet".to_string()),
+            _ => Ok(()),
+        },
+    )
+    .await;
+    exports
+        .cancel_export_run(pb::CancelExportRunRequest { name: run.name.clone() })
+        .await
+        .unwrap();
+    let ended = wait_for_end(&mut exports, &run.name).await;
+    receiver.release();
+    assert_eq!(run_state(&ended), pb::RunState::Cancelled, "{:?}", ended.error);
+    assert_eq!(receiver.posts().len(), 1, "nothing is sent after the cancel");
+    t.stop().await;
+}

@@ -72,6 +72,8 @@ struct State {
     /// Every POST is answered with this (after the cues).
     always: Option<Cue>,
     refuse_options: bool,
+    /// While set, POSTs wait for a permit before they are answered.
+    hold: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 pub struct WebhookReceiver {
@@ -130,6 +132,18 @@ impl WebhookReceiver {
         state.always = None;
     }
 
+    /// From now on every POST waits (after it is recorded) until [`release`](Self::release).
+    pub fn hold(&self) {
+        self.state.lock().unwrap().hold = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Answers every held POST and stops holding.
+    pub fn release(&self) {
+        if let Some(hold) = self.state.lock().unwrap().hold.take() {
+            hold.close();
+        }
+    }
+
     /// `OPTIONS` is answered 405 (as many frameworks do).
     pub fn refuse_options(&self) {
         self.state.lock().unwrap().refuse_options = true;
@@ -173,7 +187,7 @@ fn respond(status: u16, retry_after: Option<&str>, body: String) -> Response<Ful
     response
 }
 
-async fn answer(request: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(request: Request<Incoming>, shared: Arc<Mutex<State>>) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = request.method().clone();
     let headers: BTreeMap<String, String> = request
         .headers()
@@ -186,33 +200,58 @@ async fn answer(request: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let mut state = state.lock().unwrap();
+    let (received, hold) = record(&shared, method, headers, raw);
+    if let Some(hold) = hold {
+        // Closed by `release`: the wait ends for every held request.
+        let _ = hold.acquire().await;
+    }
+    Ok(reply(&mut shared.lock().unwrap(), &received))
+}
+
+/// Keeps the request; says whether its answer is held.
+fn record(
+    shared: &Mutex<State>,
+    method: Method,
+    headers: BTreeMap<String, String>,
+    raw: Bytes,
+) -> (Received, Option<Arc<tokio::sync::Semaphore>>) {
+    let mut state = shared.lock().unwrap();
     let signature_ok = match &state.secret {
         Some(secret) => headers.get("x-exportd-signature") == Some(&sign(secret, &raw)),
         None => false,
     };
     let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    state.received.push(Received {
+    let received = Received {
         method: method.to_string(),
         headers,
         raw,
-        body: body.clone(),
+        body,
         signature_ok,
-    });
-    if method == Method::OPTIONS {
-        return Ok(if state.refuse_options {
+    };
+    state.received.push(received.clone());
+    let hold = if method == Method::POST {
+        state.hold.clone()
+    } else {
+        None
+    };
+    (received, hold)
+}
+
+fn reply(state: &mut State, received: &Received) -> Response<Full<Bytes>> {
+    if received.method == "OPTIONS" {
+        return if state.refuse_options {
             respond(405, None, String::new())
         } else {
             respond(204, None, String::new())
-        });
+        };
     }
-    if state.secret.is_some() && !signature_ok {
-        return Ok(respond(401, None, "signature mismatch".into()));
+    if state.secret.is_some() && !received.signature_ok {
+        return respond(401, None, "signature mismatch".into());
     }
     if let Some(cue) = state.cues.pop_front().or_else(|| state.always.clone()) {
-        return Ok(respond(cue.status, cue.retry_after.as_deref(), cue.body));
+        return respond(cue.status, cue.retry_after.as_deref(), cue.body);
     }
-    let rejected: Vec<Value> = body["records"]
+    let rejected: Vec<Value> = received.body["records"]
         .as_array()
         .into_iter()
         .flatten()
@@ -226,5 +265,5 @@ async fn answer(request: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<
             Some(entry)
         })
         .collect();
-    Ok(respond(200, None, json!({ "rejected": rejected }).to_string()))
+    respond(200, None, json!({ "rejected": rejected }).to_string())
 }
