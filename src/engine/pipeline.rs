@@ -647,7 +647,7 @@ impl Engine {
         // Rejects of earlier runs still outstanding: sending one again counts as a retry.
         let mut outstanding = self
             .store
-            .outstanding_keys(export, &part.schema.source)
+            .outstanding_keys(export, &part.schema.source, &run.name.id)
             .await
             .map_err(Stop::Store)?;
         let rejects = PartRejects {

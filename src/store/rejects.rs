@@ -162,14 +162,17 @@ impl Store {
         Ok(())
     }
 
-    /// The keys of `source` outstanding for `export` (rejected and not delivered since).
-    pub async fn outstanding_keys(&self, export: &ExportName, source: &str) -> Result<HashSet<String>> {
+    /// The keys of `source` that earlier runs of `export` rejected and that are still
+    /// outstanding as run `run_id` starts (or continues as a taken-over attempt: what its
+    /// earlier attempt rejected for the first time is not an earlier run's reject).
+    pub async fn outstanding_keys(&self, export: &ExportName, source: &str, run_id: &str) -> Result<HashSet<String>> {
         let keys: Vec<String> = Table::find()
             .select_only()
             .column(Column::Key)
             .filter(of_export(export))
             .filter(Column::Source.eq(source))
             .filter(Column::Outstanding.eq(true))
+            .filter(Condition::any().add(Column::Run.ne(run_id)).add(Column::Attempts.gt(1)))
             .into_tuple()
             .all(self.reader())
             .await?;

@@ -561,3 +561,97 @@ async fn a_cancelled_run_stops_between_requests_without_finishing_its_batch() {
     assert_eq!(receiver.posts().len(), 1, "nothing is sent after the cancel");
     t.stop().await;
 }
+
+// Several threads: the receiver answers while this test waits for the server processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_run_killed_mid_way_is_taken_over_and_every_record_and_reject_survives() {
+    const RECORDS: usize = 1000;
+    let receiver = WebhookReceiver::start(Some(SECRET)).await;
+    // Every key ending in 7 is refused: 100 rejects, 10 in each batch of 100.
+    for i in (7..RECORDS).step_by(10) {
+        receiver.refuse(&format!("k{i:04}"), "refused", Some("NOPE"));
+    }
+    // Three batches are answered, the fourth hangs until the server is killed.
+    receiver.hold_after(3);
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(dir.path()).await;
+    let envs = server_env(
+        &database_url,
+        &[("EXPORTD_RUN_LEASE_SECONDS", "2"), ("EXPORTD_WORKERS", "1")],
+    );
+    create_environment(dir.path(), &envs, "acme");
+    let first = start(dir.path(), &envs);
+    let (mut catalog, mut connections, mut exports) = clients(&first.addr, "acme").await;
+    catalog
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    let records = (0..RECORDS)
+        .map(|i| json!({"id": format!("k{i:04}"), "email": format!("u{i}@x.io")}))
+        .collect();
+    write_all(&mut catalog, vec![write(CUSTOMERS, records, &[])])
+        .await
+        .unwrap();
+    connections
+        .create_connection(webhook("hook", &receiver.url, Some("100"), Some(SECRET)))
+        .await
+        .unwrap();
+    create_export(&mut exports, data_out("acme", "push", "Push", "hook", &[CUSTOMERS])).await;
+    let export = export_name("acme", "push");
+    let run = run_export(&mut exports, &export).await;
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the fourth POST",
+        async || match receiver.posts().len() {
+            n if n >= 4 => Ok(()),
+            n => Err(format!("{n} POSTs")),
+        },
+    )
+    .await;
+    first.signal("KILL");
+    assert_eq!(first.wait(), None, "killed by a signal");
+    receiver.release();
+
+    let second = start(dir.path(), &envs);
+    let (_, _, mut exports) = clients(&second.addr, "acme").await;
+    let done = wait_run(&mut exports, &run.name, "a terminal state", |r| {
+        !matches!(
+            pb::RunState::try_from(r.state),
+            Ok(pb::RunState::Queued | pb::RunState::Running | pb::RunState::WaitingForDependencies)
+        )
+    })
+    .await;
+    assert_eq!(done.state, pb::RunState::Succeeded as i32, "{done:?}");
+    assert_eq!(done.attempt, 2);
+    assert_eq!(
+        (done.records_exported, done.records_rejected, done.records_retried),
+        (900, 100, 0),
+        "the first attempt's rejects are neither lost nor counted as retries"
+    );
+
+    // The new attempt sends every record again, under new idempotency keys.
+    let run_id = run.name.rsplit('/').next().unwrap();
+    let posts = receiver.posts();
+    let first_attempt = posts
+        .iter()
+        .filter(|p| p.header("idempotency-key").starts_with(&format!("{run_id}.1.")))
+        .count();
+    assert_eq!(first_attempt, 4);
+    let mut resent: Vec<String> = posts
+        .iter()
+        .filter(|p| p.header("idempotency-key").starts_with(&format!("{run_id}.2.")))
+        .flat_map(record_ids)
+        .collect();
+    resent.sort();
+    assert_eq!(resent, (0..RECORDS).map(|i| format!("k{i:04}")).collect::<Vec<_>>());
+
+    let rejects = list_rejected(&mut exports, &export, "").await;
+    assert_eq!(rejects.len(), 100);
+    assert!(
+        rejects
+            .iter()
+            .all(|r| r.attempts == 1 && r.run == run.name && r.code == "NOPE")
+    );
+    second.signal("TERM");
+    assert_eq!(second.wait(), Some(0));
+}

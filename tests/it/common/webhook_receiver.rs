@@ -74,6 +74,8 @@ struct State {
     refuse_options: bool,
     /// While set, POSTs wait for a permit before they are answered.
     hold: Option<Arc<tokio::sync::Semaphore>>,
+    /// POSTs answered before `hold` applies (None: from the next one).
+    hold_after: Option<usize>,
 }
 
 pub struct WebhookReceiver {
@@ -137,9 +139,19 @@ impl WebhookReceiver {
         self.state.lock().unwrap().hold = Some(Arc::new(tokio::sync::Semaphore::new(0)));
     }
 
+    /// Answers the next `posts` POSTs, then holds every later one until [`release`](Self::release).
+    pub fn hold_after(&self, posts: usize) {
+        let mut state = self.state.lock().unwrap();
+        let already = state.received.iter().filter(|r| r.method == "POST").count();
+        state.hold_after = Some(already + posts);
+        state.hold = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
     /// Answers every held POST and stops holding.
     pub fn release(&self) {
-        if let Some(hold) = self.state.lock().unwrap().hold.take() {
+        let mut state = self.state.lock().unwrap();
+        state.hold_after = None;
+        if let Some(hold) = state.hold.take() {
             hold.close();
         }
     }
@@ -229,11 +241,9 @@ fn record(
         signature_ok,
     };
     state.received.push(received.clone());
-    let hold = if method == Method::POST {
-        state.hold.clone()
-    } else {
-        None
-    };
+    let posts = state.received.iter().filter(|r| r.method == "POST").count();
+    let held = method == Method::POST && state.hold_after.is_none_or(|after| posts > after);
+    let hold = if held { state.hold.clone() } else { None };
     (received, hold)
 }
 
