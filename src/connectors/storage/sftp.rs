@@ -42,7 +42,7 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
 use super::object::redact;
 use super::{ByteStore, Upload, check_path, encode_url_path};
 use crate::connectors::Check;
-use crate::connectors::retry::{Attempts, Failure, RetryPolicy, retried};
+use crate::connectors::retry::{Attempts, Failure, RetryPolicy};
 
 /// The connection type whose retries this store counts.
 const CONNECTION_TYPE: &str = "sftp";
@@ -699,9 +699,11 @@ fn is_dir(attrs: &FileAttributes) -> bool {
     attrs.permissions.is_some_and(|p| p & S_IFMT == S_IFDIR)
 }
 
-/// One attempt of each request; [`ByteStore`] retries them (a lost connection reconnects).
-impl SftpBytes {
-    async fn put_once(&self, path: &str, bytes: Bytes) -> Result<(), Failure> {
+/// One attempt of each request: `storage::retrying` tries them again (a lost connection is
+/// transient and reconnects on the next attempt).
+#[async_trait]
+impl ByteStore for SftpBytes {
+    async fn put(&self, path: &str, bytes: Bytes) -> Result<(), Failure> {
         check_path(path)?;
         let inner = &self.inner;
         let conn = inner.conn().await?;
@@ -725,7 +727,7 @@ impl SftpBytes {
         Ok(())
     }
 
-    async fn upload_once(&self, path: &str) -> Result<Box<dyn Upload>, Failure> {
+    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, Failure> {
         check_path(path)?;
         let conn = self.inner.conn().await?;
         let dest = conn.path(path);
@@ -739,7 +741,7 @@ impl SftpBytes {
         }))
     }
 
-    async fn get_once(&self, path: &str) -> Result<Option<Bytes>, Failure> {
+    async fn get(&self, path: &str) -> Result<Option<Bytes>, Failure> {
         check_path(path)?;
         let inner = &self.inner;
         let conn = inner.conn().await?;
@@ -760,7 +762,7 @@ impl SftpBytes {
             .map_err(|e| inner.failure(&conn, &what(), e))
     }
 
-    async fn list_once(&self, prefix: &str) -> Result<Vec<String>, Failure> {
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, Failure> {
         if !prefix.is_empty() {
             check_path(prefix.trim_end_matches('/'))?;
         }
@@ -808,7 +810,7 @@ impl SftpBytes {
         Ok(found)
     }
 
-    async fn delete_once(&self, path: &str) -> Result<(), Failure> {
+    async fn delete(&self, path: &str) -> Result<(), Failure> {
         check_path(path)?;
         let inner = &self.inner;
         let conn = inner.conn().await?;
@@ -827,32 +829,6 @@ impl SftpBytes {
             dir = parent(current);
         }
         Ok(())
-    }
-}
-
-/// Every request is retried as PRODUCT.md §11 says (a transient failure — a lost connection, a
-/// server that did not answer — reconnects on the next attempt); each is idempotent: `put`
-/// writes a fresh temporary file, `delete` accepts a missing file.
-#[async_trait]
-impl ByteStore for SftpBytes {
-    async fn put(&self, path: &str, bytes: Bytes) -> Result<(), Failure> {
-        retried(CONNECTION_TYPE, |_| self.put_once(path, bytes.clone())).await
-    }
-
-    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, Failure> {
-        retried(CONNECTION_TYPE, |_| self.upload_once(path)).await
-    }
-
-    async fn get(&self, path: &str) -> Result<Option<Bytes>, Failure> {
-        retried(CONNECTION_TYPE, |_| self.get_once(path)).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, Failure> {
-        retried(CONNECTION_TYPE, |_| self.list_once(prefix)).await
-    }
-
-    async fn delete(&self, path: &str) -> Result<(), Failure> {
-        retried(CONNECTION_TYPE, |_| self.delete_once(path)).await
     }
 
     fn url(&self, path: &str) -> String {
