@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo bench --bench storage` (BENCH_SIZES, comma-separated record counts, e.g.
 //! `250000,1000000` to see memory stay flat with size;
-//! BENCH_TARGETS=local-files,s3,azure-blob,sftp;
+//! BENCH_TARGETS=local-files,s3,azure-blob,sftp; BENCH_LINKS=0,40 also runs every remote target
+//! through a loopback link of 40 MiB/s, as over a network, where the upload is the slow part;
 //! BENCH_FORMATS=csv,parquet). Needs moto, Azurite and sshd as `.ci/run` installs them.
 
 mod support;
@@ -24,7 +25,7 @@ mod storage_servers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use exportd::pb;
 use object_store::path::Path as ObjectPath;
@@ -45,40 +46,44 @@ struct Target {
     /// Reads what a run wrote and does the bare upload (object stores), rooted at the bucket or
     /// container; for SFTP, the server's folder on the local disk.
     direct: Arc<dyn ObjectStore>,
+    /// The port exportd and the baseline reach the server on (through the link, if any).
+    port: u16,
+    /// The link's rate in MiB/s; 0 for none (the bare loopback).
+    link: u64,
 }
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-fn s3(moto: &Moto) -> Target {
+fn s3(moto: &Moto, link: &Link) -> Target {
+    let endpoint = link.endpoint(&moto.endpoint);
     let direct = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(BUCKET)
         .with_region("us-east-1")
         .with_access_key_id("AKIABENCH")
         .with_secret_access_key("bench-secret")
-        .with_endpoint(&moto.endpoint)
+        .with_endpoint(&endpoint)
         .with_allow_http(true)
         .build()
         .unwrap();
     Target {
         kind: "s3",
-        config: map(&[
-            ("bucket", BUCKET),
-            ("region", "us-east-1"),
-            ("endpoint", &moto.endpoint),
-        ]),
+        config: map(&[("bucket", BUCKET), ("region", "us-east-1"), ("endpoint", &endpoint)]),
         secrets: map(&[("access_key_id", "AKIABENCH"), ("secret_access_key", "bench-secret")]),
         direct: Arc::new(direct),
+        port: link.port,
+        link: link.mib_per_second,
     }
 }
 
-fn azure(azurite: &Azurite) -> Target {
+fn azure(azurite: &Azurite, link: &Link) -> Target {
+    let endpoint = link.endpoint(&azurite.endpoint);
     let direct = object_store::azure::MicrosoftAzureBuilder::new()
         .with_account(AZURITE_ACCOUNT)
         .with_access_key(AZURITE_KEY)
         .with_container_name(BUCKET)
-        .with_endpoint(azurite.endpoint.clone())
+        .with_endpoint(endpoint.clone())
         .with_allow_http(true)
         .build()
         .unwrap();
@@ -87,26 +92,30 @@ fn azure(azurite: &Azurite) -> Target {
         config: map(&[
             ("account", AZURITE_ACCOUNT),
             ("container", BUCKET),
-            ("endpoint", &azurite.endpoint),
+            ("endpoint", &endpoint),
         ]),
         secrets: map(&[("account_key", AZURITE_KEY)]),
         direct: Arc::new(direct),
+        port: link.port,
+        link: link.mib_per_second,
     }
 }
 
-fn sftp(sshd: &Sshd) -> Target {
+fn sftp(sshd: &Sshd, link: &Link) -> Target {
     let folder = std::fs::canonicalize(&sshd.folder).unwrap();
     Target {
         kind: "sftp",
         config: map(&[
             ("host", &sshd.host),
-            ("port", &sshd.port.to_string()),
+            ("port", &link.port.to_string()),
             ("username", &sshd.username),
             ("folder", folder.to_str().unwrap()),
             ("host_key", &sshd.host_key.public),
         ]),
         secrets: map(&[("private_key", &sshd.client_key.private)]),
         direct: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&folder).unwrap()),
+        port: link.port,
+        link: link.mib_per_second,
     }
 }
 
@@ -122,6 +131,8 @@ fn local(server: &Server) -> Target {
         config: map(&[("root", root.to_str().unwrap())]),
         secrets: BTreeMap::new(),
         direct: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap()),
+        port: 0,
+        link: 0,
     }
 }
 
@@ -139,6 +150,80 @@ fn bare_local_write(target: &Target, files: &[(String, bytes::Bytes)]) -> f64 {
     let seconds = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&root);
     seconds
+}
+
+/// A TCP link to a server on loopback that carries at most `mib_per_second` towards it (the
+/// uploads), all connections together, as a network link would; answers pass at once. A rate
+/// of 0 is no link: the server's own port.
+struct Link {
+    port: u16,
+    mib_per_second: u64,
+}
+
+impl Link {
+    async fn to(upstream: u16, mib_per_second: u64) -> Link {
+        if mib_per_second == 0 {
+            return Link {
+                port: upstream,
+                mib_per_second,
+            };
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let rate = (mib_per_second << 20) as f64;
+        // When the bytes sent so far are due on the wire; no credit builds up while idle.
+        let schedule = Arc::new(std::sync::Mutex::new(Instant::now()));
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let schedule = schedule.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
+                    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let up = async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buffer = vec![0u8; 64 << 10];
+                        while let Ok(n) = client_read.read(&mut buffer).await {
+                            if n == 0 {
+                                break;
+                            }
+                            let due = {
+                                let mut next = schedule.lock().unwrap();
+                                *next = (*next).max(Instant::now()) + Duration::from_secs_f64(n as f64 / rate);
+                                *next
+                            };
+                            tokio::time::sleep_until(due.into()).await;
+                            if server_write.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = server_write.shutdown().await;
+                    };
+                    let down = async move {
+                        use tokio::io::AsyncWriteExt;
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                        let _ = client_write.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Link { port, mib_per_second }
+    }
+
+    /// `endpoint` (`http://127.0.0.1:PORT/path`) through this link.
+    fn endpoint(&self, endpoint: &str) -> String {
+        let mut url = reqwest::Url::parse(endpoint).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.to_string().trim_end_matches('/').to_string()
+    }
+}
+
+fn port_of(endpoint: &str) -> u16 {
+    reqwest::Url::parse(endpoint).unwrap().port().unwrap()
 }
 
 async fn create_connection(server: &Server, id: &str, target: &Target) {
@@ -226,7 +311,7 @@ async fn bare_object_store_upload(target: &Target, files: &[(String, bytes::Byte
 }
 
 /// OpenSSH's `sftp` client putting the same files (copied to a local folder first): seconds.
-fn bare_sftp_put(sshd: &Sshd, files: &[(String, bytes::Bytes)]) -> f64 {
+fn bare_sftp_put(sshd: &Sshd, port: u16, files: &[(String, bytes::Bytes)]) -> f64 {
     let local = tempfile::tempdir().unwrap();
     let remote = std::fs::canonicalize(&sshd.folder).unwrap().join("bare");
     let mut batch = format!("-mkdir {}\n", remote.display());
@@ -243,7 +328,7 @@ fn bare_sftp_put(sshd: &Sshd, files: &[(String, bytes::Bytes)]) -> f64 {
         .arg(&batch_file)
         .arg("-i")
         .arg(sshd.client_key_file())
-        .args(["-P", &sshd.port.to_string()])
+        .args(["-P", &port.to_string()])
         .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
         .arg(format!("{}@{}", sshd.username, sshd.host))
         .stdout(std::process::Stdio::null())
@@ -281,7 +366,7 @@ fn measure(
     let files = runtime.block_on(partitions(target, export));
     let baseline = match (target.kind, sshd) {
         ("local-files", _) => bare_local_write(target, &files),
-        (_, Some(sshd)) => bare_sftp_put(sshd, &files),
+        (_, Some(sshd)) => bare_sftp_put(sshd, target.port, &files),
         _ => runtime.block_on(bare_object_store_upload(target, &files)),
     };
     let measured = Measured {
@@ -311,12 +396,28 @@ fn main() {
         (moto, azurite)
     });
     let sshd = Sshd::start().expect("sshd (see .ci/run)");
-    let targets = [s3(&moto), azure(&azurite), sftp(&sshd)];
+    let links: Vec<u64> = std::env::var("BENCH_LINKS")
+        .unwrap_or_else(|_| "0".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("a rate in MiB/s"))
+        .collect();
+    let mut targets = Vec::new();
+    for &rate in &links {
+        let (to_moto, to_azurite, to_sshd) = runtime.block_on(async {
+            (
+                Link::to(port_of(&moto.endpoint), rate).await,
+                Link::to(port_of(&azurite.endpoint), rate).await,
+                Link::to(sshd.port, rate).await,
+            )
+        });
+        targets.extend([s3(&moto, &to_moto), azure(&azurite, &to_azurite), sftp(&sshd, &to_sshd)]);
+    }
     println!(
         "{}",
         table_row(&[
             "records".into(),
             "target".into(),
+            "link MiB/s".into(),
             "format".into(),
             "files".into(),
             "MiB".into(),
@@ -326,7 +427,7 @@ fn main() {
             "server peak RSS MiB".into(),
         ])
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in &sizes {
         let mut server = Server::start("sqlite", &[]);
         server.create_environment("bench", "b2c");
@@ -334,7 +435,7 @@ fn main() {
         let floor = local(&server);
         let all = std::iter::once(&floor).chain(targets.iter());
         for target in all.filter(|t| kinds.split(',').any(|k| k == t.kind)) {
-            let connection = target.kind.replace('-', "");
+            let connection = format!("{}{}", target.kind.replace('-', ""), target.link);
             runtime.block_on(create_connection(&server, &connection, target));
             for format in formats.split(',') {
                 let export = format!("{connection}-{format}-{n}");
@@ -342,11 +443,16 @@ fn main() {
                 let sftp = (target.kind == "sftp").then_some(&sshd);
                 let (next, m) = measure(&runtime, server, &export, target, sftp, n);
                 server = next;
+                let link = match target.link {
+                    0 => "—".to_string(),
+                    rate => rate.to_string(),
+                };
                 println!(
                     "{}",
                     table_row(&[
                         n.to_string(),
                         target.kind.into(),
+                        link,
                         format.into(),
                         m.files.to_string(),
                         format!("{:.1}", m.bytes as f64 / (1 << 20) as f64),

@@ -14,6 +14,7 @@ use crate::domain::connection_type::{ConnectionTypeSpec, ValueKind};
 use super::cdm::file_url;
 use super::storage::ByteStore;
 use super::storage::local::LocalBytes;
+use super::storage::retrying::Retrying;
 use super::storage_connector::StorageKind;
 use super::{Check, Target, io_failure};
 use crate::connectors::retry::Failure;
@@ -115,7 +116,7 @@ impl StorageKind for LocalFiles {
             .map_err(|e| io_failure(&format!("cannot create {shown}"), e))?;
         // Resolved, so that partition locations and model.json's URL name the real folder.
         let area = std::fs::canonicalize(&area).unwrap_or(area);
-        Ok(Arc::new(LocalBytes::new(&area, mode)?))
+        Ok(Arc::new(Retrying::new(SPEC.id, LocalBytes::new(&area, mode)?)))
     }
 
     fn private_locations(&self, target: &Target<'_>) -> Vec<String> {

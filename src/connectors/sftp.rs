@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use super::registry::{TEXT, key, optional, storage_type};
 use crate::domain::connection_type::{ConnectionTypeSpec, ValueKind};
 
+use super::retry::retried;
 use super::storage::ByteStore;
+use super::storage::retrying::Retrying;
 use super::storage::sftp::{self, SftpBytes, SftpConfig, SftpCredentials};
 use super::storage_connector::StorageKind;
 use super::{Check, Target};
@@ -85,8 +87,8 @@ impl StorageKind for Sftp {
     async fn open(&self, target: &Target<'_>) -> Result<Arc<dyn ByteStore>, Failure> {
         let store = SftpBytes::new(&sftp_config(&target.connection.config, target.secrets))?;
         // Resolves a relative folder, so that partition locations are absolute paths.
-        store.root().await?;
-        Ok(Arc::new(store))
+        retried(SPEC.id, |_| store.root()).await?;
+        Ok(Arc::new(Retrying::new(SPEC.id, store)))
     }
 
     async fn probe(&self, target: &Target<'_>) -> Option<Vec<Check>> {

@@ -5,10 +5,16 @@ use bytes::Bytes;
 use exportd::connectors::Check;
 use exportd::connectors::retry::Failure;
 use exportd::connectors::storage::ByteStore;
+use exportd::connectors::storage::retrying::Retrying;
 use exportd::connectors::storage::sftp::{SftpBytes, SftpConfig, SftpCredentials, check_config, probe};
 
-fn store(config: &SftpConfig) -> SftpBytes {
-    SftpBytes::new(config).expect("a good configuration")
+/// The store as connectors use it: its requests retried.
+fn store(config: &SftpConfig) -> Retrying<SftpBytes> {
+    retrying(SftpBytes::new(config).expect("a good configuration"))
+}
+
+fn retrying(store: SftpBytes) -> Retrying<SftpBytes> {
+    Retrying::new("sftp", store)
 }
 
 /// Bytes that differ from chunk to chunk (a wrong offset would show).
@@ -89,7 +95,7 @@ async fn sftp_streamed_upload_appears_only_after_finish_and_reads_back() {
         sshd.folder.display()
     );
     assert_eq!(url, expected);
-    assert_eq!(store.root().await.unwrap(), sshd.folder.display().to_string());
+    assert_eq!(store.inner().root().await.unwrap(), sshd.folder.display().to_string());
 
     // One SSH connection served all of it.
     assert_eq!(sshd.log().matches("Accepted publickey").count(), 1, "{}", sshd.log());
@@ -102,7 +108,7 @@ async fn sftp_put_replaces_an_existing_model_json_with_and_without_posix_rename(
         let store = if posix_rename {
             store(&sshd.data_config())
         } else {
-            store(&sshd.data_config()).without_posix_rename()
+            retrying(SftpBytes::new(&sshd.data_config()).unwrap().without_posix_rename())
         };
         let folder = if posix_rename { "with" } else { "without" };
         let path = format!("{folder}/model.json");
@@ -464,20 +470,25 @@ async fn sftp_a_streamed_file_survives_lost_connections() {
 #[tokio::test]
 async fn sftp_a_server_that_never_answers_times_out_as_transient() {
     let Some(sshd) = Sshd::start() else { return };
-    // Accepts TCP connections and says nothing.
+    // Accepts TCP connections and says nothing; counts them.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = sshd.data_config();
     config.port = silent.local_addr().unwrap().port();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
     let held = tokio::spawn(async move {
         let mut sockets = Vec::new();
         while let Ok((socket, _)) = silent.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             sockets.push(socket);
         }
     });
-    let store = store(&config).with_connect_timeout(std::time::Duration::from_millis(500));
-    let started = std::time::Instant::now();
+    let store = retrying(
+        SftpBytes::new(&config)
+            .unwrap()
+            .with_connect_timeout(std::time::Duration::from_millis(500)),
+    );
     let failure = store.list("").await.expect_err("a silent server");
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let Failure::Transient { message, .. } = &failure else {
         panic!("a timeout is transient: {failure:?}")
     };
@@ -485,5 +496,7 @@ async fn sftp_a_server_that_never_answers_times_out_as_transient() {
         message.contains("ssh_handshake") && message.contains("timed out"),
         "{message}"
     );
+    // A timeout is retried, six attempts in all (PRODUCT.md §11), each on a new connection.
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 6);
     held.abort();
 }

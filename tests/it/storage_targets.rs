@@ -227,7 +227,11 @@ async fn connection_tests_say_which_step_failed_and_never_show_a_secret() {
             let text = format!("{report:?}");
             assert!(!text.contains(SECRET_KEY), "{id}: a secret in {text}");
             match failed {
-                None => assert!(report.ok, "{id}: {text}"),
+                None => {
+                    assert!(report.ok, "{id}: {text}");
+                    let tls = report.checks.iter().find(|c| c.name == "tls").expect("a tls check");
+                    assert_eq!(tls.message, "tls: not used (the endpoint is plain http)", "{id}");
+                }
                 Some(step) => {
                     assert!(!report.ok, "{id}: {text}");
                     let failing: Vec<&str> = report

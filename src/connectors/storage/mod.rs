@@ -2,7 +2,7 @@
 //! streaming uploads that appear only when finished, reads of small objects, listing, deletion
 //! and the absolute URL of a path — implemented by `object_store` for S3 and Azure
 //! ([`object`]), by the local file system with fsync-and-rename ([`local`]) and by SFTP
-//! ([`sftp`]).
+//! ([`sftp`]); [`retrying`] retries the requests of the stores whose library does not.
 //!
 //! Paths are relative to the store's root (a connection's folder, bucket prefix or container
 //! prefix), `/`-separated, and never contain `.` or `..` segments (checked by [`check_path`]).
@@ -15,6 +15,7 @@ use crate::connectors::retry::Failure;
 pub mod blocking;
 pub mod local;
 pub mod object;
+pub mod retrying;
 pub mod sftp;
 
 /// Large uploads go up in parts of this size (S3 multipart, Azure blocks); smaller objects in

@@ -42,7 +42,7 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
 use super::object::redact;
 use super::{ByteStore, Upload, check_path, encode_url_path};
 use crate::connectors::Check;
-use crate::connectors::retry::{Attempts, Failure, RetryPolicy, retried};
+use crate::connectors::retry::{Attempts, Failure, RetryPolicy};
 
 /// The connection type whose retries this store counts.
 const CONNECTION_TYPE: &str = "sftp";
@@ -699,9 +699,11 @@ fn is_dir(attrs: &FileAttributes) -> bool {
     attrs.permissions.is_some_and(|p| p & S_IFMT == S_IFDIR)
 }
 
-/// One attempt of each request; [`ByteStore`] retries them (a lost connection reconnects).
-impl SftpBytes {
-    async fn put_once(&self, path: &str, bytes: Bytes) -> Result<(), Failure> {
+/// One attempt of each request: `storage::retrying` tries them again (a lost connection is
+/// transient and reconnects on the next attempt).
+#[async_trait]
+impl ByteStore for SftpBytes {
+    async fn put(&self, path: &str, bytes: Bytes) -> Result<(), Failure> {
         check_path(path)?;
         let inner = &self.inner;
         let conn = inner.conn().await?;
@@ -725,7 +727,7 @@ impl SftpBytes {
         Ok(())
     }
 
-    async fn upload_once(&self, path: &str) -> Result<Box<dyn Upload>, Failure> {
+    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, Failure> {
         check_path(path)?;
         let conn = self.inner.conn().await?;
         let dest = conn.path(path);
@@ -734,12 +736,13 @@ impl SftpBytes {
             inner: self.inner.clone(),
             open: Some(OpenFile { conn, handle, tmp }),
             lost: false,
+            in_flight: None,
             dest,
             size: 0,
         }))
     }
 
-    async fn get_once(&self, path: &str) -> Result<Option<Bytes>, Failure> {
+    async fn get(&self, path: &str) -> Result<Option<Bytes>, Failure> {
         check_path(path)?;
         let inner = &self.inner;
         let conn = inner.conn().await?;
@@ -760,7 +763,7 @@ impl SftpBytes {
             .map_err(|e| inner.failure(&conn, &what(), e))
     }
 
-    async fn list_once(&self, prefix: &str) -> Result<Vec<String>, Failure> {
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, Failure> {
         if !prefix.is_empty() {
             check_path(prefix.trim_end_matches('/'))?;
         }
@@ -808,7 +811,7 @@ impl SftpBytes {
         Ok(found)
     }
 
-    async fn delete_once(&self, path: &str) -> Result<(), Failure> {
+    async fn delete(&self, path: &str) -> Result<(), Failure> {
         check_path(path)?;
         let inner = &self.inner;
         let conn = inner.conn().await?;
@@ -827,32 +830,6 @@ impl SftpBytes {
             dir = parent(current);
         }
         Ok(())
-    }
-}
-
-/// Every request is retried as PRODUCT.md §11 says (a transient failure — a lost connection, a
-/// server that did not answer — reconnects on the next attempt); each is idempotent: `put`
-/// writes a fresh temporary file, `delete` accepts a missing file.
-#[async_trait]
-impl ByteStore for SftpBytes {
-    async fn put(&self, path: &str, bytes: Bytes) -> Result<(), Failure> {
-        retried(CONNECTION_TYPE, |_| self.put_once(path, bytes.clone())).await
-    }
-
-    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, Failure> {
-        retried(CONNECTION_TYPE, |_| self.upload_once(path)).await
-    }
-
-    async fn get(&self, path: &str) -> Result<Option<Bytes>, Failure> {
-        retried(CONNECTION_TYPE, |_| self.get_once(path)).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, Failure> {
-        retried(CONNECTION_TYPE, |_| self.list_once(prefix)).await
-    }
-
-    async fn delete(&self, path: &str) -> Result<(), Failure> {
-        retried(CONNECTION_TYPE, |_| self.delete_once(path)).await
     }
 
     fn url(&self, path: &str) -> String {
@@ -907,8 +884,19 @@ struct SftpUpload {
     open: Option<OpenFile>,
     /// The connection under `open` was lost: reopen the temporary file before the next request.
     lost: bool,
+    /// The last chunk handed over, until the server has acknowledged it.
+    in_flight: Option<InFlight>,
     dest: String,
+    /// Bytes handed over so far.
     size: u64,
+}
+
+/// A chunk being written: what to send again should its connection be lost.
+struct InFlight {
+    offset: u64,
+    bytes: Bytes,
+    conn: Arc<Conn>,
+    task: tokio::task::JoinHandle<Result<(), SftpError>>,
 }
 
 fn closed() -> Failure {
@@ -954,15 +942,50 @@ impl SftpUpload {
         failure
     }
 
-    async fn write_once(&mut self, bytes: &Bytes) -> Result<(), Failure> {
+    async fn write_once(&mut self, offset: u64, bytes: &Bytes) -> Result<(), Failure> {
         let (conn, handle) = self.file().await?;
-        if let Err(e) = write_at(&conn, &handle, self.size, bytes).await {
+        if let Err(e) = write_at(&conn, &handle, offset, bytes).await {
             let failure = self
                 .inner
                 .failure(&conn, &format!("cannot write {}", self.inner.url_of(&self.tmp())), e);
             return Err(self.failed(failure));
         }
         Ok(())
+    }
+
+    /// Sends `bytes` at `offset` and waits for the server's answers, retried (reopening the
+    /// file after a lost connection).
+    async fn send(&mut self, offset: u64, bytes: &Bytes) -> Result<(), Failure> {
+        let mut attempts = Attempts::new(RetryPolicy::default()).of_target(CONNECTION_TYPE);
+        loop {
+            match self.write_once(offset, bytes).await {
+                Ok(()) => return Ok(()),
+                Err(failure) => match attempts.next(&failure) {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => return Err(failure),
+                },
+            }
+        }
+    }
+
+    /// Waits for the chunk in flight; one that failed on a lost connection is sent again.
+    async fn settle(&mut self) -> Result<(), Failure> {
+        let Some(flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        match flight.task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                let what = format!("cannot write {}", self.inner.url_of(&self.tmp()));
+                match self.failed(self.inner.failure(&flight.conn, &what, e)) {
+                    Failure::Transient { .. } => self.send(flight.offset, &flight.bytes).await,
+                    failure => Err(failure),
+                }
+            }
+            Err(e) => Err(Failure::Permanent {
+                message: format!("a write to {} was interrupted: {e}", self.inner.url_of(&self.dest)),
+            }),
+        }
     }
 
     /// Closes (with fsync where the server can) and renames into place. A rename whose answer
@@ -1005,22 +1028,33 @@ impl SftpUpload {
 
 #[async_trait]
 impl Upload for SftpUpload {
+    /// Hands a chunk to the server and returns once the chunk before it is acknowledged, so
+    /// that the next one is encoded while this one travels (one chunk in flight, within it
+    /// [`REQUESTS_IN_FLIGHT`] requests).
     async fn write(&mut self, bytes: Bytes) -> Result<(), Failure> {
-        let mut attempts = Attempts::new(RetryPolicy::default()).of_target(CONNECTION_TYPE);
-        loop {
-            match self.write_once(&bytes).await {
-                Ok(()) => break,
-                Err(failure) => match attempts.next(&failure) {
-                    Some(pause) => tokio::time::sleep(pause).await,
-                    None => return Err(failure),
-                },
-            }
-        }
+        self.settle().await?;
+        let offset = self.size;
         self.size += bytes.len() as u64;
+        let (conn, handle) = match self.file().await {
+            Ok(file) => file,
+            // Not reachable now: send it the slow way, with its retries.
+            Err(_) => return self.send(offset, &bytes).await,
+        };
+        let task = tokio::spawn({
+            let (conn, bytes) = (conn.clone(), bytes.clone());
+            async move { write_at(&conn, &handle, offset, &bytes).await }
+        });
+        self.in_flight = Some(InFlight {
+            offset,
+            bytes,
+            conn,
+            task,
+        });
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64, Failure> {
+        self.settle().await?;
         let mut attempts = Attempts::new(RetryPolicy::default()).of_target(CONNECTION_TYPE);
         loop {
             match self.finish_once().await {
@@ -1038,6 +1072,9 @@ impl Upload for SftpUpload {
     }
 
     async fn abort(mut self: Box<Self>) {
+        if let Some(flight) = self.in_flight.take() {
+            flight.task.abort();
+        }
         if let Some(open) = self.open.take() {
             discard(open).await;
         }
@@ -1057,6 +1094,9 @@ impl Drop for SftpUpload {
     /// An upload dropped unfinished leaves no temporary file behind (where a runtime can
     /// still send the requests).
     fn drop(&mut self) {
+        if let Some(flight) = self.in_flight.take() {
+            flight.task.abort();
+        }
         if let Some(open) = self.open.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
