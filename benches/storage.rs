@@ -226,47 +226,6 @@ fn port_of(endpoint: &str) -> u16 {
     reqwest::Url::parse(endpoint).unwrap().port().unwrap()
 }
 
-async fn create_connection(server: &Server, id: &str, target: &Target) {
-    connections_client(server)
-        .await
-        .create_connection(pb::CreateConnectionRequest {
-            parent: "environments/bench".into(),
-            connection_id: id.into(),
-            connection: Some(pb::Connection {
-                display_name: target.kind.into(),
-                r#type: target.kind.into(),
-                config: target.config.clone().into_iter().collect(),
-                secrets: target.secrets.clone().into_iter().collect(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
-async fn create_export(server: &Server, id: &str, connection: &str, format: &str) {
-    let mut settings = BTreeMap::new();
-    settings.insert("format".to_string(), format.to_string());
-    exports_client(server)
-        .await
-        .create_export(pb::CreateExportRequest {
-            parent: "environments/bench".into(),
-            export_id: id.into(),
-            export: Some(pb::Export {
-                display_name: id.into(),
-                connection: format!("environments/bench/connections/{connection}"),
-                kind: pb::ExportKind::DataOut as i32,
-                entities: vec!["environments/bench/entities/customers".into()],
-                settings: settings.into_iter().collect(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
 /// The partitions of an export folder as `model.json` lists them (paths under the direct
 /// client's root) with their bytes.
 async fn partitions(target: &Target, folder: &str) -> Vec<(String, bytes::Bytes)> {
@@ -436,10 +395,17 @@ fn main() {
         let all = std::iter::once(&floor).chain(targets.iter());
         for target in all.filter(|t| kinds.split(',').any(|k| k == t.kind)) {
             let connection = format!("{}{}", target.kind.replace('-', ""), target.link);
-            runtime.block_on(create_connection(&server, &connection, target));
+            let config: Vec<(&str, &str)> = target.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let secrets: Vec<(&str, &str)> = target.secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            runtime.block_on(create_connection(&server, &connection, target.kind, &config, &secrets));
             for format in formats.split(',') {
                 let export = format!("{connection}-{format}-{n}");
-                runtime.block_on(create_export(&server, &export, &connection, format));
+                runtime.block_on(create_data_out_export(
+                    &server,
+                    &export,
+                    &connection,
+                    &[("format", format)],
+                ));
                 let sftp = (target.kind == "sftp").then_some(&sshd);
                 let (next, m) = measure(&runtime, server, &export, target, sftp, n);
                 server = next;

@@ -316,3 +316,55 @@ pub async fn run_and_wait(server: &Server, export: &str) -> (f64, pb::ExportRun)
     }
     (started.elapsed().as_secs_f64(), last.unwrap())
 }
+
+/// Creates a connection of `kind` in the bench environment.
+pub async fn create_connection(
+    server: &Server,
+    id: &str,
+    kind: &str,
+    config: &[(&str, &str)],
+    secrets: &[(&str, &str)],
+) {
+    connections_client(server)
+        .await
+        .create_connection(pb::CreateConnectionRequest {
+            parent: "environments/bench".into(),
+            connection_id: id.into(),
+            connection: Some(pb::Connection {
+                display_name: kind.into(),
+                r#type: kind.into(),
+                config: string_map(config),
+                secrets: string_map(secrets),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// Creates a DATA_OUT export of the bench's `customers` entity over `connection`.
+pub async fn create_data_out_export(server: &Server, id: &str, connection: &str, settings: &[(&str, &str)]) {
+    exports_client(server)
+        .await
+        .create_export(pb::CreateExportRequest {
+            parent: "environments/bench".into(),
+            export_id: id.into(),
+            export: Some(pb::Export {
+                display_name: id.into(),
+                connection: format!("environments/bench/connections/{connection}"),
+                kind: pb::ExportKind::DataOut as i32,
+                entities: vec!["environments/bench/entities/customers".into()],
+                settings: string_map(settings),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// Key-value pairs as the map type a message field has.
+pub fn string_map<M: FromIterator<(String, String)>>(pairs: &[(&str, &str)]) -> M {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}

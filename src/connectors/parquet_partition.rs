@@ -2,9 +2,9 @@
 //! entity schema — STRING utf8, INT64 int64, DOUBLE double, BOOL boolean, TIMESTAMP timestamp
 //! (UTC, µs), DATE date32, JSON utf8 (JSON text) — every column optional except `_deleted`.
 //!
-//! Written through parquet's column API (no Arrow): rows are buffered until a row group is
-//! full (by rows or by an estimate of their bytes, so memory stays bounded whatever the
-//! entity), then each column is written in turn.
+//! Written through parquet's column API (no Arrow): each value is converted to its column's
+//! type as its row arrives and buffered per column until a row group is full (by rows or by
+//! bytes, so memory stays bounded whatever the entity); then each column is written in turn.
 //!
 //! Reference followed: the Apache Parquet format specification (logical types `STRING`,
 //! `DATE`, `TIMESTAMP(isAdjustedToUTC=true, MICROS)`, `JSON`) and the `parquet` crate's
@@ -22,11 +22,12 @@ use serde_json::Value;
 
 use super::cdm::CdmType;
 
-/// Rows per row group at most. A row group is buffered as JSON values (several times the
-/// estimate below in memory) until it is encoded: 32 Ki rows keep a run's peak RSS under
-/// 200 MB (benches/storage.rs) while row groups stay large enough for readers to scan well.
-const ROW_GROUP_ROWS: usize = 32 * 1024;
-/// Estimated bytes of buffered values per row group at most (wide rows end groups sooner).
+/// Rows per row group at most. Values are converted to their column's Parquet type as they
+/// arrive and buffered per column (no copy of the row), so a row group's memory is about its
+/// encoded size: 64 Ki rows keep a run's peak RSS well under 200 MB (benches/storage.rs) while
+/// row groups stay large enough for readers to scan well.
+const ROW_GROUP_ROWS: usize = 64 * 1024;
+/// Buffered bytes per row group at most (wide rows end groups sooner).
 const ROW_GROUP_BYTES: usize = 16 << 20;
 
 /// How Parquet pages are compressed (the export's `compression` setting).
@@ -55,9 +56,135 @@ pub struct ParquetColumn {
 
 pub struct ParquetPartition<W: Write + Send> {
     writer: SerializedFileWriter<W>,
-    types: Vec<Option<CdmType>>,
-    rows: Vec<Vec<Value>>,
+    /// The row group being filled, column by column.
+    columns: Vec<ColumnBuffer>,
+    rows: usize,
     buffered_bytes: usize,
+}
+
+/// One column's values of the row group being filled, already in their Parquet type, with the
+/// definition levels (0 = null) of optional columns.
+struct ColumnBuffer {
+    ty: Option<CdmType>,
+    levels: Vec<i16>,
+    values: Values,
+}
+
+enum Values {
+    Bool(Vec<bool>),
+    Bytes(Vec<ByteArray>),
+    Int64(Vec<i64>),
+    Int32(Vec<i32>),
+    Double(Vec<f64>),
+}
+
+impl ColumnBuffer {
+    fn new(ty: Option<CdmType>) -> ColumnBuffer {
+        let values = match ty {
+            None | Some(CdmType::Boolean) => Values::Bool(Vec::new()),
+            Some(CdmType::String | CdmType::Json) => Values::Bytes(Vec::new()),
+            Some(CdmType::Int64 | CdmType::DateTimeOffset) => Values::Int64(Vec::new()),
+            Some(CdmType::Date) => Values::Int32(Vec::new()),
+            Some(CdmType::Double) => Values::Double(Vec::new()),
+        };
+        ColumnBuffer {
+            ty,
+            levels: Vec::new(),
+            values,
+        }
+    }
+
+    /// Adds one value; returns the bytes it holds.
+    fn push(&mut self, value: &Value) -> Result<usize, String> {
+        let Some(ty) = self.ty else {
+            // `_deleted`: required, false when absent.
+            if let Values::Bool(data) = &mut self.values {
+                data.push(value.as_bool().unwrap_or(false));
+            }
+            return Ok(1);
+        };
+        if value.is_null() {
+            self.levels.push(0);
+            return Ok(2);
+        }
+        let bytes = match (&mut self.values, ty) {
+            (Values::Bytes(data), CdmType::Json) => {
+                let text = serde_json::to_vec(value).unwrap_or_default();
+                let len = text.len();
+                data.push(ByteArray::from(text));
+                len + 24
+            }
+            (Values::Bytes(data), _) => {
+                let text = text_of(value).into_bytes();
+                let len = text.len();
+                data.push(ByteArray::from(text));
+                len + 24
+            }
+            (Values::Int64(data), CdmType::DateTimeOffset) => {
+                data.push(micros_of(value)?);
+                8
+            }
+            (Values::Int64(data), _) => {
+                data.push(int64_of(value)?);
+                8
+            }
+            (Values::Int32(data), _) => {
+                data.push(days_of(value)?);
+                4
+            }
+            (Values::Double(data), _) => {
+                data.push(value.as_f64().ok_or_else(|| format!("{value} is not a number"))?);
+                8
+            }
+            (Values::Bool(data), _) => {
+                data.push(value.as_bool().ok_or_else(|| format!("{value} is not a boolean"))?);
+                1
+            }
+        };
+        self.levels.push(1);
+        Ok(bytes + 2)
+    }
+
+    /// Takes back the last value pushed (of a row refused in a later column).
+    fn pop(&mut self) {
+        let present = match self.ty {
+            None => true,
+            Some(_) => self.levels.pop() == Some(1),
+        };
+        if present {
+            match &mut self.values {
+                Values::Bool(data) => drop(data.pop()),
+                Values::Bytes(data) => drop(data.pop()),
+                Values::Int64(data) => drop(data.pop()),
+                Values::Int32(data) => drop(data.pop()),
+                Values::Double(data) => drop(data.pop()),
+            }
+        }
+    }
+
+    /// Writes the buffered values as the row group's column and empties the buffer.
+    fn write(&mut self, column: &mut parquet::file::writer::SerializedColumnWriter<'_>) -> Result<(), String> {
+        let levels = std::mem::take(&mut self.levels);
+        let levels = self.ty.map(|_| levels.as_slice());
+        let result = match &mut self.values {
+            Values::Bool(data) => column
+                .typed::<BoolType>()
+                .write_batch(&std::mem::take(data), levels, None),
+            Values::Bytes(data) => column
+                .typed::<ByteArrayType>()
+                .write_batch(&std::mem::take(data), levels, None),
+            Values::Int64(data) => column
+                .typed::<Int64Type>()
+                .write_batch(&std::mem::take(data), levels, None),
+            Values::Int32(data) => column
+                .typed::<Int32Type>()
+                .write_batch(&std::mem::take(data), levels, None),
+            Values::Double(data) => column
+                .typed::<DoubleType>()
+                .write_batch(&std::mem::take(data), levels, None),
+        };
+        result.map(|_| ()).map_err(|e| e.to_string())
+    }
 }
 
 impl<W: Write + Send> ParquetPartition<W> {
@@ -78,17 +205,28 @@ impl<W: Write + Send> ParquetPartition<W> {
         let writer = SerializedFileWriter::new(out, Arc::new(schema), Arc::new(properties)).map_err(parquet_error)?;
         Ok(ParquetPartition {
             writer,
-            types: columns.iter().map(|c| c.data_type).collect(),
-            rows: Vec::new(),
+            columns: columns.iter().map(|c| ColumnBuffer::new(c.data_type)).collect(),
+            rows: 0,
             buffered_bytes: 0,
         })
     }
 
-    /// Buffers one row (values in column order); writes a row group when it is full.
+    /// Buffers one row (values in column order, a missing one is null); writes a row group
+    /// when it is full. A row with a value that does not fit its column's type is refused whole:
+    /// the partition stays as it was before it.
     pub fn write_row(&mut self, row: &[Value]) -> io::Result<()> {
-        self.buffered_bytes += row.iter().map(estimated_bytes).sum::<usize>();
-        self.rows.push(row.to_vec());
-        if self.rows.len() >= ROW_GROUP_ROWS || self.buffered_bytes >= ROW_GROUP_BYTES {
+        for index in 0..self.columns.len() {
+            let value = row.get(index).unwrap_or(&Value::Null);
+            match self.columns[index].push(value) {
+                Ok(bytes) => self.buffered_bytes += bytes,
+                Err(message) => {
+                    self.columns[..index].iter_mut().for_each(ColumnBuffer::pop);
+                    return Err(column_error(index, message));
+                }
+            }
+        }
+        self.rows += 1;
+        if self.rows >= ROW_GROUP_ROWS || self.buffered_bytes >= ROW_GROUP_BYTES {
             self.flush_row_group()?;
         }
         Ok(())
@@ -110,17 +248,17 @@ impl<W: Write + Send> ParquetPartition<W> {
     }
 
     fn flush_row_group(&mut self) -> io::Result<()> {
-        if self.rows.is_empty() {
+        if self.rows == 0 {
             return Ok(());
         }
-        let rows = std::mem::take(&mut self.rows);
+        self.rows = 0;
         self.buffered_bytes = 0;
         let mut group = self.writer.next_row_group().map_err(parquet_error)?;
         let mut index = 0;
         while let Some(mut column) = group.next_column().map_err(parquet_error)? {
-            let ty = self.types[index];
-            let values = rows.iter().map(|row| row.get(index).unwrap_or(&Value::Null));
-            write_column(&mut column, ty, values).map_err(|e| column_error(index, e))?;
+            self.columns[index]
+                .write(&mut column)
+                .map_err(|e| column_error(index, e))?;
             column.close().map_err(parquet_error)?;
             index += 1;
         }
@@ -153,58 +291,6 @@ fn column_type(name: &str, data_type: Option<CdmType>) -> parquet::errors::Resul
         .build()
 }
 
-/// Writes one column's values: present ones as values, nulls as definition level 0.
-fn write_column<'v>(
-    column: &mut parquet::file::writer::SerializedColumnWriter<'_>,
-    ty: Option<CdmType>,
-    values: impl Iterator<Item = &'v Value>,
-) -> Result<(), String> {
-    let values: Vec<&Value> = values.collect();
-    let levels: Vec<i16> = values.iter().map(|v| i16::from(!v.is_null())).collect();
-    let present = values.iter().filter(|v| !v.is_null());
-    let result = match ty {
-        None => {
-            let data: Vec<bool> = values.iter().map(|v| v.as_bool().unwrap_or(false)).collect();
-            column.typed::<BoolType>().write_batch(&data, None, None)
-        }
-        Some(CdmType::String) => {
-            let data: Vec<ByteArray> = present.map(|v| ByteArray::from(text_of(v).into_bytes())).collect();
-            column.typed::<ByteArrayType>().write_batch(&data, Some(&levels), None)
-        }
-        Some(CdmType::Json) => {
-            let data: Vec<ByteArray> = present
-                .map(|v| ByteArray::from(serde_json::to_vec(v).unwrap_or_default()))
-                .collect();
-            column.typed::<ByteArrayType>().write_batch(&data, Some(&levels), None)
-        }
-        Some(CdmType::Int64) => {
-            let data = present.map(|v| int64_of(v)).collect::<Result<Vec<_>, _>>()?;
-            column.typed::<Int64Type>().write_batch(&data, Some(&levels), None)
-        }
-        Some(CdmType::Double) => {
-            let data = present
-                .map(|v| v.as_f64().ok_or_else(|| format!("{v} is not a number")))
-                .collect::<Result<Vec<_>, _>>()?;
-            column.typed::<DoubleType>().write_batch(&data, Some(&levels), None)
-        }
-        Some(CdmType::Boolean) => {
-            let data = present
-                .map(|v| v.as_bool().ok_or_else(|| format!("{v} is not a boolean")))
-                .collect::<Result<Vec<_>, _>>()?;
-            column.typed::<BoolType>().write_batch(&data, Some(&levels), None)
-        }
-        Some(CdmType::DateTimeOffset) => {
-            let data = present.map(|v| micros_of(v)).collect::<Result<Vec<_>, _>>()?;
-            column.typed::<Int64Type>().write_batch(&data, Some(&levels), None)
-        }
-        Some(CdmType::Date) => {
-            let data = present.map(|v| days_of(v)).collect::<Result<Vec<_>, _>>()?;
-            column.typed::<Int32Type>().write_batch(&data, Some(&levels), None)
-        }
-    };
-    result.map(|_| ()).map_err(|e| e.to_string())
-}
-
 fn text_of(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
@@ -233,14 +319,6 @@ fn days_of(value: &Value) -> Result<i32, String> {
         .map_err(|_| format!("'{text}' is not a date YYYY-MM-DD"))?;
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("the epoch is a date");
     i32::try_from((date - epoch).num_days()).map_err(|_| format!("'{text}' is out of range"))
-}
-
-fn estimated_bytes(value: &Value) -> usize {
-    match value {
-        Value::String(s) => s.len() + 24,
-        Value::Array(_) | Value::Object(_) => value.to_string().len() + 24,
-        _ => 16,
-    }
 }
 
 fn parquet_error(error: parquet::errors::ParquetError) -> io::Error {
@@ -341,5 +419,43 @@ mod tests {
         assert_eq!(rows[0][7], Field::Bool(false));
         assert!(rows[1][1..7].iter().all(|f| *f == Field::Null), "{:?}", rows[1]);
         assert_eq!(rows[1][7], Field::Bool(true));
+    }
+
+    #[test]
+    fn a_refused_row_leaves_the_partition_as_it_was() {
+        let columns = vec![
+            ParquetColumn {
+                name: "id".into(),
+                data_type: Some(CdmType::String),
+            },
+            ParquetColumn {
+                name: "n".into(),
+                data_type: Some(CdmType::Int64),
+            },
+            ParquetColumn {
+                name: "_deleted".into(),
+                data_type: None,
+            },
+        ];
+        let mut partition = ParquetPartition::new(Vec::new(), &columns, ParquetCompression::Snappy).unwrap();
+        partition.write_row(&[json!("a"), json!(1), json!(false)]).unwrap();
+        let refused = partition
+            .write_row(&[json!("b"), json!("two"), json!(false)])
+            .unwrap_err();
+        assert!(refused.to_string().contains("column 2"), "{refused}");
+        partition.write_row(&[json!("c"), json!(null), json!(true)]).unwrap();
+        let reader = SerializedFileReader::new(bytes::Bytes::from(partition.finish().unwrap())).unwrap();
+        let rows: Vec<Vec<Field>> = reader
+            .get_row_iter(None)
+            .unwrap()
+            .map(|r| r.unwrap().get_column_iter().map(|(_, f)| f.clone()).collect())
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                vec![Field::Str("a".into()), Field::Long(1), Field::Bool(false)],
+                vec![Field::Str("c".into()), Field::Null, Field::Bool(true)],
+            ]
+        );
     }
 }

@@ -171,6 +171,7 @@ impl Connector for Webhook {
             posts: 0,
             bytes_sent: 0,
             cancellation: run.cancellation.clone(),
+            in_flight: None,
         }))
     }
 }
@@ -201,6 +202,9 @@ struct WebhookSink {
     bytes_sent: u64,
     /// Stops between POSTs, and in one or its retries' waits, once the run is cancelled.
     cancellation: super::Cancellation,
+    /// The batch whose POST is under way while the next one is encoded: batches still go out
+    /// one at a time, in sequence order, but building a body overlaps sending the one before.
+    in_flight: Option<InFlight>,
 }
 
 /// One batch as it goes out: the body, and the keys it carries (to reject them).
@@ -208,6 +212,15 @@ struct Batch {
     body: Vec<u8>,
     record_keys: Vec<String>,
     removed_keys: Vec<String>,
+}
+
+/// A batch being POSTed (its retries included) on a task of its own.
+struct InFlight {
+    answer: tokio::task::JoinHandle<Result<Answer, Failure>>,
+    record_keys: Vec<String>,
+    removed_keys: Vec<String>,
+    size: u64,
+    idempotency_key: String,
 }
 
 impl OpenPart {
@@ -303,7 +316,8 @@ fn rejected_entries(body: &[u8]) -> Vec<Rejection> {
 }
 
 impl WebhookSink {
-    /// Sends one batch and says what the receiver made of it.
+    /// Encodes the next batch, waits for the answer to the batch before it, then starts its
+    /// POST; says what the receiver made of the batch before (nothing, for the first).
     async fn send(&mut self, rows: Vec<Vec<Value>>, last: bool) -> Result<Delivery, Failure> {
         let part = self.part.as_mut().ok_or_else(|| Failure::Permanent {
             message: "no part is open".into(),
@@ -311,23 +325,48 @@ impl WebhookSink {
         part.sequence += 1;
         let batch = part.batch(&self.export, &self.run, rows, part.sequence, last);
         let idempotency_key = format!("{}.{}.{}", self.idempotency_prefix, part.schema.id, part.sequence);
+        let delivered = self.settle().await?;
+        let (endpoint, cancellation, key) = (
+            self.endpoint.clone(),
+            self.cancellation.clone(),
+            idempotency_key.clone(),
+        );
         let size = batch.body.len() as u64;
-        let answer = self
-            .cancellation
-            .unless_cancelled(self.endpoint.post(batch.body, Some(&idempotency_key)))
-            .await?;
+        let body = batch.body;
+        let answer = tokio::spawn(async move { cancellation.unless_cancelled(endpoint.post(body, Some(&key))).await });
+        self.in_flight = Some(InFlight {
+            answer,
+            record_keys: batch.record_keys,
+            removed_keys: batch.removed_keys,
+            size,
+            idempotency_key,
+        });
+        Ok(delivered)
+    }
+
+    /// Waits for the batch in flight, if any, and says what the receiver made of it.
+    async fn settle(&mut self) -> Result<Delivery, Failure> {
+        let Some(sent) = self.in_flight.take() else {
+            return Ok(Delivery::default());
+        };
+        let answer = sent.answer.await.map_err(|e| Failure::Permanent {
+            message: format!(
+                "sending the batch with Idempotency-Key {} failed: {e}",
+                sent.idempotency_key
+            ),
+        })??;
         self.posts += 1;
-        self.bytes_sent += size;
-        let (records, removals) = (batch.record_keys.len() as u64, batch.removed_keys.len() as u64);
+        self.bytes_sent += sent.size;
+        let (records, removals) = (sent.record_keys.len() as u64, sent.removed_keys.len() as u64);
         if answer.status.is_success() {
             // Only keys of this batch count, each once: a receiver cannot reject what it was
             // not sent.
-            let removed: BTreeSet<&String> = batch.removed_keys.iter().collect();
-            let sent: BTreeSet<&String> = batch.record_keys.iter().chain(&batch.removed_keys).collect();
+            let removed: BTreeSet<&String> = sent.removed_keys.iter().collect();
+            let all: BTreeSet<&String> = sent.record_keys.iter().chain(&sent.removed_keys).collect();
             let mut seen = BTreeSet::new();
             let rejected: Vec<Rejection> = rejected_entries(&answer.body)
                 .into_iter()
-                .filter(|r| sent.contains(&r.key) && seen.insert(r.key.clone()))
+                .filter(|r| all.contains(&r.key) && seen.insert(r.key.clone()))
                 .collect();
             let rejected_removals = rejected.iter().filter(|r| removed.contains(&r.key)).count() as u64;
             let rejected_records = rejected.len() as u64 - rejected_removals;
@@ -345,10 +384,10 @@ impl WebhookSink {
             if reason.trim().is_empty() {
                 reason = format!("the receiver answered {}", answer.status);
             }
-            let rejected = batch
+            let rejected = sent
                 .record_keys
                 .into_iter()
-                .chain(batch.removed_keys)
+                .chain(sent.removed_keys)
                 .map(|key| Rejection::new(key, &reason, code.clone()))
                 .collect();
             return Ok(Delivery {
@@ -360,10 +399,23 @@ impl WebhookSink {
         // 1xx/3xx: redirects are not followed (a POST must not turn into a GET elsewhere).
         Err(Failure::Permanent {
             message: format!(
-                "the receiver answered {} to the batch with Idempotency-Key {idempotency_key}",
-                answer.status
+                "the receiver answered {} to the batch with Idempotency-Key {}",
+                answer.status, sent.idempotency_key
             ),
         })
+    }
+
+    /// Stops the POST under way, if any (the run ends without it).
+    fn stop_in_flight(&mut self) {
+        if let Some(sent) = self.in_flight.take() {
+            sent.answer.abort();
+        }
+    }
+}
+
+impl Drop for WebhookSink {
+    fn drop(&mut self) {
+        self.stop_in_flight();
     }
 }
 
@@ -410,13 +462,14 @@ impl Sink for WebhookSink {
     }
 
     /// The held rows go out as the source's last batch (an empty one for a source without
-    /// records, so that the receiver learns it ended).
+    /// records, so that the receiver learns it ended); the part ends once it is answered.
     async fn end_part(&mut self) -> Result<Delivery, Failure> {
         let held = match self.part.as_mut() {
             Some(part) => std::mem::take(&mut part.held),
             None => return Ok(Delivery::default()),
         };
-        let delivery = self.send(held, true).await?;
+        let mut delivery = self.send(held, true).await?;
+        add(&mut delivery, self.settle().await?);
         self.part = None;
         Ok(delivery)
     }
@@ -435,8 +488,15 @@ impl Sink for WebhookSink {
         })
     }
 
-    /// What was POSTed cannot be taken back: receivers dedupe with the idempotency keys.
-    async fn abort(self: Box<Self>) {}
+    /// What was POSTed cannot be taken back: receivers dedupe with the idempotency keys. A POST
+    /// still under way is stopped.
+    async fn abort(mut self: Box<Self>) {
+        self.stop_in_flight();
+    }
+
+    async fn abandon(mut self: Box<Self>) {
+        self.stop_in_flight();
+    }
 }
 
 #[cfg(test)]
