@@ -340,41 +340,33 @@ mod tests {
 
     use super::*;
 
+    fn column(name: &str, data_type: Option<CdmType>) -> ParquetColumn {
+        ParquetColumn {
+            name: name.into(),
+            data_type,
+        }
+    }
+
+    fn read_back(file: Vec<u8>) -> Vec<Vec<Field>> {
+        let reader = SerializedFileReader::new(bytes::Bytes::from(file)).unwrap();
+        reader
+            .get_row_iter(None)
+            .unwrap()
+            .map(|r| r.unwrap().get_column_iter().map(|(_, f)| f.clone()).collect())
+            .collect()
+    }
+
     #[test]
     fn rows_read_back_typed_with_nulls() {
         let columns = vec![
-            ParquetColumn {
-                name: "id".into(),
-                data_type: Some(CdmType::String),
-            },
-            ParquetColumn {
-                name: "n".into(),
-                data_type: Some(CdmType::Int64),
-            },
-            ParquetColumn {
-                name: "x".into(),
-                data_type: Some(CdmType::Double),
-            },
-            ParquetColumn {
-                name: "b".into(),
-                data_type: Some(CdmType::Boolean),
-            },
-            ParquetColumn {
-                name: "t".into(),
-                data_type: Some(CdmType::DateTimeOffset),
-            },
-            ParquetColumn {
-                name: "d".into(),
-                data_type: Some(CdmType::Date),
-            },
-            ParquetColumn {
-                name: "j".into(),
-                data_type: Some(CdmType::Json),
-            },
-            ParquetColumn {
-                name: "_deleted".into(),
-                data_type: None,
-            },
+            column("id", Some(CdmType::String)),
+            column("n", Some(CdmType::Int64)),
+            column("x", Some(CdmType::Double)),
+            column("b", Some(CdmType::Boolean)),
+            column("t", Some(CdmType::DateTimeOffset)),
+            column("d", Some(CdmType::Date)),
+            column("j", Some(CdmType::Json)),
+            column("_deleted", None),
         ];
         let mut partition = ParquetPartition::new(Vec::new(), &columns, ParquetCompression::Zstd).unwrap();
         partition
@@ -401,13 +393,7 @@ mod tests {
                 json!(true),
             ])
             .unwrap();
-        let bytes = partition.finish().unwrap();
-        let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
-        let rows: Vec<Vec<Field>> = reader
-            .get_row_iter(None)
-            .unwrap()
-            .map(|r| r.unwrap().get_column_iter().map(|(_, f)| f.clone()).collect())
-            .collect();
+        let rows = read_back(partition.finish().unwrap());
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0][0], Field::Str("a".into()));
         assert_eq!(rows[0][1], Field::Long(7));
@@ -424,18 +410,9 @@ mod tests {
     #[test]
     fn a_refused_row_leaves_the_partition_as_it_was() {
         let columns = vec![
-            ParquetColumn {
-                name: "id".into(),
-                data_type: Some(CdmType::String),
-            },
-            ParquetColumn {
-                name: "n".into(),
-                data_type: Some(CdmType::Int64),
-            },
-            ParquetColumn {
-                name: "_deleted".into(),
-                data_type: None,
-            },
+            column("id", Some(CdmType::String)),
+            column("n", Some(CdmType::Int64)),
+            column("_deleted", None),
         ];
         let mut partition = ParquetPartition::new(Vec::new(), &columns, ParquetCompression::Snappy).unwrap();
         partition.write_row(&[json!("a"), json!(1), json!(false)]).unwrap();
@@ -444,14 +421,8 @@ mod tests {
             .unwrap_err();
         assert!(refused.to_string().contains("column 2"), "{refused}");
         partition.write_row(&[json!("c"), json!(null), json!(true)]).unwrap();
-        let reader = SerializedFileReader::new(bytes::Bytes::from(partition.finish().unwrap())).unwrap();
-        let rows: Vec<Vec<Field>> = reader
-            .get_row_iter(None)
-            .unwrap()
-            .map(|r| r.unwrap().get_column_iter().map(|(_, f)| f.clone()).collect())
-            .collect();
         assert_eq!(
-            rows,
+            read_back(partition.finish().unwrap()),
             vec![
                 vec![Field::Str("a".into()), Field::Long(1), Field::Bool(false)],
                 vec![Field::Str("c".into()), Field::Null, Field::Bool(true)],
