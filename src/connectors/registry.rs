@@ -206,7 +206,20 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
         identifier_fields: &["email"],
         profile_limit: 100_000,
         minimum_segment_size: 300,
-        config: &[key("ad_account_id", "sponsored account id", TEXT), BASE_URL],
+        config: &[
+            key("ad_account_id", "sponsored account id", TEXT),
+            optional(
+                "api_version",
+                "LinkedIn-Version header, YYYYMM (default: a current version)",
+                TEXT,
+            ),
+            optional(
+                "source_platform",
+                "sourcePlatform of segments created (default LIST_UPLOAD)",
+                TEXT,
+            ),
+            BASE_URL,
+        ],
         secrets: &[key("access_token", "OAuth access token", TEXT)],
         one_of_secrets: &[],
         settings: &[
@@ -250,7 +263,7 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
         minimum_segment_size: 0,
         config: &[
             key("ad_account_id", "ad account id (without act_)", TEXT),
-            optional("api_version", "Graph API version, e.g. v21.0", TEXT),
+            optional("api_version", "Graph API version (default v25.0)", TEXT),
             BASE_URL,
         ],
         secrets: &[key("access_token", "system-user access token", TEXT)],
@@ -270,12 +283,16 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
         profile_limit: 1_000_000,
         minimum_segment_size: 0,
         config: &[
-            key("customer_id", "customer id, digits only", TEXT),
-            optional("login_customer_id", "manager account id, digits only", TEXT),
+            key("customer_id", "the operating Google Ads account, digits only", TEXT),
+            optional("login_customer_id", "manager account, digits only", TEXT),
             BASE_URL,
+            optional(
+                "token_url",
+                "OAuth token endpoint (default https://oauth2.googleapis.com/token)",
+                HTTP_URL,
+            ),
         ],
         secrets: &[
-            key("developer_token", "developer token", TEXT),
             key("oauth_refresh_token", "OAuth refresh token", TEXT),
             key("oauth_client_id", "OAuth client id", TEXT),
             key("oauth_client_secret", "OAuth client secret", TEXT),
