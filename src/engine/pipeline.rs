@@ -546,8 +546,9 @@ impl Engine {
         let exported = progress.counts.exported;
         let rejected = progress.counts.rejected;
         // PRODUCT.md §12: a target that refused every record it was sent fails the run; one
-        // that refused some lets it succeed with a warning.
-        if rejected > 0 && exported == 0 {
+        // that refused some lets it succeed with a warning (a removal it confirmed was a
+        // record it took).
+        if rejected > 0 && exported == 0 && progress.counts.removed == 0 {
             sink.abort().await;
             let error = RunError {
                 code: ErrorCode::FailedPrecondition.rpc_number(),
@@ -806,7 +807,7 @@ impl Engine {
         group: Vec<Vec<Vec<Value>>>,
         last: bool,
     ) -> Result<(), Stop> {
-        let confirmable: Vec<(Vec<(String, String)>, Vec<String>)> = match memory {
+        let confirmable: Vec<BatchKeys> = match memory {
             Some(memory) => group.iter().map(|batch| memory.keys_of(batch)).collect(),
             None => Vec::new(),
         };
@@ -899,6 +900,9 @@ impl Engine {
     }
 }
 
+/// The keys a batch adds (each with the fields it was sent with, as JSON) and removes.
+type BatchKeys = (Vec<(String, String)>, Vec<String>);
+
 /// What an audience part has delivered: the keys of its rows (and the fields they were sent
 /// with), recorded per confirmed batch.
 struct Memory {
@@ -913,7 +917,7 @@ struct Memory {
 
 impl Memory {
     /// The keys a batch adds (with its fields as a JSON object) and those it removes.
-    fn keys_of(&self, batch: &[Vec<Value>]) -> (Vec<(String, String)>, Vec<String>) {
+    fn keys_of(&self, batch: &[Vec<Value>]) -> BatchKeys {
         let (mut added, mut removed) = (Vec::new(), Vec::new());
         let Some(column) = self.key_column else {
             return (added, removed);

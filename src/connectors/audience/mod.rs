@@ -162,6 +162,7 @@ pub struct AudienceSink<V: Vendor> {
     part: Option<OpenPart>,
     /// Session ids differ per run attempt and part.
     session_base: u64,
+    parts_opened: u64,
     requests: u64,
     members_sent: u64,
 }
@@ -185,6 +186,7 @@ impl<V: Vendor> AudienceSink<V> {
             cancellation: run.cancellation.clone(),
             part: None,
             session_base,
+            parts_opened: 0,
             requests: 0,
             members_sent: 0,
         }
@@ -223,11 +225,13 @@ impl<V: Vendor> Sink for AudienceSink<V> {
             .cancellation
             .unless_cancelled(vendor.open_audience(part, remembered.as_ref()))
             .await?;
+        self.parts_opened += 1;
         self.part = Some(OpenPart {
             layout: Layout::of(part),
             audience,
             estimated_total: part.estimated_records,
-            session: self.session_base.wrapping_add(self.requests).max(1),
+            // Two sessions a part (adds and removals).
+            session: self.session_base.wrapping_add(self.parts_opened * 2).max(1),
             sent: [0, 0],
         });
         Ok(())
