@@ -446,3 +446,72 @@ async fn a_refused_key_fails_the_run_with_mailchimp_s_message_and_never_shows_th
     assert_eq!(double.subscribes().len(), 1, "a 401 is not retried");
     t.stop().await;
 }
+
+// Several threads: the double answers while this test waits for the server process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_api_key_reaches_the_server_logs_even_at_debug_level() {
+    let double = MailchimpDouble::start(KEY).await;
+    // One throttled call (a retry, logged at debug) and a refused key (a failed run, logged).
+    double.throttle(1, "1");
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(dir.path()).await;
+    let envs = server_env(
+        &database_url,
+        &[(
+            "EXPORTD_LOG_FILTER",
+            "debug,sqlx=warn,sea_orm=warn,h2=info,hyper=info,tower=info",
+        )],
+    );
+    create_environment(dir.path(), &envs, "acme");
+    let server = start(dir.path(), &envs);
+    let (mut catalog, mut connections, mut exports) = clients(&server.addr, "acme").await;
+    catalog
+        .create_entity(customers_entity("acme", "customers", pb::EntityKind::Profile))
+        .await
+        .unwrap();
+    write_all(&mut catalog, vec![write(CUSTOMERS, ten_customers(), &[])])
+        .await
+        .unwrap();
+    create_pushed_segment(&mut catalog, "acme", "club", "customers", "Club").await;
+    let club = "environments/acme/segments/club";
+    set_members(&mut catalog, club, vec![vec!["c01".into(), "c02".into()]])
+        .await
+        .unwrap();
+    const WRONG: &str = "ffffffffffffffffffffffffffffffff-us21";
+    connections
+        .create_connection(mailchimp_at("mc", &double, KEY, LIST))
+        .await
+        .unwrap();
+    connections
+        .create_connection(mailchimp_at("stale", &double, WRONG, LIST))
+        .await
+        .unwrap();
+    for (id, connection) in [("good", "mc"), ("bad", "stale")] {
+        let mut request = segment_export("acme", id, id, connection, &[club], &[("email", "email")]);
+        request.export.as_mut().unwrap().sync_mode = pb::SyncMode::Mirror as i32;
+        create_export(&mut exports, request).await;
+    }
+    let good = run_to_end(&mut exports, &export_name("acme", "good")).await;
+    assert_eq!(run_state(&good), pb::RunState::Succeeded, "{:?}", good.error);
+    let bad = run_to_end(&mut exports, &export_name("acme", "bad")).await;
+    assert_eq!(run_state(&bad), pb::RunState::Failed);
+    for id in ["mc", "stale"] {
+        connections
+            .test_connection(pb::TestConnectionRequest {
+                name: conn_name("acme", id),
+            })
+            .await
+            .unwrap();
+    }
+    let logs = server.logs();
+    assert!(
+        logs.contains("retrying"),
+        "the throttled call was retried (and logged): {logs}"
+    );
+    assert!(logs.contains("API Key Invalid"), "the refusal was logged: {logs}");
+    assert!(
+        !logs.contains(KEY) && !logs.contains(WRONG),
+        "an API key reached the logs: {logs}"
+    );
+    drop(server);
+}
