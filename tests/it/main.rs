@@ -3,7 +3,6 @@ mod common;
 
 mod audience_facebook;
 mod audience_google;
-mod audience_linkedin;
 mod audience_mailchimp;
 mod auth;
 mod bad_input;

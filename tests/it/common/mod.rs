@@ -10,7 +10,6 @@ mod eventually;
 mod exports;
 pub mod failing_proxy;
 pub mod google_double;
-pub mod linkedin_double;
 pub mod mailchimp_double;
 pub mod meta_double;
 mod process;
