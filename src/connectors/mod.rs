@@ -12,10 +12,14 @@ use crate::domain::catalog::FieldType;
 use crate::domain::connection::Connection;
 use crate::domain::output_area::LocalRoots;
 
+pub mod audience;
 pub mod azure_blob;
 pub mod cdm;
+pub mod facebook_ads;
+pub mod google_ads;
 pub mod http;
 pub mod local_files;
+pub mod mailchimp;
 pub mod metered;
 pub mod parquet_partition;
 pub mod registry;
@@ -199,6 +203,41 @@ pub struct RunTarget<'a> {
     /// `keep_runs`: the earlier runs whose files stay at the target; older ones are removed
     /// after the commit. None keeps everything.
     pub keep_runs: Option<&'a [String]>,
+    /// Audience targets: the audience each segment (by id) filled in earlier runs of the export,
+    /// so that a run reuses it instead of finding or creating one again.
+    pub audiences: &'a BTreeMap<String, Audience>,
+}
+
+/// The audience (list, custom audience, user list) at the target that one segment fills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience {
+    pub id: String,
+    pub name: String,
+}
+
+/// What a sink that sends records in API requests of bounded size declares (PRODUCT.md §11):
+/// the pipeline cuts the rows to these limits and hands a sink up to `concurrency` batches at
+/// once, so that no connector re-batches and every answer is for one known batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SinkLimits {
+    /// Records + removals in one request.
+    pub records_per_batch: usize,
+    /// The rows' JSON size in one request (a bound on the body), if the vendor limits it.
+    pub bytes_per_batch: Option<usize>,
+    /// Requests per second for the connection (the vendor's published rate), if limited.
+    pub requests_per_second: Option<f64>,
+    /// Requests in flight at once for the connection.
+    pub concurrency: usize,
+}
+
+impl SinkLimits {
+    /// The pacing of the connection's requests these limits ask for.
+    pub fn pace(&self) -> http::gate::Pace {
+        http::gate::Pace {
+            requests_per_second: self.requests_per_second,
+            concurrency: self.concurrency,
+        }
+    }
 }
 
 /// One column of a part.
@@ -221,6 +260,11 @@ pub struct PartSchema {
     pub columns: Vec<Column>,
     /// Rows then end with the `_deleted` boolean.
     pub incremental: bool,
+    /// The key column is not one of the mapped fields: the pipeline added it so that removals
+    /// and rejects can name their record (targets that map columns to vendor fields skip it).
+    pub added_key: bool,
+    /// How many records or members the source has (segments: the member count at run start).
+    pub estimated_records: u64,
 }
 
 /// What a committed run left at the target.
@@ -292,6 +336,36 @@ pub trait Sink: Send {
     /// Rows in column order (then `_deleted` for incremental parts).
     async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<Delivery, Failure>;
     async fn end_part(&mut self) -> Result<Delivery, Failure>;
+    /// Sinks that send records in requests of bounded size declare their limits: the pipeline
+    /// then calls [`write_batches`](Sink::write_batches) instead of `write_rows`, with rows
+    /// cut to them, and each batch is answered for on its own (nothing held back).
+    fn limits(&self) -> Option<SinkLimits> {
+        None
+    }
+
+    /// Up to [`SinkLimits::concurrency`] batches, each within the limits, sent as the sink
+    /// can (at once); one answer per batch, in order. A batch that failed does not undo the
+    /// others' answers: what they confirmed is kept. `last`: these are the part's final batches.
+    async fn write_batches(&mut self, batches: Vec<Vec<Vec<Value>>>, last: bool) -> Vec<Result<Delivery, Failure>> {
+        let _ = last;
+        let mut answers = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let answer = self.write_rows(batch).await;
+            let failed = answer.is_err();
+            answers.push(answer);
+            if failed {
+                break;
+            }
+        }
+        answers
+    }
+
+    /// The audience the open part fills (after `begin_part`), for targets that have one: the
+    /// pipeline remembers it for the export's later runs.
+    fn audience(&self) -> Option<Audience> {
+        None
+    }
+
     async fn commit(self: Box<Self>) -> Result<SinkSummary, Failure>;
     async fn abort(self: Box<Self>);
     /// Stops without cleaning up: the run now belongs to another worker, which writes to the

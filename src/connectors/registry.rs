@@ -4,7 +4,7 @@
 
 use super::Connector;
 use super::storage_connector::StorageConnector;
-use super::{azure_blob, local_files, s3, sftp, webhook};
+use super::{azure_blob, facebook_ads, google_ads, local_files, mailchimp, s3, sftp, webhook};
 use crate::domain::connection::Connection;
 use crate::domain::connection_type::{
     Category, ConnectionTypeSpec, ExportKind, KeySpec, SegmentType, SyncMode, TargetOptionSpec, ValueKind,
@@ -35,16 +35,16 @@ pub(super) const fn optional(key: &'static str, description: &'static str, kind:
 
 pub(super) const TEXT: ValueKind = ValueKind::Text;
 pub(super) const HTTP_URL: ValueKind = ValueKind::Url(&["https", "http"]);
-const BASE_URL: KeySpec = optional(
+pub(super) const BASE_URL: KeySpec = optional(
     "base_url",
     "replaces the vendor's API root (proxy, sandbox or test double)",
     HTTP_URL,
 );
 pub(super) const ALL_SEGMENTS: &[SegmentType] = &[Profile, Account, Contact];
-const PEOPLE_SEGMENTS: &[SegmentType] = &[Profile, Contact];
+pub(super) const PEOPLE_SEGMENTS: &[SegmentType] = &[Profile, Contact];
 pub(super) const BOTH_KINDS: &[ExportKind] = &[DataOut, Segment];
 pub(super) const FILE_MODES: &[SyncMode] = &[Full, Incremental];
-const AUDIENCE_MODES: &[SyncMode] = &[Full, Mirror];
+pub(super) const AUDIENCE_MODES: &[SyncMode] = &[Full, Mirror];
 
 /// Export settings of every storage type (CONNECTORS.md).
 pub(super) const STORAGE_SETTINGS: &[KeySpec] = &[
@@ -85,7 +85,7 @@ pub(super) const STORAGE_SETTINGS: &[KeySpec] = &[
     ),
 ];
 
-const ADVERTISING_SETTINGS: &[KeySpec] = &[
+pub(super) const ADVERTISING_SETTINGS: &[KeySpec] = &[
     optional(
         "audience_name",
         "audience name (default: the segment's display name); created if absent",
@@ -95,7 +95,7 @@ const ADVERTISING_SETTINGS: &[KeySpec] = &[
     optional("target", "`CONTACT` (default)", ValueKind::OneOf(&["CONTACT"])),
 ];
 
-const CONTACT_TARGET: TargetOptionSpec = TargetOptionSpec {
+pub(super) const CONTACT_TARGET: TargetOptionSpec = TargetOptionSpec {
     value: "CONTACT",
     description: "people, matched by their identifiers (default)",
     identifier_fields: &["email", "phone"],
@@ -167,34 +167,7 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
         target_options: &[],
     },
     webhook::SPEC,
-    ConnectionTypeSpec {
-        id: "mailchimp",
-        display_name: "Mailchimp",
-        category: Category::EmailMarketing,
-        export_kinds: &[Segment],
-        segment_types: PEOPLE_SEGMENTS,
-        sync_modes: AUDIENCE_MODES,
-        required_fields: &["email"],
-        identifier_fields: &[],
-        profile_limit: 1_000_000,
-        minimum_segment_size: 0,
-        config: &[
-            key("server_prefix", "data center of the account, e.g. us21", TEXT),
-            key("audience_id", "the audience (list) members go to", TEXT),
-            BASE_URL,
-        ],
-        secrets: &[key("api_key", "Mailchimp API key", TEXT)],
-        one_of_secrets: &[],
-        settings: &[
-            optional("audience_id", "overrides the connection's audience", TEXT),
-            optional(
-                "tag_with_segment",
-                "`true` tags each member with the segment's display name (default false)",
-                ValueKind::Bool,
-            ),
-        ],
-        target_options: &[],
-    },
+    mailchimp::SPEC,
     ConnectionTypeSpec {
         id: "linkedin-ads",
         display_name: "LinkedIn Ads",
@@ -206,7 +179,20 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
         identifier_fields: &["email"],
         profile_limit: 100_000,
         minimum_segment_size: 300,
-        config: &[key("ad_account_id", "sponsored account id", TEXT), BASE_URL],
+        config: &[
+            key("ad_account_id", "sponsored account id", TEXT),
+            optional(
+                "api_version",
+                "LinkedIn-Version header, YYYYMM (default: a current version)",
+                TEXT,
+            ),
+            optional(
+                "source_platform",
+                "sourcePlatform of segments created (default LIST_UPLOAD)",
+                TEXT,
+            ),
+            BASE_URL,
+        ],
         secrets: &[key("access_token", "OAuth access token", TEXT)],
         one_of_secrets: &[],
         settings: &[
@@ -237,53 +223,8 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
             },
         ],
     },
-    ConnectionTypeSpec {
-        id: "facebook-ads",
-        display_name: "Facebook Ads",
-        category: Category::Advertising,
-        export_kinds: &[Segment],
-        segment_types: PEOPLE_SEGMENTS,
-        sync_modes: AUDIENCE_MODES,
-        required_fields: &[],
-        identifier_fields: &["email", "phone"],
-        profile_limit: 10_000_000,
-        minimum_segment_size: 0,
-        config: &[
-            key("ad_account_id", "ad account id (without act_)", TEXT),
-            optional("api_version", "Graph API version, e.g. v21.0", TEXT),
-            BASE_URL,
-        ],
-        secrets: &[key("access_token", "system-user access token", TEXT)],
-        one_of_secrets: &[],
-        settings: ADVERTISING_SETTINGS,
-        target_options: &[CONTACT_TARGET],
-    },
-    ConnectionTypeSpec {
-        id: "google-ads",
-        display_name: "Google Ads",
-        category: Category::Advertising,
-        export_kinds: &[Segment],
-        segment_types: PEOPLE_SEGMENTS,
-        sync_modes: AUDIENCE_MODES,
-        required_fields: &[],
-        identifier_fields: &["email", "phone"],
-        profile_limit: 1_000_000,
-        minimum_segment_size: 0,
-        config: &[
-            key("customer_id", "customer id, digits only", TEXT),
-            optional("login_customer_id", "manager account id, digits only", TEXT),
-            BASE_URL,
-        ],
-        secrets: &[
-            key("developer_token", "developer token", TEXT),
-            key("oauth_refresh_token", "OAuth refresh token", TEXT),
-            key("oauth_client_id", "OAuth client id", TEXT),
-            key("oauth_client_secret", "OAuth client secret", TEXT),
-        ],
-        one_of_secrets: &[],
-        settings: ADVERTISING_SETTINGS,
-        target_options: &[CONTACT_TARGET],
-    },
+    facebook_ads::SPEC,
+    google_ads::SPEC,
 ];
 
 /// The connectors built so far, by their type's spec.
@@ -293,6 +234,9 @@ static CONNECTORS: &[(&ConnectionTypeSpec, &(dyn Connector + 'static))] = &[
     (&azure_blob::SPEC, &StorageConnector(azure_blob::AzureBlob)),
     (&sftp::SPEC, &StorageConnector(sftp::Sftp)),
     (&webhook::SPEC, &webhook::Webhook),
+    (&mailchimp::SPEC, &mailchimp::Mailchimp),
+    (&facebook_ads::SPEC, &facebook_ads::FacebookAds),
+    (&google_ads::SPEC, &google_ads::GoogleAds),
 ];
 
 /// The connector of a type, if this version has one.

@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::domain::names::generate_id;
 use crate::store::Store;
 
+pub mod batching;
 pub mod dependencies;
 pub mod executor;
 pub mod pipeline;

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use super::Engine;
+use super::batching::Cutter;
 use crate::connectors::retry::Failure;
 use crate::connectors::{self, Column, Delivery, PartSchema, RunTarget, Sink, Target, registry};
 use crate::domain::catalog::{Entity, Segment};
@@ -29,6 +30,7 @@ use crate::domain::names::ExportName;
 use crate::domain::run::{ConnectionDetail, Counts, Run, RunError, RunState, Task, Warning};
 use crate::domain::time::{now_micros, to_datetime};
 use crate::error::{Error, ErrorCode};
+use crate::store::delivered;
 use crate::store::record_rows::DocumentBatch;
 use crate::store::records::StoredRecord;
 use crate::store::rejects::NewReject;
@@ -81,6 +83,9 @@ enum Source {
         export: ExportName,
         since: i64,
     },
+    /// MIRROR (audience targets): members of the run-start snapshot not delivered yet, then
+    /// those delivered who are no longer members.
+    SegmentMirror { segment: Segment, export: ExportName },
 }
 
 struct Part {
@@ -90,6 +95,9 @@ struct Part {
     /// The record field holding the key (filled in for deletions and departures).
     key_field: String,
     source: Source,
+    /// Audience targets: the members each answer confirmed are recorded as delivered (and
+    /// confirmed removals as no longer), batch by batch.
+    remember_members: bool,
 }
 
 struct Plan {
@@ -388,7 +396,13 @@ impl Engine {
                         .ok_or_else(|| missing("entity", &segment.entity))?;
                     let key = format!("segment:{}", segment.name.id);
                     sync_state.insert(key.clone(), entity.change_seq);
-                    let source = if incremental {
+                    let source = if export.sync_mode == SyncMode::Mirror {
+                        self.store.snapshot_mirror_members(&export.name, &segment).await?;
+                        Source::SegmentMirror {
+                            segment: segment.clone(),
+                            export: export.name.clone(),
+                        }
+                    } else if incremental {
                         self.store.snapshot_members(&export.name, &segment).await?;
                         let since = delivered.get(&key).copied().unwrap_or(0);
                         Source::SegmentChanges {
@@ -401,7 +415,10 @@ impl Engine {
                             segment: segment.clone(),
                         }
                     };
-                    parts.push(segment_part(&export, segment, entity, source, incremental));
+                    // Audience types (those that offer MIRROR) remember what they delivered in
+                    // every mode: a MIRROR run after a FULL one sends only the difference.
+                    let remember = spec.sync_modes.contains(&SyncMode::Mirror);
+                    parts.push(segment_part(&export, segment, entity, source, remember));
                 }
             }
         }
@@ -441,6 +458,10 @@ impl Engine {
             },
             None => None,
         };
+        let audiences = match self.store.export_audiences(&plan.export.name).await {
+            Ok(audiences) => audiences,
+            Err(e) => return self.fail(run, control, progress, "write", error_of("write", &e)).await,
+        };
         let run_target = RunTarget {
             target: Target {
                 connection: &plan.connection,
@@ -457,6 +478,7 @@ impl Engine {
             run_time: to_datetime(run.create_time),
             settings: &plan.export.settings,
             keep_runs: keep_runs.as_deref(),
+            audiences: &audiences,
         };
         progress.start("write", &format!("opening the {} target", plan.connection.type_id));
         // Not retried here: every request a store makes is retried where it is made (by
@@ -524,8 +546,9 @@ impl Engine {
         let exported = progress.counts.exported;
         let rejected = progress.counts.rejected;
         // PRODUCT.md §12: a target that refused every record it was sent fails the run; one
-        // that refused some lets it succeed with a warning.
-        if rejected > 0 && exported == 0 {
+        // that refused some lets it succeed with a warning (a removal it confirmed was a
+        // record it took).
+        if rejected > 0 && exported == 0 && progress.counts.removed == 0 {
             sink.abort().await;
             let error = RunError {
                 code: ErrorCode::FailedPrecondition.rpc_number(),
@@ -655,7 +678,23 @@ impl Engine {
             run_id: run.name.id.clone(),
             source: part.schema.source.clone(),
         };
-        sink.begin_part(&part.schema).await.map_err(Stop::Failed)?;
+        sink.begin_part(&part.schema)
+            .await
+            .map_err(|f| stopped_or_failed(self, control, f))?;
+        if let Some(audience) = sink.audience() {
+            self.store
+                .remember_audience(export, &part.schema.id, &audience)
+                .await
+                .map_err(Stop::Store)?;
+        }
+        let memory = part.remember_members.then(|| Memory {
+            export: export.clone(),
+            segment: part.schema.id.clone(),
+            fields: part.fields.clone(),
+            key_column: part.fields.iter().position(|f| *f == part.key_field),
+            deleted_column: part.schema.incremental.then_some(part.fields.len()),
+        });
+        let mut cutter = sink.limits().map(Cutter::new);
         let (tx, mut rx) = mpsc::channel::<crate::error::Result<(usize, Batch)>>(2);
         let store = self.store.clone();
         let fields = part.fields.clone();
@@ -704,6 +743,14 @@ impl Engine {
                 let rows = batch.into_rows(&columns, incremental).map_err(Stop::Store)?;
                 progress.counts.total += read as i64;
                 progress.counts.retried += retried_in(&rows, key_column, &mut outstanding);
+                if let Some(cutter) = cutter.as_mut() {
+                    cutter.push(rows);
+                    while let Some(group) = cutter.next_group() {
+                        self.deliver_group(run, control, progress, sink, &rejects, memory.as_ref(), group, false)
+                            .await?;
+                    }
+                    continue;
+                }
                 let delivery = sink
                     .write_rows(rows)
                     .await
@@ -712,6 +759,26 @@ impl Engine {
                 progress.account(delivery);
                 if progress.flushed.elapsed() >= PROGRESS_EVERY {
                     self.flush(run, control, progress).await;
+                }
+            }
+            if let Some(cutter) = cutter.as_mut() {
+                let groups = cutter.finish();
+                let count = groups.len();
+                for (i, group) in groups.into_iter().enumerate() {
+                    if let Some(stop) = interrupted(self, control) {
+                        return Err(stop);
+                    }
+                    self.deliver_group(
+                        run,
+                        control,
+                        progress,
+                        sink,
+                        &rejects,
+                        memory.as_ref(),
+                        group,
+                        i + 1 == count,
+                    )
+                    .await?;
                 }
             }
             Ok(())
@@ -723,6 +790,50 @@ impl Engine {
         rejects.store(self, &delivery).await?;
         progress.account(delivery);
         Ok(())
+    }
+
+    /// Sends one group of batches cut to the sink's limits; for each answer, in order: its
+    /// rejects are stored, its counts taken, and (audience targets) what it confirmed recorded
+    /// as delivered — also when a later batch of the group failed, which then ends the part.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver_group(
+        &self,
+        run: &Run,
+        control: &Control,
+        progress: &mut Progress,
+        sink: &mut dyn Sink,
+        rejects: &PartRejects,
+        memory: Option<&Memory>,
+        group: Vec<Vec<Vec<Value>>>,
+        last: bool,
+    ) -> Result<(), Stop> {
+        let confirmable: Vec<BatchKeys> = match memory {
+            Some(memory) => group.iter().map(|batch| memory.keys_of(batch)).collect(),
+            None => Vec::new(),
+        };
+        let answers = sink.write_batches(group, last).await;
+        let mut failure = None;
+        for (i, answer) in answers.into_iter().enumerate() {
+            let delivery = match answer {
+                Ok(delivery) => delivery,
+                Err(f) => {
+                    failure.get_or_insert(f);
+                    continue;
+                }
+            };
+            rejects.store(self, &delivery).await?;
+            if let (Some(memory), Some((added, removed))) = (memory, confirmable.get(i)) {
+                memory.confirm(self, added, removed, &delivery).await?;
+            }
+            progress.account(delivery);
+        }
+        if progress.flushed.elapsed() >= PROGRESS_EVERY {
+            self.flush(run, control, progress).await;
+        }
+        match failure {
+            Some(f) => Err(stopped_or_failed(self, control, f)),
+            None => Ok(()),
+        }
     }
 
     /// Stores the run's progress and tells watchers.
@@ -786,6 +897,73 @@ impl Engine {
             skip_reason: None,
             sync_state: None,
         }))
+    }
+}
+
+/// The keys a batch adds (each with the fields it was sent with, as JSON) and removes.
+type BatchKeys = (Vec<(String, String)>, Vec<String>);
+
+/// What an audience part has delivered: the keys of its rows (and the fields they were sent
+/// with), recorded per confirmed batch.
+struct Memory {
+    export: ExportName,
+    segment: String,
+    /// The record fields of the columns.
+    fields: Vec<String>,
+    key_column: Option<usize>,
+    /// Incremental and MIRROR rows end with `_deleted` (a removal).
+    deleted_column: Option<usize>,
+}
+
+impl Memory {
+    /// The keys a batch adds (with its fields as a JSON object) and those it removes.
+    fn keys_of(&self, batch: &[Vec<Value>]) -> BatchKeys {
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        let Some(column) = self.key_column else {
+            return (added, removed);
+        };
+        for row in batch {
+            let key = match row.get(column) {
+                Some(Value::String(key)) => key.clone(),
+                Some(Value::Null) | None => continue,
+                Some(other) => other.to_string(),
+            };
+            let deleted = self.deleted_column.and_then(|i| row.get(i)) == Some(&Value::Bool(true));
+            if deleted {
+                removed.push(key);
+            } else {
+                let sent: serde_json::Map<String, Value> =
+                    self.fields.iter().cloned().zip(row.iter().cloned()).collect();
+                added.push((key, Value::Object(sent).to_string()));
+            }
+        }
+        (added, removed)
+    }
+
+    /// Records what the answer confirmed: the batch's keys but those it rejected.
+    async fn confirm(
+        &self,
+        engine: &Engine,
+        added: &[(String, String)],
+        removed: &[String],
+        delivery: &Delivery,
+    ) -> Result<(), Stop> {
+        let refused: HashSet<&str> = delivery.rejected.iter().map(|r| r.key.as_str()).collect();
+        let added: Vec<(String, String)> = added
+            .iter()
+            .filter(|(k, _)| !refused.contains(k.as_str()))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = removed
+            .iter()
+            .filter(|k| !refused.contains(k.as_str()))
+            .cloned()
+            .collect();
+        engine
+            .store
+            .confirm_delivered(&self.export, &self.segment, &added, &removed)
+            .await
+            .map_err(Stop::Store)
     }
 }
 
@@ -896,9 +1074,12 @@ fn entity_part(export: &ExportName, entity: Entity, since: Option<i64>, until: i
             primary_key: entity.primary_key.clone(),
             columns: fields.iter().map(|f| column_of(&entity, f, f)).collect(),
             incremental,
+            added_key: false,
+            estimated_records: 0,
         },
         fields,
         key_field: entity.primary_key.clone(),
+        remember_members: false,
         source: Source::Entity {
             entity,
             since,
@@ -909,10 +1090,11 @@ fn entity_part(export: &ExportName, entity: Entity, since: Option<i64>, until: i
 }
 
 /// A segment part: the mapped target fields (or, without mappings, every field of the entity).
-/// An incremental part always carries the record's key, so that a receiver can tell whose row
-/// changed or left: when the mapping leaves the primary key out, it comes first under its own
-/// name.
-fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Source, incremental: bool) -> Part {
+/// An incremental or MIRROR part, and any part whose delivered members are remembered, always
+/// carries the record's key, so that a receiver can tell whose row changed or left: when the
+/// mapping leaves the primary key out, it comes first under its own name (`added_key`).
+fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Source, remember_members: bool) -> Part {
+    let incremental = matches!(source, Source::SegmentChanges { .. } | Source::SegmentMirror { .. });
     let mut pairs: Vec<(String, String)> = if export.field_mappings.is_empty() {
         entity.fields.iter().map(|f| (f.name.clone(), f.name.clone())).collect()
     } else {
@@ -922,7 +1104,9 @@ fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Sourc
             .map(|m| (m.source_field.clone(), m.target_field.clone()))
             .collect()
     };
-    if !export::added_key_columns(export, std::iter::once(&entity)).is_empty() {
+    let added_key = !pairs.iter().any(|(source, _)| *source == entity.primary_key)
+        && (incremental || remember_members || !export::added_key_columns(export, std::iter::once(&entity)).is_empty());
+    if added_key {
         pairs.insert(0, (entity.primary_key.clone(), entity.primary_key.clone()));
     }
     let primary_key = pairs
@@ -941,10 +1125,13 @@ fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Sourc
                 .map(|(source, target)| column_of(&entity, source, target))
                 .collect(),
             incremental,
+            added_key,
+            estimated_records: segment.member_count.max(0) as u64,
         },
         fields: pairs.into_iter().map(|(source, _)| source).collect(),
         key_field: entity.primary_key.clone(),
         source,
+        remember_members,
     }
 }
 
@@ -1031,17 +1218,24 @@ async fn read_batch(
                 .joined_or_changed_members(export, segment, *since, after, BATCH)
                 .await
         }
-        (Source::SegmentChanges { segment, export, .. }, 1) => Ok(store
-            .left_members(export, segment, after, BATCH)
-            .await?
-            .into_iter()
-            .map(|key| StoredRecord {
-                key,
-                data: Default::default(),
-                seq: 0,
-                deleted: true,
-            })
-            .collect()),
+        (Source::SegmentChanges { segment, export, .. }, 1) => left(
+            store
+                .left_members(export, segment, delivered::PENDING, after, BATCH)
+                .await?,
+        ),
+        (Source::SegmentMirror { segment, export }, 0) => store.joined_members(export, segment, after, BATCH).await,
+        (Source::SegmentMirror { segment, export }, 1) => left(
+            store
+                .left_members(export, segment, delivered::MIRROR_SNAPSHOT, after, BATCH)
+                .await?,
+        ),
+        // MIRROR: outstanding rejects of members delivered before (a refused update of a FULL
+        // run); refused joiners and leavers are joiners and leavers again.
+        (Source::SegmentMirror { segment, export }, 2) => {
+            store
+                .outstanding_unchanged_members(export, segment, delivered::MIRROR_SNAPSHOT, i64::MAX, after, BATCH)
+                .await
+        }
         // Incremental: outstanding rejects the changes above did not include.
         (
             Source::Entity {
@@ -1058,11 +1252,27 @@ async fn read_batch(
         }
         (Source::SegmentChanges { segment, export, since }, 2) => {
             store
-                .outstanding_unchanged_members(export, segment, *since, after, BATCH)
+                .outstanding_unchanged_members(export, segment, delivered::PENDING, *since, after, BATCH)
                 .await
         }
         _ => Ok(Vec::new()),
     }
+}
+
+/// Members who left, as deletions carrying the fields they were delivered with, if known.
+fn left(keys: Vec<(String, Option<String>)>) -> crate::error::Result<Vec<StoredRecord>> {
+    Ok(keys
+        .into_iter()
+        .map(|(key, sent)| StoredRecord {
+            data: match sent.as_deref().map(serde_json::from_str::<Value>) {
+                Some(Ok(Value::Object(fields))) => fields,
+                _ => Default::default(),
+            },
+            key,
+            seq: 0,
+            deleted: true,
+        })
+        .collect())
 }
 
 /// Rows in column order (then `_deleted` for incremental parts). A deletion keeps only its key.
@@ -1076,7 +1286,9 @@ fn rows_of(
         .into_iter()
         .map(|mut r| {
             let mut row: Vec<Value> = if r.deleted {
-                let mut row = vec![Value::Null; fields.len()];
+                // A deletion carries its key, and the fields it was delivered with where they
+                // were kept (members who left an audience).
+                let mut row: Vec<Value> = fields.iter().map(|f| r.data.remove(f).unwrap_or(Value::Null)).collect();
                 if let Some(i) = key_column {
                     row[i] = Value::String(std::mem::take(&mut r.key));
                 }

@@ -2,6 +2,13 @@
 //! members are snapshotted (state 1, "pending"); the run sends the members who joined or whose
 //! records changed, then those who left (delivered but no longer in the snapshot); on success
 //! the snapshot becomes the delivered set (state 0), in the transaction that ends the run.
+//!
+//! Audience targets (FULL and MIRROR, issue 16) keep the same delivered set, but per batch:
+//! each member the target confirmed is added as its answer arrives, each removal it confirmed
+//! taken out — so a failed or cancelled run keeps what was confirmed before it stopped and
+//! nothing else. A MIRROR run compares the delivered set with its own snapshot (state 2, never
+//! promoted): members who joined are those of the snapshot not delivered, members who left
+//! those delivered and not in the snapshot.
 
 use sea_orm::{ConnectionTrait, Statement};
 
@@ -12,11 +19,26 @@ use crate::domain::names::ExportName;
 use crate::error::Result;
 
 const DELIVERED: i32 = 0;
-const PENDING: i32 = 1;
+/// The snapshot of an incremental run, promoted to the delivered set on success.
+pub const PENDING: i32 = 1;
+/// The snapshot of a MIRROR run (the delivered set changes per confirmed batch instead).
+pub const MIRROR_SNAPSHOT: i32 = 2;
+/// Keys per statement when confirmed members are recorded (bound values stay well below
+/// SQLite's and PostgreSQL's limits).
+const KEYS_PER_STATEMENT: usize = 500;
 
 impl Store {
-    /// Takes the snapshot of the segment's current members for a run of `export`.
+    /// Takes the snapshot of the segment's current members for an incremental run of `export`.
     pub async fn snapshot_members(&self, export: &ExportName, segment: &Segment) -> Result<()> {
+        self.snapshot(export, segment, PENDING).await
+    }
+
+    /// Takes the snapshot of the segment's current members for a MIRROR run of `export`.
+    pub async fn snapshot_mirror_members(&self, export: &ExportName, segment: &Segment) -> Result<()> {
+        self.snapshot(export, segment, MIRROR_SNAPSHOT).await
+    }
+
+    async fn snapshot(&self, export: &ExportName, segment: &Segment, state: i32) -> Result<()> {
         let backend = self.backend();
         let db = &self.writer();
         let values = |extra: Vec<sea_orm::Value>| {
@@ -34,7 +56,7 @@ impl Store {
                 backend,
                 "DELETE FROM delivered_members WHERE env = ? AND export = ? AND segment = ? AND state = ?",
             ),
-            values(vec![PENDING.into()]),
+            values(vec![state.into()]),
         ))
         .await?;
         db.execute_raw(Statement::from_sql_and_values(
@@ -46,7 +68,7 @@ impl Store {
                  WHERE m.env = ? AND m.segment = ? AND m.generation = ?",
             ),
             values(vec![
-                PENDING.into(),
+                state.into(),
                 segment.name.env.clone().into(),
                 segment.name.id.clone().into(),
                 segment.generation.into(),
@@ -93,25 +115,28 @@ impl Store {
         rows.iter().map(super::records::live_record_of).collect()
     }
 
-    /// Keys delivered before but absent from the snapshot (members who left, or whose records
-    /// were deleted), in key order after `after`.
+    /// Keys delivered before but absent from the snapshot `state` (members who left, or whose
+    /// records were deleted), with the fields they were delivered with (audience targets, which
+    /// remove people by the identifiers they were sent), in key order after `after`.
     pub async fn left_members(
         &self,
         export: &ExportName,
         segment: &Segment,
+        state: i32,
         after: Option<&str>,
         limit: u64,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<(String, Option<String>)>> {
         let backend = self.backend();
         let text = super::placeholders(
             backend,
-            "SELECT d.key FROM delivered_members d \
+            "SELECT d.key, d.sent FROM delivered_members d \
              LEFT JOIN delivered_members p ON p.env = d.env AND p.export = d.export AND p.segment = d.segment \
-               AND p.state = 1 AND p.key = d.key \
+               AND p.state = ? AND p.key = d.key \
              WHERE d.env = ? AND d.export = ? AND d.segment = ? AND d.state = 0 AND d.key > ? AND p.key IS NULL \
              ORDER BY d.key LIMIT ?",
         );
         let values: Vec<sea_orm::Value> = vec![
+            state.into(),
             export.env.clone().into(),
             export.id.clone().into(),
             segment.name.id.clone().into(),
@@ -123,8 +148,102 @@ impl Store {
             .query_all_raw(Statement::from_sql_and_values(backend, text, values))
             .await?;
         rows.into_iter()
-            .map(|row| Ok(row.try_get_by_index::<String>(0)?))
+            .map(|row| Ok((row.try_get_by_index::<String>(0)?, row.try_get_by_index(1)?)))
             .collect()
+    }
+}
+
+impl Store {
+    /// Members of the MIRROR snapshot not delivered yet (those who joined, and those whose
+    /// earlier delivery was refused), joined to their records, in key order after `after`.
+    pub async fn joined_members(
+        &self,
+        export: &ExportName,
+        segment: &Segment,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<StoredRecord>> {
+        let backend = self.backend();
+        let text = super::placeholders(
+            backend,
+            "SELECT r.key, r.data, r.seq FROM delivered_members p \
+             JOIN records r ON r.env = p.env AND r.entity = ? AND r.key = p.key \
+             LEFT JOIN delivered_members d ON d.env = p.env AND d.export = p.export AND d.segment = p.segment \
+               AND d.state = 0 AND d.key = p.key \
+             WHERE p.env = ? AND p.export = ? AND p.segment = ? AND p.state = ? AND p.key > ? \
+               AND NOT r.deleted AND d.key IS NULL \
+             ORDER BY p.key LIMIT ?",
+        );
+        let values: Vec<sea_orm::Value> = vec![
+            segment.entity.id.clone().into(),
+            export.env.clone().into(),
+            export.id.clone().into(),
+            segment.name.id.clone().into(),
+            MIRROR_SNAPSHOT.into(),
+            after.unwrap_or("").into(),
+            (limit as i64).into(),
+        ];
+        let rows = self
+            .reader()
+            .query_all_raw(Statement::from_sql_and_values(backend, text, values))
+            .await?;
+        rows.iter().map(super::records::live_record_of).collect()
+    }
+
+    /// Records what the target confirmed for one batch of an audience export: `added` members
+    /// (key, the fields sent as a JSON object) are delivered now, `removed` ones no longer.
+    /// Called after each answer, so that what was confirmed stays recorded whatever happens to
+    /// the run later.
+    pub async fn confirm_delivered(
+        &self,
+        export: &ExportName,
+        segment: &str,
+        added: &[(String, String)],
+        removed: &[String],
+    ) -> Result<()> {
+        let backend = self.backend();
+        let db = &self.untracked_writer();
+        let head =
+            || -> Vec<sea_orm::Value> { vec![export.env.clone().into(), export.id.clone().into(), segment.into()] };
+        for keys in added.chunks(KEYS_PER_STATEMENT) {
+            let rows = vec!["(?, ?, ?, 0, ?, ?)"; keys.len()].join(", ");
+            let mut values = Vec::with_capacity(keys.len() * 5);
+            for (key, sent) in keys {
+                values.extend(head());
+                values.push(key.clone().into());
+                values.push(sent.clone().into());
+            }
+            db.execute_raw(Statement::from_sql_and_values(
+                backend,
+                super::placeholders(
+                    backend,
+                    &format!(
+                        "INSERT INTO delivered_members (env, export, segment, state, key, sent) VALUES {rows} \
+                         ON CONFLICT (env, export, segment, state, key) DO UPDATE SET sent = excluded.sent"
+                    ),
+                ),
+                values,
+            ))
+            .await?;
+        }
+        for keys in removed.chunks(KEYS_PER_STATEMENT) {
+            let marks = vec!["?"; keys.len()].join(", ");
+            let mut values = head();
+            values.extend(keys.iter().map(|k| sea_orm::Value::from(k.clone())));
+            db.execute_raw(Statement::from_sql_and_values(
+                backend,
+                super::placeholders(
+                    backend,
+                    &format!(
+                        "DELETE FROM delivered_members WHERE env = ? AND export = ? AND segment = ? \
+                         AND state = 0 AND key IN ({marks})"
+                    ),
+                ),
+                values,
+            ))
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -166,7 +285,7 @@ pub(crate) async fn promote_snapshots(db: &impl ConnectionTrait, export: &Export
     Ok(())
 }
 
-/// Forgets everything an export delivered (when it is deleted).
+/// Forgets everything an export delivered, and the audiences it filled (when it is deleted).
 pub(crate) async fn forget(db: &impl ConnectionTrait, export: &ExportName) -> Result<()> {
     let backend = db.get_database_backend();
     db.execute_raw(Statement::from_sql_and_values(
@@ -175,5 +294,5 @@ pub(crate) async fn forget(db: &impl ConnectionTrait, export: &ExportName) -> Re
         vec![export.env.clone().into(), export.id.clone().into()],
     ))
     .await?;
-    Ok(())
+    super::audiences::forget(db, export).await
 }

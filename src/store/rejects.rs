@@ -245,13 +245,15 @@ impl Store {
         self.query_records(text, values).await
     }
 
-    /// Outstanding rejects of an incremental segment export that its run would not send
-    /// otherwise: members of the run's snapshot who were delivered before and whose records did
-    /// not change since `since`, in key order after `after`.
+    /// Outstanding rejects of an incremental or MIRROR segment export that its run would not
+    /// send otherwise: members of the run's snapshot (`snapshot`, a state of
+    /// [`delivered`](super::delivered)) who were delivered before and whose records did not
+    /// change since `since`, in key order after `after`.
     pub async fn outstanding_unchanged_members(
         &self,
         export: &ExportName,
         segment: &Segment,
+        snapshot: i32,
         since: i64,
         after: Option<&str>,
         limit: u64,
@@ -261,7 +263,7 @@ impl Store {
             backend,
             "SELECT r.key, r.data, r.seq FROM rejected_records x \
              JOIN delivered_members p ON p.env = x.env AND p.export = x.export AND p.segment = ? \
-               AND p.state = 1 AND p.key = x.key \
+               AND p.state = ? AND p.key = x.key \
              JOIN delivered_members d ON d.env = x.env AND d.export = x.export AND d.segment = ? \
                AND d.state = 0 AND d.key = x.key \
              JOIN records r ON r.env = x.env AND r.entity = ? AND r.key = x.key \
@@ -271,6 +273,7 @@ impl Store {
         );
         let values: Vec<sea_orm::Value> = vec![
             segment.name.id.clone().into(),
+            snapshot.into(),
             segment.name.id.clone().into(),
             segment.entity.id.clone().into(),
             export.env.clone().into(),

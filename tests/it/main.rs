@@ -1,6 +1,9 @@
 //! Integration tests: the real server, spoken to through the generated gRPC clients.
 mod common;
 
+mod audience_facebook;
+mod audience_google;
+mod audience_mailchimp;
 mod auth;
 mod bad_input;
 mod catalog;

@@ -739,10 +739,6 @@ async fn over_limit_segments_skip_the_run_before_the_target_is_contacted() {
         .await
         .unwrap();
     connections
-        .create_connection(mailchimp("acme", "open-mc", "Mailchimp open", true))
-        .await
-        .unwrap();
-    connections
         .create_connection(connection(
             "acme",
             "li",
@@ -808,16 +804,7 @@ async fn over_limit_segments_skip_the_run_before_the_target_is_contacted() {
         data_out("acme", "pg-data", "Database data", "open-pg", &[CUSTOMERS]),
     )
     .await;
-    create_export(
-        &mut admin,
-        segment_export("acme", "open-mc", "Open Mailchimp", "open-mc", &[VIP], &mappings),
-    )
-    .await;
-    for (id, type_id) in [
-        ("open-pg", "postgres"),
-        ("pg-data", "postgres"),
-        ("open-mc", "mailchimp"),
-    ] {
+    for (id, type_id) in [("open-pg", "postgres"), ("pg-data", "postgres")] {
         let run = run_to_end(&mut admin, &export_name("acme", id)).await;
         assert_not_supported(&run, type_id);
         assert!(run.end_time.is_some());

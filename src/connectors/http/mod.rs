@@ -6,6 +6,8 @@
 //! answers are handed back for the connector to read. No secret reaches a message: every
 //! error text goes through [`redact`] with the connection's secrets.
 
+pub mod gate;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -67,6 +69,54 @@ where
     retried(connection_type, |_| {
         let request = build();
         async move { attempt(request, secrets).await }
+    })
+    .await
+}
+
+/// [`send`], each attempt waiting for the connection's [`gate::Gate`] first (its rate and its
+/// cap on requests in flight), so that retries are paced like first attempts.
+pub async fn send_paced<B>(
+    gate: &gate::Gate,
+    connection_type: &'static str,
+    secrets: &[String],
+    build: B,
+) -> Result<Answer, Failure>
+where
+    B: Fn() -> reqwest::RequestBuilder,
+{
+    send_paced_with(gate, connection_type, secrets, |_| false, build).await
+}
+
+/// [`send_paced`] for a vendor that also signals throttling in answers of other statuses (Meta's
+/// rate-limit error codes come with 400): `throttled` says which answers are transient too.
+pub async fn send_paced_with<B, T>(
+    gate: &gate::Gate,
+    connection_type: &'static str,
+    secrets: &[String],
+    throttled: T,
+    build: B,
+) -> Result<Answer, Failure>
+where
+    B: Fn() -> reqwest::RequestBuilder,
+    T: Fn(&Answer) -> bool,
+{
+    retried(connection_type, |_| {
+        let request = build();
+        let throttled = &throttled;
+        async move {
+            let _pass = gate.pass().await;
+            let answer = attempt(request, secrets).await?;
+            if throttled(&answer) {
+                return Err(Failure::Transient {
+                    message: redact(
+                        &format!("the target answered {}: {}", answer.status, answer.body_text(256)),
+                        secrets,
+                    ),
+                    retry_after: None,
+                });
+            }
+            Ok(answer)
+        }
     })
     .await
 }

@@ -1,0 +1,425 @@
+//! What the four audience targets (Mailchimp, Meta custom audiences, Google Data Manager,
+//! LinkedIn DMP segments) share: members read from a part's rows, identifier hygiene before
+//! anything is sent, one audience per segment, and one [`Sink`] that sends the batches the
+//! pipeline cut to the vendor's limits — concurrently, through the connection's
+//! [`Gate`](super::http::gate::Gate), stopping when the run is cancelled. A vendor supplies
+//! only what differs ([`Vendor`]): its limits, what a member becomes on the wire, how its
+//! audience is found or created, and its add and remove requests.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::retry::Failure;
+use super::{Audience, Cancellation, Delivery, PartSchema, Rejection, RunTarget, Sink, SinkLimits, SinkSummary};
+
+pub mod identifiers;
+
+pub use identifiers::{INVALID_IDENTIFIER, NO_IDENTIFIER};
+
+/// One member as an audience target sees it: its record key and the mapped target fields that
+/// have a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub key: String,
+    pub values: BTreeMap<String, Value>,
+}
+
+impl Member {
+    /// A target field's value as text (numbers and booleans written out), if it has one.
+    pub fn text(&self, field: &str) -> Option<String> {
+        match self.values.get(field)? {
+            Value::Null => None,
+            Value::String(s) if s.trim().is_empty() => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    }
+
+    pub fn reject(&self, reason: &str, code: &str) -> Rejection {
+        Rejection::new(self.key.clone(), reason, code)
+    }
+}
+
+/// Where a part's columns are: its key, its `_deleted` flag, and the mapped fields.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    key: Option<usize>,
+    deleted: Option<usize>,
+    /// (column, target field) of the mapped columns (not a key column the pipeline added).
+    fields: Vec<(usize, String)>,
+}
+
+impl Layout {
+    pub fn of(part: &PartSchema) -> Layout {
+        let key = part.columns.iter().position(|c| c.name == part.primary_key);
+        let fields = part
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(part.added_key && Some(*i) == key))
+            .map(|(i, c)| (i, c.name.clone()))
+            .collect();
+        Layout {
+            key,
+            deleted: part.incremental.then_some(part.columns.len()),
+            fields,
+        }
+    }
+
+    /// The rows as members to add or update, and members to remove.
+    pub fn members(&self, rows: Vec<Vec<Value>>) -> (Vec<Member>, Vec<Member>) {
+        let (mut upserts, mut removals) = (Vec::new(), Vec::new());
+        for row in rows {
+            let key = match self.key.and_then(|i| row.get(i)) {
+                Some(Value::String(key)) => key.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            };
+            let removed = self.deleted.and_then(|i| row.get(i)) == Some(&Value::Bool(true));
+            let values = self
+                .fields
+                .iter()
+                .filter_map(|(i, name)| match row.get(*i) {
+                    Some(Value::Null) | None => None,
+                    Some(value) => Some((name.clone(), value.clone())),
+                })
+                .collect();
+            let member = Member { key, values };
+            if removed {
+                removals.push(member);
+            } else {
+                upserts.push(member);
+            }
+        }
+        (upserts, removals)
+    }
+}
+
+/// Adding members or removing them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Add,
+    Remove,
+}
+
+/// Where one request stands in the part's requests of its operation (Meta's `session`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sequence {
+    /// From 1, per part and operation.
+    pub number: u64,
+    /// The part's last request of this operation.
+    pub last: bool,
+    /// The members the part is expected to send in all (the segment's member count).
+    pub estimated_total: u64,
+    /// Stable for one attempt of a run and part (Meta's `session_id`).
+    pub session: u64,
+}
+
+/// A member ready for the vendor: its key, and what the vendor receives for it.
+pub struct Prepared<P> {
+    pub key: String,
+    pub member: Member,
+    pub wire: P,
+}
+
+/// What one vendor adds to the shared machinery.
+#[async_trait]
+pub trait Vendor: Send + Sync + 'static {
+    /// A member as the wire carries it (identifiers normalised and hashed).
+    type Wire: Send + Sync + Clone + 'static;
+
+    fn type_id(&self) -> &'static str;
+
+    /// Records per request, requests per second and in flight (the vendor's published limits).
+    fn limits(&self) -> SinkLimits;
+
+    /// What the vendor receives for a member, or why it is refused before the vendor sees it
+    /// (`NO_IDENTIFIER`, `INVALID_IDENTIFIER`). Pure: a preview calls it too.
+    fn prepare(&self, member: &Member) -> Result<Self::Wire, Rejection>;
+
+    /// The audience the part fills: the one remembered from earlier runs, else the one the
+    /// settings name, else found by name or created.
+    async fn open_audience(&self, part: &PartSchema, remembered: Option<&Audience>) -> Result<Audience, Failure>;
+
+    /// One request (or the requests one batch needs): the vendor's answer as accepted
+    /// members (or removals) and rejected ones.
+    async fn send(
+        &self,
+        audience: &Audience,
+        operation: Operation,
+        members: Vec<Prepared<Self::Wire>>,
+        sequence: Sequence,
+    ) -> Result<Delivery, Failure>;
+}
+
+/// The sink of every audience target.
+pub struct AudienceSink<V: Vendor> {
+    vendor: std::sync::Arc<V>,
+    remembered: BTreeMap<String, Audience>,
+    cancellation: Cancellation,
+    part: Option<OpenPart>,
+    /// Session ids differ per run attempt and part.
+    session_base: u64,
+    parts_opened: u64,
+    requests: u64,
+    members_sent: u64,
+}
+
+struct OpenPart {
+    layout: Layout,
+    audience: Audience,
+    estimated_total: u64,
+    session: u64,
+    sent: [u64; 2],
+}
+
+impl<V: Vendor> AudienceSink<V> {
+    pub fn new(vendor: V, run: &RunTarget<'_>) -> AudienceSink<V> {
+        // A run id and attempt give a stable number per attempt (Meta wants a 64-bit id).
+        let digest = identifiers::sha256_hex(&format!("{}.{}", run.run_id, run.attempt));
+        let session_base = u64::from_str_radix(&digest[..12], 16).unwrap_or(1);
+        AudienceSink {
+            vendor: std::sync::Arc::new(vendor),
+            remembered: run.audiences.clone(),
+            cancellation: run.cancellation.clone(),
+            part: None,
+            session_base,
+            parts_opened: 0,
+            requests: 0,
+            members_sent: 0,
+        }
+    }
+
+    /// Members → what goes out, and the members refused locally.
+    fn prepare(&self, members: Vec<Member>) -> (Vec<Prepared<V::Wire>>, Vec<Rejection>) {
+        let mut ready = Vec::with_capacity(members.len());
+        let mut refused = Vec::new();
+        for member in members {
+            match self.vendor.prepare(&member) {
+                Ok(wire) => ready.push(Prepared {
+                    key: member.key.clone(),
+                    member,
+                    wire,
+                }),
+                Err(rejection) => refused.push(rejection),
+            }
+        }
+        (ready, refused)
+    }
+}
+
+fn add(total: &mut Delivery, more: Delivery) {
+    total.accepted += more.accepted;
+    total.removed += more.removed;
+    total.rejected.extend(more.rejected);
+}
+
+#[async_trait]
+impl<V: Vendor> Sink for AudienceSink<V> {
+    async fn begin_part(&mut self, part: &PartSchema) -> Result<(), Failure> {
+        let vendor = self.vendor.clone();
+        let remembered = self.remembered.get(&part.id).cloned();
+        let audience = self
+            .cancellation
+            .unless_cancelled(vendor.open_audience(part, remembered.as_ref()))
+            .await?;
+        self.parts_opened += 1;
+        self.part = Some(OpenPart {
+            layout: Layout::of(part),
+            audience,
+            estimated_total: part.estimated_records,
+            // Two sessions a part (adds and removals).
+            session: self.session_base.wrapping_add(self.parts_opened * 2).max(1),
+            sent: [0, 0],
+        });
+        Ok(())
+    }
+
+    fn limits(&self) -> Option<SinkLimits> {
+        Some(self.vendor.limits())
+    }
+
+    fn audience(&self) -> Option<Audience> {
+        self.part.as_ref().map(|p| p.audience.clone())
+    }
+
+    async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<Delivery, Failure> {
+        self.write_batches(vec![rows], false)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Ok(Delivery::default()))
+    }
+
+    /// Each batch's adds and removals go out as one request each (the vendor may split a
+    /// removal into the requests its API needs); the batches of a group at once.
+    async fn write_batches(&mut self, batches: Vec<Vec<Vec<Value>>>, last: bool) -> Vec<Result<Delivery, Failure>> {
+        let Some(part) = self.part.as_mut() else {
+            return vec![Err(Failure::Permanent {
+                message: "no part is open".into(),
+            })];
+        };
+        let layout = part.layout.clone();
+        // Which requests the group makes, numbered in order per operation.
+        let mut plans = Vec::with_capacity(batches.len());
+        for rows in batches {
+            let (upserts, removals) = layout.members(rows);
+            plans.push((upserts, removals));
+        }
+        let count_of = |op: usize| {
+            plans
+                .iter()
+                .filter(|(u, r)| !(if op == 0 { u } else { r }).is_empty())
+                .count()
+        };
+        let (adds_in_group, removes_in_group) = (count_of(0), count_of(1));
+        let mut planned: Vec<(
+            Vec<Prepared<V::Wire>>,
+            Vec<Prepared<V::Wire>>,
+            Vec<Rejection>,
+            [Option<Sequence>; 2],
+        )> = Vec::new();
+        let (mut adds_seen, mut removes_seen) = (0, 0);
+        let (estimated_total, session) = (part.estimated_total, part.session);
+        let mut sent = part.sent;
+        let audience = part.audience.clone();
+        for (upserts, removals) in plans {
+            let (ready_up, mut refused) = self.prepare(upserts);
+            let (ready_rm, refused_rm) = self.prepare(removals);
+            refused.extend(refused_rm);
+            let mut sequences = [None, None];
+            for (op, ready, seen, in_group) in [
+                (0, &ready_up, &mut adds_seen, adds_in_group),
+                (1, &ready_rm, &mut removes_seen, removes_in_group),
+            ] {
+                if ready.is_empty() {
+                    continue;
+                }
+                *seen += 1;
+                sent[op] += 1;
+                sequences[op] = Some(Sequence {
+                    number: sent[op],
+                    last: last && *seen == in_group,
+                    estimated_total,
+                    session: session.wrapping_add(op as u64),
+                });
+            }
+            planned.push((ready_up, ready_rm, refused, sequences));
+        }
+        if let Some(part) = self.part.as_mut() {
+            part.sent = sent;
+        }
+        let vendor = self.vendor.clone();
+        let cancellation = self.cancellation.clone();
+        let requests = planned.into_iter().map(|(ready_up, ready_rm, refused, sequences)| {
+            let vendor = vendor.clone();
+            let audience = audience.clone();
+            let cancellation = cancellation.clone();
+            async move {
+                let mut delivery = Delivery {
+                    rejected: refused,
+                    ..Delivery::default()
+                };
+                let mut requests = 0;
+                for (operation, ready, sequence) in [
+                    (Operation::Add, ready_up, sequences[0]),
+                    (Operation::Remove, ready_rm, sequences[1]),
+                ] {
+                    let Some(sequence) = sequence else { continue };
+                    requests += 1;
+                    let answer = cancellation
+                        .unless_cancelled(vendor.send(&audience, operation, ready, sequence))
+                        .await?;
+                    add(&mut delivery, answer);
+                }
+                Ok::<_, Failure>((delivery, requests))
+            }
+        });
+        let answers = futures::future::join_all(requests).await;
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.map(|(delivery, requests)| {
+                    self.requests += requests;
+                    self.members_sent += delivery.accepted + delivery.removed;
+                    delivery
+                })
+            })
+            .collect()
+    }
+
+    async fn end_part(&mut self) -> Result<Delivery, Failure> {
+        self.part = None;
+        Ok(Delivery::default())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<SinkSummary, Failure> {
+        Ok(SinkSummary {
+            location: format!(
+                "{} {} in {} {} to {}",
+                self.members_sent,
+                if self.members_sent == 1 { "member" } else { "members" },
+                self.requests,
+                if self.requests == 1 { "request" } else { "requests" },
+                self.vendor.type_id()
+            ),
+            ..SinkSummary::default()
+        })
+    }
+
+    /// What the vendor confirmed stays: audiences have no transaction to roll back.
+    async fn abort(self: Box<Self>) {}
+}
+
+/// A vendor id setting or config value, trimmed; empty when unset.
+pub fn setting<'a>(run: &'a RunTarget<'_>, key: &str) -> &'a str {
+    run.settings.get(key).map(|v| v.trim()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::connectors::Column;
+    use crate::domain::catalog::FieldType;
+
+    fn column(name: &str) -> Column {
+        Column {
+            name: name.into(),
+            field_type: FieldType::String,
+            description: String::new(),
+            mapping: String::new(),
+        }
+    }
+
+    #[test]
+    fn rows_become_members_without_the_added_key_and_removals_by_their_flag() {
+        let part = PartSchema {
+            id: "vip".into(),
+            source: "environments/acme/segments/vip".into(),
+            description: "VIP".into(),
+            primary_key: "id".into(),
+            columns: vec![column("id"), column("email"), column("first_name")],
+            incremental: true,
+            added_key: true,
+            estimated_records: 2,
+        };
+        let layout = Layout::of(&part);
+        let (upserts, removals) = layout.members(vec![
+            vec![json!("c1"), json!("a@example.com"), Value::Null, json!(false)],
+            vec![json!("c2"), json!("b@example.com"), json!("Bo"), json!(true)],
+        ]);
+        assert_eq!(upserts.len(), 1);
+        assert_eq!(upserts[0].key, "c1");
+        assert_eq!(
+            upserts[0].values.keys().collect::<Vec<_>>(),
+            ["email"],
+            "no key, no nulls"
+        );
+        assert_eq!(removals[0].key, "c2");
+        assert_eq!(removals[0].text("first_name").as_deref(), Some("Bo"));
+    }
+}
