@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::domain::names::generate_id;
 use crate::store::Store;
 
+mod audit_retention;
 pub mod dependencies;
 pub mod executor;
 pub mod pipeline;
@@ -85,6 +86,7 @@ impl Engine {
             tasks.push(tokio::spawn(self.clone().worker_loop(worker)));
         }
         tasks.push(tokio::spawn(self.clone().scheduler_loop()));
+        tasks.push(tokio::spawn(self.clone().audit_retention_loop()));
         Ok(())
     }
 

@@ -22,7 +22,6 @@ fn not_built(action: Action) -> bool {
             | Action::UpdateAlertPolicy
             | Action::DeleteAlertPolicy
             | Action::ListAlertEvents
-            | Action::ListAuditEvents
     )
 }
 

@@ -7,6 +7,7 @@ mod m0003_exports;
 mod m0004_runs;
 mod m0005_recurrence_anchors;
 mod m0006_rejected_records;
+mod m0008_audit_events;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_runs::Migration),
             Box::new(m0005_recurrence_anchors::Migration),
             Box::new(m0006_rejected_records::Migration),
+            Box::new(m0008_audit_events::Migration),
         ]
     }
 }

@@ -1,4 +1,5 @@
 //! sea-orm models, one file per table.
+pub mod audit_event;
 pub mod connection;
 pub mod entity;
 pub mod environment;
