@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::domain::names::generate_id;
 use crate::store::Store;
 
+mod alert_delivery;
 mod audit_retention;
 pub mod dependencies;
 pub mod executor;
@@ -87,6 +88,7 @@ impl Engine {
         }
         tasks.push(tokio::spawn(self.clone().scheduler_loop()));
         tasks.push(tokio::spawn(self.clone().audit_retention_loop()));
+        tasks.push(tokio::spawn(self.clone().alert_delivery_loop()));
         Ok(())
     }
 

@@ -129,7 +129,7 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
     let catalog = CatalogServiceServer::new(CatalogApi::new(state.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let alerts = AlertServiceServer::new(AlertApi)
+    let alerts = AlertServiceServer::new(AlertApi::new(state.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let audit = AuditServiceServer::new(AuditApi::new(state.clone()))

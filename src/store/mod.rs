@@ -9,6 +9,7 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
 
+pub mod alerts;
 pub mod audit;
 pub mod connections;
 pub mod delivered;

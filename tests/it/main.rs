@@ -1,6 +1,7 @@
 //! Integration tests: the real server, spoken to through the generated gRPC clients.
 mod common;
 
+mod alerts;
 mod audit;
 mod auth;
 mod bad_input;

@@ -8,6 +8,7 @@ mod m0004_runs;
 mod m0005_recurrence_anchors;
 mod m0006_rejected_records;
 mod m0008_audit_events;
+mod m0009_alerts;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_recurrence_anchors::Migration),
             Box::new(m0006_rejected_records::Migration),
             Box::new(m0008_audit_events::Migration),
+            Box::new(m0009_alerts::Migration),
         ]
     }
 }
