@@ -58,6 +58,8 @@ pub struct Settings {
     pub rule_evaluation_budget_seconds: u64,
     /// Batches of rule evaluation that may run at once (on the blocking pool).
     pub rule_evaluation_threads: usize,
+    /// Audit events older than this many days are purged (PRODUCT.md §15).
+    pub audit_retention_days: u64,
 }
 
 #[derive(Clone, Default)]
@@ -247,6 +249,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "(number of cores)",
         description: "segment rule evaluations running at once, off the threads that answer RPCs",
     },
+    SettingDoc {
+        key: "audit_retention_days",
+        default: "400",
+        description: "audit events older than this many days are purged (checked every hour)",
+    },
 ];
 
 /// Values from any one source; later sources override earlier ones field by field.
@@ -280,6 +287,7 @@ pub struct Layer {
     pub read_cache_entries: Option<usize>,
     pub rule_evaluation_budget_seconds: Option<u64>,
     pub rule_evaluation_threads: Option<usize>,
+    pub audit_retention_days: Option<u64>,
 }
 
 /// A list setting, in either form API.md gives: a comma-separated string (the README's and the
@@ -358,7 +366,8 @@ impl Layer {
             shutdown_grace_seconds,
             read_cache_entries,
             rule_evaluation_budget_seconds,
-            rule_evaluation_threads
+            rule_evaluation_threads,
+            audit_retention_days
         );
         self
     }
@@ -384,7 +393,8 @@ impl Layer {
                 | "shutdown_grace_seconds"
                 | "read_cache_entries"
                 | "rule_evaluation_budget_seconds"
-                | "rule_evaluation_threads" => toml::Value::Integer(
+                | "rule_evaluation_threads"
+                | "audit_retention_days" => toml::Value::Integer(
                     raw.trim()
                         .parse()
                         .map_err(|_| format!("{var}: '{raw}' is not a whole number"))?,
@@ -530,6 +540,10 @@ impl Settings {
         if rule_evaluation_budget_seconds == 0 {
             return Err("rule_evaluation_budget_seconds must be at least 1".into());
         }
+        let audit_retention_days = layer.audit_retention_days.unwrap_or(400);
+        if audit_retention_days == 0 {
+            return Err("audit_retention_days must be at least 1".into());
+        }
         if run_lease_seconds < 2 {
             return Err("run_lease_seconds must be at least 2".into());
         }
@@ -582,6 +596,7 @@ impl Settings {
                 .rule_evaluation_threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
                 .max(1),
+            audit_retention_days,
         })
     }
 

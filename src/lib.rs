@@ -4,6 +4,7 @@
 //! (targets), all on `domain` (pure rules) and `store` (the only SQL). `auth` holds the JWT
 //! verification and the one permission table.
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

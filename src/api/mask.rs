@@ -11,6 +11,17 @@ pub fn paths(
     map_fields: &[&str],
     implied: impl FnOnce() -> Vec<String>,
 ) -> Result<Vec<String>> {
+    let resolved = resolve(mask, allowed, map_fields, implied)?;
+    crate::audit::scope::update_paths(&resolved);
+    Ok(resolved)
+}
+
+fn resolve(
+    mask: &Option<prost_types::FieldMask>,
+    allowed: &[&str],
+    map_fields: &[&str],
+    implied: impl FnOnce() -> Vec<String>,
+) -> Result<Vec<String>> {
     let given = mask.as_ref().map(|m| m.paths.clone()).unwrap_or_default();
     if given.is_empty() {
         let implied = implied();

@@ -33,8 +33,20 @@ pub struct AppState {
 
 pub type State = Arc<AppState>;
 
-/// The verified caller that the auth layer put on the request.
-pub fn principal<T>(request: &Request<T>) -> std::result::Result<Principal, Status> {
+/// The verified caller that the auth layer put on the request. Every unary RPC asks for it
+/// first; a mutating one's request is handed to its audit scope here (`audit::describe`).
+pub fn principal<T: prost::Message>(request: &Request<T>) -> std::result::Result<Principal, Status> {
+    crate::audit::scope::request(|| request.get_ref().encode_to_vec());
+    caller(request)
+}
+
+/// The verified caller of a client stream: its messages say what it changes (see
+/// `audit::scope::stream_subject`).
+pub fn stream_principal<T>(request: &Request<T>) -> std::result::Result<Principal, Status> {
+    caller(request)
+}
+
+fn caller<T>(request: &Request<T>) -> std::result::Result<Principal, Status> {
     request.extensions().get::<Principal>().cloned().ok_or_else(|| {
         status::to_status(Error::unauthenticated(
             "MISSING_TOKEN",

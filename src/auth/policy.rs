@@ -89,7 +89,30 @@ pub struct PolicyRow {
     pub viewer: Rule,
 }
 
+/// RPCs that read or diagnose and are therefore not in the audit log (PRODUCT.md §15), besides
+/// every Get*, List* and Watch*.
+const NOT_AUDITED: &[&str] = &[
+    "PreviewExport",
+    "TestConnection",
+    "ListEligibleSegments",
+    "ListConnectionTypes",
+];
+
 impl PolicyRow {
+    /// Whether calls of this RPC are recorded in the audit log: every RPC that changes or does
+    /// something (PRODUCT.md §15).
+    pub fn audited(&self) -> bool {
+        !(self.method.starts_with("Get")
+            || self.method.starts_with("List")
+            || self.method.starts_with("Watch")
+            || NOT_AUDITED.contains(&self.method))
+    }
+
+    /// The full gRPC method: `/exportd.v1.ExportService/UpdateExport`.
+    pub fn full_method(&self) -> String {
+        format!("/{}/{}", self.service, self.method)
+    }
+
     pub fn rule_for(&self, role: Role) -> Rule {
         match role {
             Role::Admin => self.admin,

@@ -105,6 +105,22 @@ impl Endpoint {
     }
 }
 
+/// POSTs one alert event (PRODUCT.md §14) to a webhook connection: the same endpoint, signature
+/// and retries as its batches, `Idempotency-Key` the event id. Ok once the receiver answered
+/// 2xx; otherwise why not (secrets taken out).
+pub async fn post_alert(target: &Target<'_>, body: Vec<u8>, idempotency_key: &str) -> Result<(), String> {
+    let endpoint = Endpoint::of(target);
+    match endpoint.post(body, Some(idempotency_key)).await {
+        Ok(answer) if answer.status.is_success() => Ok(()),
+        Ok(answer) => Err(format!(
+            "the receiver answered {}: {}",
+            answer.status,
+            answer.body_text(256)
+        )),
+        Err(failure) => Err(failure.message().to_string()),
+    }
+}
+
 /// `sha256=<hex HMAC-SHA256 of the raw body>`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");

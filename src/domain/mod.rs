@@ -54,6 +54,8 @@ macro_rules! named_enum {
     };
 }
 
+pub mod alert;
+pub mod audit;
 pub mod bounds;
 pub mod catalog;
 pub mod connection;

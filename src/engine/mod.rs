@@ -17,6 +17,8 @@ use crate::config::Settings;
 use crate::domain::names::generate_id;
 use crate::store::Store;
 
+mod alert_delivery;
+mod audit_retention;
 pub mod batching;
 pub mod dependencies;
 pub mod executor;
@@ -86,6 +88,8 @@ impl Engine {
             tasks.push(tokio::spawn(self.clone().worker_loop(worker)));
         }
         tasks.push(tokio::spawn(self.clone().scheduler_loop()));
+        tasks.push(tokio::spawn(self.clone().audit_retention_loop()));
+        tasks.push(tokio::spawn(self.clone().alert_delivery_loop()));
         Ok(())
     }
 

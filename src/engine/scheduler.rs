@@ -81,16 +81,22 @@ impl Engine {
                     };
                     self.dependencies_among(&refreshing[env], &stored.export).await?
                 };
-                match self
+                let run = self
                     .store
                     .create_or_catch_up(&export.name, RunTrigger::Schedule, &waiting)
-                    .await?
-                {
+                    .await?;
+                match &run {
                     Some(run) => tracing::info!(run = %run.name, "schedule fired"),
                     None => {
                         tracing::info!(export = %export.name, "schedule fired during an active run: one catch-up run pending")
                     }
                 }
+                // Fired this late (the service was down, or the scheduler behind), the run cannot
+                // have been RUNNING within a policy's SCHEDULE_MISSED threshold of its due time.
+                let run_name = run.as_ref().map(|r| r.name.to_string());
+                self.store
+                    .schedule_missed(&export.name, now - export.due_at, run_name.as_deref())
+                    .await?;
             }
             if count > 0 {
                 self.wake_workers();

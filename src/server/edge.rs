@@ -138,8 +138,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let request_id = request_id_of(request.headers());
+        request
+            .extensions_mut()
+            .insert(crate::audit::layer::RequestId(request_id.clone()));
         let method = request.uri().path().to_string();
         let method_label = method_label(&method);
         let started = Instant::now();

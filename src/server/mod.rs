@@ -129,10 +129,10 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
     let catalog = CatalogServiceServer::new(CatalogApi::new(state.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let alerts = AlertServiceServer::new(AlertApi)
+    let alerts = AlertServiceServer::new(AlertApi::new(state.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let audit = AuditServiceServer::new(AuditApi)
+    let audit = AuditServiceServer::new(AuditApi::new(state.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 
@@ -141,6 +141,7 @@ pub async fn start(state: State) -> Result<RunningServer, String> {
     let layers = tower::ServiceBuilder::new()
         .layer(edge)
         .layer(AuthLayer::new(verifier, crate::api::status::to_status))
+        .layer(crate::audit::layer::AuditLayer::new(state.store.clone()))
         .into_inner();
     let router = tonic::transport::Server::builder()
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)

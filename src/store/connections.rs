@@ -191,7 +191,12 @@ impl Store {
             .filter(Column::Revision.eq(connection.revision))
             .exec(&txn)
             .await?;
-        txn.commit().await?;
+        // A lost race is rolled back, not committed: no change, and no audit event.
+        if result.rows_affected > 0 {
+            txn.commit().await?;
+        } else {
+            drop(txn);
+        }
         let current = get_connection_on(self.primary(), &connection.name)
             .await?
             .ok_or_else(|| Error::not_found("connection", connection.name.to_string()))?;

@@ -50,13 +50,16 @@ impl Store {
             create_time: Set(now),
             update_time: Set(now),
         };
-        Table::insert(model).exec(&self.writer()).await.map_err(|e| {
+        // A transaction, for the audit event that goes with it (`audit::scope`).
+        let txn = self.writer().begin().await?;
+        Table::insert(model).exec(&txn).await.map_err(|e| {
             if super::is_unique_violation(&e) {
                 Error::already_exists("entity", entity.name.to_string())
             } else {
                 e.into()
             }
         })?;
+        txn.commit().await?;
         self.entity_or_not_found(&entity.name).await
     }
 
@@ -195,11 +198,20 @@ impl Store {
                 .col_expr(Column::LastRefreshTime, Expr::val(now_micros()))
                 .filter(Column::Refreshing.eq(true));
         }
-        let result = update.exec(&self.writer()).await?;
+        // A change that did not happen is rolled back before it is committed, and so is the
+        // audit event that would have gone with it.
+        let txn = self.writer().begin().await?;
+        let result = update.exec(&txn).await?;
+        let changed = result.rows_affected > 0;
+        if changed {
+            txn.commit().await?;
+        } else {
+            drop(txn);
+        }
         let entity = get_entity_on(self.primary(), name)
             .await?
             .ok_or_else(|| Error::not_found("entity", name.to_string()))?;
-        if result.rows_affected == 0 && !refreshing {
+        if !changed && !refreshing {
             return Err(not_refreshing(&name.to_string()));
         }
         Ok(entity)

@@ -120,7 +120,10 @@ impl Store {
             revision: Set(environment.revision + 1),
             ..Default::default()
         };
-        model.update(&self.writer()).await?;
+        // A transaction, for the audit event that goes with it (`audit::scope`).
+        let txn = self.writer().begin().await?;
+        model.update(&txn).await?;
+        txn.commit().await?;
         self.get_environment(&environment.id)
             .await?
             .ok_or_else(|| Error::not_found("environment", format!("environments/{}", environment.id)))

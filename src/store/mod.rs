@@ -9,7 +9,9 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
 
+pub mod alerts;
 pub mod audiences;
+pub mod audit;
 pub mod connections;
 pub mod delivered;
 pub mod entities;

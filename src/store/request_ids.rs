@@ -50,10 +50,12 @@ pub async fn create_once<T>(
         if let Some(key) = request
             && let Some(existing) = lookup(&txn, env, key.method, key.request_id, key.hash).await?
         {
-            txn.commit().await?;
+            // A retry changes nothing: no audit event either.
+            txn.commit_unchanged().await?;
             return Ok(Outcome::Existing(existing));
         }
         let (created, name) = create(&txn).await?;
+        crate::audit::scope::created(&name);
         if let Some(key) = request {
             record(&txn, env, key.method, key.request_id, key.hash, &name).await?;
         }

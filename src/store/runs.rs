@@ -415,6 +415,18 @@ impl Store {
             });
         }
         mirror_on_export(&txn, name, finish.state, Some(end)).await?;
+        // Alerts the outcome fires or resolves, stored with it (delivered later from the outbox).
+        super::alerts::on_run_finished(
+            &txn,
+            &name.export_name(),
+            &name.to_string(),
+            &crate::domain::alert::RunOutcome {
+                state: finish.state,
+                exported: finish.counts.exported,
+                rejected: finish.counts.rejected,
+            },
+        )
+        .await?;
         if let Some(error) = &finish.error {
             export_model::Entity::update_many()
                 .col_expr(export_model::Column::LastRunError, Expr::val(json(error)))

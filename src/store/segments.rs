@@ -118,8 +118,10 @@ async fn insert_segment(
 impl Store {
     /// Creates a segment without members (pushed members arrive later).
     pub async fn create_segment(&self, segment: &Segment) -> Result<Segment> {
-        let writer = self.writer();
-        insert_segment(&writer, segment, Generation(0), 0).await?;
+        // A transaction, for the audit event that goes with it (`audit::scope`).
+        let txn = self.writer().begin().await?;
+        insert_segment(&txn, segment, Generation(0), 0).await?;
+        txn.commit().await?;
         self.segment_or_not_found(&segment.name).await
     }
 
@@ -171,6 +173,7 @@ impl Store {
 
     /// Writes a segment's display name and definition if its revision is unchanged.
     pub async fn update_segment(&self, segment: &Segment) -> Result<Segment> {
+        let txn = self.writer().begin().await?;
         let result = Table::update_many()
             .col_expr(Column::DisplayName, Expr::val(segment.display_name.clone()))
             .col_expr(Column::Rule, Expr::val(stored_rule(&segment.definition)))
@@ -179,11 +182,12 @@ impl Store {
             .filter(Column::Env.eq(&segment.name.env))
             .filter(Column::Id.eq(&segment.name.id))
             .filter(Column::Revision.eq(segment.revision))
-            .exec(&self.writer())
+            .exec(&txn)
             .await?;
         if result.rows_affected == 0 {
             return Err(concurrent_change(&segment.name));
         }
+        txn.commit().await?;
         self.segment_or_not_found(&segment.name).await
     }
 
@@ -241,6 +245,9 @@ impl Store {
             backend,
             &format!("INSERT INTO segment_members (env, segment, generation, key) {source} ON CONFLICT DO NOTHING"),
         );
+        // Members of a generation not yet switched to are no change of their own: the audit
+        // event of the call goes with the switch (or the segment's creation).
+        let _aside = crate::audit::scope::aside();
         let txn = self.writer().begin().await?;
         for chunk in keys.chunks(INSERT_CHUNK) {
             let values: Vec<sea_orm::Value> = vec![
@@ -388,9 +395,16 @@ impl Store {
                 .col_expr(Column::LastRefreshTime, Expr::val(now))
                 .filter(Column::Refreshing.eq(true));
         }
-        let result = update.exec(&self.writer()).await?;
+        let txn = self.writer().begin().await?;
+        let result = update.exec(&txn).await?;
+        let changed = result.rows_affected > 0;
+        if changed {
+            txn.commit().await?;
+        } else {
+            drop(txn);
+        }
         let segment = self.segment_or_not_found(name).await?;
-        if result.rows_affected == 0 && !refreshing {
+        if !changed && !refreshing {
             return Err(super::entities::not_refreshing(&name.to_string()));
         }
         Ok(segment)

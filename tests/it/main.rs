@@ -1,9 +1,11 @@
 //! Integration tests: the real server, spoken to through the generated gRPC clients.
 mod common;
 
+mod alerts;
 mod audience_facebook;
 mod audience_google;
 mod audience_mailchimp;
+mod audit;
 mod auth;
 mod bad_input;
 mod catalog;

@@ -1,4 +1,4 @@
-//! RPCs that are in the protos but not built yet: called validly by an admin, each answers
+//! RPCs that are in the protos but not built yet (PreviewExport): called validly by an admin, each answers
 //! UNIMPLEMENTED with an ErrorInfo saying so; the permission table still applies first.
 
 use exportd::auth::Role;
@@ -8,7 +8,6 @@ use tonic::Code;
 use crate::common::*;
 
 const NIGHTLY: &str = "environments/acme/exports/nightly";
-const POLICY: &str = "environments/acme/alertPolicies/failures";
 
 /// UNIMPLEMENTED, reason NOT_IMPLEMENTED, naming the method and saying it is not provided yet.
 fn assert_not_built<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>, method: &str) {
@@ -20,14 +19,6 @@ fn assert_not_built<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic
         "{method}: {}",
         status.message()
     );
-}
-
-fn policy() -> pb::AlertPolicy {
-    pb::AlertPolicy {
-        display_name: "Failures".into(),
-        conditions: vec![pb::AlertCondition::RunFailed as i32],
-        ..Default::default()
-    }
 }
 
 #[tokio::test]
@@ -48,95 +39,23 @@ async fn rpcs_not_built_answer_unimplemented_after_authorization() {
             .await,
         "ExportService/PreviewExport",
     );
-    let mut alerts = t.alerts("acme", Role::Admin).await;
-    assert_not_built(
-        alerts
-            .create_alert_policy(pb::CreateAlertPolicyRequest {
-                parent: ACME.into(),
-                alert_policy_id: "failures".into(),
-                alert_policy: Some(policy()),
-                ..Default::default()
-            })
-            .await,
-        "AlertService/CreateAlertPolicy",
-    );
-    assert_not_built(
-        alerts
-            .get_alert_policy(pb::GetAlertPolicyRequest { name: POLICY.into() })
-            .await,
-        "AlertService/GetAlertPolicy",
-    );
-    assert_not_built(
-        alerts
-            .list_alert_policies(pb::ListAlertPoliciesRequest {
-                parent: ACME.into(),
-                ..Default::default()
-            })
-            .await,
-        "AlertService/ListAlertPolicies",
-    );
-    assert_not_built(
-        alerts
-            .update_alert_policy(pb::UpdateAlertPolicyRequest {
-                alert_policy: Some(pb::AlertPolicy {
-                    name: POLICY.into(),
-                    ..policy()
-                }),
-                update_mask: mask(&["display_name"]),
-            })
-            .await,
-        "AlertService/UpdateAlertPolicy",
-    );
-    assert_not_built(
-        alerts
-            .delete_alert_policy(pb::DeleteAlertPolicyRequest {
-                name: POLICY.into(),
-                etag: String::new(),
-            })
-            .await,
-        "AlertService/DeleteAlertPolicy",
-    );
-    assert_not_built(
-        alerts
-            .list_alert_events(pb::ListAlertEventsRequest {
-                parent: "environments/acme/alertPolicies/-".into(),
-                ..Default::default()
-            })
-            .await,
-        "AlertService/ListAlertEvents",
-    );
-    assert_not_built(
-        t.audit("acme", Role::Admin)
-            .await
-            .list_audit_events(pb::ListAuditEventsRequest {
-                parent: ACME.into(),
-                ..Default::default()
-            })
-            .await,
-        "AuditService/ListAuditEvents",
-    );
-
-    // The permission table applies before the answer: a viewer may not write a policy.
+    // The permission table applies before the answer: a viewer may not preview.
     let denied = t
-        .alerts("acme", Role::Viewer)
+        .exports("acme", Role::Viewer)
         .await
-        .create_alert_policy(pb::CreateAlertPolicyRequest {
-            parent: ACME.into(),
-            alert_policy: Some(policy()),
-            ..Default::default()
+        .preview_export(pb::PreviewExportRequest {
+            name: NIGHTLY.into(),
+            sample_size: 0,
         })
         .await;
     let status = expect_code(denied, Code::PermissionDenied);
     assert_eq!(reason(&status), "PERMISSION_DENIED");
-    assert!(
-        status.message().contains("alertPolicies.create"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("exports.preview"), "{}", status.message());
     // And a malformed name is INVALID_ARGUMENT on its field, not UNIMPLEMENTED.
-    let bad = alerts
-        .get_alert_policy(pb::GetAlertPolicyRequest {
-            name: "environments/acme/alertPolicies/Not_An_Id".into(),
+    let bad = exports
+        .preview_export(pb::PreviewExportRequest {
+            name: "environments/acme/exports/Not_An_Id".into(),
+            sample_size: 0,
         })
         .await;
     assert_eq!(bad_fields(&expect_code(bad, Code::InvalidArgument)), ["name"]);

@@ -12,7 +12,7 @@ mod segments;
 
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::{State, principal, respond};
+use crate::api::{State, principal, respond, stream_principal};
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::pb::catalog_service_server::CatalogService;
@@ -86,7 +86,7 @@ impl CatalogService for CatalogApi {
         &self,
         request: Request<Streaming<pb::WriteRecordsRequest>>,
     ) -> Reply<pb::WriteRecordsResponse> {
-        let principal = principal(&request)?;
+        let principal = stream_principal(&request)?;
         self.write_records_(principal, request.into_inner()).await
     }
 
@@ -114,7 +114,7 @@ impl CatalogService for CatalogApi {
         &self,
         request: Request<Streaming<pb::SetSegmentMembersRequest>>,
     ) -> Reply<pb::Segment> {
-        let principal = principal(&request)?;
+        let principal = stream_principal(&request)?;
         respond(self.set_members(principal, request.into_inner())).await
     }
     async fn list_eligible_segments(

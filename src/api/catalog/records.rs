@@ -53,7 +53,12 @@ impl CatalogApi {
         });
         let mut totals = pb::WriteRecordsResponse::default();
         let mut committed = 0u64;
+        let mut resource = String::new();
         while let Some(item) = prepared.recv().await {
+            if let (true, Ok(message)) = (resource.is_empty(), &item) {
+                resource = message.name.to_string();
+                crate::audit::scope::stream_resource(&resource);
+            }
             let outcome = match item {
                 Ok(message) if message.batch.upserts.is_empty() && message.batch.deletes.is_empty() => Ok(None),
                 Ok(message) => self
@@ -74,6 +79,14 @@ impl CatalogApi {
                 Ok(None) => committed += 1,
                 Err(mut err) => {
                     reader.abort();
+                    // What the stream committed before it was refused is a change: recorded.
+                    if committed > 0 {
+                        let summary = format!(
+                            "{}; then refused at message {committed}",
+                            records_summary(&totals, committed)
+                        );
+                        crate::audit::scope::record_stream(&self.state.store, &resource, summary).await;
+                    }
                     err.message = format!(
                         "message {committed} of the stream was refused ({committed} earlier messages were committed): {}",
                         err.message
@@ -85,6 +98,7 @@ impl CatalogApi {
                 }
             }
         }
+        crate::audit::scope::record_stream(&self.state.store, &resource, records_summary(&totals, committed)).await;
         Ok(Response::new(totals))
     }
 
@@ -166,4 +180,12 @@ impl CatalogApi {
             },
         })
     }
+}
+
+/// The counts of a WriteRecords call, for its audit event.
+fn records_summary(totals: &pb::WriteRecordsResponse, messages: u64) -> String {
+    format!(
+        "upserted {}, deleted {} in {messages} messages",
+        totals.upserted, totals.deleted
+    )
 }

@@ -178,10 +178,12 @@ impl CatalogApi {
     ) -> Result<pb::Segment> {
         let mut target: Option<(Segment, Generation)> = None;
         let mut index = 0usize;
+        let mut keys = 0usize;
         let result: Result<()> = async {
             while let Some(message) = stream.message().await.map_err(stream_error)? {
                 let name = SegmentName::parse("segment", &message.segment)?;
                 if target.is_none() {
+                    crate::audit::scope::stream_resource(&name.to_string());
                     policy::authorize(&principal, &name.env, Action::SetSegmentMembers, Facts::default())?;
                     let segment = self.state.store.segment_or_not_found(&name).await?;
                     if let SegmentDefinition::Rule(_) = segment.definition {
@@ -225,6 +227,7 @@ impl CatalogApi {
                     .store
                     .add_members(&segment.name, *generation, &message.keys)
                     .await?;
+                keys += message.keys.len();
                 index += 1;
             }
             Ok(())
@@ -232,6 +235,12 @@ impl CatalogApi {
         .await;
         match (result, target) {
             (Ok(()), Some((segment, generation))) => {
+                // The event goes with the switch to the new members, one per call.
+                crate::audit::scope::stream_subject(crate::audit::scope::Subject {
+                    resource: segment.name.to_string(),
+                    changed_fields: vec!["members".into()],
+                    summary: format!("set {keys} member keys in {index} messages"),
+                });
                 let updated = self
                     .state
                     .store

@@ -8,6 +8,8 @@ mod m0004_runs;
 mod m0005_recurrence_anchors;
 mod m0006_rejected_records;
 mod m0007_audiences;
+mod m0008_audit_events;
+mod m0009_alerts;
 
 pub struct Migrator;
 
@@ -21,6 +23,8 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_recurrence_anchors::Migration),
             Box::new(m0006_rejected_records::Migration),
             Box::new(m0007_audiences::Migration),
+            Box::new(m0008_audit_events::Migration),
+            Box::new(m0009_alerts::Migration),
         ]
     }
 }

@@ -1,4 +1,8 @@
 //! sea-orm models, one file per table.
+pub mod alert_condition;
+pub mod alert_event;
+pub mod alert_policy;
+pub mod audit_event;
 pub mod connection;
 pub mod entity;
 pub mod environment;

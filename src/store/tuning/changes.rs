@@ -114,8 +114,13 @@ pub struct WriteTxn {
 }
 
 impl WriteTxn {
+    /// Commits; inside an audited call whose event is armed, the event is written in this
+    /// transaction first (see `audit::scope`), so that it stands or falls with the change.
     pub async fn commit(self) -> Result<(), DbErr> {
-        self.txn.commit().await
+        let audited = crate::audit::scope::write_pending(&self.txn).await?;
+        self.txn.commit().await?;
+        crate::audit::scope::committed(audited);
+        Ok(())
     }
 
     /// Commits a transaction that only read (it looked for work and found none): cached reads
