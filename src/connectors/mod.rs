@@ -18,6 +18,7 @@ pub mod http;
 pub mod local_files;
 pub mod metered;
 pub mod parquet_partition;
+pub mod postgres;
 pub mod registry;
 pub mod retry;
 pub mod s3;
@@ -196,6 +197,9 @@ pub struct RunTarget<'a> {
     /// Stable across attempts of the run, so that a retried attempt writes to the same place.
     pub run_time: chrono::DateTime<chrono::Utc>,
     pub settings: &'a BTreeMap<String, String>,
+    /// Every part the run will write, in order: a sink that must refuse before writing
+    /// anything (a table that does not fit) looks at all of them when it opens.
+    pub parts: &'a [PartSchema],
     /// `keep_runs`: the earlier runs whose files stay at the target; older ones are removed
     /// after the commit. None keeps everything.
     pub keep_runs: Option<&'a [String]>,
@@ -221,6 +225,10 @@ pub struct PartSchema {
     pub columns: Vec<Column>,
     /// Rows then end with the `_deleted` boolean.
     pub incremental: bool,
+    /// The rows are every record or member of the source (a full run, or an incremental
+    /// export's first delivery), not only the changes since the last delivery: a target that
+    /// rebuilds what it holds (a `postgres` table in `replace` mode) starts from nothing.
+    pub complete: bool,
 }
 
 /// What a committed run left at the target.

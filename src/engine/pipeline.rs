@@ -441,6 +441,7 @@ impl Engine {
             },
             None => None,
         };
+        let schemas: Vec<PartSchema> = plan.parts.iter().map(|p| p.schema.clone()).collect();
         let run_target = RunTarget {
             target: Target {
                 connection: &plan.connection,
@@ -456,6 +457,7 @@ impl Engine {
             cancellation: connectors::Cancellation::of(vec![control.cancel.clone(), control.lost.clone()]),
             run_time: to_datetime(run.create_time),
             settings: &plan.export.settings,
+            parts: &schemas,
             keep_runs: keep_runs.as_deref(),
         };
         progress.start("write", &format!("opening the {} target", plan.connection.type_id));
@@ -896,6 +898,7 @@ fn entity_part(export: &ExportName, entity: Entity, since: Option<i64>, until: i
             primary_key: entity.primary_key.clone(),
             columns: fields.iter().map(|f| column_of(&entity, f, f)).collect(),
             incremental,
+            complete: since.is_none(),
         },
         fields,
         key_field: entity.primary_key.clone(),
@@ -925,6 +928,10 @@ fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Sourc
     if !export::added_key_columns(export, std::iter::once(&entity)).is_empty() {
         pairs.insert(0, (entity.primary_key.clone(), entity.primary_key.clone()));
     }
+    let complete = match &source {
+        Source::SegmentChanges { since, .. } => *since == 0,
+        _ => true,
+    };
     let primary_key = pairs
         .iter()
         .find(|(source, _)| *source == entity.primary_key)
@@ -941,6 +948,7 @@ fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Sourc
                 .map(|(source, target)| column_of(&entity, source, target))
                 .collect(),
             incremental,
+            complete,
         },
         fields: pairs.into_iter().map(|(source, _)| source).collect(),
         key_field: entity.primary_key.clone(),

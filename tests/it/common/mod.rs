@@ -9,6 +9,7 @@ mod catalog;
 mod eventually;
 mod exports;
 pub mod failing_proxy;
+pub mod postgres_target;
 mod process;
 pub mod raw;
 mod runs;
