@@ -137,6 +137,8 @@ fn customer_rows(customers: &[Value]) -> Vec<Value> {
 #[tokio::test]
 async fn replace_and_upsert_write_typed_tables_row_for_row() {
     let mut db = TargetDb::create().await;
+    // Over TLS (the suite's server has a self-signed certificate, which `require` accepts).
+    db.url.push_str("?sslmode=require");
     let t = server_with(&db, &[("table_prefix", "crm_")]).await;
     let expected = people(&t).await;
     let mut exports = t.exports("acme", Role::Admin).await;
@@ -240,6 +242,46 @@ async fn incremental_runs_after_updates_and_deletes_leave_tables_equal_to_the_en
         assert_eq!((run.records_exported, run.records_removed), (2, 1), "{id}");
         assert_eq!(db.rows(id, "id").await, customer_rows(&customers), "{id}");
     }
+    t.stop().await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn an_incremental_segment_upsert_deletes_the_rows_of_members_who_left() {
+    let mut db = TargetDb::create().await;
+    let t = server_with(&db, &[]).await;
+    let mut catalog = t.catalog("acme", Role::Admin).await;
+    let picked = create_pushed_segment(&mut catalog, "acme", "picked", "customers", "Picked").await;
+    let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    set_members(&mut catalog, &picked.name, vec![keys(&["c01", "c02", "c03"])])
+        .await
+        .unwrap();
+    let mut exports = t.exports("acme", Role::Admin).await;
+    create_export(
+        &mut exports,
+        incremental(with_settings(
+            segment_export("acme", "picks", "Picks", "pg", &[&picked.name], &[("id", "id"), ("email", "mail")]),
+            &[("mode", "upsert")],
+        )),
+    )
+    .await;
+    let export = export_name("acme", "picks");
+    succeeded(&mut exports, &export).await;
+    assert_eq!(ids(&db.rows("picked", "id").await), ["c01", "c02", "c03"]);
+
+    // c01 leaves, c06 joins.
+    set_members(&mut catalog, &picked.name, vec![keys(&["c02", "c03", "c06"])])
+        .await
+        .unwrap();
+    let run = succeeded(&mut exports, &export).await;
+    assert_eq!((run.records_exported, run.records_removed), (1, 1));
+    assert_eq!(
+        db.rows("picked", "id").await,
+        [2, 3, 6]
+            .iter()
+            .map(|i| json!({"id": format!("c{i:02}"), "mail": format!("user{i}@example.com")}))
+            .collect::<Vec<_>>()
+    );
     t.stop().await;
     db.drop().await;
 }
