@@ -7,7 +7,7 @@ use exportd::pb;
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::common::postgres_target::{RefusingPostgres, TargetDb};
+use crate::common::postgres_target::{CuttingProxy, RefusingPostgres, TargetDb};
 use crate::common::*;
 
 const PEOPLE: &str = "environments/acme/entities/web-people";
@@ -260,7 +260,14 @@ async fn an_incremental_segment_upsert_deletes_the_rows_of_members_who_left() {
     create_export(
         &mut exports,
         incremental(with_settings(
-            segment_export("acme", "picks", "Picks", "pg", &[&picked.name], &[("id", "id"), ("email", "mail")]),
+            segment_export(
+                "acme",
+                "picks",
+                "Picks",
+                "pg",
+                &[&picked.name],
+                &[("id", "id"), ("email", "mail")],
+            ),
             &[("mode", "upsert")],
         )),
     )
@@ -462,6 +469,42 @@ async fn a_replace_swaps_the_table_at_once_for_a_concurrent_reader() {
         seen.iter().filter(|s| **s != (30_000, 0)).take(5).collect::<Vec<_>>()
     );
     assert_eq!(db.tables().await, ["big"], "the staging table was renamed, not left");
+    t.stop().await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_in_the_middle_of_a_copy_is_retried_on_a_new_one() {
+    let mut db = TargetDb::create().await;
+    // The run's first connection checks the target; its second is cut after 300 kB of the
+    // 30,000 rows (three COPYs of about 200 kB) went out.
+    let proxy = CuttingProxy::start(1, 300_000).await;
+    let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let t = setup(Options::default()).await;
+    t.connections("acme", Role::Admin)
+        .await
+        .create_connection(postgres("pg", &url, &[]))
+        .await
+        .unwrap();
+    big_entity(&t, 30_000).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    create_export(
+        &mut exports,
+        data_out("acme", "load", "Load", "pg", &["environments/acme/entities/big"]),
+    )
+    .await;
+    let run = succeeded(&mut exports, &export_name("acme", "load")).await;
+    assert_eq!((run.records_exported, run.records_rejected), (30_000, 0));
+    assert!(
+        proxy.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "a new connection was opened after the cut"
+    );
+    let count: (i64, i64) = sea_orm::sqlx::query_as("SELECT count(*)::int8, count(DISTINCT id)::int8 FROM big")
+        .fetch_one(&mut db.conn)
+        .await
+        .unwrap();
+    assert_eq!(count, (30_000, 30_000), "every row once");
+    assert_eq!(db.tables().await, ["big"]);
     t.stop().await;
     db.drop().await;
 }

@@ -187,3 +187,67 @@ async fn refuse(
     socket.write_all(&message).await?;
     socket.shutdown().await
 }
+
+/// A TCP proxy on loopback in front of the suite's PostgreSQL that cuts one connection (the
+/// `cut`-th it accepts, from 0) once it has forwarded `after` bytes from the client: a
+/// connection lost in the middle of what the client was sending.
+pub struct CuttingProxy {
+    pub port: u16,
+    pub accepted: std::sync::Arc<AtomicU32>,
+}
+
+impl CuttingProxy {
+    pub async fn start(cut: u32, after: usize) -> CuttingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(AtomicU32::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let number = counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
+                        return;
+                    };
+                    let limit = (number == cut).then_some(after);
+                    let _ = forward(client, server, limit).await;
+                });
+            }
+        });
+        CuttingProxy { port, accepted }
+    }
+}
+
+async fn forward(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    limit: Option<usize>,
+) -> std::io::Result<()> {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = async {
+        let mut sent = 0usize;
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let n = client_read.read(&mut buffer).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            let n = match limit {
+                Some(limit) if sent + n >= limit => {
+                    server_write.write_all(&buffer[..limit - sent]).await?;
+                    // Cut: both directions end here, as when the network goes.
+                    return Ok(());
+                }
+                _ => n,
+            };
+            server_write.write_all(&buffer[..n]).await?;
+            sent += n;
+        }
+    };
+    let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+    tokio::select! {
+        result = upstream => result,
+        result = downstream => result.map(|_| ()),
+    }
+}
