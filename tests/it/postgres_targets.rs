@@ -7,7 +7,7 @@ use exportd::pb;
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::common::postgres_target::{CuttingProxy, RefusingPostgres, TargetDb};
+use crate::common::postgres_target::{InterruptingProxy, Interruption, RefusingPostgres, TargetDb};
 use crate::common::*;
 
 const PEOPLE: &str = "environments/acme/entities/web-people";
@@ -478,7 +478,7 @@ async fn a_connection_lost_in_the_middle_of_a_copy_is_retried_on_a_new_one() {
     let mut db = TargetDb::create().await;
     // The run's first connection checks the target; its second is cut after 300 kB of the
     // 30,000 rows (three COPYs of about 200 kB) went out.
-    let proxy = CuttingProxy::start(1, 300_000).await;
+    let proxy = InterruptingProxy::start(1, 300_000, Interruption::Cut).await;
     let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
     let t = setup(Options::default()).await;
     t.connections("acme", Role::Admin)
@@ -505,6 +505,49 @@ async fn a_connection_lost_in_the_middle_of_a_copy_is_retried_on_a_new_one() {
         .unwrap();
     assert_eq!(count, (30_000, 30_000), "every row once");
     assert_eq!(db.tables().await, ["big"]);
+    t.stop().await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_replace_stops_in_its_copy_drops_its_staging_table_and_leaves_the_table_alone() {
+    let mut db = TargetDb::create().await;
+    db.execute("CREATE TABLE big (id text PRIMARY KEY, n bigint)").await;
+    db.execute("INSERT INTO big VALUES ('old', 1)").await;
+    // The second connection (the first checks the target) stalls after 300 kB of the rows.
+    let proxy = InterruptingProxy::start(1, 300_000, Interruption::Hold).await;
+    let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let t = setup(Options::default()).await;
+    t.connections("acme", Role::Admin)
+        .await
+        .create_connection(postgres("pg", &url, &[]))
+        .await
+        .unwrap();
+    big_entity(&t, 30_000).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    create_export(
+        &mut exports,
+        data_out("acme", "load", "Load", "pg", &["environments/acme/entities/big"]),
+    )
+    .await;
+    let run = run_export(&mut exports, &export_name("acme", "load")).await;
+    let holding = proxy.holding.clone();
+    eventually(std::time::Duration::from_secs(30), "the COPY stalling", async || {
+        if holding.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("still sending".to_string())
+        }
+    })
+    .await;
+    exports
+        .cancel_export_run(pb::CancelExportRunRequest { name: run.name.clone() })
+        .await
+        .unwrap();
+    let ended = wait_for_end(&mut exports, &run.name).await;
+    assert_eq!(run_state(&ended), pb::RunState::Cancelled, "{:#?}", ended.error);
+    assert_eq!(db.rows("big", "id").await, [json!({"id": "old", "n": 1})]);
+    assert_eq!(db.tables().await, ["big"], "the staging table was dropped");
     t.stop().await;
     db.drop().await;
 }

@@ -10,7 +10,8 @@
 //! A batch that fails with a data or constraint error (SQLSTATE classes 22, 23) is split in
 //! halves until the rows at fault are alone: those are rejected with their SQLSTATE and the
 //! server's message, the others delivered. Lost connections and serialization failures are
-//! retried (a new connection, the same rows) through the shared retry policy.
+//! retried (a new connection, the same rows) through the shared retry policy. A cancelled run
+//! stops at once, also in the middle of a statement (its connection is dropped).
 
 use async_trait::async_trait;
 use sea_orm::sqlx::{self, Connection, PgConnection};
@@ -149,13 +150,17 @@ impl PostgresSink {
     async fn retrying(&mut self, step: Step) -> Result<Tried, Failure> {
         let mut attempts = Attempts::new(RetryPolicy::default()).of_target(TYPE_ID);
         loop {
-            if self.cancellation.is_cancelled() {
-                return Err(cancelled());
-            }
-            let tried = match &step {
-                Step::Script(sql) => self.session.execute(sql).await.map(|()| Tried::Done),
-                Step::Rows { index, data } => self.try_rows(*index, data).await,
-            };
+            // A statement in flight is given up too (PRODUCT.md §11: a cancel takes effect
+            // within a second): the connection is dropped below, which ends it at the server.
+            let cancellation = self.cancellation.clone();
+            let tried = cancellation
+                .unless_cancelled(async {
+                    match &step {
+                        Step::Script(sql) => self.session.execute(sql).await.map(|()| Tried::Done),
+                        Step::Rows { index, data } => self.try_rows(*index, data).await,
+                    }
+                })
+                .await;
             let failure = match tried {
                 Ok(tried) => return Ok(tried),
                 Err(failure) => failure,
@@ -339,12 +344,6 @@ impl PostgresSink {
         if !matches!(dropped, Ok(Ok(()))) {
             tracing::warn!("cannot drop the staging tables of an aborted postgres run");
         }
-    }
-}
-
-fn cancelled() -> Failure {
-    Failure::Permanent {
-        message: "the run was cancelled".into(),
     }
 }
 

@@ -188,40 +188,57 @@ async fn refuse(
     socket.shutdown().await
 }
 
-/// A TCP proxy on loopback in front of the suite's PostgreSQL that cuts one connection (the
-/// `cut`-th it accepts, from 0) once it has forwarded `after` bytes from the client: a
-/// connection lost in the middle of what the client was sending.
-pub struct CuttingProxy {
+/// A TCP proxy on loopback in front of the suite's PostgreSQL that interrupts one connection
+/// (the `nth` it accepts, from 0) once it has forwarded `after` bytes from the client: it cuts
+/// it (a connection lost in the middle of what the client was sending), or holds it (forwards
+/// nothing more, as a stalled network would, until the client gives up on it).
+pub struct InterruptingProxy {
     pub port: u16,
     pub accepted: std::sync::Arc<AtomicU32>,
+    /// Set once the held connection stopped forwarding.
+    pub holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl CuttingProxy {
-    pub async fn start(cut: u32, after: usize) -> CuttingProxy {
+#[derive(Clone, Copy)]
+pub enum Interruption {
+    Cut,
+    Hold,
+}
+
+impl InterruptingProxy {
+    pub async fn start(nth: u32, after: usize, how: Interruption) -> InterruptingProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = std::sync::Arc::new(AtomicU32::new(0));
-        let counter = accepted.clone();
+        let holding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (counter, held) = (accepted.clone(), holding.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let number = counter.fetch_add(1, Ordering::SeqCst);
+                let held = held.clone();
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
                         return;
                     };
-                    let limit = (number == cut).then_some(after);
+                    let limit = (number == nth).then_some((after, how, held));
                     let _ = forward(client, server, limit).await;
                 });
             }
         });
-        CuttingProxy { port, accepted }
+        InterruptingProxy {
+            port,
+            accepted,
+            holding,
+        }
     }
 }
+
+type Limit = (usize, Interruption, std::sync::Arc<std::sync::atomic::AtomicBool>);
 
 async fn forward(
     client: tokio::net::TcpStream,
     server: tokio::net::TcpStream,
-    limit: Option<usize>,
+    limit: Option<Limit>,
 ) -> std::io::Result<()> {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
@@ -233,14 +250,19 @@ async fn forward(
             if n == 0 {
                 return Ok::<_, std::io::Error>(());
             }
-            let n = match limit {
-                Some(limit) if sent + n >= limit => {
-                    server_write.write_all(&buffer[..limit - sent]).await?;
-                    // Cut: both directions end here, as when the network goes.
+            if let Some((after, how, held)) = &limit {
+                if sent + n >= *after {
+                    server_write.write_all(&buffer[..after - sent]).await?;
+                    if let Interruption::Hold = how {
+                        held.store(true, Ordering::SeqCst);
+                        // Nothing more goes through; the connection ends when the client
+                        // closes it.
+                        while client_read.read(&mut buffer).await? > 0 {}
+                    }
+                    // Both directions end here, as when the network goes.
                     return Ok(());
                 }
-                _ => n,
-            };
+            }
             server_write.write_all(&buffer[..n]).await?;
             sent += n;
         }
