@@ -250,18 +250,17 @@ async fn forward(
             if n == 0 {
                 return Ok::<_, std::io::Error>(());
             }
-            if let Some((after, how, held)) = &limit {
-                if sent + n >= *after {
-                    server_write.write_all(&buffer[..after - sent]).await?;
-                    if let Interruption::Hold = how {
-                        held.store(true, Ordering::SeqCst);
-                        // Nothing more goes through; the connection ends when the client
-                        // closes it.
-                        while client_read.read(&mut buffer).await? > 0 {}
-                    }
-                    // Both directions end here, as when the network goes.
-                    return Ok(());
+            if let Some((after, how, held)) = &limit
+                && sent + n >= *after
+            {
+                server_write.write_all(&buffer[..after - sent]).await?;
+                if let Interruption::Hold = how {
+                    held.store(true, Ordering::SeqCst);
+                    // Nothing more goes through; the connection ends when the client closes it.
+                    while client_read.read(&mut buffer).await? > 0 {}
                 }
+                // Both directions end here, as when the network goes.
+                return Ok(());
             }
             server_write.write_all(&buffer[..n]).await?;
             sent += n;
