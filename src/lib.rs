@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connectors;
+pub mod copy_text;
 pub mod domain;
 pub mod engine;
 pub mod error;

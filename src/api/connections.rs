@@ -105,6 +105,7 @@ impl ConnectionApi {
             &input.display_name,
             &config,
             &secrets,
+            true,
             input.profile_limit,
         );
         if violations.is_empty() {
@@ -232,6 +233,7 @@ impl ConnectionApi {
             &connection.display_name,
             &connection.config,
             &resulting_secrets,
+            secrets.is_some(),
             connection.profile_limit,
         );
         // Secrets kept from before are sealed; the deeper checks need them in the clear, so

@@ -22,6 +22,7 @@ pub mod local_files;
 pub mod mailchimp;
 pub mod metered;
 pub mod parquet_partition;
+pub mod postgres;
 pub mod registry;
 pub mod retry;
 pub mod s3;
@@ -200,6 +201,9 @@ pub struct RunTarget<'a> {
     /// Stable across attempts of the run, so that a retried attempt writes to the same place.
     pub run_time: chrono::DateTime<chrono::Utc>,
     pub settings: &'a BTreeMap<String, String>,
+    /// Every part the run will write, in order: a sink that must refuse before writing
+    /// anything (a table that does not fit) looks at all of them when it opens.
+    pub parts: &'a [PartSchema],
     /// `keep_runs`: the earlier runs whose files stay at the target; older ones are removed
     /// after the commit. None keeps everything.
     pub keep_runs: Option<&'a [String]>,
@@ -265,6 +269,10 @@ pub struct PartSchema {
     pub added_key: bool,
     /// How many records or members the source has (segments: the member count at run start).
     pub estimated_records: u64,
+    /// The rows are every record or member of the source (a full run, or an incremental
+    /// export's first delivery), not only the changes since the last delivery: a target that
+    /// rebuilds what it holds (a `postgres` table in `replace` mode) starts from nothing.
+    pub complete: bool,
 }
 
 /// What a committed run left at the target.

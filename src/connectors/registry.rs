@@ -4,7 +4,7 @@
 
 use super::Connector;
 use super::storage_connector::StorageConnector;
-use super::{azure_blob, facebook_ads, google_ads, local_files, mailchimp, s3, sftp, webhook};
+use super::{azure_blob, facebook_ads, google_ads, local_files, mailchimp, postgres, s3, sftp, webhook};
 use crate::domain::connection::Connection;
 use crate::domain::connection_type::{
     Category, ConnectionTypeSpec, ExportKind, KeySpec, SegmentType, SyncMode, TargetOptionSpec, ValueKind,
@@ -135,37 +135,7 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
     s3::SPEC,
     azure_blob::SPEC,
     sftp::SPEC,
-    ConnectionTypeSpec {
-        id: "postgres",
-        display_name: "PostgreSQL",
-        category: Category::Database,
-        export_kinds: BOTH_KINDS,
-        segment_types: ALL_SEGMENTS,
-        sync_modes: FILE_MODES,
-        required_fields: &[],
-        identifier_fields: &[],
-        profile_limit: 0,
-        minimum_segment_size: 0,
-        config: &[
-            optional("schema", "schema to write into (default public)", TEXT),
-            optional("table_prefix", "prefix for every table name", TEXT),
-        ],
-        secrets: &[key(
-            "url",
-            "connection URL, postgres://user:password@host:port/database",
-            ValueKind::Url(&["postgres", "postgresql"]),
-        )],
-        one_of_secrets: &[],
-        settings: &[
-            optional("table", "table name (default: the entity or segment id)", TEXT),
-            optional(
-                "mode",
-                "`replace` (default) or `upsert`",
-                ValueKind::OneOf(&["replace", "upsert"]),
-            ),
-        ],
-        target_options: &[],
-    },
+    postgres::SPEC,
     webhook::SPEC,
     mailchimp::SPEC,
     ConnectionTypeSpec {
@@ -233,6 +203,7 @@ static CONNECTORS: &[(&ConnectionTypeSpec, &(dyn Connector + 'static))] = &[
     (&s3::SPEC, &StorageConnector(s3::S3)),
     (&azure_blob::SPEC, &StorageConnector(azure_blob::AzureBlob)),
     (&sftp::SPEC, &StorageConnector(sftp::Sftp)),
+    (&postgres::SPEC, &postgres::Postgres),
     (&webhook::SPEC, &webhook::Webhook),
     (&mailchimp::SPEC, &mailchimp::Mailchimp),
     (&facebook_ads::SPEC, &facebook_ads::FacebookAds),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::connection_type::{ConnectionTypeSpec, check_map, check_one_of};
+use super::connection_type::{ConnectionTypeSpec, check_map, check_one_of, missing_keys};
 use super::names::ConnectionName;
 use super::time::Micros;
 use crate::error::FieldViolation;
@@ -45,12 +45,19 @@ pub fn validate(
     display_name: &str,
     config: &BTreeMap<String, String>,
     secrets: &BTreeMap<String, String>,
+    secret_values: bool,
     profile_limit: i64,
 ) -> Vec<FieldViolation> {
     let mut violations = Vec::new();
     violations.extend(check_display_name(&format!("{prefix}.display_name"), display_name));
     violations.extend(check_map(&format!("{prefix}.config"), spec.config, config));
-    violations.extend(check_map(&format!("{prefix}.secrets"), spec.secrets, secrets));
+    if secret_values {
+        violations.extend(check_map(&format!("{prefix}.secrets"), spec.secrets, secrets));
+    } else {
+        // Secrets kept from before are sealed: only their keys are known here, and their
+        // values were checked when they were given.
+        violations.extend(missing_keys(&format!("{prefix}.secrets"), spec.secrets, secrets));
+    }
     violations.extend(check_one_of(&format!("{prefix}.secrets"), spec.one_of_secrets, secrets));
     if profile_limit < 0 {
         violations.push(FieldViolation {

@@ -82,6 +82,8 @@ pub enum ValueKind {
     AzureContainer,
     /// An OpenSSH public key line: `<type> <base64 key> [comment]`.
     SshPublicKey,
+    /// A PostgreSQL identifier that means the same quoted or not (see [`check_sql_identifier`]).
+    SqlIdentifier,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -204,8 +206,34 @@ pub fn check_value(spec: &KeySpec, value: &str) -> Result<(), String> {
             }
         }
         ValueKind::SshPublicKey => check_ssh_public_key(value)?,
+        ValueKind::SqlIdentifier => check_sql_identifier(value)?,
     }
     Ok(())
+}
+
+/// PostgreSQL's longest identifier (NAMEDATALEN - 1 bytes); longer ones are cut silently by
+/// the server, so two long names could name one table.
+pub const MAX_SQL_IDENTIFIER_BYTES: usize = 63;
+
+/// A lowercase letter or underscore, then lowercase letters, digits and underscores, at most 63
+/// bytes: what PostgreSQL reads unquoted as the same name (unquoted names are folded to lower
+/// case; `$` and non-ASCII letters are left out, as the SQL standard does). exportd still
+/// quotes every identifier it sends, so a keyword such as `user` is safe too.
+pub fn check_sql_identifier(value: &str) -> Result<(), String> {
+    let bytes = value.as_bytes();
+    let ok = (1..=MAX_SQL_IDENTIFIER_BYTES).contains(&bytes.len())
+        && bytes.first().is_some_and(|b| b.is_ascii_lowercase() || *b == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a PostgreSQL identifier: a lowercase letter or underscore, then lowercase letters, digits \
+             and underscores, at most {MAX_SQL_IDENTIFIER_BYTES} bytes"
+        ))
+    }
 }
 
 /// AWS's rules for general purpose bucket names: 3–63 characters of lowercase letters, digits,
@@ -282,13 +310,20 @@ pub fn check_map(field_prefix: &str, specs: &[KeySpec], values: &BTreeMap<String
             }
         }
     }
-    for spec in specs.iter().filter(|s| s.required && !values.contains_key(s.key)) {
-        violations.push(FieldViolation {
+    violations.extend(missing_keys(field_prefix, specs, values));
+    violations
+}
+
+/// The required keys `values` lacks, each as its own violation on `<field_prefix>.<key>`.
+pub fn missing_keys(field_prefix: &str, specs: &[KeySpec], values: &BTreeMap<String, String>) -> Vec<FieldViolation> {
+    specs
+        .iter()
+        .filter(|s| s.required && !values.contains_key(s.key))
+        .map(|spec| FieldViolation {
             field: format!("{field_prefix}.{}", spec.key),
             description: format!("'{}' is required ({})", spec.key, spec.description),
-        });
-    }
-    violations
+        })
+        .collect()
 }
 
 /// Exactly one of `one_of` must be present in `values` (e.g. `password` or `private_key`).

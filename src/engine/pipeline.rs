@@ -462,6 +462,7 @@ impl Engine {
             Ok(audiences) => audiences,
             Err(e) => return self.fail(run, control, progress, "write", error_of("write", &e)).await,
         };
+        let schemas: Vec<PartSchema> = plan.parts.iter().map(|p| p.schema.clone()).collect();
         let run_target = RunTarget {
             target: Target {
                 connection: &plan.connection,
@@ -477,6 +478,7 @@ impl Engine {
             cancellation: connectors::Cancellation::of(vec![control.cancel.clone(), control.lost.clone()]),
             run_time: to_datetime(run.create_time),
             settings: &plan.export.settings,
+            parts: &schemas,
             keep_runs: keep_runs.as_deref(),
             audiences: &audiences,
         };
@@ -1076,6 +1078,7 @@ fn entity_part(export: &ExportName, entity: Entity, since: Option<i64>, until: i
             incremental,
             added_key: false,
             estimated_records: 0,
+            complete: since.is_none(),
         },
         fields,
         key_field: entity.primary_key.clone(),
@@ -1109,6 +1112,10 @@ fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Sourc
     if added_key {
         pairs.insert(0, (entity.primary_key.clone(), entity.primary_key.clone()));
     }
+    let complete = match &source {
+        Source::SegmentChanges { since, .. } => *since == 0,
+        _ => true,
+    };
     let primary_key = pairs
         .iter()
         .find(|(source, _)| *source == entity.primary_key)
@@ -1127,6 +1134,7 @@ fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Sourc
             incremental,
             added_key,
             estimated_records: segment.member_count.max(0) as u64,
+            complete,
         },
         fields: pairs.into_iter().map(|(source, _)| source).collect(),
         key_field: entity.primary_key.clone(),

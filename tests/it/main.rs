@@ -22,6 +22,7 @@ mod metrics;
 mod migrations;
 mod not_built;
 mod output_areas;
+mod postgres_targets;
 mod readme;
 mod recurrences;
 mod request_ids;

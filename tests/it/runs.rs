@@ -793,22 +793,19 @@ async fn over_limit_segments_skip_the_run_before_the_target_is_contacted() {
     );
     assert!(run.error.is_none());
 
-    // Within the limits, a connector that is not built yet fails the run plainly.
+    // Within the limits, the target is contacted: nothing listens at the database's port, so
+    // the run fails in its write task once the retries are used up.
     create_export(
         &mut admin,
         segment_export("acme", "open-pg", "Open database", "open-pg", &[VIP], &mappings),
     )
     .await;
-    create_export(
-        &mut admin,
-        data_out("acme", "pg-data", "Database data", "open-pg", &[CUSTOMERS]),
-    )
-    .await;
-    for (id, type_id) in [("open-pg", "postgres"), ("pg-data", "postgres")] {
-        let run = run_to_end(&mut admin, &export_name("acme", id)).await;
-        assert_not_supported(&run, type_id);
-        assert!(run.end_time.is_some());
-    }
+    let run = run_to_end(&mut admin, &export_name("acme", "open-pg")).await;
+    assert_eq!(run_state(&run), pb::RunState::Failed, "{run:#?}");
+    let error = run.error.as_ref().expect("a failed run says why");
+    assert_eq!(run_error_reason(error), "TARGET_UNAVAILABLE", "{error:#?}");
+    assert!(error.message.contains("cannot connect"), "{}", error.message);
+    assert_eq!(task_state(&run, "write"), pb::RunState::Failed);
     t.stop().await;
 }
 
@@ -1288,7 +1285,9 @@ async fn a_failed_run_is_the_exports_last_run_with_its_error() {
     create_export(&mut admin, data_out("acme", "hook", "Hook", "hook", &[CUSTOMERS])).await;
     let export = export_name("acme", "hook");
     let run = run_to_end(&mut admin, &export).await;
-    assert_not_supported(&run, "postgres");
+    // Nothing listens at the database's port.
+    assert_eq!(run_state(&run), pb::RunState::Failed, "{run:#?}");
+    assert!(run.error.is_some());
     let got = admin
         .get_export(pb::GetExportRequest { name: export.clone() })
         .await

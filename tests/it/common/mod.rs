@@ -12,6 +12,7 @@ pub mod failing_proxy;
 pub mod google_double;
 pub mod mailchimp_double;
 pub mod meta_double;
+pub mod postgres_target;
 mod process;
 pub mod raw;
 mod runs;
