@@ -406,6 +406,7 @@ mod tests {
             incremental: true,
             added_key: true,
             estimated_records: 2,
+            complete: false,
         };
         let layout = Layout::of(&part);
         let (upserts, removals) = layout.members(vec![

@@ -118,6 +118,8 @@ mod tests {
             ],
             incremental,
             complete: !incremental,
+            added_key: false,
+            estimated_records: 0,
         }
     }
 
