@@ -524,6 +524,7 @@ mod tests {
     #[test]
     fn throttling_codes_are_transient_whatever_the_status() {
         let answer = |code: i64| Answer {
+            headers: Default::default(),
             status: reqwest::StatusCode::BAD_REQUEST,
             body: bytes::Bytes::from(
                 json!({"error": {"message": "x", "type": "OAuthException", "code": code, "fbtrace_id": "A"}})

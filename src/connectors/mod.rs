@@ -18,6 +18,7 @@ pub mod cdm;
 pub mod facebook_ads;
 pub mod google_ads;
 pub mod http;
+pub mod linkedin_ads;
 pub mod local_files;
 pub mod mailchimp;
 pub mod metered;

@@ -4,7 +4,7 @@
 
 use super::Connector;
 use super::storage_connector::StorageConnector;
-use super::{azure_blob, facebook_ads, google_ads, local_files, mailchimp, postgres, s3, sftp, webhook};
+use super::{azure_blob, facebook_ads, google_ads, linkedin_ads, local_files, mailchimp, postgres, s3, sftp, webhook};
 use crate::domain::connection::Connection;
 use crate::domain::connection_type::{
     Category, ConnectionTypeSpec, ExportKind, KeySpec, SegmentType, SyncMode, TargetOptionSpec, ValueKind,
@@ -138,61 +138,7 @@ pub const CONNECTION_TYPES: &[ConnectionTypeSpec] = &[
     postgres::SPEC,
     webhook::SPEC,
     mailchimp::SPEC,
-    ConnectionTypeSpec {
-        id: "linkedin-ads",
-        display_name: "LinkedIn Ads",
-        category: Category::Advertising,
-        export_kinds: &[Segment],
-        segment_types: ALL_SEGMENTS,
-        sync_modes: AUDIENCE_MODES,
-        required_fields: &[],
-        identifier_fields: &["email"],
-        profile_limit: 100_000,
-        minimum_segment_size: 300,
-        config: &[
-            key("ad_account_id", "sponsored account id", TEXT),
-            optional(
-                "api_version",
-                "LinkedIn-Version header, YYYYMM (default: a current version)",
-                TEXT,
-            ),
-            optional(
-                "source_platform",
-                "sourcePlatform of segments created (default LIST_UPLOAD)",
-                TEXT,
-            ),
-            BASE_URL,
-        ],
-        secrets: &[key("access_token", "OAuth access token", TEXT)],
-        one_of_secrets: &[],
-        settings: &[
-            optional(
-                "audience_name",
-                "audience name (default: the segment's display name); created if absent",
-                TEXT,
-            ),
-            optional("audience_id", "an existing audience to fill instead", TEXT),
-            optional(
-                "target",
-                "`CONTACT` (default) or `COMPANY`",
-                ValueKind::OneOf(&["CONTACT", "COMPANY"]),
-            ),
-        ],
-        target_options: &[
-            TargetOptionSpec {
-                value: "CONTACT",
-                description: "people, matched by email (default)",
-                identifier_fields: &["email"],
-                segment_types: PEOPLE_SEGMENTS,
-            },
-            TargetOptionSpec {
-                value: "COMPANY",
-                description: "companies, matched by name, email domain or website",
-                identifier_fields: &["company_name", "email_domain", "company_website"],
-                segment_types: &[Account],
-            },
-        ],
-    },
+    linkedin_ads::SPEC,
     facebook_ads::SPEC,
     google_ads::SPEC,
 ];
@@ -208,6 +154,7 @@ static CONNECTORS: &[(&ConnectionTypeSpec, &(dyn Connector + 'static))] = &[
     (&mailchimp::SPEC, &mailchimp::Mailchimp),
     (&facebook_ads::SPEC, &facebook_ads::FacebookAds),
     (&google_ads::SPEC, &google_ads::GoogleAds),
+    (&linkedin_ads::SPEC, &linkedin_ads::LinkedInAds),
 ];
 
 /// The connector of a type, if this version has one.

@@ -4,6 +4,7 @@ mod common;
 mod alerts;
 mod audience_facebook;
 mod audience_google;
+mod audience_linkedin;
 mod audience_mailchimp;
 mod audit;
 mod auth;

@@ -44,6 +44,8 @@ pub fn client() -> &'static reqwest::Client {
 pub struct Answer {
     pub status: StatusCode,
     pub body: Bytes,
+    /// The answer's headers (LinkedIn names a created resource in `x-restli-id`).
+    pub headers: HeaderMap,
 }
 
 impl Answer {
@@ -126,6 +128,7 @@ async fn attempt(request: reqwest::RequestBuilder, secrets: &[String]) -> Result
     let response = request.send().await.map_err(|e| request_failure(&e, secrets))?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
+    let headers = response.headers().clone();
     let body = response.bytes().await.map_err(|e| request_failure(&e, secrets))?;
     if is_transient(status) {
         let excerpt = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
@@ -134,7 +137,7 @@ async fn attempt(request: reqwest::RequestBuilder, secrets: &[String]) -> Result
             retry_after,
         });
     }
-    Ok(Answer { status, body })
+    Ok(Answer { status, body, headers })
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {

@@ -1,0 +1,232 @@
+//! A local LinkedIn Marketing API (DMP segments), answering as LinkedIn does and refusing what
+//! its reference does not allow: `Authorization: Bearer`, `LinkedIn-Version: YYYYMM` and
+//! `X-Restli-Protocol-Version: 2.0.0` on every request (else 401 / 400); the finder
+//! `GET /rest/dmpSegments?q=account&account=urn:li:sponsoredAccount:<id>`; `POST
+//! /rest/dmpSegments` (201, id in `x-restli-id`); `POST /rest/dmpSegments/{id}/users` with
+//! `X-RestLi-Method: BATCH_CREATE`, 1 to 5,000 `elements` each with `action` ADD/REMOVE and
+//! `userIds: [{idType: SHA256_EMAIL, idValue: <hex>}]`, answered with one status per element
+//! (400 for a hash it was told to refuse).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+pub const ACCOUNT: &str = "507404993";
+
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    token: String,
+    /// id → (name, type).
+    segments: BTreeMap<u64, (String, String)>,
+    members: BTreeMap<u64, BTreeSet<String>>,
+    refuse: BTreeSet<String>,
+    calls: Vec<Call>,
+}
+
+pub struct LinkedInDouble {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LinkedInDouble {
+    pub async fn start(token: &str) -> LinkedInDouble {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/rest", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State {
+            token: token.into(),
+            ..State::default()
+        }));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| serve(request, state.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        LinkedInDouble { url, state, task }
+    }
+
+    pub fn refuse(&self, hash: &str) {
+        self.state.lock().unwrap().refuse.insert(hash.into());
+    }
+
+    pub fn segments(&self) -> BTreeMap<u64, (String, String)> {
+        self.state.lock().unwrap().segments.clone()
+    }
+
+    pub fn members(&self, id: u64) -> BTreeSet<String> {
+        self.state.lock().unwrap().members.get(&id).cloned().unwrap_or_default()
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    pub fn clear_calls(&self) {
+        self.state.lock().unwrap().calls.clear();
+    }
+}
+
+impl Drop for LinkedInDouble {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, "application/json".parse().unwrap());
+    response
+}
+
+fn error(status: u16, message: &str) -> Response<Full<Bytes>> {
+    reply(
+        status,
+        json!({"status": status, "message": message, "serviceErrorCode": 100}),
+    )
+}
+
+async fn serve(request: Request<Incoming>, shared: Arc<Mutex<State>>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or_default().to_string();
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (auth, version, protocol, restli) = (
+        header("authorization"),
+        header("linkedin-version"),
+        header("x-restli-protocol-version"),
+        header("x-restli-method"),
+    );
+    let raw = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let mut state = shared.lock().unwrap();
+    state.calls.push(Call {
+        method: method.clone(),
+        path: path.clone(),
+        body: body.clone(),
+    });
+    if auth != format!("Bearer {}", state.token) {
+        return Ok(error(401, "Invalid access token"));
+    }
+    if version.len() != 6 || !version.chars().all(|c| c.is_ascii_digit()) || protocol != "2.0.0" {
+        return Ok(error(
+            400,
+            "LinkedIn-Version (YYYYMM) and X-Restli-Protocol-Version 2.0.0 are required",
+        ));
+    }
+    let account = format!("urn:li:sponsoredAccount:{ACCOUNT}");
+    let parts: Vec<&str> = path.trim_start_matches("/rest/").split('/').collect();
+    Ok(match (method.as_str(), parts.as_slice()) {
+        ("GET", ["dmpSegments"]) => {
+            let params: BTreeMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+            if params.get("q").map(String::as_str) != Some("account") || params.get("account") != Some(&account) {
+                return Ok(error(400, "the finder needs q=account and the account URN"));
+            }
+            let elements: Vec<Value> = state
+                .segments
+                .iter()
+                .map(|(id, (name, kind))| json!({"id": id, "name": name, "type": kind, "account": account}))
+                .collect();
+            reply(
+                200,
+                json!({"elements": elements, "paging": {"start": 0, "count": 100, "total": elements.len()}}),
+            )
+        }
+        ("POST", ["dmpSegments"]) => {
+            let fine = body["name"].is_string()
+                && body["sourcePlatform"] == "LIST_UPLOAD"
+                && body["account"] == account.as_str()
+                && body["accessPolicy"] == "PRIVATE"
+                && (body["type"] == "USER" || body["type"] == "COMPANY")
+                && body["destinations"] == json!([{"destination": "LINKEDIN"}]);
+            if !fine {
+                return Ok(error(400, &format!("invalid DMP segment {body}")));
+            }
+            let id = 9000 + state.segments.len() as u64;
+            let name = body["name"].as_str().unwrap().to_string();
+            state
+                .segments
+                .insert(id, (name, body["type"].as_str().unwrap().to_string()));
+            let mut response = reply(201, json!({}));
+            response
+                .headers_mut()
+                .insert("x-restli-id", id.to_string().parse().unwrap());
+            response
+        }
+        ("POST", ["dmpSegments", id, "users"]) => {
+            let Some(id) = id.parse::<u64>().ok().filter(|id| state.segments.contains_key(id)) else {
+                return Ok(error(404, "DMP segment not found"));
+            };
+            if restli != "BATCH_CREATE" {
+                return Ok(error(400, "X-RestLi-Method: BATCH_CREATE is required"));
+            }
+            let Some(elements) = body["elements"]
+                .as_array()
+                .filter(|e| !e.is_empty() && e.len() <= 5_000)
+            else {
+                return Ok(error(400, "1 to 5000 elements"));
+            };
+            let mut statuses = Vec::new();
+            for element in elements {
+                let ids = element["userIds"].as_array().cloned().unwrap_or_default();
+                let hash = ids
+                    .iter()
+                    .find(|i| i["idType"] == "SHA256_EMAIL")
+                    .and_then(|i| i["idValue"].as_str())
+                    .filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
+                let action = element["action"].as_str().unwrap_or_default();
+                let (Some(hash), "ADD" | "REMOVE") = (hash, action) else {
+                    return Ok(error(400, &format!("invalid element {element}")));
+                };
+                if state.refuse.contains(hash) {
+                    statuses.push(json!({"status": 400, "message": "The user identifier is invalid"}));
+                    continue;
+                }
+                let members = state.members.entry(id).or_default();
+                if action == "ADD" {
+                    members.insert(hash.to_string());
+                } else {
+                    members.remove(hash);
+                }
+                statuses.push(json!({"status": 201}));
+            }
+            reply(200, json!({"elements": statuses}))
+        }
+        _ => error(404, "Not found"),
+    })
+}
