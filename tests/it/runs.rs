@@ -677,23 +677,6 @@ fn error_info(status: &tonic_types::pb::Status) -> tonic_types::pb::ErrorInfo {
     tonic_types::pb::ErrorInfo::decode(any.value.as_slice()).unwrap()
 }
 
-fn assert_not_supported(run: &pb::ExportRun, type_id: &str) {
-    assert_eq!(run_state(run), pb::RunState::Failed, "{run:#?}");
-    let error = run.error.as_ref().expect("a failed run says why");
-    assert_eq!(error.code, Code::Unimplemented as i32, "{error:#?}");
-    assert_eq!(run_error_reason(error), "CONNECTOR_NOT_SUPPORTED");
-    assert_eq!(
-        error_info(error).metadata.get("task").map(String::as_str),
-        Some("write"),
-        "{error:#?}"
-    );
-    assert!(error.message.contains("not yet supported"), "{}", error.message);
-    assert!(error.message.contains(type_id), "{}", error.message);
-    assert_eq!(task_state(run, "validate"), pb::RunState::Succeeded);
-    assert_eq!(task_state(run, "write"), pb::RunState::Failed);
-    assert_eq!(run.skip_reason, "");
-}
-
 #[tokio::test]
 async fn over_limit_segments_skip_the_run_before_the_target_is_contacted() {
     let t = setup(Options::default()).await;
