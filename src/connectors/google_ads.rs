@@ -416,20 +416,9 @@ impl Connector for GoogleAds {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::connectors::audience::identifiers::sha256_hex;
-
-    fn member(values: &[(&str, &str)]) -> Member {
-        Member {
-            key: "c1".into(),
-            values: values
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect::<BTreeMap<_, _>>(),
-        }
-    }
+    use crate::connectors::audience::member_of as member;
 
     #[test]
     fn identifiers_are_google_normalised_hashes() {

@@ -431,20 +431,9 @@ impl Connector for LinkedInAds {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::connectors::audience::identifiers::sha256_hex;
-
-    fn member(values: &[(&str, &str)]) -> Member {
-        Member {
-            key: "k".into(),
-            values: values
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect::<BTreeMap<_, _>>(),
-        }
-    }
+    use crate::connectors::audience::member_of as member;
 
     #[test]
     fn users_carry_the_hashed_email_and_companies_their_names() {

@@ -42,6 +42,15 @@ impl Member {
     }
 }
 
+/// A member `c1` with these target fields (for the vendors' unit tests).
+#[cfg(test)]
+pub fn member_of(values: &[(&str, &str)]) -> Member {
+    Member {
+        key: "c1".into(),
+        values: values.iter().map(|(k, v)| (k.to_string(), Value::from(*v))).collect(),
+    }
+}
+
 /// Where a part's columns are: its key, its `_deleted` flag, and the mapped fields.
 #[derive(Debug, Clone)]
 pub struct Layout {
