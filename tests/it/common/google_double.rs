@@ -12,6 +12,7 @@
 //! - the fast-fail model: a request with a member it was told is invalid fails as a whole (400
 //!   INVALID_ARGUMENT, `google.rpc.BadRequest` field violations naming `audience_members[i]`).
 
+use super::json_reply::reply;
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -112,15 +113,6 @@ impl Drop for GoogleDouble {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, "application/json".parse().unwrap());
-    response
 }
 
 fn rpc_error(status: u16, code: &str, message: &str, violations: Vec<Value>) -> Response<Full<Bytes>> {

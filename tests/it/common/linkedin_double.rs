@@ -7,6 +7,7 @@
 //! `userIds: [{idType: SHA256_EMAIL, idValue: <hex>}]`, answered with one status per element
 //! (400 for a hash it was told to refuse).
 
+use super::json_reply::reply;
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -91,15 +92,6 @@ impl Drop for LinkedInDouble {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, "application/json".parse().unwrap());
-    response
 }
 
 fn error(status: u16, message: &str) -> Response<Full<Bytes>> {

@@ -12,6 +12,7 @@
 //!   `invalid_entry_samples` for values it was told are invalid;
 //! - on cue: an error code (e.g. 17, "User request limit reached") for the next requests.
 
+use super::json_reply::reply;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -153,15 +154,6 @@ impl Drop for MetaDouble {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, "application/json".parse().unwrap());
-    response
 }
 
 /// Graph API errors: HTTP 400 with the error object (as Meta answers them).

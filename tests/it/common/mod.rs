@@ -10,6 +10,7 @@ mod eventually;
 mod exports;
 pub mod failing_proxy;
 pub mod google_double;
+mod json_reply;
 pub mod linkedin_double;
 pub mod mailchimp_double;
 pub mod meta_double;
