@@ -33,6 +33,8 @@ pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// One `exportd serve` process on its own database.
 pub struct Server {
+    /// The `exportd` executable this server runs (the CLI commands use the same one).
+    pub exe: std::path::PathBuf,
     pub child: Child,
     pub addr: String,
     pub database_url: String,
@@ -41,17 +43,31 @@ pub struct Server {
 
 impl Server {
     pub fn start(backend: &str, extra_env: &[(&str, &str)]) -> Server {
+        Self::start_exe(std::path::Path::new(EXE), backend, extra_env)
+    }
+
+    /// Like `start`, with another build of exportd (e.g. an earlier commit's, as a baseline).
+    pub fn start_exe(exe: &std::path::Path, backend: &str, extra_env: &[(&str, &str)]) -> Server {
         let data_dir = tempfile::tempdir().unwrap();
         let database_url = match backend {
             "postgres" => fresh_postgres("exportd_bench"),
             _ => format!("sqlite://{}?mode=rwc", data_dir.path().join("exportd.db").display()),
         };
-        Self::start_on(data_dir, database_url, extra_env)
+        Self::start_exe_on(exe, data_dir, database_url, extra_env)
     }
 
     /// Starts on an existing database (e.g. to measure a phase in a fresh process).
     pub fn start_on(data_dir: tempfile::TempDir, database_url: String, extra_env: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(EXE);
+        Self::start_exe_on(std::path::Path::new(EXE), data_dir, database_url, extra_env)
+    }
+
+    fn start_exe_on(
+        exe: &std::path::Path,
+        data_dir: tempfile::TempDir,
+        database_url: String,
+        extra_env: &[(&str, &str)],
+    ) -> Server {
+        let mut command = Command::new(exe);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
@@ -74,6 +90,7 @@ impl Server {
         };
         std::thread::spawn(move || for _ in lines {});
         Server {
+            exe: exe.to_path_buf(),
             child,
             addr,
             database_url,
@@ -82,7 +99,7 @@ impl Server {
     }
 
     pub fn create_environment(&self, id: &str, kind: &str) {
-        let status = Command::new(EXE)
+        let status = Command::new(&self.exe)
             .args(["environment", "create", id, "--kind", kind, "--data-dir"])
             .arg(self.data_dir.path())
             .env("EXPORTD_DATABASE_URL", &self.database_url)

@@ -11,8 +11,9 @@ use std::time::Duration;
 use super::Engine;
 use super::dependencies::Refreshing;
 use crate::domain::run::RunTrigger;
-use crate::domain::time::now_micros;
+use crate::domain::time::{Micros, now_micros};
 use crate::error::Result;
+use crate::store::alerts::Lateness;
 
 const LEASE_NAME: &str = "scheduler";
 /// The scheduler lease; the holder renews it at a third of this.
@@ -95,7 +96,12 @@ impl Engine {
                 // have been RUNNING within a policy's SCHEDULE_MISSED threshold of its due time.
                 let run_name = run.as_ref().map(|r| r.name.to_string());
                 self.store
-                    .schedule_missed(&export.name, now - export.due_at, run_name.as_deref())
+                    .schedule_missed(
+                        &export.name,
+                        now - export.due_at,
+                        run_name.as_deref(),
+                        Lateness::FiredLate,
+                    )
                     .await?;
             }
             if count > 0 {
@@ -105,6 +111,7 @@ impl Engine {
                 break;
             }
         }
+        self.detect_unstarted_scheduled_runs(now).await?;
         for env in self.store.due_environments(now).await? {
             if !self.store.advance_environment_schedule(&env, now).await? {
                 continue;
@@ -126,6 +133,29 @@ impl Engine {
         };
         // Wake at least often enough to keep the lease.
         Ok(until_next.min(LEASE / 3))
+    }
+}
+
+impl Engine {
+    /// SCHEDULE_MISSED for occurrences that fired on time but whose run is still not RUNNING
+    /// (queued behind busy workers, or waiting for dependencies) past a policy's threshold.
+    /// Checked on every pass — at most `LEASE / 3` apart — so a run is caught within seconds
+    /// of crossing it; a policy already firing for the export makes the check a no-op.
+    async fn detect_unstarted_scheduled_runs(&self, now: Micros) -> Result<()> {
+        let Some(threshold) = self.store.shortest_schedule_missed_threshold().await? else {
+            return Ok(());
+        };
+        for unstarted in self.store.scheduled_runs_not_started(now - threshold, PASS).await? {
+            self.store
+                .schedule_missed(
+                    &unstarted.export,
+                    now - unstarted.due_at,
+                    Some(&unstarted.run),
+                    Lateness::NotStarted,
+                )
+                .await?;
+        }
+        Ok(())
     }
 }
 

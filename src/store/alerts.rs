@@ -11,15 +11,30 @@ use sea_orm::{
 
 use super::Store;
 use super::list::page_of;
-use super::models::{alert_condition, alert_event, alert_policy};
+use super::models::{alert_condition, alert_event, alert_policy, run};
 use super::request_ids::{self, Outcome, RequestKey};
 use crate::domain::alert::{
     AlertEvent, AlertPolicy, Condition, DeliveryState, EventState, RunOutcome, Transition, holds, transition,
 };
-use crate::domain::names::{AlertPolicyName, ExportName, generate_id};
+use crate::domain::names::{AlertPolicyName, ExportName, RunName, generate_id};
 use crate::domain::paging::Page;
+use crate::domain::run::{RunState, RunTrigger};
 use crate::domain::time::{Micros, now_micros};
 use crate::error::{Error, Result};
+
+/// A scheduled run not yet RUNNING (`Store::scheduled_runs_not_started`).
+pub struct UnstartedRun {
+    pub export: ExportName,
+    pub run: String,
+    pub due_at: Micros,
+}
+
+/// How a scheduled occurrence came to be late (only the event's message differs).
+#[derive(Clone, Copy, Debug)]
+pub enum Lateness {
+    FiredLate,
+    NotStarted,
+}
 
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("serializes")
@@ -398,9 +413,59 @@ impl Store {
         .await
     }
 
-    /// The scheduler fired an occurrence `late_by` after it was due: every policy watching the
-    /// export for SCHEDULE_MISSED whose threshold that exceeds enters the condition (once).
-    pub async fn schedule_missed(&self, export: &ExportName, late_by: Micros, run: Option<&str>) -> Result<()> {
+    /// The shortest SCHEDULE_MISSED threshold among enabled policies (any environment), or
+    /// `None` when no policy watches for it — then nothing needs checking.
+    pub async fn shortest_schedule_missed_threshold(&self) -> Result<Option<Micros>> {
+        let models = alert_policy::Entity::find()
+            .filter(alert_policy::Column::Enabled.eq(true))
+            .all(self.reader())
+            .await?;
+        Ok(models
+            .into_iter()
+            .filter_map(|m| policy_of(m).ok())
+            .filter(|p| p.conditions.contains(&Condition::ScheduleMissed))
+            .map(|p| p.schedule_missed_after_micros())
+            .min())
+    }
+
+    /// Scheduled runs that have not started RUNNING (still queued, or waiting for
+    /// dependencies) and were created — fired at their due time — before `created_before`,
+    /// oldest first, at most `limit`.
+    pub async fn scheduled_runs_not_started(&self, created_before: Micros, limit: u64) -> Result<Vec<UnstartedRun>> {
+        let models = run::Entity::find()
+            .filter(run::Column::Trigger.eq(RunTrigger::Schedule.number()))
+            .filter(run::Column::State.is_in([RunState::Queued.number(), RunState::WaitingForDependencies.number()]))
+            .filter(run::Column::CreateTime.lt(created_before))
+            .order_by_asc(run::Column::CreateTime)
+            .limit(limit)
+            .all(self.reader())
+            .await?;
+        Ok(models
+            .into_iter()
+            .map(|m| UnstartedRun {
+                export: ExportName::new(&m.env, &m.export),
+                run: RunName {
+                    env: m.env,
+                    export: m.export,
+                    id: m.id,
+                }
+                .to_string(),
+                due_at: m.create_time,
+            })
+            .collect())
+    }
+
+    /// An occurrence of the export's schedule was not RUNNING `late_by` after it was due: it
+    /// fired that late (`Lateness::FiredLate`, e.g. after downtime) or its run is still waiting
+    /// (`Lateness::NotStarted`). Every policy watching the export for SCHEDULE_MISSED whose
+    /// threshold that exceeds enters the condition (once).
+    pub async fn schedule_missed(
+        &self,
+        export: &ExportName,
+        late_by: Micros,
+        run: Option<&str>,
+        lateness: Lateness,
+    ) -> Result<()> {
         let txn = self.untracked_writer().begin().await?;
         for policy in policies_watching(&txn, export).await? {
             if !policy.conditions.contains(&Condition::ScheduleMissed)
@@ -419,8 +484,12 @@ impl Store {
                     condition: Condition::ScheduleMissed,
                     state: EventState::Firing,
                     message: format!(
-                        "the scheduled run did not start within {} s of its due time (started {} s late)",
+                        "the scheduled run did not start within {} s of its due time ({} {} s late)",
                         policy.schedule_missed_after_micros() / 1_000_000,
+                        match lateness {
+                            Lateness::FiredLate => "fired",
+                            Lateness::NotStarted => "still not running",
+                        },
                         late_by / 1_000_000
                     ),
                 },

@@ -336,11 +336,9 @@ async fn bad_policies_are_refused_naming_the_field_and_nothing_is_stored() {
     );
 }
 
-#[tokio::test]
-async fn a_schedule_missed_while_the_server_was_stopped_fires_at_restart() {
-    let receiver = WebhookReceiver::start(Some(SIGNING_SECRET)).await;
-    let mut t = server_with_failing_export(&receiver).await;
-    // Every minute, on a target that works.
+/// Puts `nightly` on a target that works (`files`) with a schedule every minute, and a
+/// SCHEDULE_MISSED policy with a 1 s threshold; returns the next due time.
+async fn schedule_every_minute_with_missed_policy(t: &TestServer) -> prost_types::Timestamp {
     let every_minute = pb::Schedule {
         enabled: true,
         trigger: Some(pb::schedule::Trigger::Cron(pb::CronSchedule {
@@ -366,7 +364,7 @@ async fn a_schedule_missed_while_the_server_was_stopped_fires_at_restart() {
         .unwrap()
         .into_inner();
     create_policy(
-        &t,
+        t,
         pb::AlertPolicy {
             schedule_missed_after_seconds: 1,
             ..failures_policy(&[pb::AlertCondition::ScheduleMissed])
@@ -374,7 +372,14 @@ async fn a_schedule_missed_while_the_server_was_stopped_fires_at_restart() {
     )
     .await
     .unwrap();
-    let due = export.schedule.unwrap().next_run_time.expect("a next run time");
+    export.schedule.unwrap().next_run_time.expect("a next run time")
+}
+
+#[tokio::test]
+async fn a_schedule_missed_while_the_server_was_stopped_fires_at_restart() {
+    let receiver = WebhookReceiver::start(Some(SIGNING_SECRET)).await;
+    let mut t = server_with_failing_export(&receiver).await;
+    let due = schedule_every_minute_with_missed_policy(&t).await;
     // The server is down across the due time and the threshold after it.
     t.server.take().unwrap().shutdown().await.unwrap();
     let due = chrono::DateTime::from_timestamp(due.seconds, due.nanos as u32).unwrap();
@@ -393,4 +398,64 @@ async fn a_schedule_missed_while_the_server_was_stopped_fires_at_restart() {
     let post = posts(&receiver, 1).await;
     assert_eq!(post[0].body["event"]["condition"], "ALERT_CONDITION_SCHEDULE_MISSED");
     assert_eq!(post[0].header("idempotency-key"), event_id(&missed[0]));
+}
+
+#[tokio::test]
+async fn a_scheduled_run_still_waiting_past_the_threshold_fires_schedule_missed_once() {
+    let receiver = WebhookReceiver::start(Some(SIGNING_SECRET)).await;
+    let t = server_with_failing_export(&receiver).await;
+    // While customers refresh, the run the schedule fires on time waits for the refresh.
+    start_refresh(&mut t.catalog("acme", Role::Admin).await, CUSTOMERS).await;
+    schedule_every_minute_with_missed_policy(&t).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    let waiting = eventually(Duration::from_secs(90), "the scheduled run", async || {
+        let runs = list_runs(&mut exports, EXPORT, "", "").await;
+        let shown = format!("{runs:?}");
+        runs.into_iter().next().ok_or(shown)
+    })
+    .await;
+    assert_eq!(waiting.trigger, pb::RunTrigger::Schedule as i32, "{waiting:?}");
+    assert_eq!(
+        waiting.state,
+        pb::RunState::WaitingForDependencies as i32,
+        "{waiting:?}"
+    );
+
+    let missed = eventually(Duration::from_secs(30), "a SCHEDULE_MISSED event", async || {
+        let listed = events(&t, "condition = SCHEDULE_MISSED AND state = FIRING").await;
+        let shown = format!("{listed:?}");
+        (!listed.is_empty()).then_some(listed).ok_or(shown)
+    })
+    .await;
+    assert_eq!(missed.len(), 1, "{missed:?}");
+    assert_eq!(missed[0].run, waiting.name);
+    assert!(missed[0].message.contains("still not running"), "{:?}", missed[0]);
+    let post = posts(&receiver, 1).await;
+    assert_eq!(post[0].body["event"]["condition"], "ALERT_CONDITION_SCHEDULE_MISSED");
+    assert_eq!(post[0].header("idempotency-key"), event_id(&missed[0]));
+
+    // The run stays waiting over several scheduler passes: still one event. Then the refresh
+    // ends, the run succeeds, and the policy resolves once.
+    let still = exports
+        .get_export_run(pb::GetExportRunRequest {
+            name: waiting.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.state, pb::RunState::WaitingForDependencies as i32);
+    complete_refresh(&mut t.catalog("acme", Role::Admin).await, CUSTOMERS).await;
+    let done = wait_for_end(&mut exports, &waiting.name).await;
+    assert_eq!(done.state, pb::RunState::Succeeded as i32, "{done:?}");
+    let resolved = eventually(Duration::from_secs(30), "a RESOLVED event", async || {
+        let listed = events(&t, "condition = SCHEDULE_MISSED AND state = RESOLVED").await;
+        let shown = format!("{listed:?}");
+        (!listed.is_empty()).then_some(listed).ok_or(shown)
+    })
+    .await;
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(
+        events(&t, "condition = SCHEDULE_MISSED AND state = FIRING").await.len(),
+        1
+    );
 }

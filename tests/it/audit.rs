@@ -679,3 +679,67 @@ async fn filters_order_and_pages() {
         Code::InvalidArgument,
     );
 }
+
+/// Moves one event `days` into the past, behind the API's back (as time passing would).
+async fn age_event(t: &TestServer, event: &pb::AuditEvent, days: i64) {
+    use sea_orm::{ConnectionTrait, Database};
+    let id = event.name.rsplit('/').next().unwrap();
+    let db = Database::connect(&t.database_url).await.unwrap();
+    db.execute_unprepared(&format!(
+        "UPDATE audit_events SET time = time - {} WHERE env = 'acme' AND id = '{id}'",
+        days * 86_400 * 1_000_000
+    ))
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_past_the_retention_are_purged_and_the_rest_kept() {
+    let t = setup(Options::default()).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    for id in ["one", "two", "three"] {
+        exports
+            .create_export(data_out("acme", id, "Export", "files", &[CUSTOMERS]))
+            .await
+            .unwrap();
+    }
+    let before = all_events(&t).await;
+    let created = |id: &str| {
+        before
+            .iter()
+            .find(|e| e.resource == export_name("acme", id))
+            .unwrap_or_else(|| panic!("the event of creating {id}: {before:?}"))
+            .clone()
+    };
+    let (old, recent) = (created("one"), created("two"));
+    age_event(&t, &old, 40).await;
+    age_event(&t, &recent, 10).await;
+
+    // A restart with the default retention (400 days) keeps both.
+    let t = t.restart(Options::default()).await;
+    let kept = all_events(&t).await;
+    assert!(kept.iter().any(|e| e.name == old.name), "{kept:?}");
+
+    // With 30 days, the purge (at start, then hourly) removes exactly the 40-day-old one.
+    let t = t
+        .restart(Options::default().var("EXPORTD_AUDIT_RETENTION_DAYS", "30"))
+        .await;
+    let after = eventually(std::time::Duration::from_secs(30), "the purge", async || {
+        let listed = all_events(&t).await;
+        let shown = format!("{listed:?}");
+        (!listed.iter().any(|e| e.name == old.name))
+            .then_some(listed)
+            .ok_or(shown)
+    })
+    .await;
+    let names: BTreeSet<&str> = after.iter().map(|e| e.name.as_str()).collect();
+    let expected: BTreeSet<&str> = before
+        .iter()
+        .map(|e| e.name.as_str())
+        .filter(|n| *n != old.name)
+        .collect();
+    assert_eq!(names, expected);
+    assert!(names.contains(recent.name.as_str()));
+    assert!(names.contains(created("three").name.as_str()));
+}
