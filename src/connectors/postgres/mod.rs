@@ -33,7 +33,7 @@ use sea_orm::sqlx::{self, Connection};
 
 use self::address::Address;
 use self::names::{DEFAULT_SCHEMA, qualified};
-use self::sink::{Mode, PartTarget, PostgresSink, Session, staging_name};
+use self::sink::{Loader, Mode, PartTarget, PostgresSink, Session, staging_name};
 use self::table::Fit;
 use super::registry::{ALL_SEGMENTS, BOTH_KINDS, FILE_MODES, key, optional};
 use super::retry::{Failure, retried};
@@ -299,7 +299,7 @@ impl Connector for Postgres {
             });
         }
         let _ = conn.close().await;
-        Ok(Box::new(PostgresSink {
+        Ok(Box::new(PostgresSink::new(Loader {
             session,
             mode,
             schema,
@@ -309,7 +309,7 @@ impl Connector for Postgres {
             current: None,
             bytes: 0,
             rows: 0,
-        }))
+        })))
     }
 
     /// The URL must be one exportd can connect with (CreateConnection and UpdateConnection,

@@ -106,7 +106,9 @@ pub struct PartTarget {
     pub copy_current: bool,
 }
 
-pub struct PostgresSink {
+/// Everything a batch's COPY needs: the connection and the parts' targets. It is lent to the
+/// task copying a batch and comes back with the batch's delivery.
+pub struct Loader {
     pub session: Session,
     pub mode: Mode,
     pub schema: String,
@@ -134,7 +136,7 @@ enum Tried {
     RowFault(String, String),
 }
 
-impl PostgresSink {
+impl Loader {
     fn changes_table(index: usize) -> String {
         format!("_exportd_changes_{index}")
     }
@@ -327,20 +329,36 @@ impl PostgresSink {
         self.retrying(Step::Script(statements.join("; "))).await.map(|_| ())
     }
 
-    /// The staging tables of this run, dropped (best effort, bounded).
-    async fn drop_staging(&mut self) {
-        let drops: Vec<String> = self
-            .targets
-            .iter()
-            .filter_map(|t| t.staging.as_ref())
-            .map(|staging| format!("DROP TABLE IF EXISTS {}", qualified(&self.schema, staging)))
-            .collect();
-        if drops.is_empty() {
+    /// What dropping this run's staging tables needs, also when the loader is lost with a
+    /// batch that had to be stopped.
+    pub fn cleanup(&self) -> Cleanup {
+        Cleanup {
+            address: self.session.address.clone(),
+            drops: self
+                .targets
+                .iter()
+                .filter_map(|t| t.staging.as_ref())
+                .map(|staging| format!("DROP TABLE IF EXISTS {}", qualified(&self.schema, staging)))
+                .collect(),
+        }
+    }
+}
+
+/// The staging tables of a run, to drop when it ends without its swap.
+pub struct Cleanup {
+    address: Address,
+    drops: Vec<String>,
+}
+
+impl Cleanup {
+    /// Drops them on a new connection (best effort, bounded).
+    async fn drop_staging(self) {
+        if self.drops.is_empty() {
             return;
         }
-        self.session.reset();
-        let script = drops.join("; ");
-        let dropped = tokio::time::timeout(std::time::Duration::from_secs(60), self.session.execute(&script)).await;
+        let mut session = Session::new(self.address);
+        let script = self.drops.join("; ");
+        let dropped = tokio::time::timeout(std::time::Duration::from_secs(60), session.execute(&script)).await;
         if !matches!(dropped, Ok(Ok(()))) {
             tracing::warn!("cannot drop the staging tables of an aborted postgres run");
         }
@@ -387,54 +405,126 @@ async fn copy(conn: &mut PgConnection, statement: &str, data: &[u8]) -> Result<u
     copy.finish().await
 }
 
+/// The sink: batches are encoded while the batch before is being copied. Batches still go to
+/// the server one at a time, in order, on one connection; what `write_rows` answers is the
+/// delivery of the batch before (the last one's comes with `end_part`).
+pub struct PostgresSink {
+    /// The loader, while no batch is being copied.
+    loader: Option<Loader>,
+    /// The batch being copied (its retries and splits included) on a task of its own.
+    in_flight: Option<tokio::task::JoinHandle<(Loader, Result<Delivery, Failure>)>>,
+    /// How the open part's batches are encoded: its schema, and whether with the deletion flag.
+    encoding: Option<(PartSchema, bool)>,
+    cleanup: Option<Cleanup>,
+}
+
+impl PostgresSink {
+    pub fn new(loader: Loader) -> PostgresSink {
+        PostgresSink {
+            cleanup: Some(loader.cleanup()),
+            loader: Some(loader),
+            in_flight: None,
+            encoding: None,
+        }
+    }
+
+    /// Waits for the batch being copied, if any, and says what became of it.
+    async fn settle(&mut self) -> Result<Delivery, Failure> {
+        let Some(copying) = self.in_flight.take() else {
+            return Ok(Delivery::default());
+        };
+        let (loader, delivered) = copying.await.map_err(|e| Failure::Permanent {
+            message: format!("copying a batch into PostgreSQL stopped: {e}"),
+        })?;
+        self.loader = Some(loader);
+        delivered
+    }
+
+    /// The loader, once nothing is in flight.
+    async fn settled(&mut self) -> Result<(Delivery, &mut Loader), Failure> {
+        let delivered = self.settle().await?;
+        let loader = self.loader.as_mut().ok_or_else(|| Failure::Permanent {
+            message: "the PostgreSQL connection was lost with a stopped batch".into(),
+        })?;
+        Ok((delivered, loader))
+    }
+
+    /// Stops the batch being copied, if any (the run ends without it).
+    fn stop_in_flight(&mut self) {
+        if let Some(copying) = self.in_flight.take() {
+            copying.abort();
+        }
+    }
+}
+
+impl Drop for PostgresSink {
+    fn drop(&mut self) {
+        self.stop_in_flight();
+    }
+}
+
 #[async_trait]
 impl Sink for PostgresSink {
     async fn begin_part(&mut self, part: &PartSchema) -> Result<(), Failure> {
-        let index = self.next;
-        match self.targets.get(index) {
-            Some(target) if target.schema.id == part.id => {}
+        let (_, loader) = self.settled().await?;
+        let index = loader.next;
+        let merge = match loader.targets.get(index) {
+            Some(target) if target.schema.id == part.id => target.merge,
             _ => {
                 return Err(Failure::Permanent {
                     message: format!("the part '{}' was not announced when the run opened", part.id),
                 });
             }
-        }
-        self.next += 1;
-        self.prepare(index).await?;
-        self.current = Some(index);
+        };
+        loader.next += 1;
+        loader.prepare(index).await?;
+        loader.current = Some(index);
+        let encoding = (loader.targets[index].schema.clone(), merge);
+        self.encoding = Some(encoding);
         Ok(())
     }
 
     async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<Delivery, Failure> {
-        let index = self.current()?;
-        let target = &self.targets[index];
-        let lines = Lines::encode(&target.schema, rows, target.merge);
-        self.deliver(lines).await
+        let (schema, merge) = self.encoding.as_ref().ok_or_else(|| Failure::Permanent {
+            message: "no part is open".into(),
+        })?;
+        // Encoding this batch overlaps copying the one before.
+        let lines = Lines::encode(schema, rows, *merge);
+        let delivered = self.settle().await?;
+        let mut loader = self.loader.take().ok_or_else(|| Failure::Permanent {
+            message: "the PostgreSQL connection was lost with a stopped batch".into(),
+        })?;
+        self.in_flight = Some(tokio::spawn(async move {
+            let delivered = loader.deliver(lines).await;
+            (loader, delivered)
+        }));
+        Ok(delivered)
     }
 
     async fn end_part(&mut self) -> Result<Delivery, Failure> {
-        self.current = None;
-        Ok(Delivery {
-            bytes: Some(self.bytes),
-            ..Delivery::default()
-        })
+        self.encoding = None;
+        let (mut delivered, loader) = self.settled().await?;
+        loader.current = None;
+        delivered.bytes = Some(loader.bytes);
+        Ok(delivered)
     }
 
     async fn commit(mut self: Box<Self>) -> Result<SinkSummary, Failure> {
-        if self.mode == Mode::Replace {
-            self.swap().await?;
+        let (_, loader) = self.settled().await?;
+        if loader.mode == Mode::Replace {
+            loader.swap().await?;
         }
-        if let Some(conn) = self.session.conn.take() {
+        if let Some(conn) = loader.session.conn.take() {
             let _ = conn.close().await;
         }
-        let tables: Vec<String> = self.targets.iter().map(|t| t.table.replace('"', "")).collect();
+        let tables: Vec<String> = loader.targets.iter().map(|t| t.table.replace('"', "")).collect();
         Ok(SinkSummary {
             files: Vec::new(),
-            bytes: self.bytes,
+            bytes: loader.bytes,
             location: format!(
                 "{} {} to {}",
-                self.rows,
-                if self.rows == 1 { "row" } else { "rows" },
+                loader.rows,
+                if loader.rows == 1 { "row" } else { "rows" },
                 tables.join(", ")
             ),
             removed_run_folders: 0,
@@ -443,14 +533,19 @@ impl Sink for PostgresSink {
     }
 
     /// Replace mode: the staging tables go; the tables readers use were never touched. Upsert
-    /// batches already committed stay (each was whole).
+    /// batches already committed stay (each was whole). A batch being copied is stopped.
     async fn abort(mut self: Box<Self>) {
-        self.drop_staging().await;
+        self.stop_in_flight();
+        if let Some(cleanup) = self.cleanup.take() {
+            cleanup.drop_staging().await;
+        }
     }
 
     /// The run's next attempt drops and rebuilds the same staging tables (their names come from
     /// the run id).
-    async fn abandon(self: Box<Self>) {}
+    async fn abandon(mut self: Box<Self>) {
+        self.stop_in_flight();
+    }
 }
 
 /// The staging table of `table` for a run: stable across the run's attempts, distinct per run.
