@@ -118,9 +118,21 @@ name_only!(
     pb::CompleteRefreshRequest => name,
     pb::RunSystemRefreshRequest => parent,
     pb::GetSystemRefreshRequest => name,
-    pb::PreviewExportRequest => name,
     pb::GetAlertPolicyRequest => name,
 );
+
+impl Bounded for pb::PreviewExportRequest {
+    fn bounds(&self, b: &mut Bounds, prefix: &str) {
+        b.text(prefix, "name", &self.name, limit::NAME);
+        let max = crate::engine::preview::MAX_SAMPLE as i32;
+        if !(0..=max).contains(&self.sample_size) {
+            b.violation(
+                limit::path(prefix, "sample_size"),
+                format!("must be between 0 and {max} (got {})", self.sample_size),
+            );
+        }
+    }
+}
 
 impl Bounded for pb::ListConnectionTypesRequest {
     fn bounds(&self, _: &mut Bounds, _: &str) {}

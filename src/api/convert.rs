@@ -382,6 +382,51 @@ fn struct_to_json(value: prost_types::Struct) -> Result<serde_json::Map<String, 
         .collect()
 }
 
+/// A JSON object as a protobuf Struct (the rows of a preview's sample).
+pub fn json_to_struct(object: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: object.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
+    }
+}
+
+fn json_to_value(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(object) => Kind::StructValue(json_to_struct(object)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// What a run started now would do (PreviewExport).
+pub fn export_preview(name: &str, preview: crate::engine::preview::Preview) -> pb::ExportPreview {
+    pb::ExportPreview {
+        export: name.to_string(),
+        sources: preview
+            .sources
+            .into_iter()
+            .map(|s| pb::SourcePreview {
+                source: s.source,
+                records_total: s.records_total,
+                to_send: s.to_send,
+                to_remove: s.to_remove,
+                to_retry: s.to_retry,
+                over_limit: s.over_limit,
+                under_minimum: s.under_minimum,
+            })
+            .collect(),
+        sample: preview.sample.into_iter().map(json_to_struct).collect(),
+        warnings: preview.warnings.iter().map(export_warning).collect(),
+        skip_reason: preview.skip_reason.unwrap_or_default(),
+    }
+}
+
 pub fn value_to_json(value: prost_types::Value) -> Result<serde_json::Value, NonFiniteNumber> {
     use prost_types::value::Kind;
     Ok(match value.kind {

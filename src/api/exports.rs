@@ -26,6 +26,7 @@ use crate::domain::run::RunState;
 use crate::domain::schedule::{Schedule, Trigger};
 use crate::domain::time::{now_micros, to_datetime};
 use crate::domain::{etag, paging};
+use crate::engine::preview;
 use crate::error::{Error, FieldViolation, Result};
 use crate::pb;
 use crate::pb::export_service_server::ExportService;
@@ -632,14 +633,20 @@ impl ExportApi {
         self.show_one(role, &environment, updated).await
     }
 
-    /// Not built: authorized as an edit of the export, then UNIMPLEMENTED.
+    /// PRODUCT.md §13: what a run started now would do; nothing is sent or changed. The
+    /// sample's size is bounded by the codec (`api::bounds`).
     async fn preview(&self, principal: Principal, request: pb::PreviewExportRequest) -> Result<pb::ExportPreview> {
         let name = ExportName::parse("name", &request.name)?;
         self.editable_export(&principal, &name, Action::PreviewExport).await?;
-        Err(super::not_built(
-            "ExportService/PreviewExport",
-            "export previews are not built",
-        ))
+        let sample_size = match request.sample_size {
+            0 => preview::DEFAULT_SAMPLE,
+            n => n.clamp(0, preview::MAX_SAMPLE as i32) as usize,
+        };
+        let preview = self.state.engine.preview(&name, sample_size).await?;
+        let mut answer = convert::export_preview(&request.name, preview);
+        // Wide records: the sample keeps the leading rows that fit an answer.
+        pages::fit(&mut answer.sample);
+        Ok(answer)
     }
 
     /// PRODUCT.md §12: the rejects of one run (parent = a run), or those outstanding for an

@@ -66,14 +66,3 @@ pub fn required<'a, T>(field: &str, value: &'a Option<T>) -> Result<&'a T> {
         .as_ref()
         .ok_or_else(|| Error::invalid(field, format!("{field} is required")))
 }
-
-/// The answer of an RPC that is in the protos but not built in this version: UNIMPLEMENTED
-/// (reason NOT_IMPLEMENTED, the method in the metadata). Handlers return it only after the
-/// caller was authorized and the request's names were parsed, as for any other RPC. `rpc` is
-/// `Service/Method`; `why` says what is missing.
-pub fn not_built(rpc: &str, why: &str) -> Error {
-    Error::unimplemented(
-        &format!("/exportd.v1.{rpc}"),
-        format!("exportd.v1.{rpc} is part of the API, but this version of exportd does not provide it yet: {why}"),
-    )
-}

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::audience::identifiers::{META_KEYS, meta_value};
 use super::audience::{
-    AudienceSink, INVALID_IDENTIFIER, Member, NO_IDENTIFIER, Operation, Prepared, Sequence, Vendor, setting,
+    self, AudienceSink, INVALID_IDENTIFIER, Member, NO_IDENTIFIER, Operation, Prepared, Sequence, Vendor, setting,
 };
 use super::http::gate::{Gate, gate_for};
 use super::http::{self, Answer};
@@ -242,12 +242,26 @@ impl Vendor for MetaVendor {
         limits()
     }
 
+    fn begin_part(&self, part: &PartSchema) {
+        *self.schema.lock().expect("never poisoned") = schema_of(part);
+    }
+
     fn prepare(&self, member: &Member) -> Result<Vec<String>, Rejection> {
         meta_row(&self.schema.lock().expect("never poisoned"), member)
     }
 
+    /// The row's values under the target fields of the schema (a missing value is left out).
+    fn sample(&self, _member: &Member, wire: &Vec<String>) -> serde_json::Map<String, Value> {
+        let schema = self.schema.lock().expect("never poisoned");
+        schema
+            .iter()
+            .zip(wire)
+            .filter(|(_, value)| !value.is_empty())
+            .map(|((field, _), value)| (field.to_string(), json!(value)))
+            .collect()
+    }
+
     async fn open_audience(&self, part: &PartSchema, remembered: Option<&Audience>) -> Result<Audience, Failure> {
-        *self.schema.lock().expect("never poisoned") = schema_of(part);
         if !self.audience_id.is_empty() {
             return Ok(Audience {
                 id: self.audience_id.clone(),
@@ -462,13 +476,26 @@ impl Connector for FacebookAds {
     }
 
     async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure> {
-        let vendor = MetaVendor {
-            api: Api::of(&run.target),
-            audience_id: setting(run, "audience_id").to_string(),
-            audience_name: setting(run, "audience_name").to_string(),
-            schema: Mutex::new(Vec::new()),
-        };
-        Ok(Box::new(AudienceSink::new(vendor, run)))
+        Ok(Box::new(AudienceSink::new(vendor(run), run)))
+    }
+
+    fn sample(
+        &self,
+        run: &RunTarget<'_>,
+        part: &PartSchema,
+        rows: Vec<Vec<Value>>,
+    ) -> Vec<serde_json::Map<String, Value>> {
+        audience::sample(&vendor(run), part, rows)
+    }
+}
+
+/// The vendor a run's sink (or a preview) works with.
+fn vendor(run: &RunTarget<'_>) -> MetaVendor {
+    MetaVendor {
+        api: Api::of(&run.target),
+        audience_id: setting(run, "audience_id").to_string(),
+        audience_name: setting(run, "audience_name").to_string(),
+        schema: Mutex::new(Vec::new()),
     }
 }
 

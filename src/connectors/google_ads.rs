@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use super::audience::identifiers::{google_email, google_phone};
 use super::audience::{
-    AudienceSink, INVALID_IDENTIFIER, Member, NO_IDENTIFIER, Operation, Prepared, Sequence, Vendor, setting,
+    self, AudienceSink, INVALID_IDENTIFIER, Member, NO_IDENTIFIER, Operation, Prepared, Sequence, Vendor, setting,
 };
 use super::http::gate::{Gate, gate_for};
 use super::http::{self, Answer};
@@ -294,6 +294,19 @@ impl Vendor for GoogleVendor {
         user_identifiers(member)
     }
 
+    /// Each identifier's hash under its target field.
+    fn sample(&self, _member: &Member, wire: &Vec<Value>) -> serde_json::Map<String, Value> {
+        let fields = [("emailAddress", "email"), ("phoneNumber", "phone")];
+        wire.iter()
+            .filter_map(Value::as_object)
+            .flat_map(|identifier| identifier.iter())
+            .filter_map(|(name, value)| {
+                let (_, field) = fields.iter().find(|(wire_name, _)| wire_name == name)?;
+                Some((field.to_string(), value.clone()))
+            })
+            .collect()
+    }
+
     /// CONNECTORS.md: the user list is the export's `audience_id` (an existing Customer Match
     /// list; the Data Manager API does not create lists).
     async fn open_audience(&self, part: &PartSchema, _remembered: Option<&Audience>) -> Result<Audience, Failure> {
@@ -406,11 +419,24 @@ impl Connector for GoogleAds {
     }
 
     async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure> {
-        let vendor = GoogleVendor {
-            api: Api::of(&run.target),
-            user_list: setting(run, "audience_id").to_string(),
-        };
-        Ok(Box::new(AudienceSink::new(vendor, run)))
+        Ok(Box::new(AudienceSink::new(vendor(run), run)))
+    }
+
+    fn sample(
+        &self,
+        run: &RunTarget<'_>,
+        part: &PartSchema,
+        rows: Vec<Vec<Value>>,
+    ) -> Vec<serde_json::Map<String, Value>> {
+        audience::sample(&vendor(run), part, rows)
+    }
+}
+
+/// The vendor a run's sink (or a preview) works with.
+fn vendor(run: &RunTarget<'_>) -> GoogleVendor {
+    GoogleVendor {
+        api: Api::of(&run.target),
+        user_list: setting(run, "audience_id").to_string(),
     }
 }
 

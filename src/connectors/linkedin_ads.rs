@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 
 use super::audience::identifiers::linkedin_email;
 use super::audience::{
-    AudienceSink, INVALID_IDENTIFIER, Member, NO_IDENTIFIER, Operation, Prepared, Sequence, Vendor, setting,
+    self, AudienceSink, INVALID_IDENTIFIER, Member, NO_IDENTIFIER, Operation, Prepared, Sequence, Vendor, setting,
 };
 use super::http::gate::{Gate, gate_for};
 use super::http::{self, Answer};
@@ -194,6 +194,39 @@ enum Kind {
     Company,
 }
 
+/// The target fields of a company element and LinkedIn's names for them.
+const COMPANY_FIELDS: [(&str, &str); 3] = [
+    ("company_name", "companyName"),
+    ("email_domain", "companyEmailDomain"),
+    ("company_website", "companyWebsiteDomain"),
+];
+/// The target fields of a user element (besides the hashed email) and LinkedIn's names.
+const USER_FIELDS: [(&str, &str); 5] = [
+    ("first_name", "firstName"),
+    ("last_name", "lastName"),
+    ("title", "title"),
+    ("company", "company"),
+    ("country", "country"),
+];
+
+/// An element as a preview shows it: its values under their target fields (the hashed email
+/// under `email`).
+fn element_sample(element: &Map<String, Value>) -> Map<String, Value> {
+    let mut row: Map<String, Value> = COMPANY_FIELDS
+        .iter()
+        .chain(USER_FIELDS.iter())
+        .filter_map(|(field, name)| Some((field.to_string(), element.get(*name)?.clone())))
+        .collect();
+    if let Some(hash) = element
+        .get("userIds")
+        .and_then(|ids| ids.get(0))
+        .and_then(|id| id.get("idValue"))
+    {
+        row.insert("email".into(), hash.clone());
+    }
+    row
+}
+
 /// One element as LinkedIn receives it (without its `action`), or why it is refused first.
 pub fn element(company: bool, member: &Member) -> Result<Map<String, Value>, Rejection> {
     let mut element = Map::new();
@@ -203,11 +236,7 @@ pub fn element(company: bool, member: &Member) -> Result<Map<String, Value>, Rej
         }
     };
     if company {
-        for (field, name) in [
-            ("company_name", "companyName"),
-            ("email_domain", "companyEmailDomain"),
-            ("company_website", "companyWebsiteDomain"),
-        ] {
+        for (field, name) in COMPANY_FIELDS {
             put(field, name, &mut element);
         }
         if element.is_empty() {
@@ -220,13 +249,7 @@ pub fn element(company: bool, member: &Member) -> Result<Map<String, Value>, Rej
     };
     let hash = linkedin_email(&raw).map_err(|reason| member.reject(&reason, INVALID_IDENTIFIER))?;
     element.insert("userIds".into(), json!([{"idType": "SHA256_EMAIL", "idValue": hash}]));
-    for (field, name) in [
-        ("first_name", "firstName"),
-        ("last_name", "lastName"),
-        ("title", "title"),
-        ("company", "company"),
-        ("country", "country"),
-    ] {
+    for (field, name) in USER_FIELDS {
         put(field, name, &mut element);
     }
     Ok(element)
@@ -254,6 +277,10 @@ impl Vendor for LinkedInVendor {
 
     fn prepare(&self, member: &Member) -> Result<Map<String, Value>, Rejection> {
         element(self.kind == Kind::Company, member)
+    }
+
+    fn sample(&self, _member: &Member, wire: &Map<String, Value>) -> Map<String, Value> {
+        element_sample(wire)
     }
 
     async fn open_audience(&self, part: &PartSchema, remembered: Option<&Audience>) -> Result<Audience, Failure> {
@@ -409,23 +436,31 @@ impl Connector for LinkedInAds {
     }
 
     async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure> {
-        let platform = run.target.config("source_platform").trim();
-        let vendor = LinkedInVendor {
-            api: Api::of(&run.target),
-            kind: if setting(run, "target").eq_ignore_ascii_case("COMPANY") {
-                Kind::Company
-            } else {
-                Kind::User
-            },
-            audience_id: setting(run, "audience_id").to_string(),
-            audience_name: setting(run, "audience_name").to_string(),
-            source_platform: if platform.is_empty() {
-                "LIST_UPLOAD".into()
-            } else {
-                platform.to_string()
-            },
-        };
-        Ok(Box::new(AudienceSink::new(vendor, run)))
+        Ok(Box::new(AudienceSink::new(vendor(run), run)))
+    }
+
+    fn sample(&self, run: &RunTarget<'_>, part: &PartSchema, rows: Vec<Vec<Value>>) -> Vec<Map<String, Value>> {
+        audience::sample(&vendor(run), part, rows)
+    }
+}
+
+/// The vendor a run's sink (or a preview) works with.
+fn vendor(run: &RunTarget<'_>) -> LinkedInVendor {
+    let platform = run.target.config("source_platform").trim();
+    LinkedInVendor {
+        api: Api::of(&run.target),
+        kind: if setting(run, "target").eq_ignore_ascii_case("COMPANY") {
+            Kind::Company
+        } else {
+            Kind::User
+        },
+        audience_id: setting(run, "audience_id").to_string(),
+        audience_name: setting(run, "audience_name").to_string(),
+        source_platform: if platform.is_empty() {
+            "LIST_UPLOAD".into()
+        } else {
+            platform.to_string()
+        },
     }
 }
 

@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 use super::audience::identifiers::{plain_email, subscriber_hash};
 use super::audience::{
-    AudienceSink, INVALID_IDENTIFIER, Member, NO_IDENTIFIER, Operation, Prepared, Sequence, Vendor, setting,
+    self, AudienceSink, INVALID_IDENTIFIER, Member, NO_IDENTIFIER, Operation, Prepared, Sequence, Vendor, setting,
 };
 use super::http::gate::{Gate, gate_for};
 use super::http::{self, Answer};
@@ -190,6 +190,18 @@ impl Vendor for MailchimpVendor {
             .map(|(field, value)| (field.to_uppercase(), value.clone()))
             .collect();
         Ok(Wire { email, merge_fields })
+    }
+
+    /// The address, and each merge field under its target field.
+    fn sample(&self, member: &Member, wire: &Wire) -> Map<String, Value> {
+        let mut row: Map<String, Value> = member
+            .values
+            .keys()
+            .filter(|field| field.as_str() != "email")
+            .filter_map(|field| Some((field.clone(), wire.merge_fields.get(&field.to_uppercase())?.clone())))
+            .collect();
+        row.insert("email".into(), Value::String(wire.email.clone()));
+        row
     }
 
     /// The list is the connection's (or the export's `audience_id`); it is named after the
@@ -429,16 +441,24 @@ impl Connector for Mailchimp {
     }
 
     async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure> {
-        let list = match setting(run, "audience_id") {
-            "" => run.target.config("audience_id").trim().to_string(),
-            list => list.to_string(),
-        };
-        let vendor = MailchimpVendor {
-            api: Api::of(&run.target),
-            list,
-            tag_with_segment: setting(run, "tag_with_segment").eq_ignore_ascii_case("true"),
-        };
-        Ok(Box::new(AudienceSink::new(vendor, run)))
+        Ok(Box::new(AudienceSink::new(vendor(run), run)))
+    }
+
+    fn sample(&self, run: &RunTarget<'_>, part: &PartSchema, rows: Vec<Vec<Value>>) -> Vec<Map<String, Value>> {
+        audience::sample(&vendor(run), part, rows)
+    }
+}
+
+/// The vendor a run's sink (or a preview) works with.
+fn vendor(run: &RunTarget<'_>) -> MailchimpVendor {
+    let list = match setting(run, "audience_id") {
+        "" => run.target.config("audience_id").trim().to_string(),
+        list => list.to_string(),
+    };
+    MailchimpVendor {
+        api: Api::of(&run.target),
+        list,
+        tag_with_segment: setting(run, "tag_with_segment").eq_ignore_ascii_case("true"),
     }
 }
 

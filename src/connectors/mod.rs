@@ -124,6 +124,22 @@ pub trait Connector: Send + Sync {
         Vec::new()
     }
 
+    /// Rows of `part` to add or update (in column order, then `_deleted` for incremental
+    /// parts) as this target would receive them, for a preview (PRODUCT.md §13): one flat
+    /// object per row, keyed by the mapped target fields. Makes no request; rows the connector
+    /// refuses before sending are left out. By default the columns as they are, which is what
+    /// file and table targets write.
+    fn sample(
+        &self,
+        _run: &RunTarget<'_>,
+        part: &PartSchema,
+        rows: Vec<Vec<Value>>,
+    ) -> Vec<serde_json::Map<String, Value>> {
+        rows.into_iter()
+            .map(|row| part.columns.iter().map(|c| c.name.clone()).zip(row).collect())
+            .collect()
+    }
+
     /// Checks of a connection's configuration and secrets beyond their value kinds (a private
     /// key must parse), for CreateConnection and UpdateConnection; `secrets` are those the
     /// request gives.

@@ -136,6 +136,22 @@ impl<K: StorageKind> Connector for StorageConnector<K> {
         TestReport { checks }
     }
 
+    /// Each row as a partition holds it: the columns, then `_deleted` for incremental parts.
+    fn sample(
+        &self,
+        _run: &RunTarget<'_>,
+        part: &PartSchema,
+        rows: Vec<Vec<Value>>,
+    ) -> Vec<serde_json::Map<String, Value>> {
+        let mut names: Vec<String> = part.columns.iter().map(|c| c.name.clone()).collect();
+        if part.incremental {
+            names.push("_deleted".into());
+        }
+        rows.into_iter()
+            .map(|row| names.iter().cloned().zip(row).collect())
+            .collect()
+    }
+
     async fn open_sink(&self, run: &RunTarget<'_>) -> Result<Box<dyn Sink>, Failure> {
         let options = file_options(run.settings);
         let store = self.0.open(&run.target).await?;

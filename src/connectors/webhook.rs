@@ -190,6 +190,20 @@ impl Connector for Webhook {
             in_flight: None,
         }))
     }
+
+    /// Each row as the `records` of a batch carry it.
+    fn sample(&self, _run: &RunTarget<'_>, part: &PartSchema, rows: Vec<Vec<Value>>) -> Vec<Map<String, Value>> {
+        rows.into_iter().map(|row| record_of(&part.columns, row)).collect()
+    }
+}
+
+/// A row as a batch's `records` carry it: each column under its name, typed by its field.
+fn record_of(columns: &[super::Column], row: Vec<Value>) -> Map<String, Value> {
+    columns
+        .iter()
+        .zip(row)
+        .map(|(column, value)| (column.name.clone(), typed(column.field_type, value)))
+        .collect()
 }
 
 /// A test that got no answer names the network step that failed.
@@ -262,12 +276,7 @@ impl OpenPart {
                 removed_keys.push(key);
                 continue;
             }
-            let record: Map<String, Value> = columns
-                .iter()
-                .zip(row)
-                .map(|(column, value)| (column.name.clone(), typed(column.field_type, value)))
-                .collect();
-            records.push(Value::Object(record));
+            records.push(Value::Object(record_of(columns, row)));
             record_keys.push(key);
         }
         let body = json!({

@@ -23,6 +23,7 @@ pub mod batching;
 pub mod dependencies;
 pub mod executor;
 pub mod pipeline;
+pub mod preview;
 pub mod run_metrics;
 pub mod run_watch;
 pub mod scheduler;

@@ -9,6 +9,9 @@
 //!    remembers the run, and incremental exports the change sequences they delivered.
 //!
 //! Tasks are stored the moment they change; counts at most every half second.
+//!
+//! Step 1 writes nothing, and the rows are read by one reader: a preview (`super::preview`)
+//! checks and reads an export exactly as a run starting now would, and stops before the sink.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use crate::domain::names::ExportName;
 use crate::domain::run::{ConnectionDetail, Counts, Run, RunError, RunState, Task, Warning};
 use crate::domain::time::{now_micros, to_datetime};
 use crate::error::{Error, ErrorCode};
-use crate::store::delivered;
+use crate::store::delivered::{self, Members};
 use crate::store::record_rows::DocumentBatch;
 use crate::store::records::StoredRecord;
 use crate::store::rejects::NewReject;
@@ -66,7 +69,7 @@ pub enum Outcome {
 }
 
 /// Where a part's records come from.
-enum Source {
+pub(super) enum Source {
     Entity {
         entity: Entity,
         since: Option<i64>,
@@ -77,42 +80,68 @@ enum Source {
     /// Every member of the segment.
     Segment { segment: Segment },
     /// Incremental: members who joined or whose records changed after `since`, then those who
-    /// left, against the snapshot taken at run start.
+    /// left, against `members` (the snapshot taken at run start).
     SegmentChanges {
         segment: Segment,
         export: ExportName,
         since: i64,
+        members: Members,
     },
-    /// MIRROR (audience targets): members of the run-start snapshot not delivered yet, then
+    /// MIRROR (audience targets): members (of the run-start snapshot) not delivered yet, then
     /// those delivered who are no longer members.
-    SegmentMirror { segment: Segment, export: ExportName },
+    SegmentMirror {
+        segment: Segment,
+        export: ExportName,
+        members: Members,
+    },
 }
 
-struct Part {
-    schema: PartSchema,
+impl Source {
+    /// Records (entities) or members (segments) the source has now.
+    pub(super) fn records_total(&self) -> i64 {
+        match self {
+            Source::Entity { entity, .. } => entity.record_count,
+            Source::Segment { segment }
+            | Source::SegmentChanges { segment, .. }
+            | Source::SegmentMirror { segment, .. } => segment.member_count,
+        }
+    }
+}
+
+pub(super) struct Part {
+    pub(super) schema: PartSchema,
     /// For each column, the record field it is read from.
-    fields: Vec<String>,
+    pub(super) fields: Vec<String>,
     /// The record field holding the key (filled in for deletions and departures).
-    key_field: String,
-    source: Source,
+    pub(super) key_field: String,
+    pub(super) source: Source,
     /// Audience targets: the members each answer confirmed are recorded as delivered (and
     /// confirmed removals as no longer), batch by batch.
     remember_members: bool,
 }
 
-struct Plan {
-    export: Export,
-    connection: Connection,
-    parts: Vec<Part>,
-    warnings: Vec<Warning>,
+pub(super) struct Plan {
+    pub(super) export: Export,
+    pub(super) connection: Connection,
+    pub(super) parts: Vec<Part>,
+    pub(super) warnings: Vec<Warning>,
     /// Incremental exports: what the delivered change sequences become on success.
     sync_state: Option<BTreeMap<String, i64>>,
+    /// Dependencies being refreshed, when the check was told not to wait for them.
+    pub(super) refreshing: Vec<String>,
 }
 
-enum Checked {
+pub(super) enum Checked {
     Go(Box<Plan>),
     Skip { reason: String, warnings: Vec<Warning> },
     Wait(Vec<String>),
+}
+
+impl Part {
+    /// The column holding the record's key, if the part carries one.
+    pub(super) fn key_column(&self) -> Option<usize> {
+        self.fields.iter().position(|f| *f == self.key_field)
+    }
 }
 
 /// The run as it is being executed: tasks, counts and warnings, flushed to its row.
@@ -232,7 +261,7 @@ impl Engine {
         progress.start("validate", "checking the export, its connection and its sources");
         self.flush(run, control, &mut progress).await;
 
-        let checked = match self.check(run).await {
+        let checked = match self.check(&run.name.export_name(), true).await {
             Ok(checked) => checked,
             Err(err) => {
                 return self
@@ -241,7 +270,15 @@ impl Engine {
             }
         };
         let plan = match checked {
-            Checked::Go(plan) => *plan,
+            Checked::Go(plan) => {
+                let mut plan = *plan;
+                if let Err(err) = self.take_snapshots(&mut plan).await {
+                    return self
+                        .fail(run, control, progress, "validate", error_of("validate", &err))
+                        .await;
+                }
+                plan
+            }
             Checked::Wait(waiting_for) => {
                 tracing::info!(run = %run.name, ?waiting_for, "waiting for dependencies being refreshed");
                 return match self.store.set_waiting(&run.name, RunState::Running, &waiting_for).await {
@@ -279,14 +316,15 @@ impl Engine {
         self.transfer(run, control, progress, plan).await
     }
 
-    /// Step 1: everything that can be decided without contacting the target.
-    async fn check(&self, run: &Run) -> crate::error::Result<Checked> {
-        let stored = self.store.get_export(&run.name.export_name()).await?.ok_or_else(|| {
-            Error::precondition(
-                "EXPORT_DELETED",
-                format!("export '{}' was deleted", run.name.export_name()),
-            )
-        })?;
+    /// Step 1: everything that can be decided without contacting the target, and without
+    /// writing anything (a preview calls it too). `wait`: dependencies being refreshed send the
+    /// run back to wait; otherwise they are listed in the plan.
+    pub(super) async fn check(&self, name: &ExportName, wait: bool) -> crate::error::Result<Checked> {
+        let stored = self
+            .store
+            .get_export(name)
+            .await?
+            .ok_or_else(|| Error::precondition("EXPORT_DELETED", format!("export '{name}' was deleted")))?;
         let export = stored.export;
         let connection = match (export.state, stored.connection) {
             (ExportState::Active, Some(connection)) => connection,
@@ -301,7 +339,7 @@ impl Engine {
             }
         };
         let waiting_for = self.refreshing_dependencies(&export).await?;
-        if !waiting_for.is_empty() {
+        if wait && !waiting_for.is_empty() {
             return Ok(Checked::Wait(waiting_for));
         }
         // Saves refuse overlapping output areas; exports and roots saved before those rules
@@ -396,19 +434,22 @@ impl Engine {
                         .ok_or_else(|| missing("entity", &segment.entity))?;
                     let key = format!("segment:{}", segment.name.id);
                     sync_state.insert(key.clone(), entity.change_seq);
+                    // Compared with the current members here; a run then takes its snapshot
+                    // (`take_snapshots`).
+                    let members = Members::Current(segment.generation);
                     let source = if export.sync_mode == SyncMode::Mirror {
-                        self.store.snapshot_mirror_members(&export.name, &segment).await?;
                         Source::SegmentMirror {
                             segment: segment.clone(),
                             export: export.name.clone(),
+                            members,
                         }
                     } else if incremental {
-                        self.store.snapshot_members(&export.name, &segment).await?;
                         let since = delivered.get(&key).copied().unwrap_or(0);
                         Source::SegmentChanges {
                             segment: segment.clone(),
                             export: export.name.clone(),
                             since,
+                            members,
                         }
                     } else {
                         Source::Segment {
@@ -428,7 +469,36 @@ impl Engine {
             parts,
             warnings,
             sync_state: incremental.then_some(sync_state),
+            refreshing: waiting_for,
         })))
+    }
+
+    /// A run's segment parts compare with a snapshot of the members taken now, so that
+    /// membership stays fixed while the run reads (the one write of the run's start).
+    async fn take_snapshots(&self, plan: &mut Plan) -> crate::error::Result<()> {
+        for part in &mut plan.parts {
+            match &mut part.source {
+                Source::SegmentMirror {
+                    segment,
+                    export,
+                    members,
+                } => {
+                    self.store.snapshot_mirror_members(export, segment).await?;
+                    *members = Members::Snapshot(delivered::MIRROR_SNAPSHOT);
+                }
+                Source::SegmentChanges {
+                    segment,
+                    export,
+                    members,
+                    ..
+                } => {
+                    self.store.snapshot_members(export, segment).await?;
+                    *members = Members::Snapshot(delivered::PENDING);
+                }
+                Source::Entity { .. } | Source::Segment { .. } => {}
+            }
+        }
+        Ok(())
     }
 
     /// Steps 2 and 3.
@@ -697,45 +767,10 @@ impl Engine {
             deleted_column: part.schema.incremental.then_some(part.fields.len()),
         });
         let mut cutter = sink.limits().map(Cutter::new);
-        let (tx, mut rx) = mpsc::channel::<crate::error::Result<(usize, Batch)>>(2);
-        let store = self.store.clone();
-        let fields = part.fields.clone();
         let columns = part.fields.clone();
-        let key_column = part.fields.iter().position(|f| *f == part.key_field);
+        let key_column = part.key_column();
         let incremental = part.schema.incremental;
-        let reader = tokio::spawn(async move {
-            // Phase 0 reads the records; incremental segment parts then (phase 1) the members
-            // who left; incremental parts last (phase 2) the outstanding rejects that did not
-            // change (PRODUCT.md §12: they are sent again in every sync mode).
-            for phase in 0..3 {
-                let mut after: Option<String> = None;
-                loop {
-                    let batch = read_rows(
-                        &store,
-                        &part.source,
-                        phase,
-                        after.as_deref(),
-                        &fields,
-                        key_column,
-                        incremental,
-                    );
-                    let (read, rows, last_key) = match batch.await {
-                        Ok(batch) => batch,
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                    };
-                    if read == 0 {
-                        break;
-                    }
-                    after = last_key;
-                    if tx.send(Ok((read, rows))).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
+        let (reader, mut rx) = spawn_reader(self.store.clone(), part);
         let result = async {
             while let Some(batch) = rx.recv().await {
                 let (read, batch) = batch.map_err(Stop::Store)?;
@@ -1000,7 +1035,7 @@ impl PartRejects {
 }
 
 /// How many of `rows` are outstanding rejects being sent again (each counted once).
-fn retried_in(rows: &[Vec<Value>], key_column: Option<usize>, outstanding: &mut HashSet<String>) -> i64 {
+pub(super) fn retried_in(rows: &[Vec<Value>], key_column: Option<usize>, outstanding: &mut HashSet<String>) -> i64 {
     let Some(column) = key_column else {
         return 0;
     };
@@ -1143,15 +1178,59 @@ fn segment_part(export: &Export, segment: Segment, entity: Entity, source: Sourc
     }
 }
 
+/// Batches of a part's rows (with how many records each read), or why reading stopped.
+pub(super) type Batches = mpsc::Receiver<crate::error::Result<(usize, Batch)>>;
+
+/// Reads a part's rows in the order a run sends them, in a task of its own, through a bounded
+/// channel. Phase 0 reads the records; incremental segment parts then (phase 1) the members
+/// who left; incremental parts last (phase 2) the outstanding rejects that did not change
+/// (PRODUCT.md §12: they are sent again in every sync mode).
+pub(super) fn spawn_reader(store: Arc<crate::store::Store>, part: Part) -> (tokio::task::JoinHandle<()>, Batches) {
+    let (tx, rx) = mpsc::channel::<crate::error::Result<(usize, Batch)>>(2);
+    let key_column = part.key_column();
+    let incremental = part.schema.incremental;
+    let reader = tokio::spawn(async move {
+        for phase in 0..3 {
+            let mut after: Option<String> = None;
+            loop {
+                let batch = read_rows(
+                    &store,
+                    &part.source,
+                    phase,
+                    after.as_deref(),
+                    &part.fields,
+                    key_column,
+                    incremental,
+                );
+                let (read, rows, last_key) = match batch.await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                if read == 0 {
+                    break;
+                }
+                after = last_key;
+                if tx.send(Ok((read, rows))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (reader, rx)
+}
+
 /// A batch on its way from the reader to the sink: rows, or a full export's stored documents,
 /// which the writing side parses so that the reader is already fetching the next batch.
-enum Batch {
+pub(super) enum Batch {
     Rows(Vec<Vec<Value>>),
     Documents(DocumentBatch),
 }
 
 impl Batch {
-    fn into_rows(self, fields: &[String], incremental: bool) -> crate::error::Result<Vec<Vec<Value>>> {
+    pub(super) fn into_rows(self, fields: &[String], incremental: bool) -> crate::error::Result<Vec<Vec<Value>>> {
         match self {
             Batch::Rows(rows) => Ok(rows),
             Batch::Documents(documents) => {
@@ -1221,27 +1300,56 @@ async fn read_batch(
             0,
         ) => store.read_changes(&entity.name, *since, *until, after, BATCH).await,
         (Source::Segment { segment }, 0) => store.read_members(segment, after, BATCH).await,
-        (Source::SegmentChanges { segment, export, since }, 0) => {
+        (
+            Source::SegmentChanges {
+                segment,
+                export,
+                since,
+                members,
+            },
+            0,
+        ) => {
             store
-                .joined_or_changed_members(export, segment, *since, after, BATCH)
+                .joined_or_changed_members(export, segment, *members, *since, after, BATCH)
                 .await
         }
-        (Source::SegmentChanges { segment, export, .. }, 1) => left(
-            store
-                .left_members(export, segment, delivered::PENDING, after, BATCH)
-                .await?,
-        ),
-        (Source::SegmentMirror { segment, export }, 0) => store.joined_members(export, segment, after, BATCH).await,
-        (Source::SegmentMirror { segment, export }, 1) => left(
-            store
-                .left_members(export, segment, delivered::MIRROR_SNAPSHOT, after, BATCH)
-                .await?,
-        ),
+        (
+            Source::SegmentChanges {
+                segment,
+                export,
+                members,
+                ..
+            },
+            1,
+        )
+        | (
+            Source::SegmentMirror {
+                segment,
+                export,
+                members,
+            },
+            1,
+        ) => left(store.left_members(export, segment, *members, after, BATCH).await?),
+        (
+            Source::SegmentMirror {
+                segment,
+                export,
+                members,
+            },
+            0,
+        ) => store.joined_members(export, segment, *members, after, BATCH).await,
         // MIRROR: outstanding rejects of members delivered before (a refused update of a FULL
         // run); refused joiners and leavers are joiners and leavers again.
-        (Source::SegmentMirror { segment, export }, 2) => {
+        (
+            Source::SegmentMirror {
+                segment,
+                export,
+                members,
+            },
+            2,
+        ) => {
             store
-                .outstanding_unchanged_members(export, segment, delivered::MIRROR_SNAPSHOT, i64::MAX, after, BATCH)
+                .outstanding_unchanged_members(export, segment, *members, i64::MAX, after, BATCH)
                 .await
         }
         // Incremental: outstanding rejects the changes above did not include.
@@ -1258,9 +1366,17 @@ async fn read_batch(
                 .outstanding_unchanged_records(export, &entity.name, *since, after, BATCH)
                 .await
         }
-        (Source::SegmentChanges { segment, export, since }, 2) => {
+        (
+            Source::SegmentChanges {
+                segment,
+                export,
+                since,
+                members,
+            },
+            2,
+        ) => {
             store
-                .outstanding_unchanged_members(export, segment, delivered::PENDING, *since, after, BATCH)
+                .outstanding_unchanged_members(export, segment, *members, *since, after, BATCH)
                 .await
         }
         _ => Ok(Vec::new()),

@@ -9,6 +9,9 @@
 //! nothing else. A MIRROR run compares the delivered set with its own snapshot (state 2, never
 //! promoted): members who joined are those of the snapshot not delivered, members who left
 //! those delivered and not in the snapshot.
+//!
+//! A preview (PRODUCT.md §13) asks the same questions without writing: it compares with the
+//! segment's current members read in place ([`Members::Current`]) instead of a snapshot.
 
 use sea_orm::{ConnectionTrait, Statement};
 
@@ -26,6 +29,41 @@ pub const MIRROR_SNAPSHOT: i32 = 2;
 /// Keys per statement when confirmed members are recorded (bound values stay well below
 /// SQLite's and PostgreSQL's limits).
 const KEYS_PER_STATEMENT: usize = 500;
+
+/// Whom the joiners/leavers queries compare with what an export delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Members {
+    /// A snapshot taken at run start (`PENDING` or `MIRROR_SNAPSHOT`): fixed while the run
+    /// reads, whatever replaces the segment's members meanwhile.
+    Snapshot(i32),
+    /// The segment's members of this generation, read in place: a preview, which must not
+    /// write a snapshot.
+    Current(i64),
+}
+
+impl Members {
+    /// The table holding the members (aliased `p` by the caller) and the condition (with its
+    /// values, in order) that picks the export's segment out of it; `p.env` and `p.key` are
+    /// joined by the caller.
+    pub(crate) fn table(
+        &self,
+        export: &ExportName,
+        segment: &Segment,
+    ) -> (&'static str, &'static str, Vec<sea_orm::Value>) {
+        match *self {
+            Members::Snapshot(state) => (
+                "delivered_members",
+                "p.export = ? AND p.segment = ? AND p.state = ?",
+                vec![export.id.clone().into(), segment.name.id.clone().into(), state.into()],
+            ),
+            Members::Current(generation) => (
+                "segment_members",
+                "p.segment = ? AND p.generation = ?",
+                vec![segment.name.id.clone().into(), generation.into()],
+            ),
+        }
+    }
+}
 
 impl Store {
     /// Takes the snapshot of the segment's current members for an incremental run of `export`.
@@ -78,36 +116,39 @@ impl Store {
         Ok(())
     }
 
-    /// Members of the snapshot who were not delivered or whose records changed after `since`,
+    /// Members (`members`) who were not delivered or whose records changed after `since`,
     /// joined to their records, in key order after `after`.
     pub async fn joined_or_changed_members(
         &self,
         export: &ExportName,
         segment: &Segment,
+        members: Members,
         since: i64,
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<StoredRecord>> {
         let backend = self.backend();
+        let (table, picked, picked_values) = members.table(export, segment);
         let text = super::placeholders(
             backend,
-            "SELECT r.key, r.data, r.seq FROM delivered_members p \
-             JOIN records r ON r.env = p.env AND r.entity = ? AND r.key = p.key \
-             LEFT JOIN delivered_members d ON d.env = p.env AND d.export = p.export AND d.segment = p.segment \
-               AND d.state = 0 AND d.key = p.key \
-             WHERE p.env = ? AND p.export = ? AND p.segment = ? AND p.state = 1 AND p.key > ? \
-               AND NOT r.deleted AND (d.key IS NULL OR r.seq > ?) \
-             ORDER BY p.key LIMIT ?",
+            &format!(
+                "SELECT r.key, r.data, r.seq FROM {table} p \
+                 JOIN records r ON r.env = p.env AND r.entity = ? AND r.key = p.key \
+                 LEFT JOIN delivered_members d ON d.env = p.env AND d.export = ? AND d.segment = ? \
+                   AND d.state = 0 AND d.key = p.key \
+                 WHERE p.env = ? AND {picked} AND p.key > ? \
+                   AND NOT r.deleted AND (d.key IS NULL OR r.seq > ?) \
+                 ORDER BY p.key LIMIT ?"
+            ),
         );
-        let values: Vec<sea_orm::Value> = vec![
+        let mut values: Vec<sea_orm::Value> = vec![
             segment.entity.id.clone().into(),
-            export.env.clone().into(),
             export.id.clone().into(),
             segment.name.id.clone().into(),
-            after.unwrap_or("").into(),
-            since.into(),
-            (limit as i64).into(),
+            export.env.clone().into(),
         ];
+        values.extend(picked_values);
+        values.extend([after.unwrap_or("").into(), since.into(), (limit as i64).into()]);
         let rows = self
             .reader()
             .query_all_raw(Statement::from_sql_and_values(backend, text, values))
@@ -115,34 +156,35 @@ impl Store {
         rows.iter().map(super::records::live_record_of).collect()
     }
 
-    /// Keys delivered before but absent from the snapshot `state` (members who left, or whose
-    /// records were deleted), with the fields they were delivered with (audience targets, which
-    /// remove people by the identifiers they were sent), in key order after `after`.
+    /// Keys delivered before but absent from `members` (members who left, or whose records
+    /// were deleted), with the fields they were delivered with (audience targets, which remove
+    /// people by the identifiers they were sent), in key order after `after`.
     pub async fn left_members(
         &self,
         export: &ExportName,
         segment: &Segment,
-        state: i32,
+        members: Members,
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<(String, Option<String>)>> {
         let backend = self.backend();
+        let (table, picked, mut values) = members.table(export, segment);
         let text = super::placeholders(
             backend,
-            "SELECT d.key, d.sent FROM delivered_members d \
-             LEFT JOIN delivered_members p ON p.env = d.env AND p.export = d.export AND p.segment = d.segment \
-               AND p.state = ? AND p.key = d.key \
-             WHERE d.env = ? AND d.export = ? AND d.segment = ? AND d.state = 0 AND d.key > ? AND p.key IS NULL \
-             ORDER BY d.key LIMIT ?",
+            &format!(
+                "SELECT d.key, d.sent FROM delivered_members d \
+                 LEFT JOIN {table} p ON p.env = d.env AND p.key = d.key AND {picked} \
+                 WHERE d.env = ? AND d.export = ? AND d.segment = ? AND d.state = 0 AND d.key > ? AND p.key IS NULL \
+                 ORDER BY d.key LIMIT ?"
+            ),
         );
-        let values: Vec<sea_orm::Value> = vec![
-            state.into(),
+        values.extend([
             export.env.clone().into(),
             export.id.clone().into(),
             segment.name.id.clone().into(),
             after.unwrap_or("").into(),
             (limit as i64).into(),
-        ];
+        ]);
         let rows = self
             .reader()
             .query_all_raw(Statement::from_sql_and_values(backend, text, values))
@@ -154,40 +196,19 @@ impl Store {
 }
 
 impl Store {
-    /// Members of the MIRROR snapshot not delivered yet (those who joined, and those whose
+    /// MIRROR: members (`members`) not delivered yet (those who joined, and those whose
     /// earlier delivery was refused), joined to their records, in key order after `after`.
     pub async fn joined_members(
         &self,
         export: &ExportName,
         segment: &Segment,
+        members: Members,
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<StoredRecord>> {
-        let backend = self.backend();
-        let text = super::placeholders(
-            backend,
-            "SELECT r.key, r.data, r.seq FROM delivered_members p \
-             JOIN records r ON r.env = p.env AND r.entity = ? AND r.key = p.key \
-             LEFT JOIN delivered_members d ON d.env = p.env AND d.export = p.export AND d.segment = p.segment \
-               AND d.state = 0 AND d.key = p.key \
-             WHERE p.env = ? AND p.export = ? AND p.segment = ? AND p.state = ? AND p.key > ? \
-               AND NOT r.deleted AND d.key IS NULL \
-             ORDER BY p.key LIMIT ?",
-        );
-        let values: Vec<sea_orm::Value> = vec![
-            segment.entity.id.clone().into(),
-            export.env.clone().into(),
-            export.id.clone().into(),
-            segment.name.id.clone().into(),
-            MIRROR_SNAPSHOT.into(),
-            after.unwrap_or("").into(),
-            (limit as i64).into(),
-        ];
-        let rows = self
-            .reader()
-            .query_all_raw(Statement::from_sql_and_values(backend, text, values))
-            .await?;
-        rows.iter().map(super::records::live_record_of).collect()
+        // No delivered member's record changes "after the end of time".
+        self.joined_or_changed_members(export, segment, members, i64::MAX, after, limit)
+            .await
     }
 
     /// Records what the target confirmed for one batch of an audience export: `added` members

@@ -246,34 +246,34 @@ impl Store {
     }
 
     /// Outstanding rejects of an incremental or MIRROR segment export that its run would not
-    /// send otherwise: members of the run's snapshot (`snapshot`, a state of
-    /// [`delivered`](super::delivered)) who were delivered before and whose records did not
-    /// change since `since`, in key order after `after`.
+    /// send otherwise: members (`members`: the run's snapshot, or a preview's current members)
+    /// who were delivered before and whose records did not change since `since`, in key order
+    /// after `after`.
     pub async fn outstanding_unchanged_members(
         &self,
         export: &ExportName,
         segment: &Segment,
-        snapshot: i32,
+        members: super::delivered::Members,
         since: i64,
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<StoredRecord>> {
         let backend = self.backend();
+        let (table, picked, mut values) = members.table(export, segment);
         let text = super::placeholders(
             backend,
-            "SELECT r.key, r.data, r.seq FROM rejected_records x \
-             JOIN delivered_members p ON p.env = x.env AND p.export = x.export AND p.segment = ? \
-               AND p.state = ? AND p.key = x.key \
-             JOIN delivered_members d ON d.env = x.env AND d.export = x.export AND d.segment = ? \
-               AND d.state = 0 AND d.key = x.key \
-             JOIN records r ON r.env = x.env AND r.entity = ? AND r.key = x.key \
-             WHERE x.env = ? AND x.export = ? AND x.source = ? AND x.outstanding = ? AND x.key > ? \
-               AND NOT r.deleted AND r.seq <= ? \
-             ORDER BY x.key LIMIT ?",
+            &format!(
+                "SELECT r.key, r.data, r.seq FROM rejected_records x \
+                 JOIN {table} p ON p.env = x.env AND p.key = x.key AND {picked} \
+                 JOIN delivered_members d ON d.env = x.env AND d.export = x.export AND d.segment = ? \
+                   AND d.state = 0 AND d.key = x.key \
+                 JOIN records r ON r.env = x.env AND r.entity = ? AND r.key = x.key \
+                 WHERE x.env = ? AND x.export = ? AND x.source = ? AND x.outstanding = ? AND x.key > ? \
+                   AND NOT r.deleted AND r.seq <= ? \
+                 ORDER BY x.key LIMIT ?"
+            ),
         );
-        let values: Vec<sea_orm::Value> = vec![
-            segment.name.id.clone().into(),
-            snapshot.into(),
+        values.extend([
             segment.name.id.clone().into(),
             segment.entity.id.clone().into(),
             export.env.clone().into(),
@@ -283,7 +283,7 @@ impl Store {
             after.unwrap_or("").into(),
             since.into(),
             (limit as i64).into(),
-        ];
+        ]);
         self.query_records(text, values).await
     }
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::retry::Failure;
 use super::{Audience, Cancellation, Delivery, PartSchema, Rejection, RunTarget, Sink, SinkLimits, SinkSummary};
@@ -144,9 +144,17 @@ pub trait Vendor: Send + Sync + 'static {
     /// Records per request, requests per second and in flight (the vendor's published limits).
     fn limits(&self) -> SinkLimits;
 
+    /// A part opens: a vendor whose wire depends on the part's columns (Meta's schema) takes
+    /// them here, before any member is prepared. Pure: a preview calls it too.
+    fn begin_part(&self, _part: &PartSchema) {}
+
     /// What the vendor receives for a member, or why it is refused before the vendor sees it
     /// (`NO_IDENTIFIER`, `INVALID_IDENTIFIER`). Pure: a preview calls it too.
     fn prepare(&self, member: &Member) -> Result<Self::Wire, Rejection>;
+
+    /// A prepared member as a preview shows it (PRODUCT.md §13): one flat object keyed by the
+    /// mapped target fields, each with the value the wire carries for it (normalised, hashed).
+    fn sample(&self, member: &Member, wire: &Self::Wire) -> Map<String, Value>;
 
     /// The audience the part fills: the one remembered from earlier runs, else the one the
     /// settings name, else found by name or created.
@@ -219,6 +227,18 @@ impl<V: Vendor> AudienceSink<V> {
     }
 }
 
+/// A preview's rows as the vendor would receive them, through the sink's own steps (the part
+/// opens, rows become members, each member is prepared) without a request; members refused
+/// before sending are left out, as a run sends them nowhere. Rows are members to add.
+pub fn sample<V: Vendor>(vendor: &V, part: &PartSchema, rows: Vec<Vec<Value>>) -> Vec<Map<String, Value>> {
+    vendor.begin_part(part);
+    let (upserts, _) = Layout::of(part).members(rows);
+    upserts
+        .iter()
+        .filter_map(|member| vendor.prepare(member).ok().map(|wire| vendor.sample(member, &wire)))
+        .collect()
+}
+
 fn add(total: &mut Delivery, more: Delivery) {
     total.accepted += more.accepted;
     total.removed += more.removed;
@@ -229,6 +249,7 @@ fn add(total: &mut Delivery, more: Delivery) {
 impl<V: Vendor> Sink for AudienceSink<V> {
     async fn begin_part(&mut self, part: &PartSchema) -> Result<(), Failure> {
         let vendor = self.vendor.clone();
+        vendor.begin_part(part);
         let remembered = self.remembered.get(&part.id).cloned();
         let audience = self
             .cancellation
