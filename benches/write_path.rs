@@ -112,6 +112,9 @@ async fn alert_policy(server: &Server) {
         .unwrap();
 }
 
+/// One figure of a measurement (a row of the table).
+type Figure = fn(&Figures) -> f64;
+
 struct Figures {
     create_per_s: f64,
     update_per_s: f64,
@@ -200,7 +203,7 @@ fn main() {
                 b.push(measure(&before, false, backend, &runtime));
             }
         }
-        let rows: [(&str, fn(&Figures) -> f64); 3] = [
+        let rows: [(&str, Figure); 3] = [
             ("CreateExport", |f| f.create_per_s),
             ("UpdateExport", |f| f.update_per_s),
             ("WriteRecords (records)", |f| f.records_per_s),
