@@ -9,7 +9,7 @@
 //! evaluation is on its path too.
 //!
 //! Build the baseline once (the commit before the audit log was merged):
-//! `git worktree add /tmp/exportd-before e901a24^1 && (cd /tmp/exportd-before && cargo build --release --bin exportd)`
+//! `git worktree add /tmp/exportd-before 3968b79 && (cd /tmp/exportd-before && cargo build --release --bin exportd)`
 //! then `BENCH_BEFORE_EXE=<its target>/release/exportd cargo bench --bench write_path`.
 //! Knobs: BENCH_EXPORTS (2,000), BENCH_CLIENTS (8), BENCH_RECORDS (200,000), BENCH_ROUNDS (2),
 //! BENCH_BACKENDS (sqlite,postgres).
@@ -130,7 +130,7 @@ fn measure(exe: &Path, with_policy: bool, backend: &str, runtime: &tokio::runtim
     // No runs execute meanwhile: the write path alone.
     let server = Server::start_exe(exe, backend, &[("EXPORTD_WORKERS", "0")]);
     server.create_environment("bench", "b2c");
-    let root = server.data_dir.path().join("out");
+    let root = server.data_dir.path().join("exports").join("bench").join("out");
     std::fs::create_dir_all(&root).unwrap();
     runtime.block_on(async {
         let record_seconds = write_records(&server, records).await;
