@@ -9,7 +9,8 @@
 //!   `data` rows as long as the schema, every value SHA-256 hex or "" but EXTERN_ID, 1 to
 //!   10,000 rows) and `session` (`session_id`, `batch_seq` from 1, `last_batch_flag`,
 //!   `estimated_num_total`); answers `num_received`, `num_invalid_entries`,
-//!   `invalid_entry_samples` for values it was told are invalid;
+//!   `invalid_entry_samples` for values it was told are invalid (on cue, samples of a few of
+//!   them only, as Meta does for many);
 //! - on cue: an error code (e.g. 17, "User request limit reached") for the next requests.
 
 use super::json_reply::reply;
@@ -59,6 +60,8 @@ struct State {
     calls: Vec<Call>,
     /// Values answered as invalid entries, with the reason.
     invalid: BTreeMap<String, String>,
+    /// At most this many `invalid_entry_samples` an answer (all when unset).
+    samples_at_most: Option<usize>,
     /// Error codes for the next requests.
     errors: VecDeque<i64>,
     /// (session_id, operation) → the batch_seq values seen (each once; batches of a session
@@ -123,6 +126,12 @@ impl MetaDouble {
     /// A sent value Meta reports as an invalid entry.
     pub fn invalid(&self, value: &str, reason: &str) {
         self.state.lock().unwrap().invalid.insert(value.into(), reason.into());
+    }
+
+    /// Answers name at most `samples` of their invalid entries (`num_invalid_entries` counts
+    /// them all).
+    pub fn sample_at_most(&self, samples: usize) {
+        self.state.lock().unwrap().samples_at_most = Some(samples);
     }
 
     pub fn accept_all(&self) {
@@ -312,7 +321,9 @@ fn users(state: &mut State, method: &str, audience: &str, body: &Value) -> Respo
             .find_map(|v| state.invalid.get(v).map(|r| (v.clone(), r.clone())))
         {
             invalid += 1;
-            samples.insert(value, json!(reason));
+            if state.samples_at_most.is_none_or(|most| samples.len() < most) {
+                samples.insert(value, json!(reason));
+            }
             continue;
         }
         if method == "POST" {
