@@ -12,8 +12,13 @@
 //! run's own. Beside them, the floor: the same segment to local CSV files (reading the
 //! members and writing them, no network, no hashing).
 //!
+//! Besides doubles that answer at once (the case), the same runs against doubles that
+//! take a fixed time to answer, as a real vendor's round trip does, where the round trips are
+//! the work.
+//!
 //! Run: `cargo bench --bench audience` (BENCH_MEMBERS, default 100000; BENCH_ROUNDS, default
-//! 30, the baseline's round trips per vendor).
+//! 30, the baseline's round trips per vendor; BENCH_DELAYS_MS, default `0,20`, how long the
+//! doubles take to answer).
 
 mod support;
 
@@ -71,12 +76,29 @@ fn origin(url: &str) -> String {
 }
 
 impl Double {
-    async fn start(vendor: &str) -> Double {
+    /// A double of `vendor` whose answers take `delay`.
+    async fn start(vendor: &str, delay: std::time::Duration) -> Double {
         match vendor {
-            "mailchimp" => Double::Mailchimp(MailchimpDouble::start(MAILCHIMP_KEY).await),
-            "facebook-ads" => Double::Meta(MetaDouble::start(META_TOKEN).await),
-            "google-ads" => Double::Google(GoogleDouble::start().await),
-            _ => Double::LinkedIn(LinkedInDouble::start(LINKEDIN_TOKEN).await),
+            "mailchimp" => {
+                let double = MailchimpDouble::start(MAILCHIMP_KEY).await;
+                double.answer_after(delay);
+                Double::Mailchimp(double)
+            }
+            "facebook-ads" => {
+                let double = MetaDouble::start(META_TOKEN).await;
+                double.answer_after(delay);
+                Double::Meta(double)
+            }
+            "google-ads" => {
+                let double = GoogleDouble::start().await;
+                double.answer_after(delay);
+                Double::Google(double)
+            }
+            _ => {
+                let double = LinkedInDouble::start(LINKEDIN_TOKEN).await;
+                double.answer_after(delay);
+                Double::LinkedIn(double)
+            }
         }
     }
 
@@ -312,6 +334,11 @@ async fn create_segment(server: &Server, n: usize) {
 fn main() {
     let n = env_number("BENCH_MEMBERS", 100_000);
     let rounds = env_number("BENCH_ROUNDS", 30);
+    let delays: Vec<u64> = std::env::var("BENCH_DELAYS_MS")
+        .unwrap_or_else(|_| "0,20".into())
+        .split(',')
+        .map(|d| d.trim().parse().expect("milliseconds"))
+        .collect();
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     let mut server = Server::start("sqlite", &[]);
@@ -322,6 +349,7 @@ fn main() {
         "{}",
         table_row(&[
             "target".into(),
+            "double answers after ms".into(),
             "members".into(),
             "requests".into(),
             "concurrency".into(),
@@ -329,12 +357,14 @@ fn main() {
             "ideal s".into(),
             "exportd run s".into(),
             "ratio".into(),
+            "ideal in whole rounds s".into(),
+            "ratio to whole rounds".into(),
             "members/s".into(),
             "exportd CPU µs/member".into(),
             "server peak RSS MiB".into(),
         ])
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let dash = || "—".to_string();
 
     // The floor: the same members read and written as local CSV files.
@@ -356,6 +386,7 @@ fn main() {
         "{}",
         table_row(&[
             "local-files CSV (floor)".into(),
+            dash(),
             n.to_string(),
             dash(),
             dash(),
@@ -363,48 +394,58 @@ fn main() {
             dash(),
             format!("{seconds:.2}"),
             dash(),
+            dash(),
+            dash(),
             format!("{:.0}", n as f64 / seconds),
             format!("{:.2}", cpu * 1e6 / n as f64),
             format!("{rss:.0}"),
         ])
     );
 
-    for vendor in ["mailchimp", "facebook-ads", "google-ads", "linkedin-ads"] {
-        let double = runtime.block_on(Double::start(vendor));
-        let (config, secrets, settings) = double.connection();
-        let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let connection = vendor.replace('-', "");
-        runtime.block_on(create_connection(&server, &connection, vendor, &config, &secrets));
-        let export = format!("to-{connection}");
-        runtime.block_on(create_segment_export(
-            &server,
-            &export,
-            &connection,
-            &settings,
-            &mappings,
-        ));
-        let (next, seconds, cpu, rss) = measure(&runtime, server, &export, n);
-        server = next;
-        let requests = double.member_requests();
-        let round_trip = runtime.block_on(median_round_trip(&requests, rounds));
-        let concurrency = double.concurrency();
-        let ideal = requests.len() as f64 * round_trip / concurrency as f64;
-        println!(
-            "{}",
-            table_row(&[
-                vendor.into(),
-                n.to_string(),
-                requests.len().to_string(),
-                concurrency.to_string(),
-                format!("{:.2}", round_trip * 1000.0),
-                format!("{ideal:.2}"),
-                format!("{seconds:.2}"),
-                format!("**{:.2}×**", seconds / ideal),
-                format!("{:.0}", n as f64 / seconds),
-                format!("{:.2}", cpu * 1e6 / n as f64),
-                format!("{rss:.0}"),
-            ])
-        );
+    for delay in delays {
+        for vendor in ["mailchimp", "facebook-ads", "google-ads", "linkedin-ads"] {
+            let double = runtime.block_on(Double::start(vendor, std::time::Duration::from_millis(delay)));
+            let (config, secrets, settings) = double.connection();
+            let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let connection = format!("{}{delay}", vendor.replace('-', ""));
+            runtime.block_on(create_connection(&server, &connection, vendor, &config, &secrets));
+            let export = format!("to-{connection}");
+            runtime.block_on(create_segment_export(
+                &server,
+                &export,
+                &connection,
+                &settings,
+                &mappings,
+            ));
+            let (next, seconds, cpu, rss) = measure(&runtime, server, &export, n);
+            server = next;
+            let requests = double.member_requests();
+            let round_trip = runtime.block_on(median_round_trip(&requests, rounds));
+            let concurrency = double.concurrency();
+            // The ideal, and the one of whole rounds of `concurrency` requests (a
+            // request cannot take a fraction of a round trip).
+            let ideal = requests.len() as f64 * round_trip / concurrency as f64;
+            let rounds_ideal = requests.len().div_ceil(concurrency) as f64 * round_trip;
+            println!(
+                "{}",
+                table_row(&[
+                    vendor.into(),
+                    delay.to_string(),
+                    n.to_string(),
+                    requests.len().to_string(),
+                    concurrency.to_string(),
+                    format!("{:.2}", round_trip * 1000.0),
+                    format!("{ideal:.2}"),
+                    format!("{seconds:.2}"),
+                    format!("**{:.2}×**", seconds / ideal),
+                    format!("{rounds_ideal:.2}"),
+                    format!("{:.2}×", seconds / rounds_ideal),
+                    format!("{:.0}", n as f64 / seconds),
+                    format!("{:.2}", cpu * 1e6 / n as f64),
+                    format!("{rss:.0}"),
+                ])
+            );
+        }
     }
     let _ = server.stop();
 }

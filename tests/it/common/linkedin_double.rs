@@ -33,6 +33,8 @@ pub struct Call {
 
 #[derive(Default)]
 struct State {
+    /// How long every answer takes (the benchmark's slower vendor; none by default).
+    delay: std::time::Duration,
     token: String,
     /// id → (name, type).
     segments: BTreeMap<u64, (String, String)>,
@@ -84,6 +86,11 @@ impl LinkedInDouble {
         self.state.lock().unwrap().members.get(&id).cloned().unwrap_or_default()
     }
 
+    /// Every later answer takes `delay` (as a real vendor's round trip does).
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         self.state.lock().unwrap().calls.clone()
     }
@@ -131,6 +138,10 @@ async fn serve(request: Request<Incoming>, shared: Arc<Mutex<State>>) -> Result<
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let delay = shared.lock().unwrap().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut state = shared.lock().unwrap();
     state.calls.push(Call {
         method: method.clone(),

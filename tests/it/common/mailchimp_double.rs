@@ -53,6 +53,8 @@ pub struct ListMember {
 
 #[derive(Default)]
 struct State {
+    /// How long every answer takes (the benchmark's slower vendor; none by default).
+    delay: std::time::Duration,
     api_key: String,
     lists: BTreeMap<String, String>,
     /// list id → lower-cased email → member.
@@ -150,6 +152,11 @@ impl MailchimpDouble {
         if let Some(hold) = self.state.lock().unwrap().hold.take() {
             hold.close();
         }
+    }
+
+    /// Every later answer takes `delay` (as a real vendor's round trip does).
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -272,6 +279,10 @@ async fn serve(request: Request<Incoming>, shared: Arc<Mutex<State>>) -> Result<
         if subscribe { state.hold.clone() } else { None }
     };
     let _in_flight = InFlight(shared.clone());
+    let delay = shared.lock().unwrap().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(hold) = hold {
         let _ = hold.acquire().await;
     }
