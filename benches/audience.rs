@@ -18,7 +18,7 @@
 //!
 //! Run: `cargo bench --bench audience` (BENCH_MEMBERS, default 100000; BENCH_ROUNDS, default
 //! 30, the baseline's round trips per vendor; BENCH_DELAYS_MS, default `0,20`, how long the
-//! doubles take to answer).
+//! doubles take to answer; BENCH_VENDORS, default all four, comma-separated type ids).
 
 mod support;
 
@@ -339,6 +339,8 @@ fn main() {
         .split(',')
         .map(|d| d.trim().parse().expect("milliseconds"))
         .collect();
+    let vendors =
+        std::env::var("BENCH_VENDORS").unwrap_or_else(|_| "mailchimp,facebook-ads,google-ads,linkedin-ads".into());
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     let mut server = Server::start("sqlite", &[]);
@@ -403,7 +405,7 @@ fn main() {
     );
 
     for delay in delays {
-        for vendor in ["mailchimp", "facebook-ads", "google-ads", "linkedin-ads"] {
+        for vendor in vendors.split(',').map(str::trim) {
             let double = runtime.block_on(Double::start(vendor, std::time::Duration::from_millis(delay)));
             let (config, secrets, settings) = double.connection();
             let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
