@@ -344,26 +344,26 @@ impl Vendor for MetaVendor {
         }
         let rejected = invalid_entries(&value, &members);
         let sent = members.len() as u64;
-        // Invalid entries beyond the samples cannot be named: they are not counted as taken.
+        // Meta counts every invalid entry but names only samples of them: those beyond the
+        // samples are rejected records no one can list (nor retry), not members taken.
         let invalid = value
             .get("num_invalid_entries")
             .and_then(Value::as_u64)
             .unwrap_or(0)
             .max(rejected.len() as u64)
             .min(sent);
+        let unlisted_rejects = invalid - rejected.len() as u64;
         let taken = sent - invalid;
-        Ok(match operation {
-            Operation::Add => Delivery {
-                accepted: taken,
-                rejected,
-                ..Delivery::default()
-            },
-            Operation::Remove => Delivery {
-                removed: taken,
-                rejected,
-                ..Delivery::default()
-            },
-        })
+        let mut delivery = Delivery {
+            rejected,
+            unlisted_rejects,
+            ..Delivery::default()
+        };
+        match operation {
+            Operation::Add => delivery.accepted = taken,
+            Operation::Remove => delivery.removed = taken,
+        }
+        Ok(delivery)
     }
 }
 

@@ -184,8 +184,8 @@ impl Api {
     }
 
     /// A POST with a bearer token; a 401 refreshes the token once and sends it again.
-    async fn post(&self, path: &str, body: &Value) -> Result<(Answer, Value), Failure> {
-        let bytes = bytes::Bytes::from(serde_json::to_vec(body).expect("JSON values serialize"));
+    async fn post<B: serde::Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<(Answer, Value), Failure> {
+        let bytes = bytes::Bytes::from(serde_json::to_vec(body).expect("request bodies serialize"));
         let url = format!("{}{path}", self.root);
         let mut fresh = false;
         loop {
@@ -219,6 +219,33 @@ impl Api {
         }
         destination
     }
+}
+
+/// An `audienceMembers:ingest` or `:remove` body, serialized straight from the prepared members
+/// (a JSON tree of 10,000 members beside them would double a request's memory).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MembersRequest<'a> {
+    destinations: [Value; 1],
+    audience_members: Vec<AudienceMember<'a>>,
+    encoding: &'static str,
+    /// Ingest only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    terms_of_service: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consent: Option<Value>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AudienceMember<'a> {
+    user_data: UserData<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserData<'a> {
+    user_identifiers: &'a [Value],
 }
 
 /// `google.rpc.Status` of an error answer: its message, and the members its field violations
@@ -340,15 +367,21 @@ impl Vendor for GoogleVendor {
             if pending.is_empty() {
                 break;
             }
-            let mut body = json!({
-                "destinations": [self.api.destination(&audience.id)],
-                "audienceMembers": pending.iter().map(|m| json!({"userData": {"userIdentifiers": m.wire}})).collect::<Vec<_>>(),
-                "encoding": "HEX",
-            });
-            if operation == Operation::Add {
-                body["termsOfService"] = json!({"customerMatchTermsOfServiceStatus": "ACCEPTED"});
-                body["consent"] = json!({"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"});
-            }
+            let add = operation == Operation::Add;
+            let body = MembersRequest {
+                destinations: [self.api.destination(&audience.id)],
+                audience_members: pending
+                    .iter()
+                    .map(|m| AudienceMember {
+                        user_data: UserData {
+                            user_identifiers: &m.wire,
+                        },
+                    })
+                    .collect(),
+                encoding: "HEX",
+                terms_of_service: add.then(|| json!({"customerMatchTermsOfServiceStatus": "ACCEPTED"})),
+                consent: add.then(|| json!({"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"})),
+            };
             let (answer, value) = self.api.post(path, &body).await?;
             if answer.status.is_success() {
                 let taken = pending.len() as u64;

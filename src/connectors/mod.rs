@@ -346,6 +346,9 @@ pub struct Delivery {
     pub accepted: u64,
     pub removed: u64,
     pub rejected: Vec<Rejection>,
+    /// Records the target refused without saying which (Meta reports a count of invalid
+    /// entries and names only samples of them): counted as rejected, not listed.
+    pub unlisted_rejects: u64,
     /// Bytes written so far, for sinks that count them.
     pub bytes: Option<u64>,
 }

@@ -400,6 +400,7 @@ impl WebhookSink {
                 removed: removals - rejected_removals,
                 rejected,
                 bytes: Some(self.bytes_sent),
+                ..Delivery::default()
             });
         }
         if answer.status.is_client_error() {

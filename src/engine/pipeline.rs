@@ -150,6 +150,8 @@ struct Progress {
     counts: Counts,
     warnings: Vec<Warning>,
     flushed: Instant,
+    /// Of `counts.rejected`, those the target did not name (not in ListRejectedRecords).
+    unlisted_rejects: i64,
 }
 
 impl Progress {
@@ -191,7 +193,8 @@ impl Progress {
     /// Counts what the target made of a batch.
     fn account(&mut self, delivery: Delivery) {
         self.counts.exported += delivery.accepted as i64;
-        self.counts.rejected += delivery.rejected.len() as i64;
+        self.counts.rejected += (delivery.rejected.len() as u64 + delivery.unlisted_rejects) as i64;
+        self.unlisted_rejects += delivery.unlisted_rejects as i64;
         self.counts.removed += delivery.removed as i64;
         if let Some(bytes) = delivery.bytes {
             self.counts.bytes = bytes as i64;
@@ -257,6 +260,7 @@ impl Engine {
             counts: Counts::default(),
             warnings: Vec::new(),
             flushed: Instant::now(),
+            unlisted_rejects: 0,
         };
         progress.start("validate", "checking the export, its connection and its sources");
         self.flush(run, control, &mut progress).await;
@@ -633,10 +637,17 @@ impl Engine {
             return self.fail(run, control, progress, "write", error).await;
         }
         if rejected > 0 {
+            let listed = match progress.unlisted_rejects {
+                0 => "ListRejectedRecords shows them".to_string(),
+                unlisted => format!(
+                    "ListRejectedRecords shows the {} the target named ({unlisted} it did not name)",
+                    rejected - unlisted
+                ),
+            };
             progress.warnings.push(Warning {
                 code: RECORDS_REJECTED.into(),
                 message: format!(
-                    "the target rejected {rejected} {}; ListRejectedRecords shows them",
+                    "the target rejected {rejected} {}; {listed}",
                     if rejected == 1 { "record" } else { "records" }
                 ),
                 subject: plan.export.name.to_string(),

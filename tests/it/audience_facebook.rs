@@ -199,6 +199,43 @@ async fn invalid_entries_are_rejected_then_retried_and_rate_limit_codes_are_retr
 }
 
 #[tokio::test]
+async fn invalid_entries_meta_counts_but_does_not_name_are_counted_as_rejected() {
+    let double = MetaDouble::start(TOKEN).await;
+    for i in [2, 4, 8] {
+        double.invalid(&row(i)[0], "Invalid email format");
+    }
+    double.sample_at_most(1);
+    let t = server_with(&double).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    create_export(&mut exports, audience_export("ads", VIP, pb::SyncMode::Full, &[])).await;
+    let export = export_name("acme", "ads");
+    let run = run_to_end(&mut exports, &export).await;
+    assert_eq!(run_state(&run), pb::RunState::Succeeded, "{:?}", run.error);
+    assert_eq!(
+        (run.records_exported, run.records_rejected),
+        (2, 3),
+        "num_invalid_entries, not the samples"
+    );
+    let warning = run
+        .warnings
+        .iter()
+        .find(|w| w.code == "RECORDS_REJECTED")
+        .expect("a warning");
+    assert_eq!(
+        warning.message,
+        "the target rejected 3 records; ListRejectedRecords shows the 1 the target named (2 it did not name)"
+    );
+    let rejected = list_rejected(&mut exports, &export).await;
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(
+        (rejected[0].key.as_str(), rejected[0].code.as_str()),
+        ("c02", "INVALID_ENTRY")
+    );
+    assert_eq!(double.users(&double.audiences().into_keys().next().unwrap()).len(), 2);
+    t.stop().await;
+}
+
+#[tokio::test]
 async fn members_without_email_or_phone_or_with_a_malformed_one_never_reach_meta() {
     let double = MetaDouble::start(TOKEN).await;
     let t = server_with(&double).await;

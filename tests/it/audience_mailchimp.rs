@@ -139,29 +139,31 @@ async fn a_full_export_subscribes_every_member_with_merge_fields_and_the_segment
     t.stop().await;
 }
 
-#[tokio::test]
-async fn calls_carry_at_most_500_members_over_at_most_10_connections() {
-    let double = MailchimpDouble::start(KEY).await;
-    let t = server_with(&double).await;
+/// Members of [`segment_of_many`]: three batch subscribes (500, 500, 234).
+const MANY: usize = 1_234;
+
+/// A segment `many` of `count` customers `m0000…` with addresses `m0000@example.com…`.
+async fn segment_of_many(t: &TestServer, count: usize) -> String {
     let mut catalog = t.catalog("acme", Role::Admin).await;
-    let many: Vec<serde_json::Value> = (0..1_234)
+    let many: Vec<serde_json::Value> = (0..count)
         .map(|i| json!({"id": format!("m{i:04}"), "email": format!("m{i:04}@example.com"), "country": "SG"}))
         .collect();
     write_all(&mut catalog, vec![write(CUSTOMERS, many, &[])])
         .await
         .unwrap();
-    create_pushed_segment(&mut catalog, "acme", "many", "customers", "Many").await;
-    let keys: Vec<String> = (0..1_234).map(|i| format!("m{i:04}")).collect();
-    set_members(&mut catalog, "environments/acme/segments/many", vec![keys])
-        .await
-        .unwrap();
+    let segment = create_pushed_segment(&mut catalog, "acme", "many", "customers", "Many").await;
+    let keys: Vec<String> = (0..count).map(|i| format!("m{i:04}")).collect();
+    set_members(&mut catalog, &segment.name, vec![keys]).await.unwrap();
+    segment.name
+}
 
+#[tokio::test]
+async fn calls_carry_at_most_500_members_over_at_most_10_connections() {
+    let double = MailchimpDouble::start(KEY).await;
+    let t = server_with(&double).await;
+    let many = segment_of_many(&t, MANY).await;
     let mut exports = t.exports("acme", Role::Admin).await;
-    create_export(
-        &mut exports,
-        audience_export("many", "environments/acme/segments/many", pb::SyncMode::Full, &[]),
-    )
-    .await;
+    create_export(&mut exports, audience_export("many", &many, pb::SyncMode::Full, &[])).await;
     let run = run_to_end(&mut exports, &export_name("acme", "many")).await;
     assert_eq!(run_state(&run), pb::RunState::Succeeded, "{:?}", run.error);
     assert_eq!(run.records_exported, 1_234);
@@ -258,6 +260,58 @@ async fn a_429_with_retry_after_is_waited_out_and_the_call_sent_again() {
         "the retry waited for Retry-After"
     );
     assert_eq!(subscribed(&double), VIP_EMAILS);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn an_outage_fails_the_run_with_mailchimp_s_last_error_and_what_was_confirmed_stays_delivered() {
+    let double = MailchimpDouble::start(KEY).await;
+    // The first batch subscribe is served; then Mailchimp answers 503 to every batch.
+    double.fail_after(1);
+    let t = server_with(&double).await;
+    let many = segment_of_many(&t, MANY).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    create_export(&mut exports, audience_export("many", &many, pb::SyncMode::Mirror, &[])).await;
+    let export = export_name("acme", "many");
+
+    let failed = run_to_end(&mut exports, &export).await;
+    assert_eq!(run_state(&failed), pb::RunState::Failed, "{failed:#?}");
+    let error = failed.error.as_ref().expect("a failed run says why");
+    assert_eq!(run_error_reason(error), "TARGET_UNAVAILABLE", "{error:#?}");
+    // The error is Mailchimp's answer to the batch's last attempt: PRODUCT.md §11 allows 6.
+    assert!(error.message.contains("503"), "{}", error.message);
+    assert!(
+        error
+            .message
+            .contains("Mailchimp is down for maintenance (attempt 6 of this batch)"),
+        "{}",
+        error.message
+    );
+    let attempts = double.refused_attempts();
+    assert_eq!(attempts.len(), 2, "the two batches after the first: {attempts:?}");
+    assert!(
+        attempts.iter().all(|&a| a == 6),
+        "each retried up to 6 attempts, no more: {attempts:?}"
+    );
+    // The batch Mailchimp confirmed counts, and is remembered as delivered.
+    let confirmed: Vec<String> = subscribed(&double);
+    assert!([500, MANY - 1_000].contains(&confirmed.len()), "{}", confirmed.len());
+    assert_eq!(failed.records_exported, confirmed.len() as i64);
+
+    // Mailchimp is back: the next MIRROR run sends exactly the members not confirmed before.
+    double.recover();
+    double.clear_calls();
+    let next = run_to_end(&mut exports, &export).await;
+    assert_eq!(run_state(&next), pb::RunState::Succeeded, "{:?}", next.error);
+    assert_eq!(next.records_exported, (MANY - confirmed.len()) as i64);
+    let mut sent: Vec<String> = double.subscribes().iter().flat_map(emails_of).collect();
+    sent.sort();
+    let expected: Vec<String> = (0..MANY)
+        .map(|i| format!("m{i:04}@example.com"))
+        .filter(|email| !confirmed.contains(email))
+        .collect();
+    assert_eq!(sent, expected);
+    assert_eq!(double.members().len(), MANY);
     t.stop().await;
 }
 

@@ -243,6 +243,7 @@ fn add(total: &mut Delivery, more: Delivery) {
     total.accepted += more.accepted;
     total.removed += more.removed;
     total.rejected.extend(more.rejected);
+    total.unlisted_rejects += more.unlisted_rejects;
 }
 
 #[async_trait]

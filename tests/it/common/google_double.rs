@@ -39,6 +39,8 @@ pub struct Call {
 
 #[derive(Default)]
 struct State {
+    /// How long every answer takes (the benchmark's slower vendor; none by default).
+    delay: std::time::Duration,
     issued: BTreeSet<String>,
     token_requests: usize,
     calls: Vec<Call>,
@@ -95,6 +97,11 @@ impl GoogleDouble {
         self.state.lock().unwrap().invalid.insert(hash.into());
     }
 
+    /// Every later answer takes `delay` (as a real vendor's round trip does).
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         self.state.lock().unwrap().calls.clone()
     }
@@ -142,6 +149,10 @@ async fn serve(request: Request<Incoming>, shared: Arc<Mutex<State>>) -> Result<
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let delay = shared.lock().unwrap().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut state = shared.lock().unwrap();
     if path == "/token" {
         return Ok(token(&mut state, &raw));

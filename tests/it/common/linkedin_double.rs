@@ -4,8 +4,11 @@
 //! `GET /rest/dmpSegments?q=account&account=urn:li:sponsoredAccount:<id>`; `POST
 //! /rest/dmpSegments` (201, id in `x-restli-id`); `POST /rest/dmpSegments/{id}/users` with
 //! `X-RestLi-Method: BATCH_CREATE`, 1 to 5,000 `elements` each with `action` ADD/REMOVE and
-//! `userIds: [{idType: SHA256_EMAIL, idValue: <hex>}]`, answered with one status per element
-//! (400 for a hash it was told to refuse).
+//! `userIds: [{idType: SHA256_EMAIL, idValue: <hex>}]`, and `POST
+//! /rest/dmpSegments/{id}/companies` (COMPANY segments only, users to USER segments only) with
+//! the same method header and elements carrying `action` and at least one of `companyName`,
+//! `companyEmailDomain`, `companyWebsiteDomain` (non-empty strings, nothing else); answered
+//! with one status per element (400 for a hash or company identifier it was told to refuse).
 
 use super::json_reply::reply;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,9 +33,12 @@ pub struct Call {
 
 #[derive(Default)]
 struct State {
+    /// How long every answer takes (the benchmark's slower vendor; none by default).
+    delay: std::time::Duration,
     token: String,
     /// id → (name, type).
     segments: BTreeMap<u64, (String, String)>,
+    /// Users by hashed email; companies by their identifiers as a JSON object.
     members: BTreeMap<u64, BTreeSet<String>>,
     refuse: BTreeSet<String>,
     calls: Vec<Call>,
@@ -67,6 +73,7 @@ impl LinkedInDouble {
         LinkedInDouble { url, state, task }
     }
 
+    /// Elements with this hashed email, or this company identifier, are answered 400.
     pub fn refuse(&self, hash: &str) {
         self.state.lock().unwrap().refuse.insert(hash.into());
     }
@@ -77,6 +84,11 @@ impl LinkedInDouble {
 
     pub fn members(&self, id: u64) -> BTreeSet<String> {
         self.state.lock().unwrap().members.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Every later answer takes `delay` (as a real vendor's round trip does).
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -126,6 +138,10 @@ async fn serve(request: Request<Incoming>, shared: Arc<Mutex<State>>) -> Result<
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let delay = shared.lock().unwrap().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut state = shared.lock().unwrap();
     state.calls.push(Call {
         method: method.clone(),
@@ -180,10 +196,14 @@ async fn serve(request: Request<Incoming>, shared: Arc<Mutex<State>>) -> Result<
                 .insert("x-restli-id", id.to_string().parse().unwrap());
             response
         }
-        ("POST", ["dmpSegments", id, "users"]) => {
+        ("POST", ["dmpSegments", id, resource @ ("users" | "companies")]) => {
             let Some(id) = id.parse::<u64>().ok().filter(|id| state.segments.contains_key(id)) else {
                 return Ok(error(404, "DMP segment not found"));
             };
+            let kind = if *resource == "users" { "USER" } else { "COMPANY" };
+            if state.segments[&id].1 != kind {
+                return Ok(error(400, &format!("DMP segment {id} is not a {kind} segment")));
+            }
             if restli != "BATCH_CREATE" {
                 return Ok(error(400, "X-RestLi-Method: BATCH_CREATE is required"));
             }
@@ -195,25 +215,25 @@ async fn serve(request: Request<Incoming>, shared: Arc<Mutex<State>>) -> Result<
             };
             let mut statuses = Vec::new();
             for element in elements {
-                let ids = element["userIds"].as_array().cloned().unwrap_or_default();
-                let hash = ids
-                    .iter()
-                    .find(|i| i["idType"] == "SHA256_EMAIL")
-                    .and_then(|i| i["idValue"].as_str())
-                    .filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
+                let identity = if kind == "USER" {
+                    user_identity(element)
+                } else {
+                    company_identity(element)
+                };
                 let action = element["action"].as_str().unwrap_or_default();
-                let (Some(hash), "ADD" | "REMOVE") = (hash, action) else {
+                let (Some((identity, identifiers)), "ADD" | "REMOVE") = (identity, action) else {
                     return Ok(error(400, &format!("invalid element {element}")));
                 };
-                if state.refuse.contains(hash) {
-                    statuses.push(json!({"status": 400, "message": "The user identifier is invalid"}));
+                if identifiers.iter().any(|i| state.refuse.contains(i)) {
+                    let message = format!("The {} identifier is invalid", kind.to_lowercase());
+                    statuses.push(json!({"status": 400, "message": message}));
                     continue;
                 }
                 let members = state.members.entry(id).or_default();
                 if action == "ADD" {
-                    members.insert(hash.to_string());
+                    members.insert(identity);
                 } else {
-                    members.remove(hash);
+                    members.remove(&identity);
                 }
                 statuses.push(json!({"status": 201}));
             }
@@ -221,4 +241,41 @@ async fn serve(request: Request<Incoming>, shared: Arc<Mutex<State>>) -> Result<
         }
         _ => error(404, "Not found"),
     })
+}
+
+/// A user element's hashed email (its identity and only identifier), if well formed.
+fn user_identity(element: &Value) -> Option<(String, Vec<String>)> {
+    let ids = element["userIds"].as_array()?;
+    let hash = ids
+        .iter()
+        .find(|i| i["idType"] == "SHA256_EMAIL")
+        .and_then(|i| i["idValue"].as_str())
+        .filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))?;
+    Some((hash.to_string(), vec![hash.to_string()]))
+}
+
+/// A company element's identifiers (as a JSON object, its identity) if well formed: at least
+/// one of the company fields, each a non-empty string, and no user or unknown fields.
+fn company_identity(element: &Value) -> Option<(String, Vec<String>)> {
+    const FIELDS: [&str; 3] = ["companyName", "companyEmailDomain", "companyWebsiteDomain"];
+    let object = element.as_object()?;
+    let mut identity = serde_json::Map::new();
+    for (key, value) in object {
+        match (key.as_str(), value.as_str()) {
+            ("action", _) => {}
+            (field, Some(text)) if FIELDS.contains(&field) && !text.trim().is_empty() => {
+                identity.insert(field.to_string(), value.clone());
+            }
+            _ => return None,
+        }
+    }
+    if identity.is_empty() {
+        return None;
+    }
+    let identifiers = identity
+        .values()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    Some((Value::Object(identity).to_string(), identifiers))
 }

@@ -9,7 +9,9 @@
 //! - `DELETE /3.0/lists/{id}/members/{subscriber_hash}` (archive; 404 when not a member);
 //! - `POST /3.0/lists/{id}/members/{subscriber_hash}/tags` (`tags: [{name, status}]`);
 //! - on cue: 429 with `Retry-After` for the next requests, holding batch POSTs (to cancel a
-//!   run while one is in flight); it counts the requests it serves at once.
+//!   run while one is in flight), an outage (batch subscribes answered 503 after the first
+//!   few, each answer naming the attempt of its batch); it counts the requests it serves at
+//!   once.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
@@ -51,6 +53,8 @@ pub struct ListMember {
 
 #[derive(Default)]
 struct State {
+    /// How long every answer takes (the benchmark's slower vendor; none by default).
+    delay: std::time::Duration,
     api_key: String,
     lists: BTreeMap<String, String>,
     /// list id → lower-cased email → member.
@@ -61,6 +65,10 @@ struct State {
     /// The next requests are answered 429 with this Retry-After.
     throttle: VecDeque<String>,
     hold: Option<Arc<tokio::sync::Semaphore>>,
+    /// During an outage: how many batch subscribes are still served before it begins.
+    outage: Option<usize>,
+    /// Attempts of each batch subscribe body the outage refused.
+    refused_attempts: BTreeMap<String, usize>,
     in_flight: usize,
     most_in_flight: usize,
 }
@@ -125,10 +133,30 @@ impl MailchimpDouble {
         self.state.lock().unwrap().hold = Some(Arc::new(tokio::sync::Semaphore::new(0)));
     }
 
+    /// The next `served` batch subscribes are answered as usual, every later one 503 until
+    /// [`recover`](Self::recover).
+    pub fn fail_after(&self, served: usize) {
+        self.state.lock().unwrap().outage = Some(served);
+    }
+
+    pub fn recover(&self) {
+        self.state.lock().unwrap().outage = None;
+    }
+
+    /// For each batch subscribe body the outage refused: how many times it was sent.
+    pub fn refused_attempts(&self) -> Vec<usize> {
+        self.state.lock().unwrap().refused_attempts.values().copied().collect()
+    }
+
     pub fn release(&self) {
         if let Some(hold) = self.state.lock().unwrap().hold.take() {
             hold.close();
         }
+    }
+
+    /// Every later answer takes `delay` (as a real vendor's round trip does).
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -251,6 +279,10 @@ async fn serve(request: Request<Incoming>, shared: Arc<Mutex<State>>) -> Result<
         if subscribe { state.hold.clone() } else { None }
     };
     let _in_flight = InFlight(shared.clone());
+    let delay = shared.lock().unwrap().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(hold) = hold {
         let _ = hold.acquire().await;
     }
@@ -302,7 +334,22 @@ fn answer(
             Some(name) => reply(200, json!({"id": id, "name": name})),
             None => not_found(),
         },
-        ("POST", ["lists", id]) if state.lists.contains_key(*id) => subscribe(state, id, body),
+        ("POST", ["lists", id]) if state.lists.contains_key(*id) => match state.outage {
+            Some(0) => {
+                let attempt = state.refused_attempts.entry(body.to_string()).or_default();
+                *attempt += 1;
+                problem(
+                    503,
+                    "Service Unavailable",
+                    &format!("Mailchimp is down for maintenance (attempt {attempt} of this batch)"),
+                )
+            }
+            Some(served) => {
+                state.outage = Some(served - 1);
+                subscribe(state, id, body)
+            }
+            None => subscribe(state, id, body),
+        },
         ("DELETE", ["lists", id, "members", hash]) if state.lists.contains_key(*id) => {
             let members = state.members.entry(id.to_string()).or_default();
             let email = members.keys().find(|e| subscriber_hash(e) == *hash).cloned();

@@ -9,7 +9,8 @@
 //!   `data` rows as long as the schema, every value SHA-256 hex or "" but EXTERN_ID, 1 to
 //!   10,000 rows) and `session` (`session_id`, `batch_seq` from 1, `last_batch_flag`,
 //!   `estimated_num_total`); answers `num_received`, `num_invalid_entries`,
-//!   `invalid_entry_samples` for values it was told are invalid;
+//!   `invalid_entry_samples` for values it was told are invalid (on cue, samples of a few of
+//!   them only, as Meta does for many);
 //! - on cue: an error code (e.g. 17, "User request limit reached") for the next requests.
 
 use super::json_reply::reply;
@@ -49,6 +50,8 @@ pub struct Call {
 
 #[derive(Default)]
 struct State {
+    /// How long every answer takes (the benchmark's slower vendor; none by default).
+    delay: std::time::Duration,
     token: String,
     /// `http://127.0.0.1:<port>`, for absolute `paging.next` links as Meta gives them.
     origin: String,
@@ -59,6 +62,8 @@ struct State {
     calls: Vec<Call>,
     /// Values answered as invalid entries, with the reason.
     invalid: BTreeMap<String, String>,
+    /// At most this many `invalid_entry_samples` an answer (all when unset).
+    samples_at_most: Option<usize>,
     /// Error codes for the next requests.
     errors: VecDeque<i64>,
     /// (session_id, operation) → the batch_seq values seen (each once; batches of a session
@@ -125,6 +130,12 @@ impl MetaDouble {
         self.state.lock().unwrap().invalid.insert(value.into(), reason.into());
     }
 
+    /// Answers name at most `samples` of their invalid entries (`num_invalid_entries` counts
+    /// them all).
+    pub fn sample_at_most(&self, samples: usize) {
+        self.state.lock().unwrap().samples_at_most = Some(samples);
+    }
+
     pub fn accept_all(&self) {
         self.state.lock().unwrap().invalid.clear();
     }
@@ -132,6 +143,11 @@ impl MetaDouble {
     /// The next requests are answered with these Graph error codes.
     pub fn fail_with(&self, codes: &[i64]) {
         self.state.lock().unwrap().errors.extend(codes);
+    }
+
+    /// Every later answer takes `delay` (as a real vendor's round trip does).
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -180,6 +196,10 @@ async fn serve(request: Request<Incoming>, shared: Arc<Mutex<State>>) -> Result<
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let delay = shared.lock().unwrap().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut state = shared.lock().unwrap();
     state.calls.push(Call {
         method: method.clone(),
@@ -312,7 +332,9 @@ fn users(state: &mut State, method: &str, audience: &str, body: &Value) -> Respo
             .find_map(|v| state.invalid.get(v).map(|r| (v.clone(), r.clone())))
         {
             invalid += 1;
-            samples.insert(value, json!(reason));
+            if state.samples_at_most.is_none_or(|most| samples.len() < most) {
+                samples.insert(value, json!(reason));
+            }
             continue;
         }
         if method == "POST" {
