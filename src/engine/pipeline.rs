@@ -1281,6 +1281,11 @@ async fn read_rows(
         let last_key = batch.last_key.take();
         return Ok((batch.count, Batch::Documents(batch), last_key));
     }
+    if let (Source::Segment { segment }, 0) = (source, phase) {
+        let mut batch = store.read_member_documents(segment, after, BATCH).await?;
+        let last_key = batch.last_key.take();
+        return Ok((batch.count, Batch::Documents(batch), last_key));
+    }
     let records = read_batch(store, source, phase, after).await?;
     let last_key = records.last().map(|r| r.key.clone());
     Ok((
@@ -1299,7 +1304,7 @@ async fn read_batch(
     after: Option<&str>,
 ) -> crate::error::Result<Vec<StoredRecord>> {
     match (source, phase) {
-        // (Full exports of an entity are read as rows by `read_rows`.)
+        // (Full exports of an entity or a segment are read as documents by `read_rows`.)
         // Incremental: everything written since the last delivery, tombstones included.
         (
             Source::Entity {
@@ -1310,7 +1315,6 @@ async fn read_batch(
             },
             0,
         ) => store.read_changes(&entity.name, *since, *until, after, BATCH).await,
-        (Source::Segment { segment }, 0) => store.read_members(segment, after, BATCH).await,
         (
             Source::SegmentChanges {
                 segment,

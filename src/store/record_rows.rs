@@ -13,6 +13,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 use super::Store;
+use crate::domain::catalog::Segment;
 use crate::domain::names::EntityName;
 use crate::error::{Error, Result};
 
@@ -58,6 +59,48 @@ impl Store {
         after_key: Option<&str>,
         limit: u64,
     ) -> Result<DocumentBatch> {
+        let batch = "SELECT key, data FROM records \
+             WHERE env = ? AND entity = ? AND deleted = ? AND key > ? ORDER BY key LIMIT ?";
+        let values: Vec<sea_orm::Value> = vec![
+            entity.env.clone().into(),
+            entity.id.clone().into(),
+            false.into(),
+            after_key.unwrap_or("").to_string().into(),
+            (limit as i64).into(),
+        ];
+        self.documents_of(batch, values).await
+    }
+
+    /// Up to `limit` members of the segment's current generation after `after_key`, joined to
+    /// their live records, in key order, as one text (a FULL segment export reads its members
+    /// as a full entity export reads its records).
+    pub async fn read_member_documents(
+        &self,
+        segment: &Segment,
+        after_key: Option<&str>,
+        limit: u64,
+    ) -> Result<DocumentBatch> {
+        // The members' primary key gives them in key order; each joins its record by its own
+        // primary key.
+        let batch = "SELECT r.key AS key, r.data AS data FROM segment_members m \
+             JOIN records r ON r.env = m.env AND r.entity = ? AND r.key = m.key \
+             WHERE m.env = ? AND m.segment = ? AND m.generation = ? AND m.key > ? AND r.deleted = ? \
+             ORDER BY m.key LIMIT ?";
+        let values: Vec<sea_orm::Value> = vec![
+            segment.entity.id.clone().into(),
+            segment.name.env.clone().into(),
+            segment.name.id.clone().into(),
+            segment.generation.into(),
+            after_key.unwrap_or("").to_string().into(),
+            false.into(),
+            (limit as i64).into(),
+        ];
+        self.documents_of(batch, values).await
+    }
+
+    /// The documents of the rows `batch` selects (columns `key` and `data`, in key order)
+    /// joined into one text.
+    async fn documents_of(&self, batch: &str, values: Vec<sea_orm::Value>) -> Result<DocumentBatch> {
         let backend = self.backend();
         // No ORDER BY inside the aggregate: the subquery already yields the batch in key order
         // (an index scan), and both engines aggregate a sorted subquery in its order. An ordered
@@ -68,17 +111,7 @@ impl Store {
             DbBackend::Postgres => "string_agg(data, E'\\n')",
             _ => "group_concat(data, char(10))",
         };
-        let sql = format!(
-            "SELECT {joined}, max(key), count(*) FROM (SELECT key, data FROM records \
-             WHERE env = ? AND entity = ? AND deleted = ? AND key > ? ORDER BY key LIMIT ?) AS batch"
-        );
-        let values: Vec<sea_orm::Value> = vec![
-            entity.env.clone().into(),
-            entity.id.clone().into(),
-            false.into(),
-            after_key.unwrap_or("").to_string().into(),
-            (limit as i64).into(),
-        ];
+        let sql = format!("SELECT {joined}, max(key), count(*) FROM ({batch}) AS batch");
         let row = self
             .reader()
             .query_one_raw(Statement::from_sql_and_values(

@@ -5,17 +5,15 @@
 //! and drops the old one. Readers always see a complete member list, and no long write
 //! transaction holds the database while millions of records are evaluated.
 
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, Order, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::Store;
 use super::list::page_of;
 use super::models::segment::{ActiveModel, Column, Entity as Table, Model};
-use super::models::{record, segment_member};
-use super::records::StoredRecord;
+use super::models::segment_member;
 use crate::domain::catalog::{Segment, SegmentDefinition};
 use crate::domain::connection_type::SegmentType;
 use crate::domain::names::{EntityName, SegmentName};
@@ -324,43 +322,6 @@ impl Store {
             .exec(&self.writer())
             .await?;
         Ok(())
-    }
-
-    /// Up to `limit` members of the segment's current generation after `after_key`, joined to
-    /// their live records, in key order.
-    pub async fn read_members(
-        &self,
-        segment: &Segment,
-        after_key: Option<&str>,
-        limit: u64,
-    ) -> Result<Vec<StoredRecord>> {
-        use record::Column as R;
-        use segment_member::Column as M;
-        let (r, m) = (record::Entity, segment_member::Entity);
-        let mut query = Query::select();
-        query
-            .column((r, R::Key))
-            .column((r, R::Data))
-            .column((r, R::Seq))
-            .from(r)
-            .inner_join(
-                m,
-                Condition::all()
-                    .add(Expr::col((m, M::Env)).equals((r, R::Env)))
-                    .add(Expr::col((m, M::Key)).equals((r, R::Key)))
-                    .add(Expr::col((m, M::Segment)).eq(segment.name.id.clone()))
-                    .add(Expr::col((m, M::Generation)).eq(segment.generation)),
-            )
-            .and_where(Expr::col((r, R::Env)).eq(segment.name.env.clone()))
-            .and_where(Expr::col((r, R::Entity)).eq(segment.entity.id.clone()))
-            .and_where(Expr::col((r, R::Deleted)).eq(false))
-            .order_by((r, R::Key), Order::Asc)
-            .limit(limit);
-        if let Some(after) = after_key {
-            query.and_where(Expr::col((r, R::Key)).gt(after));
-        }
-        let rows = self.reader().query_all(&query).await?;
-        rows.iter().map(super::records::live_record_of).collect()
     }
 
     /// Member keys of the current generation (for tests and small segments).
