@@ -120,7 +120,7 @@ async fn insert_event(db: &impl ConnectionTrait, event: NewEvent<'_>) -> Result<
         lease_expires_at: Set(None),
         ..Default::default()
     };
-    alert_event::Entity::insert(model).exec(db).await?;
+    alert_event::Entity::insert(model).exec_without_returning(db).await?;
     Ok(())
 }
 

@@ -46,7 +46,9 @@ pub(crate) async fn insert(
         code: Set(i64::from(event.code)),
         ..Default::default()
     };
-    Entity::insert(model).exec(db).await?;
+    // Without RETURNING: nothing needs the new row's `seq`, and on SQLite a statement that
+    // returns rows costs the writer more round trips to its worker thread (benches/write_path.rs).
+    Entity::insert(model).exec_without_returning(db).await?;
     Ok(())
 }
 
