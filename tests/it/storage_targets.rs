@@ -435,7 +435,9 @@ async fn parquet_partitions_read_back_typed_on_every_storage_type() {
 async fn a_cancelled_run_leaves_nothing_at_the_target() {
     let t = setup(Options::default()).await;
     let mut catalog = t.catalog("acme", Role::Admin).await;
-    // Enough records in many small partitions that the run is still writing when cancelled.
+    // Enough records in many small partitions (4,000 of 50 rows) that the run is still writing
+    // when cancelled: progress is first reported half a second into a run, and 400 partitions
+    // to local files could already be written by then on a quiet machine.
     let messages: Vec<_> = (0..4)
         .map(|m| {
             let rows = (0..50_000)
@@ -460,7 +462,7 @@ async fn a_cancelled_run_leaves_nothing_at_the_target() {
             .as_mut()
             .unwrap()
             .settings
-            .insert("max_rows_per_file".into(), "500".into());
+            .insert("max_rows_per_file".into(), "50".into());
         create_export(&mut exports, request).await;
         let run = run_export(&mut exports, &export_name("acme", &id)).await;
         // Cancel once partitions are being written.
