@@ -16,6 +16,7 @@ pub mod error;
 pub mod file_modes;
 pub mod metrics;
 pub mod pb;
+pub mod pg_nodelay;
 pub mod server;
 pub mod store;
 pub mod telemetry;

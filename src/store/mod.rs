@@ -34,7 +34,8 @@ pub mod segments;
 pub mod system_refreshes;
 mod tuning;
 
-use tuning::{changes, pg_nodelay, sqlite_plans, statistics};
+use crate::pg_nodelay;
+use tuning::{changes, sqlite_plans, statistics};
 
 pub use changes::{WriteTxn, Writer};
 pub use secrets::Sealer;

@@ -1,4 +1,5 @@
-//! TCP_NODELAY on PostgreSQL connections.
+//! TCP_NODELAY on PostgreSQL connections: the store's pool and the `postgres` target's
+//! connections alike.
 //!
 //! sqlx (0.9) opens its PostgreSQL TCP sockets without TCP_NODELAY. Then the kernel holds a short
 //! write back while earlier data is unacknowledged (Nagle's algorithm), and PostgreSQL
@@ -18,7 +19,7 @@ use sea_orm::sqlx::{self, PgConnection};
 use socket2::SockRef;
 
 /// Sets TCP_NODELAY on the socket of `connection`, if it is a TCP connection we can find.
-pub(crate) async fn enable_nodelay(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+pub async fn enable_nodelay(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
     let Some((client_port, server_port)) = ports(connection).await? else {
         return Ok(());
     };
@@ -32,6 +33,16 @@ pub(crate) async fn enable_nodelay(connection: &mut PgConnection) -> Result<(), 
         ),
     }
     Ok(())
+}
+
+/// Whether the socket of `connection` has TCP_NODELAY set; None when it is not a TCP socket
+/// of this process.
+#[cfg(test)]
+pub(crate) async fn nodelay(connection: &mut PgConnection) -> Result<Option<bool>, sqlx::Error> {
+    let Some((client, server)) = ports(connection).await? else {
+        return Ok(None);
+    };
+    Ok(with_socket(client, server, |socket| socket.tcp_nodelay().ok()).flatten())
 }
 
 /// The client and server ports the server sees; None on a Unix socket.
