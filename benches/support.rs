@@ -1,5 +1,6 @@
 //! Shared machinery of the benchmarks: a real `exportd serve` process per backend, gRPC clients,
-//! fresh PostgreSQL databases, and resource readings from /proc.
+//! fresh PostgreSQL databases, and resource readings from /proc. `BENCH_LOG_FILTER` sets the
+//! servers' `EXPORTD_LOG_FILTER` (default `warn`), e.g. `sqlx=debug` to see their statements.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -74,7 +75,10 @@ impl Server {
             .env("EXPORTD_DATABASE_URL", &database_url)
             .env("EXPORTD_JWT_HS256_SECRET", SECRET)
             .env("EXPORTD_SEALING_KEYS", SEALING)
-            .env("EXPORTD_LOG_FILTER", "warn")
+            .env(
+                "EXPORTD_LOG_FILTER",
+                std::env::var("BENCH_LOG_FILTER").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in extra_env {
@@ -103,7 +107,10 @@ impl Server {
             .args(["environment", "create", id, "--kind", kind, "--data-dir"])
             .arg(self.data_dir.path())
             .env("EXPORTD_DATABASE_URL", &self.database_url)
-            .env("EXPORTD_LOG_FILTER", "warn")
+            .env(
+                "EXPORTD_LOG_FILTER",
+                std::env::var("BENCH_LOG_FILTER").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .status()
             .unwrap();

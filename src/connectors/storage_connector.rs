@@ -188,7 +188,7 @@ impl<K: StorageKind> Connector for StorageConnector<K> {
             if let Some(keep) = keep_runs {
                 writer.keep_only_runs(keep);
             }
-            Ok(Box::new(CdmSink { writer: Some(writer) }) as Box<dyn Sink>)
+            Ok(Box::new(CdmSink::new(writer)) as Box<dyn Sink>)
         })
         .await
         .map_err(|e| Failure::Permanent { message: e.to_string() })?
@@ -229,17 +229,51 @@ pub fn file_options(settings: &BTreeMap<String, String>) -> CsvOptions {
     options
 }
 
-/// Drives the (blocking) CDM writer from async code, one blocking call at a time.
+/// Drives the (blocking) CDM writer from async code, one blocking call at a time. A batch is
+/// encoded on a blocking thread while the pipeline reads and parses the next one: what
+/// `write_rows` answers is the delivery of the batch before (the last one's comes with
+/// `end_part`), as the contract allows.
 struct CdmSink {
+    /// The writer, while no batch is being encoded.
     writer: Option<CdmFolderWriter>,
+    /// The batch being encoded (its row count); the writer comes back with its result.
+    in_flight: Option<(u64, Encoding)>,
 }
 
+type Encoding = tokio::task::JoinHandle<(CdmFolderWriter, std::io::Result<u64>)>;
+
 impl CdmSink {
+    fn new(writer: CdmFolderWriter) -> CdmSink {
+        CdmSink {
+            writer: Some(writer),
+            in_flight: None,
+        }
+    }
+
+    /// Waits for the batch being encoded, if any, and says what became of it.
+    async fn settle(&mut self) -> Result<Delivery, Failure> {
+        let Some((accepted, encoding)) = self.in_flight.take() else {
+            return Ok(Delivery::default());
+        };
+        let (writer, result) = encoding
+            .await
+            .map_err(|e| Failure::Permanent { message: e.to_string() })?;
+        self.writer = Some(writer);
+        let bytes = result.map_err(|e| io_failure("cannot write rows", e))?;
+        Ok(Delivery {
+            accepted,
+            bytes: Some(bytes),
+            ..Delivery::default()
+        })
+    }
+
+    /// Once nothing is being encoded, runs `op` on the writer on a blocking thread.
     async fn with_writer<T: Send + 'static>(
         &mut self,
         context: &'static str,
         op: impl FnOnce(&mut CdmFolderWriter) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, Failure> {
+        debug_assert!(self.in_flight.is_none(), "settle the batch being encoded first");
         let mut writer = self.writer.take().ok_or_else(|| Failure::Permanent {
             message: "the sink is closed".into(),
         })?;
@@ -261,6 +295,7 @@ impl Drop for CdmSink {
         if let Some(writer) = self.writer.take() {
             tokio::task::spawn_blocking(move || drop(writer));
         }
+        // A batch being encoded drops its writer on its blocking thread when it is done.
     }
 }
 
@@ -291,25 +326,30 @@ impl Sink for CdmSink {
             .await
     }
 
-    /// Files take every row: storage targets reject nothing.
+    /// Files take every row: storage targets reject nothing. Encoding this batch overlaps
+    /// reading the next.
     async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<Delivery, Failure> {
+        let delivered = self.settle().await?;
+        let mut writer = self.writer.take().ok_or_else(|| Failure::Permanent {
+            message: "the sink is closed".into(),
+        })?;
         let accepted = rows.len() as u64;
-        let bytes = self
-            .with_writer("cannot write rows", move |w| w.write_rows(&rows))
-            .await?;
-        Ok(Delivery {
-            accepted,
-            bytes: Some(bytes),
-            ..Delivery::default()
-        })
+        let encoding = tokio::task::spawn_blocking(move || {
+            let result = writer.write_rows(&rows);
+            (writer, result)
+        });
+        self.in_flight = Some((accepted, encoding));
+        Ok(delivered)
     }
 
     async fn end_part(&mut self) -> Result<Delivery, Failure> {
+        let delivered = self.settle().await?;
         self.with_writer("cannot close a partition", |w| w.end_entity()).await?;
-        Ok(Delivery::default())
+        Ok(delivered)
     }
 
     async fn commit(mut self: Box<Self>) -> Result<SinkSummary, Failure> {
+        self.settle().await?;
         let writer = self.writer.take().ok_or_else(|| Failure::Permanent {
             message: "the sink is closed".into(),
         })?;
@@ -327,12 +367,14 @@ impl Sink for CdmSink {
     }
 
     async fn abort(mut self: Box<Self>) {
+        let _ = self.settle().await;
         if let Some(writer) = self.writer.take() {
             let _ = tokio::task::spawn_blocking(move || writer.abort()).await;
         }
     }
 
     async fn abandon(mut self: Box<Self>) {
+        let _ = self.settle().await;
         if let Some(writer) = self.writer.take() {
             writer.abandon();
         }
