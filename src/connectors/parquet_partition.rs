@@ -17,16 +17,19 @@ use parquet::basic::{Compression, LogicalType, Repetition, TimeUnit, Type as Phy
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
-use parquet::schema::types::Type;
+use parquet::schema::types::{ColumnPath, Type};
 use serde_json::Value;
 
 use super::cdm::CdmType;
 
 /// Rows per row group at most. Values are converted to their column's Parquet type as they
 /// arrive and buffered per column (no copy of the row), so a row group's memory is about its
-/// encoded size: 64 Ki rows keep a run's peak RSS well under 200 MB (benches/storage.rs) while
-/// row groups stay large enough for readers to scan well.
-const ROW_GROUP_ROWS: usize = 64 * 1024;
+/// encoded size: 32 Ki rows keep a run's peak RSS under 200 MB also while an upload waits on a
+/// slow link (64 Ki rows reached 204–211 MiB there, benches/storage.rs), and row groups stay
+/// large enough for readers to scan well.
+const ROW_GROUP_ROWS: usize = 32 * 1024;
+/// Values of the first row group looked at per column to tell whether dictionary encoding pays.
+const DICTIONARY_SAMPLE: usize = 4096;
 /// Buffered bytes per row group at most (wide rows end groups sooner).
 const ROW_GROUP_BYTES: usize = 16 << 20;
 
@@ -55,11 +58,22 @@ pub struct ParquetColumn {
 }
 
 pub struct ParquetPartition<W: Write + Send> {
-    writer: SerializedFileWriter<W>,
+    /// Made when the first row group is written, once its values tell which columns are worth
+    /// a dictionary; until then the output waits in `pending`.
+    writer: Option<SerializedFileWriter<W>>,
+    pending: Option<Pending<W>>,
     /// The row group being filled, column by column.
     columns: Vec<ColumnBuffer>,
     rows: usize,
     buffered_bytes: usize,
+}
+
+/// What the file writer is made of.
+struct Pending<W> {
+    out: W,
+    schema: Arc<Type>,
+    names: Vec<String>,
+    compression: ParquetCompression,
 }
 
 /// One column's values of the row group being filled, already in their Parquet type, with the
@@ -145,6 +159,28 @@ impl ColumnBuffer {
         Ok(bytes + 2)
     }
 
+    /// Whether dictionary encoding pays for this column: its first values repeat. Columns of
+    /// (nearly) unique values — keys, emails, timestamps — would fill a dictionary only for
+    /// the writer to fall back to plain encoding, hashing every value on the way.
+    fn worth_a_dictionary(&self) -> bool {
+        fn repeats<T: std::hash::Hash + Eq>(values: impl Iterator<Item = T>) -> bool {
+            let mut seen = std::collections::HashSet::new();
+            let mut count = 0usize;
+            for value in values.take(DICTIONARY_SAMPLE) {
+                seen.insert(value);
+                count += 1;
+            }
+            seen.len() * 2 <= count
+        }
+        match &self.values {
+            Values::Bool(_) => true,
+            Values::Bytes(data) => repeats(data.iter().map(ByteArray::data)),
+            Values::Int64(data) => repeats(data.iter()),
+            Values::Int32(data) => repeats(data.iter()),
+            Values::Double(data) => repeats(data.iter().map(|d| d.to_bits())),
+        }
+    }
+
     /// Takes back the last value pushed (of a row refused in a later column).
     fn pop(&mut self) {
         let present = match self.ty {
@@ -198,13 +234,14 @@ impl<W: Write + Send> ParquetPartition<W> {
             .with_fields(fields)
             .build()
             .map_err(parquet_error)?;
-        let properties = WriterProperties::builder()
-            .set_compression(compression.codec())
-            .set_created_by(format!("exportd {}", env!("CARGO_PKG_VERSION")))
-            .build();
-        let writer = SerializedFileWriter::new(out, Arc::new(schema), Arc::new(properties)).map_err(parquet_error)?;
         Ok(ParquetPartition {
-            writer,
+            writer: None,
+            pending: Some(Pending {
+                out,
+                schema: Arc::new(schema),
+                names: columns.iter().map(|c| c.name.clone()).collect(),
+                compression,
+            }),
             columns: columns.iter().map(|c| ColumnBuffer::new(c.data_type)).collect(),
             rows: 0,
             buffered_bytes: 0,
@@ -235,16 +272,47 @@ impl<W: Write + Send> ParquetPartition<W> {
     /// Writes the last row group and the footer; gives back the output.
     pub fn finish(mut self) -> io::Result<W> {
         self.flush_row_group()?;
-        self.writer.into_inner().map_err(parquet_error)
+        self.file_writer()?;
+        let writer = self.writer.take().expect("made above");
+        writer.into_inner().map_err(parquet_error)
     }
 
     /// The output, e.g. to count what reached it.
     pub fn output(&self) -> &W {
-        self.writer.inner()
+        match (&self.writer, &self.pending) {
+            (Some(writer), _) => writer.inner(),
+            (None, Some(pending)) => &pending.out,
+            (None, None) => unreachable!("a partition has a writer or what makes one"),
+        }
     }
 
     pub fn output_mut(&mut self) -> &mut W {
-        self.writer.inner_mut()
+        match (&mut self.writer, &mut self.pending) {
+            (Some(writer), _) => writer.inner_mut(),
+            (None, Some(pending)) => &mut pending.out,
+            (None, None) => unreachable!("a partition has a writer or what makes one"),
+        }
+    }
+
+    /// The file writer, made on first use: dictionary encoding only for the columns whose
+    /// buffered values repeat.
+    fn file_writer(&mut self) -> io::Result<&mut SerializedFileWriter<W>> {
+        if let Some(pending) = self.pending.take() {
+            let mut properties = WriterProperties::builder()
+                .set_compression(pending.compression.codec())
+                .set_created_by(format!("exportd {}", env!("CARGO_PKG_VERSION")));
+            for (name, column) in pending.names.iter().zip(&self.columns) {
+                if !column.worth_a_dictionary() {
+                    properties = properties.set_column_dictionary_enabled(ColumnPath::from(name.as_str()), false);
+                }
+            }
+            let writer = SerializedFileWriter::new(pending.out, pending.schema, Arc::new(properties.build()))
+                .map_err(parquet_error)?;
+            self.writer = Some(writer);
+        }
+        self.writer
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the Parquet writer failed earlier"))
     }
 
     fn flush_row_group(&mut self) -> io::Result<()> {
@@ -253,7 +321,9 @@ impl<W: Write + Send> ParquetPartition<W> {
         }
         self.rows = 0;
         self.buffered_bytes = 0;
-        let mut group = self.writer.next_row_group().map_err(parquet_error)?;
+        self.file_writer()?;
+        let writer = self.writer.as_mut().expect("made above");
+        let mut group = writer.next_row_group().map_err(parquet_error)?;
         let mut index = 0;
         while let Some(mut column) = group.next_column().map_err(parquet_error)? {
             self.columns[index]
@@ -426,6 +496,37 @@ mod tests {
             vec![
                 vec![Field::Str("a".into()), Field::Long(1), Field::Bool(false)],
                 vec![Field::Str("c".into()), Field::Null, Field::Bool(true)],
+            ]
+        );
+    }
+
+    #[test]
+    fn only_columns_whose_values_repeat_get_a_dictionary() {
+        let columns = vec![
+            column("id", Some(CdmType::String)),
+            column("country", Some(CdmType::String)),
+            column("n", Some(CdmType::Int64)),
+        ];
+        let mut partition = ParquetPartition::new(Vec::new(), &columns, ParquetCompression::Snappy).unwrap();
+        let countries = ["DE", "FR", "US"];
+        for i in 0..10_000 {
+            partition
+                .write_row(&[json!(format!("id-{i}")), json!(countries[i % 3]), json!(i)])
+                .unwrap();
+        }
+        let file = partition.finish().unwrap();
+        let reader = SerializedFileReader::new(bytes::Bytes::from(file.clone())).unwrap();
+        let group = reader.metadata().row_group(0);
+        let dictionary = |i: usize| group.column(i).dictionary_page_offset().is_some();
+        assert_eq!((dictionary(0), dictionary(1), dictionary(2)), (false, true, false));
+        let rows = read_back(file);
+        assert_eq!(rows.len(), 10_000);
+        assert_eq!(
+            rows[9_999],
+            vec![
+                Field::Str("id-9999".into()),
+                Field::Str("DE".into()),
+                Field::Long(9_999)
             ]
         );
     }
