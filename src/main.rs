@@ -133,8 +133,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc (v3) returns freed memory to the system a second after it became free; a run that
 /// streams rows through short-lived buffers then holds a second's worth of them: Parquet
 /// uploads peaked at 200–211 MiB, 119–149 MiB when freed memory goes back after 10 ms
-/// (mimalloc v2's delay), at no cost in time measured (benches/storage.rs).
+/// (mimalloc v2's delay), at no cost in time measured (benches/storage.rs). mimalloc's own
+/// `MIMALLOC_PURGE_DELAY`, when set, still decides.
 fn return_freed_memory_sooner() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     unsafe extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
     }

@@ -237,22 +237,25 @@ pub fn current() -> Option<Arc<Scope>> {
 /// Inside a write transaction about to commit: the armed event of the current call, if any.
 /// Returns the scope to mark once the commit succeeded.
 pub(crate) async fn write_pending(db: &impl ConnectionTrait) -> Result<Option<Arc<Scope>>, sea_orm::DbErr> {
-    let Some(scope) = current() else {
-        return Ok(None);
-    };
-    let event = {
-        let state = scope.state();
-        if !state.armed || state.recorded || state.aside > 0 {
-            return Ok(None);
-        }
-        drop(state);
-        scope.event(0)
-    };
-    let Some(event) = event else {
+    let Some((scope, event)) = pending() else {
         return Ok(None);
     };
     audit_store::insert(db, &event).await?;
     Ok(Some(scope))
+}
+
+/// The armed event of the current call that the next committed write transaction carries, if
+/// any, with its scope (to mark once the commit succeeded).
+pub(crate) fn pending() -> Option<(Arc<Scope>, NewAuditEvent)> {
+    let scope = current()?;
+    {
+        let state = scope.state();
+        if !state.armed || state.recorded || state.aside > 0 {
+            return None;
+        }
+    }
+    let event = scope.event(0)?;
+    Some((scope, event))
 }
 
 /// The commit that carried the event succeeded.

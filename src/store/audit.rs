@@ -33,7 +33,20 @@ pub(crate) async fn insert(
     db: &impl ConnectionTrait,
     event: &NewAuditEvent,
 ) -> std::result::Result<(), sea_orm::DbErr> {
-    let model = ActiveModel {
+    // Without RETURNING: nothing needs the new row's `seq`, and on SQLite a statement that
+    // returns rows costs the writer more round trips to its worker thread (benches/write_path.rs).
+    Entity::insert(new_row(event)).exec_without_returning(db).await?;
+    Ok(())
+}
+
+/// The INSERT of `event` as a statement, to send together with another (`WriteTxn::exec_last`).
+pub(crate) fn insert_statement(backend: sea_orm::DbBackend, event: &NewAuditEvent) -> sea_orm::Statement {
+    use sea_orm::QueryTrait;
+    Entity::insert(new_row(event)).build(backend)
+}
+
+fn new_row(event: &NewAuditEvent) -> ActiveModel {
+    ActiveModel {
         env: Set(event.env.clone()),
         id: Set(generate_id("ae")),
         time: Set(now_micros()),
@@ -45,11 +58,7 @@ pub(crate) async fn insert(
         summary: Set(event.summary.clone()),
         code: Set(i64::from(event.code)),
         ..Default::default()
-    };
-    // Without RETURNING: nothing needs the new row's `seq`, and on SQLite a statement that
-    // returns rows costs the writer more round trips to its worker thread (benches/write_path.rs).
-    Entity::insert(model).exec_without_returning(db).await?;
-    Ok(())
+    }
 }
 
 /// One ListAuditEvents query.

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, RelationTrait,
+    QueryOrder, QuerySelect, QueryTrait, RelationTrait,
 };
 
 use super::Store;
@@ -334,7 +334,7 @@ impl Store {
         sources_changed: bool,
         placement: Option<&Placement<'_>>,
     ) -> Result<StoredExport> {
-        let txn = self.writer().begin().await?;
+        let mut txn = self.writer().begin().await?;
         if let Some(placement) = placement {
             placement::lock(&txn).await?;
             placement::check_exports(
@@ -348,15 +348,18 @@ impl Store {
         let mut model = definition(export);
         model.update_time = Set(now_micros());
         model.revision = Set(export.revision + 1);
-        let result = Table::update_many()
+        let update = Table::update_many()
             .set(model)
             .filter(Column::Env.eq(&export.name.env))
             .filter(Column::Id.eq(&export.name.id))
-            .filter(Column::Revision.eq(export.revision))
-            .exec(&txn)
-            .await
-            .map_err(|e| map_write_error(e, export))?;
-        if result.rows_affected == 0 {
+            .filter(Column::Revision.eq(export.revision));
+        let changed = if sources_changed {
+            update.exec(&txn).await.map(|r| r.rows_affected)
+        } else {
+            txn.exec_last(update.build(self.backend())).await
+        }
+        .map_err(|e| map_write_error(e, export))?;
+        if changed == 0 {
             drop(txn);
             return Err(self.concurrent_change(export).await);
         }

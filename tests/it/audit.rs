@@ -444,6 +444,54 @@ async fn refused_attempts_are_recorded_with_code_7() {
     );
 }
 
+/// Updates racing with one etag: the writes that lose find the revision moved on inside their
+/// transaction (or before it) and are refused; only the one that changed the export is in the
+/// log — its event went in the same statement batch as its UPDATE on SQLite, and a loser's went
+/// with its rolled-back transaction.
+#[tokio::test]
+async fn racing_updates_with_one_etag_log_only_the_one_that_changed() {
+    let t = acme().await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    let export = exports.create_export(files_export("e1")).await.unwrap().into_inner();
+    let before = all_events(&t).await.len();
+    let mut racers = Vec::new();
+    for i in 0..8 {
+        let mut client = exports.clone();
+        let (name, etag) = (export.name.clone(), export.etag.clone());
+        racers.push(tokio::spawn(async move {
+            client
+                .update_export(pb::UpdateExportRequest {
+                    export: Some(pb::Export {
+                        name,
+                        display_name: format!("Racer {i}"),
+                        etag,
+                        ..Default::default()
+                    }),
+                    update_mask: mask(&["display_name"]),
+                    ..Default::default()
+                })
+                .await
+        }));
+    }
+    let mut won = Vec::new();
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(updated) => won.push(updated.into_inner()),
+            Err(status) => assert_eq!(status.code(), Code::Aborted, "{status:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one update wins: {won:?}");
+    let events = all_events(&t).await;
+    let updates: Vec<_> = events
+        .iter()
+        .filter(|e| e.method == "/exportd.v1.ExportService/UpdateExport" && e.code == 0)
+        .collect();
+    assert_eq!(events.len(), before + 1, "{events:#?}");
+    assert_eq!(updates.len(), 1, "{events:#?}");
+    assert_eq!(updates[0].resource, export.name);
+    assert_eq!(updates[0].changed_fields, ["display_name"]);
+}
+
 #[tokio::test]
 async fn failed_changes_validations_and_retries_leave_no_event() {
     let t = acme().await;

@@ -102,6 +102,7 @@ impl<'a> Writer<'a> {
         Ok(WriteTxn {
             txn: self.db.begin_with_options(options).await?,
             guard: self.guard,
+            audited: None,
         })
     }
 }
@@ -111,16 +112,45 @@ impl<'a> Writer<'a> {
 pub struct WriteTxn {
     txn: DatabaseTransaction,
     guard: Option<WriteGuard>,
+    /// The call's audit event went with a statement of this transaction ([`Self::exec_last`]).
+    audited: Option<Arc<crate::audit::scope::Scope>>,
 }
 
 impl WriteTxn {
     /// Commits; inside an audited call whose event is armed, the event is written in this
     /// transaction first (see `audit::scope`), so that it stands or falls with the change.
-    pub async fn commit(self) -> Result<(), DbErr> {
-        let audited = crate::audit::scope::write_pending(&self.txn).await?;
+    pub async fn commit(mut self) -> Result<(), DbErr> {
+        let audited = match self.audited.take() {
+            Some(scope) => Some(scope),
+            None => crate::audit::scope::write_pending(&self.txn).await?,
+        };
         self.txn.commit().await?;
         crate::audit::scope::committed(audited);
         Ok(())
+    }
+
+    /// Executes the transaction's last change (only the commit follows) and says how many
+    /// rows it changed. On SQLite the call's armed audit event goes in the same round trip to
+    /// the database's worker thread (one execution of two statements): each round trip of a
+    /// write transaction holds SQLite's one writer, and the audit row was the fourth of an
+    /// UpdateExport (BEGIN, UPDATE, INSERT, COMMIT; benches/write_path.rs). Elsewhere, and
+    /// without an armed event, the event is written at commit as always.
+    pub async fn exec_last(&mut self, statement: Statement) -> Result<u64, DbErr> {
+        let backend = self.txn.get_database_backend();
+        if backend == DbBackend::Sqlite
+            && self.audited.is_none()
+            && let Some((scope, event)) = crate::audit::scope::pending()
+        {
+            let insert = crate::store::audit::insert_statement(backend, &event);
+            let mut values = insert.values.map(|v| v.0).unwrap_or_default();
+            values.extend(statement.values.map(|v| v.0).unwrap_or_default());
+            let both = Statement::from_sql_and_values(backend, format!("{}; {}", insert.sql, statement.sql), values);
+            let changed = self.txn.execute_raw(both).await?.rows_affected();
+            self.audited = Some(scope);
+            // The changes of both statements, less the audit row.
+            return Ok(changed.saturating_sub(1));
+        }
+        Ok(self.txn.execute_raw(statement).await?.rows_affected())
     }
 
     /// Commits a transaction that only read (it looked for work and found none): cached reads
