@@ -35,6 +35,19 @@ pub async fn enable_nodelay(connection: &mut PgConnection) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// The PostgreSQL server of the PostgreSQL suite (`EXPORTD_TEST_DATABASE=postgres`, which CI
+/// runs); None in the SQLite suite.
+#[cfg(test)]
+pub(crate) fn suite_url() -> Option<String> {
+    if std::env::var("EXPORTD_TEST_DATABASE").as_deref() != Ok("postgres") {
+        return None;
+    }
+    Some(
+        std::env::var("EXPORTD_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+    )
+}
+
 /// Whether the socket of `connection` has TCP_NODELAY set; None when it is not a TCP socket
 /// of this process.
 #[cfg(test)]
@@ -80,14 +93,9 @@ fn with_socket<T>(local_port: u16, peer_port: u16, f: impl FnOnce(SockRef<'_>) -
 mod tests {
     use super::*;
 
-    /// Runs with the PostgreSQL suite (`EXPORTD_TEST_DATABASE=postgres`), which CI runs.
     #[tokio::test]
     async fn every_connection_of_a_postgres_store_sends_without_delay() {
-        if std::env::var("EXPORTD_TEST_DATABASE").as_deref() != Ok("postgres") {
-            return;
-        }
-        let url = std::env::var("EXPORTD_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let Some(url) = suite_url() else { return };
         let db = crate::store::connect(&url, 2).await.unwrap();
         let pool = db.get_postgres_connection_pool();
         let mut first = pool.acquire().await.unwrap();

@@ -567,14 +567,11 @@ pub fn staging_name(run_id: &str, table: &str) -> String {
 mod tests {
     use super::*;
 
-    /// Runs with the PostgreSQL suite (`EXPORTD_TEST_DATABASE=postgres`), which CI runs.
     #[tokio::test]
     async fn a_target_connection_sends_without_delay() {
-        if std::env::var("EXPORTD_TEST_DATABASE").as_deref() != Ok("postgres") {
+        let Some(url) = crate::pg_nodelay::suite_url() else {
             return;
-        }
-        let url = std::env::var("EXPORTD_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        };
         let address = super::super::address::parse(&url).unwrap();
         let mut connection = Session::connect(&address).await.unwrap();
         assert_eq!(crate::pg_nodelay::nodelay(&mut connection).await.unwrap(), Some(true));
