@@ -132,7 +132,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc (v3) returns freed memory to the system a second after it became free; a run that
 /// streams rows through short-lived buffers then holds a second's worth of them: Parquet
-/// uploads peaked at 200–211 MiB, 119–149 MiB when freed memory goes back after 10 ms
+/// uploads peaked at 197–211 MiB, 128–160 MiB when freed memory goes back after 10 ms
 /// (mimalloc v2's delay), at no cost in time measured (benches/storage.rs). mimalloc's own
 /// `MIMALLOC_PURGE_DELAY`, when set, still decides.
 fn return_freed_memory_sooner() {
