@@ -353,6 +353,10 @@ pub struct Delivery {
     pub bytes: Option<u64>,
 }
 
+/// One batch's request (see [`Sink::start_batches`]): it owns what it sends, so that it runs
+/// beside the pipeline's reading and the other requests in flight.
+pub type BatchRequest = futures::future::BoxFuture<'static, Result<Delivery, Failure>>;
+
 /// Where one run's rows go. Parts are written one after another; `commit` makes the whole run
 /// visible at once (commit last), `abort` removes what the run wrote.
 ///
@@ -365,27 +369,30 @@ pub trait Sink: Send {
     async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<Delivery, Failure>;
     async fn end_part(&mut self) -> Result<Delivery, Failure>;
     /// Sinks that send records in requests of bounded size declare their limits: the pipeline
-    /// then calls [`write_batches`](Sink::write_batches) instead of `write_rows`, with rows
+    /// then calls [`start_batches`](Sink::start_batches) instead of `write_rows`, with rows
     /// cut to them, and each batch is answered for on its own (nothing held back).
     fn limits(&self) -> Option<SinkLimits> {
         None
     }
 
-    /// Up to [`SinkLimits::concurrency`] batches, each within the limits, sent as the sink
-    /// can (at once); one answer per batch, in order. A batch that failed does not undo the
-    /// others' answers: what they confirmed is kept. `last`: these are the part's final batches.
-    async fn write_batches(&mut self, batches: Vec<Vec<Vec<Value>>>, last: bool) -> Vec<Result<Delivery, Failure>> {
+    /// Batches within the limits, prepared and numbered now, in order (`last`: these are the
+    /// part's final batches), each as the request that sends it. The pipeline runs up to
+    /// [`SinkLimits::concurrency`] of them at once — a sliding window: the next batch starts
+    /// as soon as any answer is in — and takes each answer as it comes. A batch that failed
+    /// does not undo the others' answers: what they confirmed is kept. Only sinks that declare
+    /// limits are asked.
+    fn start_batches(&mut self, batches: Vec<Vec<Vec<Value>>>, last: bool) -> Vec<BatchRequest> {
         let _ = last;
-        let mut answers = Vec::with_capacity(batches.len());
-        for batch in batches {
-            let answer = self.write_rows(batch).await;
-            let failed = answer.is_err();
-            answers.push(answer);
-            if failed {
-                break;
-            }
-        }
-        answers
+        batches
+            .into_iter()
+            .map(|_| -> BatchRequest {
+                Box::pin(async {
+                    Err(Failure::Permanent {
+                        message: "this target declares request limits but sends no batches".into(),
+                    })
+                })
+            })
+            .collect()
     }
 
     /// The audience the open part fills (after `begin_part`), for targets that have one: the

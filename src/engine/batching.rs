@@ -1,7 +1,7 @@
-//! Cutting a part's rows to the limits a sink declares (records and bytes per request,
-//! requests at once), so that no connector re-batches: the pipeline hands a sink groups of up
-//! to `concurrency` batches, and knows which group is the part's last (one batch is held back
-//! until more rows or the end of the part say so).
+//! Cutting a part's rows to the limits a sink declares (records and bytes per request), so
+//! that no connector re-batches: the pipeline hands a sink one batch at a time, and knows which
+//! batches are the part's last (one batch is held back until more rows or the end of the part
+//! say so).
 
 use std::collections::VecDeque;
 
@@ -23,7 +23,6 @@ impl Cutter {
         Cutter {
             limits: SinkLimits {
                 records_per_batch: limits.records_per_batch.max(1),
-                concurrency: limits.concurrency.max(1),
                 ..limits
             },
             filling: Vec::new(),
@@ -61,26 +60,19 @@ impl Cutter {
         self.filling_bytes = 0;
     }
 
-    /// A group of `concurrency` full batches that is certainly not the part's last (more rows
-    /// are already waiting behind it), if there is one.
-    pub fn next_group(&mut self) -> Option<Vec<Vec<Row>>> {
-        let width = self.limits.concurrency;
-        let more_behind = self.full.len() > width || (self.full.len() == width && !self.filling.is_empty());
-        more_behind.then(|| self.full.drain(..width).collect())
+    /// A full batch that is certainly not the part's last (more rows are already waiting
+    /// behind it), if there is one.
+    pub fn next_batch(&mut self) -> Option<Vec<Row>> {
+        let more_behind = self.full.len() > 1 || (self.full.len() == 1 && !self.filling.is_empty());
+        if more_behind { self.full.pop_front() } else { None }
     }
 
-    /// The part ended: the remaining batches in groups, the last group last.
-    pub fn finish(&mut self) -> Vec<Vec<Vec<Row>>> {
+    /// The part ended: the remaining batches, the last one last.
+    pub fn finish(&mut self) -> Vec<Vec<Row>> {
         if !self.filling.is_empty() {
             self.close_batch();
         }
-        let width = self.limits.concurrency;
-        let mut groups = Vec::new();
-        while !self.full.is_empty() {
-            let take = width.min(self.full.len());
-            groups.push(self.full.drain(..take).collect());
-        }
-        groups
+        self.full.drain(..).collect()
     }
 }
 
@@ -103,31 +95,36 @@ mod tests {
         (0..n).map(|i| vec![json!(format!("k{i:03}"))]).collect()
     }
 
-    fn sizes(groups: &[Vec<Vec<Row>>]) -> Vec<Vec<usize>> {
-        groups.iter().map(|g| g.iter().map(Vec::len).collect()).collect()
+    fn sizes(batches: &[Vec<Row>]) -> Vec<usize> {
+        batches.iter().map(Vec::len).collect()
     }
 
     #[test]
-    fn batches_hold_at_most_the_records_per_batch_and_groups_the_concurrency() {
+    fn batches_hold_at_most_the_records_per_batch() {
         let mut cutter = Cutter::new(limits(3, None, 2));
         cutter.push(rows(7));
-        // Two full batches, but a third might still be the last: [3, 3] goes once more follow.
-        let first = cutter.next_group().expect("a batch is waiting behind two full ones");
-        assert_eq!(first.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3]);
-        assert!(cutter.next_group().is_none());
+        // Two full batches; the second might still be the last until more rows come.
+        assert_eq!(cutter.next_batch().expect("a batch waits behind the first").len(), 3);
+        assert_eq!(cutter.next_batch().expect("a row waits behind the second").len(), 3);
+        assert!(cutter.next_batch().is_none());
         cutter.push(rows(6));
-        let second = cutter.next_group().unwrap();
-        assert_eq!(second.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3]);
-        assert_eq!(sizes(&cutter.finish()), [vec![1]]);
+        assert_eq!(cutter.next_batch().unwrap().len(), 3);
+        assert_eq!(cutter.next_batch().unwrap().len(), 3);
+        assert!(
+            cutter.next_batch().is_none(),
+            "the row behind is alone: it may be the last"
+        );
+        assert_eq!(sizes(&cutter.finish()), [1]);
         assert!(cutter.finish().is_empty());
     }
 
     #[test]
-    fn the_last_group_waits_for_the_end_of_the_part() {
+    fn the_last_batch_waits_for_the_end_of_the_part() {
         let mut cutter = Cutter::new(limits(2, None, 2));
         cutter.push(rows(4));
-        assert!(cutter.next_group().is_none(), "nothing behind it: it may be the last");
-        assert_eq!(sizes(&cutter.finish()), [vec![2, 2]]);
+        assert_eq!(cutter.next_batch().map(|b| b.len()), Some(2));
+        assert!(cutter.next_batch().is_none(), "nothing behind it: it may be the last");
+        assert_eq!(sizes(&cutter.finish()), [2]);
     }
 
     #[test]
@@ -135,10 +132,10 @@ mod tests {
         // Each row is `["k000"]` (8 bytes) + 1.
         let mut cutter = Cutter::new(limits(100, Some(20), 1));
         cutter.push(rows(5));
-        assert_eq!(sizes(&cutter.finish()), [vec![2], vec![2], vec![1]]);
+        assert_eq!(sizes(&cutter.finish()), [2, 2, 1]);
         // A row larger than the limit still goes, alone.
         let mut cutter = Cutter::new(limits(100, Some(4), 1));
         cutter.push(rows(2));
-        assert_eq!(sizes(&cutter.finish()), [vec![1], vec![1]]);
+        assert_eq!(sizes(&cutter.finish()), [1, 1]);
     }
 }

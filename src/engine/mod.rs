@@ -22,6 +22,7 @@ mod audit_retention;
 pub mod batching;
 pub mod dependencies;
 pub mod executor;
+mod in_flight;
 pub mod pipeline;
 pub mod preview;
 pub mod run_metrics;

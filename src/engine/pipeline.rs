@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Engine;
 use super::batching::Cutter;
+use super::in_flight::{Answer, InFlight};
 use crate::connectors::retry::Failure;
 use crate::connectors::{self, Column, Delivery, PartSchema, RunTarget, Sink, Target, registry};
 use crate::domain::catalog::{Entity, Segment};
@@ -150,6 +151,8 @@ struct Progress {
     counts: Counts,
     warnings: Vec<Warning>,
     flushed: Instant,
+    /// The counts as last stored (nothing to store while they have not moved).
+    flushed_counts: Counts,
     /// Of `counts.rejected`, those the target did not name (not in ListRejectedRecords).
     unlisted_rejects: i64,
 }
@@ -260,6 +263,7 @@ impl Engine {
             counts: Counts::default(),
             warnings: Vec::new(),
             flushed: Instant::now(),
+            flushed_counts: Counts::default(),
             unlisted_rejects: 0,
         };
         progress.start("validate", "checking the export, its connection and its sources");
@@ -777,7 +781,13 @@ impl Engine {
             key_column: part.fields.iter().position(|f| *f == part.key_field),
             deleted_column: part.schema.incremental.then_some(part.fields.len()),
         });
-        let mut cutter = sink.limits().map(Cutter::new);
+        let mut batched = sink
+            .limits()
+            .map(|limits| (Cutter::new(limits), InFlight::new(limits.concurrency)));
+        let settle = Settle {
+            rejects: &rejects,
+            memory: memory.as_ref(),
+        };
         let columns = part.fields.clone();
         let key_column = part.key_column();
         let incremental = part.schema.incremental;
@@ -791,10 +801,10 @@ impl Engine {
                 let rows = batch.into_rows(&columns, incremental).map_err(Stop::Store)?;
                 progress.counts.total += read as i64;
                 progress.counts.retried += retried_in(&rows, key_column, &mut outstanding);
-                if let Some(cutter) = cutter.as_mut() {
+                if let Some((cutter, window)) = batched.as_mut() {
                     cutter.push(rows);
-                    while let Some(group) = cutter.next_group() {
-                        self.deliver_group(run, control, progress, sink, &rejects, memory.as_ref(), group, false)
+                    while let Some(batch) = cutter.next_batch() {
+                        self.send_batches(run, control, progress, sink, window, &settle, vec![batch], false)
                             .await?;
                     }
                     continue;
@@ -809,25 +819,13 @@ impl Engine {
                     self.flush(run, control, progress).await;
                 }
             }
-            if let Some(cutter) = cutter.as_mut() {
-                let groups = cutter.finish();
-                let count = groups.len();
-                for (i, group) in groups.into_iter().enumerate() {
-                    if let Some(stop) = interrupted(self, control) {
-                        return Err(stop);
-                    }
-                    self.deliver_group(
-                        run,
-                        control,
-                        progress,
-                        sink,
-                        &rejects,
-                        memory.as_ref(),
-                        group,
-                        i + 1 == count,
-                    )
-                    .await?;
+            if let Some((cutter, window)) = batched.as_mut() {
+                let rest = cutter.finish();
+                if !rest.is_empty() {
+                    self.send_batches(run, control, progress, sink, window, &settle, rest, true)
+                        .await?;
                 }
+                self.settle_all(run, control, progress, window, &settle).await?;
             }
             Ok(())
         }
@@ -840,53 +838,109 @@ impl Engine {
         Ok(())
     }
 
-    /// Sends one group of batches cut to the sink's limits; for each answer, in order: its
-    /// rejects are stored, its counts taken, and (audience targets) what it confirmed recorded
-    /// as delivered — also when a later batch of the group failed, which then ends the part.
+    /// Starts the requests of batches cut to the sink's limits once the window has room for
+    /// them, settling the answers already back (and, when it is full, the next to come).
     #[allow(clippy::too_many_arguments)]
-    async fn deliver_group(
+    async fn send_batches(
         &self,
         run: &Run,
         control: &Control,
         progress: &mut Progress,
         sink: &mut dyn Sink,
-        rejects: &PartRejects,
-        memory: Option<&Memory>,
-        group: Vec<Vec<Vec<Value>>>,
+        window: &mut InFlight<BatchKeys>,
+        settle: &Settle<'_>,
+        batches: Vec<Vec<Vec<Value>>>,
         last: bool,
     ) -> Result<(), Stop> {
-        let confirmable: Vec<BatchKeys> = match memory {
-            Some(memory) => group.iter().map(|batch| memory.keys_of(batch)).collect(),
-            None => Vec::new(),
-        };
-        let answers = sink.write_batches(group, last).await;
-        let mut failure = None;
-        for (i, answer) in answers.into_iter().enumerate() {
-            let delivery = match answer {
-                Ok(delivery) => delivery,
-                Err(f) => {
-                    failure.get_or_insert(f);
-                    continue;
-                }
+        while let Some(answer) = window.ready() {
+            self.settle_answer(control, progress, window, settle, answer).await?;
+        }
+        while !window.has_room_for(batches.len()) {
+            let Some(answer) = self.next_answer(run, control, progress, window).await else {
+                break;
             };
-            rejects.store(self, &delivery).await?;
-            if let (Some(memory), Some((added, removed))) = (memory, confirmable.get(i)) {
-                memory.confirm(self, added, removed, &delivery).await?;
-            }
-            progress.account(delivery);
+            self.settle_answer(control, progress, window, settle, answer).await?;
+        }
+        if let Some(stop) = interrupted(self, control) {
+            self.settle_all(run, control, progress, window, settle).await?;
+            return Err(stop);
+        }
+        let keys: Vec<BatchKeys> = batches
+            .iter()
+            .map(|batch| settle.memory.map(|memory| memory.keys_of(batch)).unwrap_or_default())
+            .collect();
+        for (request, keys) in sink.start_batches(batches, last).into_iter().zip(keys) {
+            window.start(request, keys);
         }
         if progress.flushed.elapsed() >= PROGRESS_EVERY {
             self.flush(run, control, progress).await;
         }
-        match failure {
-            Some(f) => Err(stopped_or_failed(self, control, f)),
-            None => Ok(()),
+        Ok(())
+    }
+
+    /// Waits for every request still out and settles each answer.
+    async fn settle_all(
+        &self,
+        run: &Run,
+        control: &Control,
+        progress: &mut Progress,
+        window: &mut InFlight<BatchKeys>,
+        settle: &Settle<'_>,
+    ) -> Result<(), Stop> {
+        while let Some(answer) = self.next_answer(run, control, progress, window).await {
+            self.settle_answer(control, progress, window, settle, answer).await?;
         }
+        Ok(())
+    }
+
+    /// The next answer to come back; while it is awaited, what the answers before it counted
+    /// is stored every [`PROGRESS_EVERY`] (one slow request does not hide the others).
+    async fn next_answer(
+        &self,
+        run: &Run,
+        control: &Control,
+        progress: &mut Progress,
+        window: &mut InFlight<BatchKeys>,
+    ) -> Option<Answer<BatchKeys>> {
+        loop {
+            let due = tokio::time::Instant::from_std(progress.flushed + PROGRESS_EVERY);
+            let moved = progress.counts != progress.flushed_counts;
+            tokio::select! {
+                answer = window.next() => return answer,
+                _ = tokio::time::sleep_until(due), if moved => self.flush(run, control, progress).await,
+            }
+        }
+    }
+
+    /// One batch's answer: its rejects are stored, its counts taken, and (audience targets)
+    /// what it confirmed recorded as delivered. A failed batch ends the part, but only after
+    /// the requests still out are answered and settled: what they confirmed is kept.
+    async fn settle_answer(
+        &self,
+        control: &Control,
+        progress: &mut Progress,
+        window: &mut InFlight<BatchKeys>,
+        settle: &Settle<'_>,
+        (answer, (added, removed)): (Result<Delivery, Failure>, BatchKeys),
+    ) -> Result<(), Stop> {
+        let delivery = match answer {
+            Ok(delivery) => delivery,
+            Err(failure) => {
+                while let Some((answer, (added, removed))) = window.next().await {
+                    if let Ok(delivery) = answer {
+                        settle.delivered(self, progress, &added, &removed, delivery).await?;
+                    }
+                }
+                return Err(stopped_or_failed(self, control, failure));
+            }
+        };
+        settle.delivered(self, progress, &added, &removed, delivery).await
     }
 
     /// Stores the run's progress and tells watchers.
     async fn flush(&self, run: &Run, control: &Control, progress: &mut Progress) {
         progress.flushed = Instant::now();
+        progress.flushed_counts = progress.counts;
         match self
             .store
             .save_progress(
@@ -1012,6 +1066,31 @@ impl Memory {
             .confirm_delivered(&self.export, &self.segment, &added, &removed)
             .await
             .map_err(Stop::Store)
+    }
+}
+
+/// What settling a part's answers needs: where its rejects go, and (audience targets) the
+/// memory of its delivered members.
+struct Settle<'a> {
+    rejects: &'a PartRejects,
+    memory: Option<&'a Memory>,
+}
+
+impl Settle<'_> {
+    async fn delivered(
+        &self,
+        engine: &Engine,
+        progress: &mut Progress,
+        added: &[(String, String)],
+        removed: &[String],
+        delivery: Delivery,
+    ) -> Result<(), Stop> {
+        self.rejects.store(engine, &delivery).await?;
+        if let Some(memory) = self.memory {
+            memory.confirm(engine, added, removed, &delivery).await?;
+        }
+        progress.account(delivery);
+        Ok(())
     }
 }
 

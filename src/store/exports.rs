@@ -194,9 +194,11 @@ impl Store {
                 .map_err(|e| map_write_error(e, export))?;
             let rows = source_rows(export);
             if !rows.is_empty() {
-                export_source::Entity::insert_many(rows)
-                    .exec_without_returning(txn)
-                    .await?;
+                // The export's last insert: on SQLite its audit event goes in the same round
+                // trip (the event names the export, so the name is set first).
+                crate::audit::scope::created(&name);
+                let insert = export_source::Entity::insert_many(rows).build(txn.get_database_backend());
+                txn.exec_last(insert).await?;
             }
             Ok(((), name.clone()))
         })
@@ -334,7 +336,7 @@ impl Store {
         sources_changed: bool,
         placement: Option<&Placement<'_>>,
     ) -> Result<StoredExport> {
-        let mut txn = self.writer().begin().await?;
+        let txn = self.writer().begin().await?;
         if let Some(placement) = placement {
             placement::lock(&txn).await?;
             placement::check_exports(

@@ -176,6 +176,45 @@ async fn calls_carry_at_most_500_members_over_at_most_10_connections() {
 }
 
 #[tokio::test]
+async fn a_slow_call_holds_only_its_own_connection() {
+    // 15 calls of 500 at up to 10 at once: while the first is unanswered, the other 14 go out
+    // as connections free up (lock-step groups of 10 would stop at 10).
+    let double = MailchimpDouble::start(KEY).await;
+    double.hold_first();
+    let t = server_with(&double).await;
+    let many = segment_of_many(&t, 7_500).await;
+    let mut exports = t.exports("acme", Role::Admin).await;
+    create_export(&mut exports, audience_export("many", &many, pb::SyncMode::Full, &[])).await;
+    let export = export_name("acme", "many");
+    let run = run_export(&mut exports, &export).await;
+    eventually(
+        Duration::from_secs(30),
+        "every batch subscribe while the first waits",
+        async || match double.subscribes().len() {
+            15 => Ok(()),
+            n => Err(format!("{n} calls")),
+        },
+    )
+    .await;
+    // The run shows what the 14 answered calls delivered while it waits for the first.
+    eventually(Duration::from_secs(10), "the answered calls counted", async || {
+        let waiting = get_run(&mut exports, &run.name).await;
+        match (run_state(&waiting), waiting.records_exported) {
+            (pb::RunState::Running, 7_000) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    double.release();
+    let ended = wait_for_end(&mut exports, &run.name).await;
+    assert_eq!(run_state(&ended), pb::RunState::Succeeded, "{:?}", ended.error);
+    assert_eq!(ended.records_exported, 7_500);
+    assert_eq!(double.members().len(), 7_500);
+    assert!(double.most_in_flight() <= 10, "{}", double.most_in_flight());
+    t.stop().await;
+}
+
+#[tokio::test]
 async fn a_mirror_run_subscribes_exactly_who_joined_and_archives_who_left() {
     let double = MailchimpDouble::start(KEY).await;
     let t = server_with(&double).await;

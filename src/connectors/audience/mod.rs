@@ -7,12 +7,15 @@
 //! audience is found or created, and its add and remove requests.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use super::retry::Failure;
-use super::{Audience, Cancellation, Delivery, PartSchema, Rejection, RunTarget, Sink, SinkLimits, SinkSummary};
+use super::{
+    Audience, BatchRequest, Cancellation, Delivery, PartSchema, Rejection, RunTarget, Sink, SinkLimits, SinkSummary,
+};
 
 pub mod identifiers;
 
@@ -180,8 +183,15 @@ pub struct AudienceSink<V: Vendor> {
     /// Session ids differ per run attempt and part.
     session_base: u64,
     parts_opened: u64,
-    requests: u64,
-    members_sent: u64,
+    /// Counted by the requests as they are answered (they run beside the sink).
+    sent: std::sync::Arc<Sent>,
+}
+
+/// What the run's requests sent, for the run's summary.
+#[derive(Default)]
+struct Sent {
+    requests: AtomicU64,
+    members: AtomicU64,
 }
 
 struct OpenPart {
@@ -204,8 +214,7 @@ impl<V: Vendor> AudienceSink<V> {
             part: None,
             session_base,
             parts_opened: 0,
-            requests: 0,
-            members_sent: 0,
+            sent: Default::default(),
         }
     }
 
@@ -277,19 +286,21 @@ impl<V: Vendor> Sink for AudienceSink<V> {
     }
 
     async fn write_rows(&mut self, rows: Vec<Vec<Value>>) -> Result<Delivery, Failure> {
-        self.write_batches(vec![rows], false)
-            .await
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| Ok(Delivery::default()))
+        match self.start_batches(vec![rows], false).into_iter().next() {
+            Some(request) => request.await,
+            None => Ok(Delivery::default()),
+        }
     }
 
     /// Each batch's adds and removals go out as one request each (the vendor may split a
-    /// removal into the requests its API needs); the batches of a group at once.
-    async fn write_batches(&mut self, batches: Vec<Vec<Vec<Value>>>, last: bool) -> Vec<Result<Delivery, Failure>> {
+    /// removal into the requests its API needs). Members are prepared here, in order, so that
+    /// each operation's requests are numbered as they were cut (Meta's `batch_seq`).
+    fn start_batches(&mut self, batches: Vec<Vec<Vec<Value>>>, last: bool) -> Vec<BatchRequest> {
         let Some(part) = self.part.as_mut() else {
-            return vec![Err(Failure::Permanent {
-                message: "no part is open".into(),
+            return vec![Box::pin(async {
+                Err(Failure::Permanent {
+                    message: "no part is open".into(),
+                })
             })];
         };
         let layout = part.layout.clone();
@@ -344,38 +355,31 @@ impl<V: Vendor> Sink for AudienceSink<V> {
         }
         let vendor = self.vendor.clone();
         let cancellation = self.cancellation.clone();
-        let requests = planned.into_iter().map(|(ready_up, ready_rm, refused, sequences)| {
-            let vendor = vendor.clone();
-            let audience = audience.clone();
-            let cancellation = cancellation.clone();
-            async move {
-                let mut delivery = Delivery {
-                    rejected: refused,
-                    ..Delivery::default()
-                };
-                let mut requests = 0;
-                for (operation, ready, sequence) in [
-                    (Operation::Add, ready_up, sequences[0]),
-                    (Operation::Remove, ready_rm, sequences[1]),
-                ] {
-                    let Some(sequence) = sequence else { continue };
-                    requests += 1;
-                    let answer = cancellation
-                        .unless_cancelled(vendor.send(&audience, operation, ready, sequence))
-                        .await?;
-                    add(&mut delivery, answer);
-                }
-                Ok::<_, Failure>((delivery, requests))
-            }
-        });
-        let answers = futures::future::join_all(requests).await;
-        answers
+        planned
             .into_iter()
-            .map(|answer| {
-                answer.map(|(delivery, requests)| {
-                    self.requests += requests;
-                    self.members_sent += delivery.accepted + delivery.removed;
-                    delivery
+            .map(|(ready_up, ready_rm, refused, sequences)| -> BatchRequest {
+                let (vendor, audience) = (vendor.clone(), audience.clone());
+                let (cancellation, counted) = (cancellation.clone(), self.sent.clone());
+                Box::pin(async move {
+                    let mut delivery = Delivery {
+                        rejected: refused,
+                        ..Delivery::default()
+                    };
+                    for (operation, ready, sequence) in [
+                        (Operation::Add, ready_up, sequences[0]),
+                        (Operation::Remove, ready_rm, sequences[1]),
+                    ] {
+                        let Some(sequence) = sequence else { continue };
+                        let answer = cancellation
+                            .unless_cancelled(vendor.send(&audience, operation, ready, sequence))
+                            .await?;
+                        counted.requests.fetch_add(1, Ordering::Relaxed);
+                        counted
+                            .members
+                            .fetch_add(answer.accepted + answer.removed, Ordering::Relaxed);
+                        add(&mut delivery, answer);
+                    }
+                    Ok(delivery)
                 })
             })
             .collect()
@@ -387,13 +391,15 @@ impl<V: Vendor> Sink for AudienceSink<V> {
     }
 
     async fn commit(self: Box<Self>) -> Result<SinkSummary, Failure> {
+        let requests = self.sent.requests.load(Ordering::Relaxed);
+        let members = self.sent.members.load(Ordering::Relaxed);
         Ok(SinkSummary {
             location: format!(
                 "{} {} in {} {} to {}",
-                self.members_sent,
-                if self.members_sent == 1 { "member" } else { "members" },
-                self.requests,
-                if self.requests == 1 { "request" } else { "requests" },
+                members,
+                if members == 1 { "member" } else { "members" },
+                requests,
+                if requests == 1 { "request" } else { "requests" },
                 self.vendor.type_id()
             ),
             ..SinkSummary::default()

@@ -102,7 +102,7 @@ impl<'a> Writer<'a> {
         Ok(WriteTxn {
             txn: self.db.begin_with_options(options).await?,
             guard: self.guard,
-            audited: None,
+            audited: Default::default(),
         })
     }
 }
@@ -113,14 +113,16 @@ pub struct WriteTxn {
     txn: DatabaseTransaction,
     guard: Option<WriteGuard>,
     /// The call's audit event went with a statement of this transaction ([`Self::exec_last`]).
-    audited: Option<Arc<crate::audit::scope::Scope>>,
+    /// A lock only so that closures holding `&WriteTxn` can call it: statements of one
+    /// transaction run one after another.
+    audited: std::sync::Mutex<Option<Arc<crate::audit::scope::Scope>>>,
 }
 
 impl WriteTxn {
     /// Commits; inside an audited call whose event is armed, the event is written in this
     /// transaction first (see `audit::scope`), so that it stands or falls with the change.
     pub async fn commit(mut self) -> Result<(), DbErr> {
-        let audited = match self.audited.take() {
+        let audited = match self.audited.get_mut().ok().and_then(Option::take) {
             Some(scope) => Some(scope),
             None => crate::audit::scope::write_pending(&self.txn).await?,
         };
@@ -129,16 +131,17 @@ impl WriteTxn {
         Ok(())
     }
 
-    /// Executes the transaction's last change (only the commit follows) and says how many
-    /// rows it changed. On SQLite the call's armed audit event goes in the same round trip to
+    /// Executes the transaction's last change (after it, the call's audit event is complete:
+    /// only the commit, or bookkeeping such as a request id, follows) and says how many rows
+    /// it changed. On SQLite the call's armed audit event goes in the same round trip to
     /// the database's worker thread (one execution of two statements): each round trip of a
     /// write transaction holds SQLite's one writer, and the audit row was the fourth of an
     /// UpdateExport (BEGIN, UPDATE, INSERT, COMMIT; benches/write_path.rs). Elsewhere, and
     /// without an armed event, the event is written at commit as always.
-    pub async fn exec_last(&mut self, statement: Statement) -> Result<u64, DbErr> {
+    pub async fn exec_last(&self, statement: Statement) -> Result<u64, DbErr> {
         let backend = self.txn.get_database_backend();
         if backend == DbBackend::Sqlite
-            && self.audited.is_none()
+            && self.audited.lock().is_ok_and(|audited| audited.is_none())
             && let Some((scope, event)) = crate::audit::scope::pending()
         {
             let insert = crate::store::audit::insert_statement(backend, &event);
@@ -146,7 +149,9 @@ impl WriteTxn {
             values.extend(statement.values.map(|v| v.0).unwrap_or_default());
             let both = Statement::from_sql_and_values(backend, format!("{}; {}", insert.sql, statement.sql), values);
             let changed = self.txn.execute_raw(both).await?.rows_affected();
-            self.audited = Some(scope);
+            if let Ok(mut audited) = self.audited.lock() {
+                *audited = Some(scope);
+            }
             // The changes of both statements, less the audit row.
             return Ok(changed.saturating_sub(1));
         }

@@ -65,6 +65,10 @@ struct State {
     /// The next requests are answered 429 with this Retry-After.
     throttle: VecDeque<String>,
     hold: Option<Arc<tokio::sync::Semaphore>>,
+    /// Only the first batch subscribe after `hold_first` waits.
+    hold_first: bool,
+    /// Batch subscribes that were made to wait.
+    held: usize,
     /// During an outage: how many batch subscribes are still served before it begins.
     outage: Option<usize>,
     /// Attempts of each batch subscribe body the outage refused.
@@ -146,6 +150,15 @@ impl MailchimpDouble {
     /// For each batch subscribe body the outage refused: how many times it was sent.
     pub fn refused_attempts(&self) -> Vec<usize> {
         self.state.lock().unwrap().refused_attempts.values().copied().collect()
+    }
+
+    /// The next batch subscribe POST waits (after it is recorded) until
+    /// [`release`](Self::release); the others are answered as usual.
+    pub fn hold_first(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.hold = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+        state.hold_first = true;
+        state.held = 0;
     }
 
     pub fn release(&self) {
@@ -276,7 +289,10 @@ async fn serve(request: Request<Incoming>, shared: Arc<Mutex<State>>) -> Result<
             at: Instant::now(),
         });
         let subscribe = method == "POST" && path.starts_with("/3.0/lists/") && path.matches('/').count() == 3;
-        if subscribe { state.hold.clone() } else { None }
+        let waits = subscribe && !(state.hold_first && state.held > 0);
+        let hold = if waits { state.hold.clone() } else { None };
+        state.held += usize::from(hold.is_some());
+        hold
     };
     let _in_flight = InFlight(shared.clone());
     let delay = shared.lock().unwrap().delay;
