@@ -774,13 +774,7 @@ impl Engine {
                 .await
                 .map_err(Stop::Store)?;
         }
-        let memory = part.remember_members.then(|| Memory {
-            export: export.clone(),
-            segment: part.schema.id.clone(),
-            fields: part.fields.clone(),
-            key_column: part.fields.iter().position(|f| *f == part.key_field),
-            deleted_column: part.schema.incremental.then_some(part.fields.len()),
-        });
+        let memory = part.remember_members.then(|| Memory::new(export, &part));
         let mut batched = sink
             .limits()
             .map(|limits| (Cutter::new(limits), InFlight::new(limits.concurrency)));
@@ -921,20 +915,20 @@ impl Engine {
         progress: &mut Progress,
         window: &mut InFlight<BatchKeys>,
         settle: &Settle<'_>,
-        (answer, (added, removed)): (Result<Delivery, Failure>, BatchKeys),
+        (answer, keys): Answer<BatchKeys>,
     ) -> Result<(), Stop> {
         let delivery = match answer {
             Ok(delivery) => delivery,
             Err(failure) => {
-                while let Some((answer, (added, removed))) = window.next().await {
+                while let Some((answer, keys)) = window.next().await {
                     if let Ok(delivery) = answer {
-                        settle.delivered(self, progress, &added, &removed, delivery).await?;
+                        settle.delivered(self, progress, keys, delivery).await?;
                     }
                 }
                 return Err(stopped_or_failed(self, control, failure));
             }
         };
-        settle.delivered(self, progress, &added, &removed, delivery).await
+        settle.delivered(self, progress, keys, delivery).await
     }
 
     /// Stores the run's progress and tells watchers.
@@ -1010,14 +1004,42 @@ type BatchKeys = (Vec<(String, String)>, Vec<String>);
 struct Memory {
     export: ExportName,
     segment: String,
-    /// The record fields of the columns.
-    fields: Vec<String>,
+    /// What a member's delivered fields are written from: for each record field in name order
+    /// (as a JSON object's keys sort), its `"name":` and its column.
+    sent_fields: Vec<(String, usize)>,
     key_column: Option<usize>,
     /// Incremental and MIRROR rows end with `_deleted` (a removal).
     deleted_column: Option<usize>,
 }
 
 impl Memory {
+    fn new(export: &ExportName, part: &Part) -> Memory {
+        Memory {
+            export: export.clone(),
+            segment: part.schema.id.clone(),
+            sent_fields: sent_fields(&part.fields),
+            key_column: part.fields.iter().position(|f| *f == part.key_field),
+            deleted_column: part.schema.incremental.then_some(part.fields.len()),
+        }
+    }
+
+    /// A member's fields as the JSON object that is stored as sent (keys in order), written
+    /// straight from the row: no object is built per member.
+    fn sent_of(&self, row: &[Value]) -> String {
+        let mut sent = Vec::with_capacity(16 * self.sent_fields.len() + 2);
+        sent.push(b'{');
+        for (field, column) in &self.sent_fields {
+            let Some(value) = row.get(*column) else { continue };
+            if sent.len() > 1 {
+                sent.push(b',');
+            }
+            sent.extend_from_slice(field.as_bytes());
+            serde_json::to_writer(&mut sent, value).expect("JSON values serialize");
+        }
+        sent.push(b'}');
+        String::from_utf8(sent).expect("JSON is UTF-8")
+    }
+
     /// The keys a batch adds (with its fields as a JSON object) and those it removes.
     fn keys_of(&self, batch: &[Vec<Value>]) -> BatchKeys {
         let (mut added, mut removed) = (Vec::new(), Vec::new());
@@ -1034,9 +1056,7 @@ impl Memory {
             if deleted {
                 removed.push(key);
             } else {
-                let sent: serde_json::Map<String, Value> =
-                    self.fields.iter().cloned().zip(row.iter().cloned()).collect();
-                added.push((key, Value::Object(sent).to_string()));
+                added.push((key, self.sent_of(row)));
             }
         }
         (added, removed)
@@ -1046,27 +1066,30 @@ impl Memory {
     async fn confirm(
         &self,
         engine: &Engine,
-        added: &[(String, String)],
-        removed: &[String],
+        (mut added, mut removed): BatchKeys,
         delivery: &Delivery,
     ) -> Result<(), Stop> {
-        let refused: HashSet<&str> = delivery.rejected.iter().map(|r| r.key.as_str()).collect();
-        let added: Vec<(String, String)> = added
-            .iter()
-            .filter(|(k, _)| !refused.contains(k.as_str()))
-            .cloned()
-            .collect();
-        let removed: Vec<String> = removed
-            .iter()
-            .filter(|k| !refused.contains(k.as_str()))
-            .cloned()
-            .collect();
+        if !delivery.rejected.is_empty() {
+            let refused: HashSet<&str> = delivery.rejected.iter().map(|r| r.key.as_str()).collect();
+            added.retain(|(k, _)| !refused.contains(k.as_str()));
+            removed.retain(|k| !refused.contains(k.as_str()));
+        }
         engine
             .store
-            .confirm_delivered(&self.export, &self.segment, &added, &removed)
+            .confirm_delivered(&self.export, &self.segment, added, removed)
             .await
             .map_err(Stop::Store)
     }
+}
+
+/// For each field in name order, its `"name":` and its column. A field named twice keeps its
+/// last column, as a JSON object built from the row would.
+fn sent_fields(fields: &[String]) -> Vec<(String, usize)> {
+    let columns: BTreeMap<&str, usize> = fields.iter().enumerate().map(|(i, f)| (f.as_str(), i)).collect();
+    columns
+        .into_iter()
+        .map(|(field, column)| (format!("{}:", Value::from(field)), column))
+        .collect()
 }
 
 /// What settling a part's answers needs: where its rejects go, and (audience targets) the
@@ -1081,13 +1104,12 @@ impl Settle<'_> {
         &self,
         engine: &Engine,
         progress: &mut Progress,
-        added: &[(String, String)],
-        removed: &[String],
+        keys: BatchKeys,
         delivery: Delivery,
     ) -> Result<(), Stop> {
         self.rejects.store(engine, &delivery).await?;
         if let Some(memory) = self.memory {
-            memory.confirm(engine, added, removed, &delivery).await?;
+            memory.confirm(engine, keys, &delivery).await?;
         }
         progress.account(delivery);
         Ok(())
@@ -1520,4 +1542,36 @@ fn rows_of(
             row
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_members_sent_fields_are_the_json_object_of_its_row() {
+        let fields: Vec<String> = ["id", "email", "Zone", "ltv", "tags", "note\"q"].map(String::from).into();
+        let memory = Memory {
+            export: ExportName::parse("export", "environments/acme/exports/news").unwrap(),
+            segment: "vip".into(),
+            sent_fields: sent_fields(&fields),
+            key_column: Some(0),
+            deleted_column: Some(fields.len()),
+        };
+        let row = vec![
+            json!("c1"),
+            json!("Ann@Example.com"),
+            Value::Null,
+            json!(3.5),
+            json!(["a", {"b": 1}]),
+            json!("say \"hi\"\n"),
+            json!(false),
+        ];
+        let (added, removed) = memory.keys_of(std::slice::from_ref(&row));
+        let object: serde_json::Map<String, Value> = fields.iter().cloned().zip(row.iter().cloned()).collect();
+        assert_eq!(added, [("c1".to_string(), Value::Object(object).to_string())]);
+        assert!(removed.is_empty());
+    }
 }

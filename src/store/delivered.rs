@@ -219,20 +219,22 @@ impl Store {
         &self,
         export: &ExportName,
         segment: &str,
-        added: &[(String, String)],
-        removed: &[String],
+        added: Vec<(String, String)>,
+        removed: Vec<String>,
     ) -> Result<()> {
         let backend = self.backend();
         let db = &self.untracked_writer();
         let head =
             || -> Vec<sea_orm::Value> { vec![export.env.clone().into(), export.id.clone().into(), segment.into()] };
-        for keys in added.chunks(KEYS_PER_STATEMENT) {
+        let mut added = added.into_iter().peekable();
+        while added.peek().is_some() {
+            let keys: Vec<(String, String)> = added.by_ref().take(KEYS_PER_STATEMENT).collect();
             let rows = vec!["(?, ?, ?, 0, ?, ?)"; keys.len()].join(", ");
             let mut values = Vec::with_capacity(keys.len() * 5);
             for (key, sent) in keys {
                 values.extend(head());
-                values.push(key.clone().into());
-                values.push(sent.clone().into());
+                values.push(key.into());
+                values.push(sent.into());
             }
             db.execute_raw(Statement::from_sql_and_values(
                 backend,
@@ -250,7 +252,7 @@ impl Store {
         for keys in removed.chunks(KEYS_PER_STATEMENT) {
             let marks = vec!["?"; keys.len()].join(", ");
             let mut values = head();
-            values.extend(keys.iter().map(|k| sea_orm::Value::from(k.clone())));
+            values.extend(keys.iter().map(|k| sea_orm::Value::from(k.as_str())));
             db.execute_raw(Statement::from_sql_and_values(
                 backend,
                 super::placeholders(

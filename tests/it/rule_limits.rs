@@ -143,11 +143,15 @@ fn probe_health(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::threa
             let (mut slowest, mut answers) = (Duration::ZERO, 0);
             while !stop.load(Ordering::Relaxed) {
                 let asked = std::time::Instant::now();
-                let reply = health
-                    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
-                    .await
-                    .expect("health answers")
-                    .into_inner();
+                // A frozen server fails the test here instead of holding it forever.
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }),
+                )
+                .await
+                .expect("health answers within 30 s")
+                .expect("health answers")
+                .into_inner();
                 assert_eq!(reply.status, ServingStatus::Serving as i32);
                 slowest = slowest.max(asked.elapsed());
                 answers += 1;
@@ -183,9 +187,17 @@ async fn health_answers_while_a_heavy_refresh_runs_and_its_budget_fails_it_clean
     // the runtime's threads, one batch held them until the budget ran out.)
     let stop = Arc::new(AtomicBool::new(false));
     let prober = probe_health(t.addr, stop.clone());
-    let finished = wait_for_system_refresh(&mut admin, &refresh.name).await;
+    let finished = tokio::time::timeout(
+        Duration::from_secs(60),
+        wait_for_system_refresh(&mut admin, &refresh.name),
+    )
+    .await
+    .expect("GetSystemRefresh answers while the refresh runs");
     stop.store(true, Ordering::Relaxed);
-    let (slowest, answers) = prober.join().expect("the prober got every answer");
+    let (slowest, answers) = tokio::task::spawn_blocking(move || prober.join())
+        .await
+        .unwrap()
+        .expect("the prober got every answer");
     // Generous for a server that answers in milliseconds; a frozen one answered after minutes.
     assert!(slowest < Duration::from_secs(2), "health took {slowest:?}");
     assert!(
