@@ -444,7 +444,11 @@ impl Connector for Mailchimp {
         }
         let list = target.config("audience_id").trim().to_string();
         let check = match api
-            .call(reqwest::Method::GET, &format!("/lists/{}", urlencode(&list)), None::<&Value>)
+            .call(
+                reqwest::Method::GET,
+                &format!("/lists/{}", urlencode(&list)),
+                None::<&Value>,
+            )
             .await
         {
             Ok(answer) if answer.status.is_success() => {

@@ -1552,7 +1552,9 @@ mod tests {
 
     #[test]
     fn a_members_sent_fields_are_the_json_object_of_its_row() {
-        let fields: Vec<String> = ["id", "email", "Zone", "ltv", "tags", "note\"q"].map(String::from).into();
+        let fields: Vec<String> = ["id", "email", "Zone", "ltv", "tags", "note\"q"]
+            .map(String::from)
+            .into();
         let memory = Memory {
             export: ExportName::parse("export", "environments/acme/exports/news").unwrap(),
             segment: "vip".into(),

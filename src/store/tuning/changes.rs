@@ -133,29 +133,51 @@ impl WriteTxn {
 
     /// Executes the transaction's last change (after it, the call's audit event is complete:
     /// only the commit, or bookkeeping such as a request id, follows) and says how many rows
-    /// it changed. On SQLite the call's armed audit event goes in the same round trip to
-    /// the database's worker thread (one execution of two statements): each round trip of a
-    /// write transaction holds SQLite's one writer, and the audit row was the fourth of an
-    /// UpdateExport (BEGIN, UPDATE, INSERT, COMMIT; benches/write_path.rs). Elsewhere, and
-    /// without an armed event, the event is written at commit as always.
+    /// it changed. The call's armed audit event goes in the same round trip: each statement of
+    /// a write transaction is one (to SQLite's worker thread, holding its one writer; to
+    /// PostgreSQL over the network), and the audit row was the fourth of an UpdateExport
+    /// (BEGIN, UPDATE, INSERT, COMMIT; benches/write_path.rs). SQLite runs both statements in
+    /// one execution; PostgreSQL takes the INSERT as a data-modifying `WITH` of the statement
+    /// (it runs once, whatever the statement changes). Without an armed event, the event is
+    /// written at commit as always.
     pub async fn exec_last(&self, statement: Statement) -> Result<u64, DbErr> {
         let backend = self.txn.get_database_backend();
-        if backend == DbBackend::Sqlite
-            && self.audited.lock().is_ok_and(|audited| audited.is_none())
-            && let Some((scope, event)) = crate::audit::scope::pending()
-        {
-            let insert = crate::store::audit::insert_statement(backend, &event);
-            let mut values = insert.values.map(|v| v.0).unwrap_or_default();
-            values.extend(statement.values.map(|v| v.0).unwrap_or_default());
-            let both = Statement::from_sql_and_values(backend, format!("{}; {}", insert.sql, statement.sql), values);
-            let changed = self.txn.execute_raw(both).await?.rows_affected();
-            if let Ok(mut audited) = self.audited.lock() {
-                *audited = Some(scope);
+        let armed = match backend {
+            DbBackend::Sqlite | DbBackend::Postgres if self.audited.lock().is_ok_and(|a| a.is_none()) => {
+                crate::audit::scope::pending()
             }
-            // The changes of both statements, less the audit row.
-            return Ok(changed.saturating_sub(1));
+            _ => None,
+        };
+        let Some((scope, event)) = armed else {
+            return Ok(self.txn.execute_raw(statement).await?.rows_affected());
+        };
+        let insert = crate::store::audit::insert_statement(backend, &event);
+        let insert_values = insert.values.map(|v| v.0).unwrap_or_default();
+        let mut values = statement.values.map(|v| v.0).unwrap_or_default();
+        let (sql, audit_rows) = if backend == DbBackend::Sqlite {
+            // `?` placeholders bind in text order: the INSERT's values first.
+            values.splice(0..0, insert_values);
+            (format!("{}; {}", insert.sql, statement.sql), 1)
+        } else {
+            // `$n` placeholders: the INSERT's are numbered after the statement's. The command
+            // tag (the row count) is the statement's own.
+            let sql = format!(
+                "WITH exportd_audit AS ({}) {}",
+                shift_placeholders(&insert.sql, values.len()),
+                statement.sql
+            );
+            values.extend(insert_values);
+            (sql, 0)
+        };
+        let changed = self
+            .txn
+            .execute_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await?
+            .rows_affected();
+        if let Ok(mut audited) = self.audited.lock() {
+            *audited = Some(scope);
         }
-        Ok(self.txn.execute_raw(statement).await?.rows_affected())
+        Ok(changed.saturating_sub(audit_rows))
     }
 
     /// Commits a transaction that only read (it looked for work and found none): cached reads
@@ -275,6 +297,15 @@ impl ReadCache {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn the_audit_inserts_placeholders_follow_the_statements() {
+        assert_eq!(
+            shift_placeholders(r#"INSERT INTO "a" ("x", "y") VALUES ($1, $12)"#, 3),
+            r#"INSERT INTO "a" ("x", "y") VALUES ($4, $15)"#
+        );
+        assert_eq!(shift_placeholders("no $ here", 2), "no $ here");
+    }
 
     /// A transaction that read first and writes later must not fail because another process
     /// wrote in between (it would with SQLite's default deferred transactions): it holds the
@@ -409,4 +440,23 @@ mod tests {
         read(&cache, "a", &fetches, 1).await;
         assert_eq!(fetches.load(SeqCst), 2);
     }
+}
+
+/// `$1, $2, …` of a PostgreSQL statement as `$(1 + by), …` (the audit INSERT's: its SQL holds
+/// no literals, every value is bound).
+fn shift_placeholders(sql: &str, by: usize) -> String {
+    let mut shifted = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        shifted.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => shifted.push_str(&(n + by).to_string()),
+            Err(_) => shifted.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    shifted.push_str(rest);
+    shifted
 }
