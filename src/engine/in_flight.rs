@@ -1,32 +1,23 @@
 //! The batches of a part whose requests are out: at most the sink's `concurrency` at once, each
 //! its own task (so it makes progress while the pipeline reads, prepares the next batch or
-//! stores an earlier answer), answered in the order they come back — a sliding window, not
+//! takes an earlier answer), answered in the order they come back — a sliding window, not
 //! lock-step groups, so that one slow request holds only its own slot. Dropping the window
 //! stops whatever is still out.
 
-use std::collections::HashMap;
+use std::future::Future;
 
-use tokio::task::{Id, JoinError, JoinSet};
+use tokio::task::JoinSet;
 
-use crate::connectors::retry::Failure;
-use crate::connectors::{BatchRequest, Delivery};
-
-/// A batch's answer, with what the pipeline kept of the batch to settle it (`T`).
-pub type Answer<T> = (Result<Delivery, Failure>, T);
-
-pub struct InFlight<T> {
+pub struct InFlight<O> {
     width: usize,
-    requests: JoinSet<Result<Delivery, Failure>>,
-    /// Kept here rather than in the task, so that a request that panicked still gives it back.
-    kept: HashMap<Id, T>,
+    requests: JoinSet<O>,
 }
 
-impl<T: Send + 'static> InFlight<T> {
-    pub fn new(width: usize) -> InFlight<T> {
+impl<O: Send + 'static> InFlight<O> {
+    pub fn new(width: usize) -> InFlight<O> {
         InFlight {
             width: width.max(1),
             requests: JoinSet::new(),
-            kept: HashMap::new(),
         }
     }
 
@@ -36,36 +27,22 @@ impl<T: Send + 'static> InFlight<T> {
         self.requests.is_empty() || self.requests.len() + more <= self.width
     }
 
-    pub fn start(&mut self, request: BatchRequest, kept: T) {
-        let id = self.requests.spawn(request).id();
-        self.kept.insert(id, kept);
+    pub fn start(&mut self, request: impl Future<Output = O> + Send + 'static) {
+        self.requests.spawn(request);
     }
 
-    /// The next answer to come back; `None` when nothing is out.
-    pub async fn next(&mut self) -> Option<Answer<T>> {
-        let joined = self.requests.join_next_with_id().await?;
-        Some(self.settled(joined))
+    /// The next answer to come back; `None` when nothing is out. `Err`: the request's task
+    /// panicked (what it had not recorded counts as not delivered), with what it said.
+    pub async fn next(&mut self) -> Option<Result<O, String>> {
+        self.requests.join_next().await.map(settled)
     }
 
     /// An answer that is already back, without waiting.
-    pub fn ready(&mut self) -> Option<Answer<T>> {
-        let joined = self.requests.try_join_next_with_id()?;
-        Some(self.settled(joined))
+    pub fn ready(&mut self) -> Option<Result<O, String>> {
+        self.requests.try_join_next().map(settled)
     }
+}
 
-    /// A request task that panicked is a failed batch (never a lost one: its members were not
-    /// confirmed, so they count as not delivered).
-    fn settled(&mut self, joined: Result<(Id, Result<Delivery, Failure>), JoinError>) -> Answer<T> {
-        let (id, answer) = match joined {
-            Ok((id, answer)) => (id, answer),
-            Err(e) => (
-                e.id(),
-                Err(Failure::Permanent {
-                    message: format!("the request for a batch stopped unexpectedly ({e})"),
-                }),
-            ),
-        };
-        let kept = self.kept.remove(&id).expect("every request started is kept");
-        (answer, kept)
-    }
+fn settled<O>(joined: Result<O, tokio::task::JoinError>) -> Result<O, String> {
+    joined.map_err(|e| format!("the request for a batch stopped unexpectedly ({e})"))
 }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Engine;
 use super::batching::Cutter;
-use super::in_flight::{Answer, InFlight};
+use super::in_flight::InFlight;
 use crate::connectors::retry::Failure;
 use crate::connectors::{self, Column, Delivery, PartSchema, RunTarget, Sink, Target, registry};
 use crate::domain::catalog::{Entity, Segment};
@@ -34,6 +34,7 @@ use crate::domain::names::ExportName;
 use crate::domain::run::{ConnectionDetail, Counts, Run, RunError, RunState, Task, Warning};
 use crate::domain::time::{now_micros, to_datetime};
 use crate::error::{Error, ErrorCode};
+use crate::store::Store;
 use crate::store::delivered::{self, Members};
 use crate::store::record_rows::DocumentBatch;
 use crate::store::records::StoredRecord;
@@ -774,14 +775,14 @@ impl Engine {
                 .await
                 .map_err(Stop::Store)?;
         }
-        let memory = part.remember_members.then(|| Memory::new(export, &part));
+        let settle = Arc::new(Settle {
+            store: self.store.clone(),
+            rejects: rejects.clone(),
+            memory: part.remember_members.then(|| Memory::new(export, &part)),
+        });
         let mut batched = sink
             .limits()
             .map(|limits| (Cutter::new(limits), InFlight::new(limits.concurrency)));
-        let settle = Settle {
-            rejects: &rejects,
-            memory: memory.as_ref(),
-        };
         let columns = part.fields.clone();
         let key_column = part.key_column();
         let incremental = part.schema.incremental;
@@ -807,7 +808,7 @@ impl Engine {
                     .write_rows(rows)
                     .await
                     .map_err(|f| stopped_or_failed(self, control, f))?;
-                rejects.store(self, &delivery).await?;
+                rejects.store(&self.store, &delivery).await?;
                 progress.account(delivery);
                 if progress.flushed.elapsed() >= PROGRESS_EVERY {
                     self.flush(run, control, progress).await;
@@ -819,7 +820,7 @@ impl Engine {
                     self.send_batches(run, control, progress, sink, window, &settle, rest, true)
                         .await?;
                 }
-                self.settle_all(run, control, progress, window, &settle).await?;
+                self.settle_all(run, control, progress, window).await?;
             }
             Ok(())
         }
@@ -827,7 +828,7 @@ impl Engine {
         reader.abort();
         result?;
         let delivery = sink.end_part().await.map_err(|f| stopped_or_failed(self, control, f))?;
-        rejects.store(self, &delivery).await?;
+        rejects.store(&self.store, &delivery).await?;
         progress.account(delivery);
         Ok(())
     }
@@ -841,30 +842,43 @@ impl Engine {
         control: &Control,
         progress: &mut Progress,
         sink: &mut dyn Sink,
-        window: &mut InFlight<BatchKeys>,
-        settle: &Settle<'_>,
+        window: &mut InFlight<Settled>,
+        settle: &Arc<Settle>,
         batches: Vec<Vec<Vec<Value>>>,
         last: bool,
     ) -> Result<(), Stop> {
         while let Some(answer) = window.ready() {
-            self.settle_answer(control, progress, window, settle, answer).await?;
+            self.settle_answer(control, progress, window, recorded(answer)).await?;
         }
         while !window.has_room_for(batches.len()) {
             let Some(answer) = self.next_answer(run, control, progress, window).await else {
                 break;
             };
-            self.settle_answer(control, progress, window, settle, answer).await?;
+            self.settle_answer(control, progress, window, answer).await?;
         }
         if let Some(stop) = interrupted(self, control) {
-            self.settle_all(run, control, progress, window, settle).await?;
+            self.settle_all(run, control, progress, window).await?;
             return Err(stop);
         }
         let keys: Vec<BatchKeys> = batches
             .iter()
-            .map(|batch| settle.memory.map(|memory| memory.keys_of(batch)).unwrap_or_default())
+            .map(|batch| {
+                settle
+                    .memory
+                    .as_ref()
+                    .map(|memory| memory.keys_of(batch))
+                    .unwrap_or_default()
+            })
             .collect();
         for (request, keys) in sink.start_batches(batches, last).into_iter().zip(keys) {
-            window.start(request, keys);
+            let settle = settle.clone();
+            // The answer is recorded by the request's own task, beside the pipeline's reading
+            // and preparing of the next batches.
+            window.start(async move {
+                let delivery = request.await.map_err(Stop::Failed)?;
+                settle.delivered(&delivery, keys).await?;
+                Ok(delivery)
+            });
         }
         if progress.flushed.elapsed() >= PROGRESS_EVERY {
             self.flush(run, control, progress).await;
@@ -878,11 +892,10 @@ impl Engine {
         run: &Run,
         control: &Control,
         progress: &mut Progress,
-        window: &mut InFlight<BatchKeys>,
-        settle: &Settle<'_>,
+        window: &mut InFlight<Settled>,
     ) -> Result<(), Stop> {
         while let Some(answer) = self.next_answer(run, control, progress, window).await {
-            self.settle_answer(control, progress, window, settle, answer).await?;
+            self.settle_answer(control, progress, window, answer).await?;
         }
         Ok(())
     }
@@ -894,41 +907,46 @@ impl Engine {
         run: &Run,
         control: &Control,
         progress: &mut Progress,
-        window: &mut InFlight<BatchKeys>,
-    ) -> Option<Answer<BatchKeys>> {
+        window: &mut InFlight<Settled>,
+    ) -> Option<Settled> {
         loop {
             let due = tokio::time::Instant::from_std(progress.flushed + PROGRESS_EVERY);
             let moved = progress.counts != progress.flushed_counts;
             tokio::select! {
-                answer = window.next() => return answer,
+                answer = window.next() => return answer.map(recorded),
                 _ = tokio::time::sleep_until(due), if moved => self.flush(run, control, progress).await,
             }
         }
     }
 
-    /// One batch's answer: its rejects are stored, its counts taken, and (audience targets)
-    /// what it confirmed recorded as delivered. A failed batch ends the part, but only after
-    /// the requests still out are answered and settled: what they confirmed is kept.
+    /// One batch's answer, recorded by its task (its rejects stored and, for audience targets,
+    /// what it confirmed as delivered): its counts are taken. A failed batch ends the part,
+    /// but only after the requests still out are answered and recorded: what they confirmed
+    /// is kept.
     async fn settle_answer(
         &self,
         control: &Control,
         progress: &mut Progress,
-        window: &mut InFlight<BatchKeys>,
-        settle: &Settle<'_>,
-        (answer, keys): Answer<BatchKeys>,
+        window: &mut InFlight<Settled>,
+        answer: Settled,
     ) -> Result<(), Stop> {
-        let delivery = match answer {
-            Ok(delivery) => delivery,
-            Err(failure) => {
-                while let Some((answer, keys)) = window.next().await {
-                    if let Ok(delivery) = answer {
-                        settle.delivered(self, progress, keys, delivery).await?;
+        match answer {
+            Ok(delivery) => {
+                progress.account(delivery);
+                Ok(())
+            }
+            Err(stop) => {
+                while let Some(answer) = window.next().await {
+                    if let Ok(delivery) = recorded(answer) {
+                        progress.account(delivery);
                     }
                 }
-                return Err(stopped_or_failed(self, control, failure));
+                Err(match stop {
+                    Stop::Failed(failure) => stopped_or_failed(self, control, failure),
+                    other => other,
+                })
             }
-        };
-        settle.delivered(self, progress, keys, delivery).await
+        }
     }
 
     /// Stores the run's progress and tells watchers.
@@ -1065,7 +1083,7 @@ impl Memory {
     /// Records what the answer confirmed: the batch's keys but those it rejected.
     async fn confirm(
         &self,
-        engine: &Engine,
+        store: &Store,
         (mut added, mut removed): BatchKeys,
         delivery: &Delivery,
     ) -> Result<(), Stop> {
@@ -1074,8 +1092,7 @@ impl Memory {
             added.retain(|(k, _)| !refused.contains(k.as_str()));
             removed.retain(|k| !refused.contains(k.as_str()));
         }
-        engine
-            .store
+        store
             .confirm_delivered(&self.export, &self.segment, added, removed)
             .await
             .map_err(Stop::Store)
@@ -1092,31 +1109,34 @@ fn sent_fields(fields: &[String]) -> Vec<(String, usize)> {
         .collect()
 }
 
-/// What settling a part's answers needs: where its rejects go, and (audience targets) the
-/// memory of its delivered members.
-struct Settle<'a> {
-    rejects: &'a PartRejects,
-    memory: Option<&'a Memory>,
+/// A batch's answer once recorded, or why the part stops.
+type Settled = Result<Delivery, Stop>;
+
+/// A request task that panicked fails its batch.
+fn recorded(answer: Result<Settled, String>) -> Settled {
+    answer.unwrap_or_else(|message| Err(Stop::Failed(Failure::Permanent { message })))
 }
 
-impl Settle<'_> {
-    async fn delivered(
-        &self,
-        engine: &Engine,
-        progress: &mut Progress,
-        keys: BatchKeys,
-        delivery: Delivery,
-    ) -> Result<(), Stop> {
-        self.rejects.store(engine, &delivery).await?;
-        if let Some(memory) = self.memory {
-            memory.confirm(engine, keys, &delivery).await?;
+/// What recording a part's answers needs: where its rejects go, and (audience targets) the
+/// memory of its delivered members.
+struct Settle {
+    store: Arc<Store>,
+    rejects: PartRejects,
+    memory: Option<Memory>,
+}
+
+impl Settle {
+    async fn delivered(&self, delivery: &Delivery, keys: BatchKeys) -> Result<(), Stop> {
+        self.rejects.store(&self.store, delivery).await?;
+        if let Some(memory) = &self.memory {
+            memory.confirm(&self.store, keys, delivery).await?;
         }
-        progress.account(delivery);
         Ok(())
     }
 }
 
 /// Where a part's rejects are kept.
+#[derive(Clone)]
 struct PartRejects {
     export: ExportName,
     run_id: String,
@@ -1125,7 +1145,7 @@ struct PartRejects {
 
 impl PartRejects {
     /// Stores a batch's rejects before the run moves on (nothing is lost across a crash).
-    async fn store(&self, engine: &Engine, delivery: &Delivery) -> Result<(), Stop> {
+    async fn store(&self, store: &Store, delivery: &Delivery) -> Result<(), Stop> {
         if delivery.rejected.is_empty() {
             return Ok(());
         }
@@ -1138,8 +1158,7 @@ impl PartRejects {
                 code: r.code.clone(),
             })
             .collect();
-        engine
-            .store
+        store
             .record_rejects(&self.export, &self.run_id, &self.source, &rejects)
             .await
             .map_err(Stop::Store)
