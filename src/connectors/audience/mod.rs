@@ -174,6 +174,15 @@ pub trait Vendor: Send + Sync + 'static {
     ) -> Result<Delivery, Failure>;
 }
 
+/// One batch as it will go out: members to add, members to remove, members refused before
+/// sending, and each operation's place in the part's requests.
+type Planned<W> = (
+    Vec<Prepared<W>>,
+    Vec<Prepared<W>>,
+    Vec<Rejection>,
+    [Option<Sequence>; 2],
+);
+
 /// The sink of every audience target.
 pub struct AudienceSink<V: Vendor> {
     vendor: std::sync::Arc<V>,
@@ -317,12 +326,7 @@ impl<V: Vendor> Sink for AudienceSink<V> {
                 .count()
         };
         let (adds_in_group, removes_in_group) = (count_of(0), count_of(1));
-        let mut planned: Vec<(
-            Vec<Prepared<V::Wire>>,
-            Vec<Prepared<V::Wire>>,
-            Vec<Rejection>,
-            [Option<Sequence>; 2],
-        )> = Vec::new();
+        let mut planned: Vec<Planned<V::Wire>> = Vec::new();
         let (mut adds_seen, mut removes_seen) = (0, 0);
         let (estimated_total, session) = (part.estimated_total, part.session);
         let mut sent = part.sent;

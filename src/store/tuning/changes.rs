@@ -293,6 +293,25 @@ impl ReadCache {
     }
 }
 
+/// `$1, $2, …` of a PostgreSQL statement as `$(1 + by), …` (the audit INSERT's: its SQL holds
+/// no literals, every value is bound).
+fn shift_placeholders(sql: &str, by: usize) -> String {
+    let mut shifted = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        shifted.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => shifted.push_str(&(n + by).to_string()),
+            Err(_) => shifted.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    shifted.push_str(rest);
+    shifted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,23 +459,4 @@ mod tests {
         read(&cache, "a", &fetches, 1).await;
         assert_eq!(fetches.load(SeqCst), 2);
     }
-}
-
-/// `$1, $2, …` of a PostgreSQL statement as `$(1 + by), …` (the audit INSERT's: its SQL holds
-/// no literals, every value is bound).
-fn shift_placeholders(sql: &str, by: usize) -> String {
-    let mut shifted = String::with_capacity(sql.len() + 16);
-    let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        shifted.push_str(&rest[..=at]);
-        rest = &rest[at + 1..];
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        match rest[..digits].parse::<usize>() {
-            Ok(n) => shifted.push_str(&(n + by).to_string()),
-            Err(_) => shifted.push_str(&rest[..digits]),
-        }
-        rest = &rest[digits..];
-    }
-    shifted.push_str(rest);
-    shifted
 }
