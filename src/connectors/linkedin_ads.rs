@@ -146,14 +146,14 @@ impl Api {
         }
     }
 
-    async fn call(
+    async fn call<B: serde::Serialize + ?Sized>(
         &self,
         method: reqwest::Method,
         url: &str,
         restli_method: Option<&str>,
-        body: Option<&Value>,
+        body: Option<&B>,
     ) -> Result<(Answer, Value), Failure> {
-        let body = body.map(|b| bytes::Bytes::from(serde_json::to_vec(b).expect("JSON values serialize")));
+        let body = body.map(|b| bytes::Bytes::from(serde_json::to_vec(b).expect("request bodies serialize")));
         let answer = http::send_paced(&self.gate, TYPE_ID, &self.secrets, || {
             let mut request = http::client()
                 .request(method.clone(), url)
@@ -255,6 +255,20 @@ pub fn element(company: bool, member: &Member) -> Result<Map<String, Value>, Rej
     Ok(element)
 }
 
+/// A BATCH_CREATE body, serialized straight from the prepared elements (none is copied to
+/// add its `action`).
+#[derive(serde::Serialize)]
+struct Elements<'a> {
+    elements: Vec<Element<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Element<'a> {
+    #[serde(flatten)]
+    fields: &'a Map<String, Value>,
+    action: &'static str,
+}
+
 struct LinkedInVendor {
     api: Api,
     kind: Kind,
@@ -302,7 +316,7 @@ impl Vendor for LinkedInVendor {
         for _ in 0..1000 {
             let (answer, value) = self
                 .api
-                .call(reqwest::Method::GET, &self.api.finder_url(start), None, None)
+                .call(reqwest::Method::GET, &self.api.finder_url(start), None, None::<&Value>)
                 .await?;
             if !answer.status.is_success() {
                 return Err(Failure::Permanent {
@@ -354,12 +368,11 @@ impl Vendor for LinkedInVendor {
         _sequence: Sequence,
     ) -> Result<Delivery, Failure> {
         let action = if operation == Operation::Add { "ADD" } else { "REMOVE" };
-        let elements: Vec<Value> = members
+        let elements: Vec<Element<'_>> = members
             .iter()
-            .map(|m| {
-                let mut element = m.wire.clone();
-                element.insert("action".into(), json!(action));
-                Value::Object(element)
+            .map(|m| Element {
+                fields: &m.wire,
+                action,
             })
             .collect();
         let resource = if self.kind == Kind::Company {
@@ -368,7 +381,7 @@ impl Vendor for LinkedInVendor {
             "users"
         };
         let url = format!("{}/dmpSegments/{}/{resource}", self.api.root, audience.id);
-        let body = json!({ "elements": elements });
+        let body = Elements { elements };
         let (answer, value) = self
             .api
             .call(reqwest::Method::POST, &url, Some("BATCH_CREATE"), Some(&body))
@@ -383,7 +396,7 @@ impl Vendor for LinkedInVendor {
             });
         }
         // One status per element, in order.
-        let statuses = value["elements"].as_array().cloned().unwrap_or_default();
+        let statuses: &[Value] = value["elements"].as_array().map(Vec::as_slice).unwrap_or_default();
         let mut delivery = Delivery::default();
         for (i, member) in members.iter().enumerate() {
             let status = statuses.get(i).and_then(|s| s["status"].as_u64()).unwrap_or(0);
@@ -412,7 +425,10 @@ impl Connector for LinkedInAds {
     /// The token and the account together: the account's DMP segment finder.
     async fn test(&self, target: &Target<'_>) -> TestReport {
         let api = Api::of(target);
-        let check = match api.call(reqwest::Method::GET, &api.finder_url(0), None, None).await {
+        let check = match api
+            .call(reqwest::Method::GET, &api.finder_url(0), None, None::<&Value>)
+            .await
+        {
             Ok((answer, _)) if answer.status.is_success() => {
                 Check::pass("ad_account", format!("the DMP segments of {} can be read", api.account))
             }
