@@ -35,7 +35,7 @@ pub mod system_refreshes;
 mod tuning;
 
 use crate::pg_nodelay;
-use tuning::{changes, sqlite_plans, statistics};
+use tuning::{changes, checkpoints, sqlite_plans, statistics};
 
 pub use changes::{WriteTxn, Writer};
 pub use secrets::Sealer;
@@ -52,6 +52,8 @@ pub struct Store {
     /// request, so kept after the first read.
     environment_kinds:
         std::sync::RwLock<std::collections::HashMap<String, crate::domain::environment::EnvironmentKind>>,
+    /// Checkpoints the WAL beside the writer (SQLite files only; `tuning::checkpoints`).
+    checkpointer: Option<checkpoints::Checkpointer>,
 }
 
 impl Store {
@@ -83,6 +85,14 @@ impl Store {
         } else {
             writer.clone()
         };
+        let checkpointer = match sqlite_path(url) {
+            Some(_) => Some(checkpoints::Checkpointer::start(
+                connect(url, 1)
+                    .await
+                    .map_err(|e| format!("cannot open database {shown}: {e}"))?,
+            )),
+            None => None,
+        };
         let changes = std::sync::Arc::new(changes::Changes::default());
         let cache = changes::ReadCache::new(changes.clone(), if is_sqlite { read_cache_entries } else { 0 });
         Ok(Store {
@@ -93,6 +103,7 @@ impl Store {
             changes,
             cache,
             environment_kinds: Default::default(),
+            checkpointer,
         })
     }
 
@@ -191,6 +202,7 @@ impl Store {
     }
 
     pub async fn close(self) {
+        drop(self.checkpointer);
         let _ = self.reader.close().await;
         let _ = self.writer.close().await;
     }
@@ -219,6 +231,8 @@ pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<DatabaseC
             opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
+                .pragma("wal_autocheckpoint", checkpoints::BACKSTOP_PAGES.to_string())
+                .pragma("journal_size_limit", checkpoints::WAL_KEPT_BYTES.to_string())
                 .foreign_keys(true)
                 .create_if_missing(true)
         })
