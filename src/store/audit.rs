@@ -137,12 +137,27 @@ impl Store {
         .await
     }
 
-    /// Deletes the events written before `cutoff`; returns how many.
+    /// Deletes the events written before `cutoff`; returns how many. Events are written in
+    /// `seq` order with their time, so the expired ones are the oldest: the purge deletes those
+    /// before the first event still kept, found by walking the primary key from the start (as
+    /// many steps as events expire; no index on time is kept up by every audited call). An
+    /// event whose clock ran behind an earlier one's waits for the next purge.
     pub async fn purge_audit_events(&self, cutoff: Micros) -> Result<u64> {
-        let result = Entity::delete_many()
-            .filter(Column::Time.lt(cutoff))
-            .exec(&self.untracked_writer())
+        let backend = self.backend();
+        let sql = super::placeholders(
+            backend,
+            "DELETE FROM audit_events WHERE time < ? AND seq < coalesce(\
+               (SELECT seq FROM audit_events WHERE time >= ? ORDER BY seq LIMIT 1), \
+               (SELECT max(seq) + 1 FROM audit_events))",
+        );
+        let result = self
+            .untracked_writer()
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                backend,
+                sql,
+                [cutoff.into(), cutoff.into()],
+            ))
             .await?;
-        Ok(result.rows_affected)
+        Ok(result.rows_affected())
     }
 }

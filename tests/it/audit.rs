@@ -728,13 +728,15 @@ async fn filters_order_and_pages() {
     );
 }
 
-/// Moves one event `days` into the past, behind the API's back (as time passing would).
-async fn age_event(t: &TestServer, event: &pb::AuditEvent, days: i64) {
+/// Moves `event` and every event written before it `days` into the past, behind the API's back,
+/// as time passing does (an event is never younger than one written after it).
+async fn age_events_through(t: &TestServer, event: &pb::AuditEvent, days: i64) {
     use sea_orm::{ConnectionTrait, Database};
     let id = event.name.rsplit('/').next().unwrap();
     let db = Database::connect(&t.database_url).await.unwrap();
     db.execute_unprepared(&format!(
-        "UPDATE audit_events SET time = time - {} WHERE env = 'acme' AND id = '{id}'",
+        "UPDATE audit_events SET time = time - {} \
+         WHERE seq <= (SELECT seq FROM audit_events WHERE env = 'acme' AND id = '{id}')",
         days * 86_400 * 1_000_000
     ))
     .await
@@ -761,15 +763,16 @@ async fn events_past_the_retention_are_purged_and_the_rest_kept() {
             .clone()
     };
     let (old, recent) = (created("one"), created("two"));
-    age_event(&t, &old, 40).await;
-    age_event(&t, &recent, 10).await;
+    // Creating "one" and everything before it: 40 days ago; creating "two": 10 days ago.
+    age_events_through(&t, &old, 30).await;
+    age_events_through(&t, &recent, 10).await;
 
     // A restart with the default retention (400 days) keeps both.
     let t = t.restart(Options::default()).await;
     let kept = all_events(&t).await;
     assert!(kept.iter().any(|e| e.name == old.name), "{kept:?}");
 
-    // With 30 days, the purge (at start, then hourly) removes exactly the 40-day-old one.
+    // With 30 days, the purge (at start, then hourly) removes exactly the events up to "one".
     let t = t
         .restart(Options::default().var("EXPORTD_AUDIT_RETENTION_DAYS", "30"))
         .await;
@@ -782,11 +785,16 @@ async fn events_past_the_retention_are_purged_and_the_rest_kept() {
     })
     .await;
     let names: BTreeSet<&str> = after.iter().map(|e| e.name.as_str()).collect();
+    // `before` is newest first: the events written after "one" are those listed before it.
     let expected: BTreeSet<&str> = before
         .iter()
         .map(|e| e.name.as_str())
-        .filter(|n| *n != old.name)
+        .take_while(|n| *n != old.name)
         .collect();
+    assert!(
+        expected.len() < before.len() - 1,
+        "events older than one are there to purge: {before:?}"
+    );
     assert_eq!(names, expected);
     assert!(names.contains(recent.name.as_str()));
     assert!(names.contains(created("three").name.as_str()));

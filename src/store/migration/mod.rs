@@ -10,6 +10,7 @@ mod m0006_rejected_records;
 mod m0007_audiences;
 mod m0008_audit_events;
 mod m0009_alerts;
+mod m0010_lean_audit_events;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0007_audiences::Migration),
             Box::new(m0008_audit_events::Migration),
             Box::new(m0009_alerts::Migration),
+            Box::new(m0010_lean_audit_events::Migration),
         ]
     }
 }
