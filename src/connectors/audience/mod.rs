@@ -83,7 +83,9 @@ impl Layout {
     /// The rows as members to add or update, and members to remove.
     pub fn members(&self, rows: Vec<Vec<Value>>) -> (Vec<Member>, Vec<Member>) {
         let (mut upserts, mut removals) = (Vec::new(), Vec::new());
-        for row in rows {
+        // The rows are ours: their values move into the members (a key column that is also
+        // mapped is the one value copied).
+        for mut row in rows {
             let key = match self.key.and_then(|i| row.get(i)) {
                 Some(Value::String(key)) => key.clone(),
                 Some(Value::Null) | None => String::new(),
@@ -93,9 +95,9 @@ impl Layout {
             let values = self
                 .fields
                 .iter()
-                .filter_map(|(i, name)| match row.get(*i) {
+                .filter_map(|(i, name)| match row.get_mut(*i).map(std::mem::take) {
                     Some(Value::Null) | None => None,
-                    Some(value) => Some((name.clone(), value.clone())),
+                    Some(value) => Some((name.clone(), value)),
                 })
                 .collect();
             let member = Member { key, values };
