@@ -160,7 +160,32 @@ fn account_refusal(answer: &Answer, what: &str) -> Failure {
 #[derive(Debug, Clone)]
 struct Wire {
     email: String,
-    merge_fields: Map<String, Value>,
+    merge_fields: MergeFields,
+}
+
+/// Merge fields by upper-cased tag, sent as a JSON object: a short list rather than a map per
+/// member (a mapping has a handful of fields).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct MergeFields(Vec<(String, Value)>);
+
+impl MergeFields {
+    /// Sets `tag` (a later value of the same tag replaces the earlier, as in a JSON object).
+    fn set(&mut self, tag: String, value: Value) {
+        match self.0.iter_mut().find(|(t, _)| *t == tag) {
+            Some((_, old)) => *old = value,
+            None => self.0.push((tag, value)),
+        }
+    }
+
+    fn get(&self, tag: &str) -> Option<&Value> {
+        self.0.iter().find(|(t, _)| t == tag).map(|(_, value)| value)
+    }
+}
+
+impl serde::Serialize for MergeFields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(tag, value)| (tag, value)))
+    }
 }
 
 /// A batch subscribe body, serialized straight from the prepared members (no JSON tree of 500
@@ -176,7 +201,7 @@ struct Subscriber<'a> {
     email_address: &'a str,
     status_if_new: &'static str,
     status: &'static str,
-    merge_fields: &'a Map<String, Value>,
+    merge_fields: &'a MergeFields,
 }
 
 struct MailchimpVendor {
@@ -204,12 +229,10 @@ impl Vendor for MailchimpVendor {
             return Err(member.reject("the member has no email address", NO_IDENTIFIER));
         };
         let email = plain_email(&raw).map_err(|reason| member.reject(&reason, INVALID_IDENTIFIER))?;
-        let merge_fields = member
-            .values
-            .iter()
-            .filter(|(field, _)| field.as_str() != "email")
-            .map(|(field, value)| (field.to_uppercase(), value.clone()))
-            .collect();
+        let mut merge_fields = MergeFields::default();
+        for (field, value) in member.values.iter().filter(|(field, _)| field.as_str() != "email") {
+            merge_fields.set(field.to_uppercase(), value.clone());
+        }
         Ok(Wire { email, merge_fields })
     }
 
@@ -217,7 +240,8 @@ impl Vendor for MailchimpVendor {
     fn sample(&self, member: &Member, wire: &Wire) -> Map<String, Value> {
         let mut row: Map<String, Value> = member
             .values
-            .keys()
+            .iter()
+            .map(|(field, _)| field)
             .filter(|field| field.as_str() != "email")
             .filter_map(|field| Some((field.clone(), wire.merge_fields.get(&field.to_uppercase())?.clone())))
             .collect();
@@ -501,7 +525,9 @@ mod tests {
             values: values
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect::<BTreeMap<_, _>>(),
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -532,7 +558,7 @@ mod tests {
             .unwrap();
         assert_eq!(wire.email, "Ann@Example.com");
         assert_eq!(
-            Value::Object(wire.merge_fields),
+            serde_json::to_value(&wire.merge_fields).unwrap(),
             json!({"FIRST_NAME": "Ann", "LTV": 3.5})
         );
         let none = vendor()
@@ -556,7 +582,7 @@ mod tests {
                 member: member("", &[]),
                 wire: Wire {
                     email: email.to_string(),
-                    merge_fields: Map::new(),
+                    merge_fields: MergeFields::default(),
                 },
             })
             .collect();

@@ -22,17 +22,26 @@ pub mod identifiers;
 pub use identifiers::{INVALID_IDENTIFIER, NO_IDENTIFIER};
 
 /// One member as an audience target sees it: its record key and the mapped target fields that
-/// have a value.
+/// have a value, in field-name order. A list, not a map: a mapping has a handful of fields, and
+/// a map's node per member was a large allocation for two or three of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
     pub key: String,
-    pub values: BTreeMap<String, Value>,
+    pub values: Vec<(String, Value)>,
 }
 
 impl Member {
+    /// A target field's value, if it has one.
+    pub fn value(&self, field: &str) -> Option<&Value> {
+        self.values
+            .iter()
+            .find(|(name, _)| name == field)
+            .map(|(_, value)| value)
+    }
+
     /// A target field's value as text (numbers and booleans written out), if it has one.
     pub fn text(&self, field: &str) -> Option<String> {
-        match self.values.get(field)? {
+        match self.value(field)? {
             Value::Null => None,
             Value::String(s) if s.trim().is_empty() => None,
             Value::String(s) => Some(s.clone()),
@@ -66,13 +75,15 @@ pub struct Layout {
 impl Layout {
     pub fn of(part: &PartSchema) -> Layout {
         let key = part.columns.iter().position(|c| c.name == part.primary_key);
-        let fields = part
+        let mut fields = part
             .columns
             .iter()
             .enumerate()
             .filter(|(i, _)| !(part.added_key && Some(*i) == key))
             .map(|(i, c)| (i, c.name.clone()))
-            .collect();
+            .collect::<Vec<_>>();
+        // Members list their fields in name order (`Member::values`).
+        fields.sort_by(|(_, a), (_, b)| a.cmp(b));
         Layout {
             key,
             deleted: part.incremental.then_some(part.columns.len()),
@@ -459,7 +470,7 @@ mod tests {
         assert_eq!(upserts.len(), 1);
         assert_eq!(upserts[0].key, "c1");
         assert_eq!(
-            upserts[0].values.keys().collect::<Vec<_>>(),
+            upserts[0].values.iter().map(|(field, _)| field).collect::<Vec<_>>(),
             ["email"],
             "no key, no nulls"
         );
