@@ -10,7 +10,7 @@
 //! So a connection of its own checkpoints passively every [`EVERY`], beside the writer (WAL lets
 //! a checkpoint copy what is committed while the writer appends more). The writer checkpoints
 //! itself only as a backstop, once the WAL has grown past [`BACKSTOP_PAGES`] — when this task
-//! cannot keep up, or when a process without it (the `exportd environment` CLI) writes.
+//! cannot keep up (a passive checkpoint copies only what was committed when it began).
 //! Durability is unchanged: a commit is in the WAL either way, and `synchronous = NORMAL`
 //! syncs at checkpoints, wherever they run.
 
